@@ -1,0 +1,161 @@
+// Package driver defines the storage driver interface that regfs stores
+// registry data through, and the typed errors every driver returns.
+//
+// A driver knows nothing of registries: it stores opaque byte objects under
+// slash-separated paths. Paths are absolute ("/docker/registry/v2/..."), made
+// of components matching [A-Za-z0-9._-]+ (and '_' prefixed names), with no
+// empty, "." or ".." components and no trailing slash. The root "/" is valid
+// only for List, Stat, Walk and Delete.
+//
+// Drivers never choose errnos: they return the typed errors below, and the
+// FUSE layer maps them in one place.
+package driver
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+)
+
+// FileInfo describes an object or a directory (a common prefix of objects).
+type FileInfo struct {
+	// Path is the absolute driver path.
+	Path string
+	// Size is the object's length in bytes; 0 for directories.
+	Size int64
+	// ModTime is the last modification time; may be zero for directories on
+	// drivers that have no directory objects.
+	ModTime time.Time
+	// IsDir tells a directory (prefix) from an object.
+	IsDir bool
+}
+
+// StorageDriver stores objects under paths. Every method is safe for
+// concurrent use. Every method returns PathNotFoundError when the path does
+// not exist, InvalidPathError for a malformed path and InvalidOffsetError for
+// an offset outside the object.
+type StorageDriver interface {
+	// Name identifies the driver in errors and logs ("filesystem", "inmemory").
+	Name() string
+
+	// GetContent returns the whole object at path. Meant for small objects
+	// (links, manifests); large blobs are read with Reader.
+	GetContent(ctx context.Context, path string) ([]byte, error)
+
+	// PutContent replaces the object at path with content, atomically: a
+	// concurrent reader sees the old or the new content, never a short one.
+	// Missing parent directories are created.
+	PutContent(ctx context.Context, path string, content []byte) error
+
+	// Reader streams the object at path from offset. An offset equal to the
+	// size yields a reader at EOF; a negative offset or one beyond the size is
+	// an InvalidOffsetError.
+	Reader(ctx context.Context, path string, offset int64) (io.ReadCloser, error)
+
+	// Writer returns a writer for the object at path. With append false the
+	// object is started empty (replacing any previous one); with append true
+	// the writer continues after the bytes a previous writer wrote and closed
+	// (or committed), and PathNotFoundError is returned when there is none.
+	// Bytes written are durable and readable once Close or Commit returns, so
+	// that an upload survives a restart of the process.
+	Writer(ctx context.Context, path string, append bool) (FileWriter, error)
+
+	// Stat describes the object or directory at path.
+	Stat(ctx context.Context, path string) (FileInfo, error)
+
+	// List returns the absolute paths of the direct children of the
+	// directory at path, sorted. A missing directory is PathNotFoundError.
+	List(ctx context.Context, path string) ([]string, error)
+
+	// Move renames the object at src to dst, creating dst's parents and
+	// replacing any object at dst. A missing src is PathNotFoundError.
+	Move(ctx context.Context, src, dst string) error
+
+	// Delete removes the object at path, or the directory at path with
+	// everything below it. Deleting "/a" never touches "/ab". A missing path
+	// is PathNotFoundError.
+	Delete(ctx context.Context, path string) error
+
+	// Walk calls fn for every object and directory below path, parents before
+	// children, siblings in sorted order. fn returning ErrSkipDir skips a
+	// directory's children; any other error stops the walk and is returned.
+	Walk(ctx context.Context, path string, fn WalkFn) error
+}
+
+// WalkFn is called by Walk for each entry.
+type WalkFn func(fi FileInfo) error
+
+// ErrSkipDir returned by a WalkFn skips the children of a directory.
+var ErrSkipDir = fmt.Errorf("skip this directory")
+
+// FileWriter writes one object. It is not safe for concurrent use.
+type FileWriter interface {
+	io.Writer
+	// Size is the number of bytes in the object so far, including the bytes
+	// written by earlier writers that this one appends to.
+	Size() int64
+	// Close makes the bytes written so far durable and releases the writer.
+	// The object can be reopened with append to continue.
+	Close() error
+	// Cancel discards the object, including the bytes of earlier writers.
+	Cancel(ctx context.Context) error
+	// Commit makes the object complete and durable. Close must still be called.
+	Commit(ctx context.Context) error
+}
+
+// PathNotFoundError is returned when an object or directory does not exist.
+type PathNotFoundError struct {
+	Path   string
+	Driver string
+}
+
+func (e PathNotFoundError) Error() string {
+	return fmt.Sprintf("%s: path not found: %s", e.Driver, e.Path)
+}
+
+// InvalidPathError is returned for a malformed path.
+type InvalidPathError struct {
+	Path   string
+	Driver string
+}
+
+func (e InvalidPathError) Error() string {
+	return fmt.Sprintf("%s: invalid path: %q", e.Driver, e.Path)
+}
+
+// InvalidOffsetError is returned for a read or write offset outside an object.
+type InvalidOffsetError struct {
+	Path   string
+	Offset int64
+	Driver string
+}
+
+func (e InvalidOffsetError) Error() string {
+	return fmt.Sprintf("%s: invalid offset %d for path %s", e.Driver, e.Offset, e.Path)
+}
+
+// UnsupportedMethodError is returned by a driver that cannot do an operation.
+type UnsupportedMethodError struct {
+	Method string
+	Driver string
+}
+
+func (e UnsupportedMethodError) Error() string {
+	return fmt.Sprintf("%s: unsupported method %s", e.Driver, e.Method)
+}
+
+// Error wraps any other failure of a driver with the operation and path, so
+// logs say which backend call failed. It unwraps to the cause.
+type Error struct {
+	Driver string
+	Op     string
+	Path   string
+	Err    error
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s: %s %s: %v", e.Driver, e.Op, e.Path, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }

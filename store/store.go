@@ -1,0 +1,183 @@
+// Package store implements registry semantics (repositories, layers,
+// uploads, manifests, tags) on a driver.StorageDriver, in docker/distribution's
+// on-disk format byte for byte. It knows nothing of FUSE.
+//
+// The interfaces below are what the fs package programs against; the
+// implementations behind them are unexported. Services are cheap values made
+// per use: Repository returns a fresh value every call and holds no state
+// beyond the name and the shared store.
+package store
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Store is a registry's storage.
+type Store interface {
+	// Children lists the direct child directory names below the namespace
+	// prefix ("" for the top, "library" for library/...), excluding reserved
+	// names (those starting with '_'). A child is listed whether it is a
+	// repository, a namespace holding repositories, or both.
+	Children(ctx context.Context, prefix string) ([]string, error)
+
+	// IsRepository tells whether name exists in storage as a repository.
+	IsRepository(ctx context.Context, name string) (bool, error)
+
+	// Repositories lists every repository, sorted (what the registry's
+	// catalog lists).
+	Repositories(ctx context.Context) ([]string, error)
+
+	// Repository returns the repository called name, validating the name
+	// (ErrInvalidName). It does not create anything in storage.
+	Repository(name string) (Repository, error)
+
+	// RemoveRepository removes an empty repository (no layers, manifests,
+	// tags or uploads) and its directory. A non-empty one is
+	// ErrRepositoryNotEmpty; a missing one ErrRepositoryUnknown.
+	RemoveRepository(ctx context.Context, name string) error
+}
+
+// Repository is one named repository.
+type Repository interface {
+	Name() string
+	Layers() LayerService
+	Uploads() UploadService
+	Manifests() ManifestService
+	Tags() TagService
+}
+
+// Descriptor names a blob and its size.
+type Descriptor struct {
+	Digest digest.Digest
+	Size   int64
+}
+
+// BlobReader reads a blob at any offset, concurrently, through the cache.
+// Read and Seek share one cursor and are for single-threaded callers; ReadAt
+// is safe for concurrent use.
+type BlobReader interface {
+	io.ReaderAt
+	io.ReadSeeker
+	io.Closer
+	Size() int64
+	Digest() digest.Digest
+}
+
+// LayerService manages the blobs linked into a repository.
+type LayerService interface {
+	// Stat returns the descriptor of a linked blob without reading it;
+	// ErrBlobUnknown when it is not linked here or its data is missing.
+	Stat(ctx context.Context, dgst digest.Digest) (Descriptor, error)
+	// Open returns a reader over a linked blob.
+	Open(ctx context.Context, dgst digest.Digest) (BlobReader, error)
+	// List returns the digests linked into the repository, sorted.
+	List(ctx context.Context) ([]digest.Digest, error)
+	// Link links a blob that exists in storage into this repository (a
+	// cross-repository mount: nothing is copied). ErrBlobUnknown when the
+	// blob's data does not exist.
+	Link(ctx context.Context, dgst digest.Digest) error
+	// Unlink removes the repository's link; the blob's data stays until gc.
+	Unlink(ctx context.Context, dgst digest.Digest) error
+}
+
+// UploadInfo describes an upload in progress.
+type UploadInfo struct {
+	// ID is the upload's directory name (a UUID).
+	ID string
+	// Expected is the digest the upload must hash to; empty for uploads
+	// another writer (the registry) left behind.
+	Expected digest.Digest
+	// Size is the number of bytes uploaded so far.
+	Size      int64
+	StartedAt time.Time
+}
+
+// UploadService manages a repository's uploads.
+type UploadService interface {
+	// Create starts an upload that must hash to expected.
+	Create(ctx context.Context, expected digest.Digest) (Upload, error)
+	// Resume reopens an upload by ID, from storage alone (also after a
+	// restart of the process), positioned at its current size.
+	Resume(ctx context.Context, id string) (Upload, error)
+	// List returns the uploads in progress, sorted by ID.
+	List(ctx context.Context) ([]UploadInfo, error)
+	// Stat describes one upload; ErrUploadUnknown when missing.
+	Stat(ctx context.Context, id string) (UploadInfo, error)
+	// Cancel removes an upload and its data.
+	Cancel(ctx context.Context, id string) error
+}
+
+// Upload is one resumable, append-only blob upload. Not safe for concurrent
+// use; callers serialise.
+type Upload interface {
+	ID() string
+	Expected() digest.Digest
+	// Size is the number of bytes uploaded so far.
+	Size() int64
+	// WriteAt appends p; off must equal Size (ErrInvalidOffset otherwise).
+	WriteAt(p []byte, off int64) (int, error)
+	// Write appends p.
+	Write(p []byte) (int, error)
+	// Flush makes the data durable and saves the hash state for resuming.
+	Flush(ctx context.Context) error
+	// Commit verifies size and digest against Expected. On a match the blob
+	// is stored (once, however many uploads carry it), linked into the
+	// repository and the upload removed. On a mismatch it returns
+	// ErrDigestMismatch and leaves the upload intact for more appends.
+	Commit(ctx context.Context) (Descriptor, error)
+	// Close flushes and releases the upload without committing it.
+	Close() error
+	// Cancel removes the upload and its data.
+	Cancel(ctx context.Context) error
+}
+
+// Manifest media types regfs verifies.
+const (
+	MediaTypeSchema1       = "application/vnd.docker.distribution.manifest.v1+json"
+	MediaTypeSchema1Signed = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+	MediaTypeSchema2       = "application/vnd.docker.distribution.manifest.v2+json"
+	MediaTypeManifestList  = "application/vnd.docker.distribution.manifest.list.v2+json"
+	MediaTypeOCIManifest   = "application/vnd.oci.image.manifest.v1+json"
+	MediaTypeOCIIndex      = "application/vnd.oci.image.index.v1+json"
+)
+
+// MaxManifestSize is the largest manifest accepted (4 MiB).
+const MaxManifestSize = 4 << 20
+
+// ManifestService manages a repository's manifest revisions.
+type ManifestService interface {
+	// Get returns a revision's bytes as a client would receive them (a
+	// schema1 manifest with its signatures attached) and its media type.
+	// ErrManifestUnknown when missing.
+	Get(ctx context.Context, dgst digest.Digest) ([]byte, string, error)
+	// Exists tells whether the revision is in the repository.
+	Exists(ctx context.Context, dgst digest.Digest) (bool, error)
+	// Put verifies content (collecting every problem in one
+	// *ErrManifestVerification), stores it as a revision and returns its
+	// digest. With tag non-empty the tag is then pointed at it. With want
+	// non-empty the revision's digest must equal want (ErrDigestMismatch).
+	// A rejected put changes nothing in storage.
+	Put(ctx context.Context, content []byte, tag string, want digest.Digest) (digest.Digest, error)
+	// Delete removes the revision and every tag that points at it. Blob
+	// data stays.
+	Delete(ctx context.Context, dgst digest.Digest) error
+	// List returns the repository's revisions, sorted.
+	List(ctx context.Context) ([]digest.Digest, error)
+}
+
+// TagService manages a repository's tags.
+type TagService interface {
+	// Get returns the digest a tag points at; ErrTagUnknown when missing.
+	Get(ctx context.Context, tag string) (digest.Digest, error)
+	// Tag points tag at an existing revision (ErrManifestUnknown otherwise),
+	// recording it in the tag's index.
+	Tag(ctx context.Context, tag string, dgst digest.Digest) error
+	// Untag removes a tag; the revision stays.
+	Untag(ctx context.Context, tag string) error
+	// List returns the repository's tags, sorted.
+	List(ctx context.Context) ([]string, error)
+}
