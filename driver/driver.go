@@ -13,6 +13,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -87,6 +88,7 @@ type StorageDriver interface {
 type WalkFn func(fi FileInfo) error
 
 // ErrSkipDir returned by a WalkFn skips the children of a directory.
+// Returned for an object it is ignored and the walk goes on.
 var ErrSkipDir = fmt.Errorf("skip this directory")
 
 // FileWriter writes one object. It is not safe for concurrent use.
@@ -159,3 +161,56 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// IsNotFound reports whether err is, or wraps, a PathNotFoundError, so callers
+// can tell "absent" from a backend failure without matching strings.
+func IsNotFound(err error) bool {
+	var nf PathNotFoundError
+	return errors.As(err, &nf)
+}
+
+// ValidComponent reports whether name can be one component of a driver path:
+// one or more of [A-Za-z0-9._-], and neither "." nor "..". Every driver maps
+// such a name to a key or file name unchanged, so validating once here keeps
+// paths portable between drivers.
+func ValidComponent(name string) bool {
+	if name == "" || name == "." || name == ".." {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if !componentByte(name[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidPath reports whether p is a well-formed object path: absolute, made of
+// valid components, with no empty component and no trailing slash. The root
+// "/" is not an object path; the methods that accept it check for it apart.
+// It does not allocate, because it runs on every driver call.
+func ValidPath(p string) bool {
+	if len(p) < 2 || p[0] != '/' {
+		return false
+	}
+	start := 1
+	for i := 1; i <= len(p); i++ {
+		if i < len(p) && p[i] != '/' {
+			if !componentByte(p[i]) {
+				return false
+			}
+			continue
+		}
+		switch p[start:i] {
+		case "", ".", "..":
+			return false
+		}
+		start = i + 1
+	}
+	return true
+}
+
+func componentByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		c == '.' || c == '_' || c == '-'
+}
