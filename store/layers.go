@@ -1,0 +1,137 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/cache"
+)
+
+// layerService is the LayerService of one repository.
+type layerService struct {
+	repo *repository
+}
+
+// Stat implements LayerService: it reads the link (71 bytes) and stats the
+// blob's data for its size; the blob itself is never read.
+func (l *layerService) Stat(ctx context.Context, dgst digest.Digest) (Descriptor, error) {
+	linkPath, err := pathFor(layerLinkPathSpec{name: l.repo.name, digest: dgst})
+	if err != nil {
+		return Descriptor{}, err
+	}
+	target, err := l.repo.s.readLink(ctx, linkPath)
+	if err != nil {
+		if isNotFound(err) {
+			return Descriptor{}, fmt.Errorf("%w: %s not linked in %s", ErrBlobUnknown, dgst, l.repo.name)
+		}
+		return Descriptor{}, err
+	}
+	// Like the registry, the link's target is what is served; it is the
+	// same digest unless another tool wrote the link.
+	size, err := l.repo.s.blobSize(ctx, target)
+	if err != nil {
+		return Descriptor{}, err
+	}
+	return Descriptor{Digest: dgst, Size: size}, nil
+}
+
+// blobSize stats a blob's data; ErrBlobUnknown when it is missing.
+func (s *storage) blobSize(ctx context.Context, dgst digest.Digest) (int64, error) {
+	p, err := pathFor(blobDataPathSpec{digest: dgst})
+	if err != nil {
+		return 0, err
+	}
+	fi, err := s.driver.Stat(ctx, p)
+	if err != nil {
+		if isNotFound(err) {
+			return 0, fmt.Errorf("%w: data of %s missing", ErrBlobUnknown, dgst)
+		}
+		return 0, err
+	}
+	if fi.IsDir {
+		return 0, fmt.Errorf("%w: data of %s is a directory", ErrBlobUnknown, dgst)
+	}
+	return fi.Size, nil
+}
+
+// Open implements LayerService.
+func (l *layerService) Open(ctx context.Context, dgst digest.Digest) (BlobReader, error) {
+	desc, err := l.Stat(ctx, dgst)
+	if err != nil {
+		return nil, err
+	}
+	return l.repo.s.openBlob(desc), nil
+}
+
+// openBlob returns a reader over a blob's data through the shared block
+// cache, keyed by the digest: a blob's bytes are the same in every
+// repository.
+func (s *storage) openBlob(desc Descriptor) BlobReader {
+	p := mustPath(blobDataPathSpec{digest: desc.Digest})
+	d := s.driver
+	open := func(ctx context.Context, offset int64) (io.ReadCloser, error) {
+		return d.Reader(ctx, p, offset)
+	}
+	cr := s.cache.NewReader(desc.Digest.String(), desc.Size, open)
+	return &blobReader{
+		SectionReader: io.NewSectionReader(cr, 0, desc.Size),
+		cr:            cr,
+		desc:          desc,
+	}
+}
+
+// blobReader gives a cache.Reader the BlobReader interface. ReadAt goes
+// straight to the cache (safe for concurrent use); Read and Seek come from
+// the SectionReader's cursor.
+type blobReader struct {
+	*io.SectionReader
+	cr   *cache.Reader
+	desc Descriptor
+}
+
+func (b *blobReader) ReadAt(p []byte, off int64) (int, error) { return b.cr.ReadAt(p, off) }
+func (b *blobReader) Size() int64                             { return b.desc.Size }
+func (b *blobReader) Digest() digest.Digest                   { return b.desc.Digest }
+func (b *blobReader) Close() error                            { return b.cr.Close() }
+
+// List implements LayerService.
+func (l *layerService) List(ctx context.Context) ([]digest.Digest, error) {
+	return l.repo.s.listDigests(ctx, mustPath(layersPathSpec{name: l.repo.name}))
+}
+
+// Link implements LayerService. The blob's data must exist (it is written
+// before any link to it); the link's creation makes the directory a
+// repository if it was not one.
+func (l *layerService) Link(ctx context.Context, dgst digest.Digest) error {
+	linkPath, err := pathFor(layerLinkPathSpec{name: l.repo.name, digest: dgst})
+	if err != nil {
+		return err
+	}
+	if _, err := l.repo.s.blobSize(ctx, dgst); err != nil {
+		return err
+	}
+	if err := l.repo.s.writeLink(ctx, linkPath, dgst); err != nil {
+		return err
+	}
+	l.repo.s.log.Debug("blob linked", "repository", l.repo.name, "digest", dgst)
+	return nil
+}
+
+// Unlink implements LayerService.
+func (l *layerService) Unlink(ctx context.Context, dgst digest.Digest) error {
+	dir, err := pathFor(layerPathSpec{name: l.repo.name, digest: dgst})
+	if err != nil {
+		return err
+	}
+	if err := l.repo.s.driver.Delete(ctx, dir); err != nil {
+		if isNotFound(err) {
+			return fmt.Errorf("%w: %s not linked in %s", ErrBlobUnknown, dgst, l.repo.name)
+		}
+		return err
+	}
+	l.repo.s.log.Debug("blob unlinked", "repository", l.repo.name, "digest", dgst)
+	return nil
+}

@@ -1,0 +1,275 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// ErrManifestChildUnknown names a child manifest of a manifest list or OCI
+// index that is not a revision of the repository.
+type ErrManifestChildUnknown struct {
+	Digest digest.Digest
+}
+
+func (e *ErrManifestChildUnknown) Error() string {
+	return fmt.Sprintf("manifest unknown to repository: %s", e.Digest)
+}
+
+// Is makes errors.Is(err, ErrManifestUnknown) true.
+func (e *ErrManifestChildUnknown) Is(target error) bool { return target == ErrManifestUnknown }
+
+// manifestService is the ManifestService of one repository.
+type manifestService struct {
+	repo *repository
+}
+
+func (m *manifestService) cacheKey(dgst digest.Digest) string {
+	return m.repo.name + "@" + dgst.String()
+}
+
+// Get implements ManifestService. The revision link is checked on every call
+// (another writer may have deleted the revision); the bytes, immutable, come
+// from the store's manifest cache after the first read, which also keeps a
+// re-signed schema1 manifest byte-identical within the process.
+func (m *manifestService) Get(ctx context.Context, dgst digest.Digest) ([]byte, string, error) {
+	s := m.repo.s
+	linkPath, err := pathFor(manifestRevisionLinkPathSpec{name: m.repo.name, revision: dgst})
+	if err != nil {
+		return nil, "", err
+	}
+	target, err := s.readLink(ctx, linkPath)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, "", fmt.Errorf("%w: %s in %s", ErrManifestUnknown, dgst, m.repo.name)
+		}
+		return nil, "", err
+	}
+	if c, ok := s.manifests.Get(m.cacheKey(dgst)); ok {
+		return c.content, c.mediaType, nil
+	}
+	content, err := s.driver.GetContent(ctx, mustPath(blobDataPathSpec{digest: target}))
+	if err != nil {
+		if isNotFound(err) {
+			return nil, "", fmt.Errorf("%w: %s in %s: blob data missing", ErrManifestUnknown, dgst, m.repo.name)
+		}
+		return nil, "", err
+	}
+	mediaType := detectMediaType(content)
+	if mediaType == MediaTypeSchema1Signed {
+		sigs, err := m.signatures(ctx, dgst)
+		if err != nil {
+			return nil, "", err
+		}
+		signed, err := signSchema1(content, sigs, s.key)
+		if err != nil {
+			return nil, "", fmt.Errorf("store: serving schema1 manifest %s: %w", dgst, err)
+		}
+		content = signed
+	}
+	s.manifests.Add(m.cacheKey(dgst), cachedManifest{content: content, mediaType: mediaType})
+	return content, mediaType, nil
+}
+
+// signatures reads the schema1 signatures stored beside a revision, in
+// the order of their digests; none is not an error (registry 2.3+ stores
+// none).
+func (m *manifestService) signatures(ctx context.Context, dgst digest.Digest) ([][]byte, error) {
+	s := m.repo.s
+	dir := mustPath(manifestSignaturesPathSpec{name: m.repo.name, revision: dgst})
+	sigDigests, err := s.listDigests(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, sd := range sigDigests {
+		target, err := s.readLink(ctx, mustPath(manifestSignatureLinkPathSpec{name: m.repo.name, revision: dgst, signature: sd}))
+		if err != nil {
+			if isNotFound(err) {
+				continue
+			}
+			return nil, err
+		}
+		b, err := s.driver.GetContent(ctx, mustPath(blobDataPathSpec{digest: target}))
+		if err != nil {
+			if isNotFound(err) {
+				continue
+			}
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// Exists implements ManifestService.
+func (m *manifestService) Exists(ctx context.Context, dgst digest.Digest) (bool, error) {
+	p, err := pathFor(manifestRevisionLinkPathSpec{name: m.repo.name, revision: dgst})
+	if err != nil {
+		return false, err
+	}
+	return m.repo.s.exists(ctx, p)
+}
+
+// Put implements ManifestService. Everything is checked before anything is
+// written, and every problem is reported in one *ErrManifestVerification.
+// Then, in the format's write order: revision blob -> signature blobs and
+// links -> revision link -> tag index link -> tag current link.
+func (m *manifestService) Put(ctx context.Context, content []byte, tag string, want digest.Digest) (digest.Digest, error) {
+	s := m.repo.s
+	if tag != "" {
+		if err := checkTag(tag); err != nil {
+			return "", err
+		}
+	}
+	if want != "" {
+		if err := checkStoredDigest(want); err != nil {
+			return "", err
+		}
+	}
+	if len(content) > MaxManifestSize {
+		return "", &ErrManifestVerification{Errs: []error{&ErrManifestInvalid{
+			Reason: fmt.Sprintf("manifest is %d bytes, more than the %d-byte limit", len(content), MaxManifestSize)}}}
+	}
+	p, problems := parseManifest(content, m.repo.name, tag)
+	var dgst digest.Digest
+	if p != nil {
+		more, err := m.checkReferences(ctx, p)
+		if err != nil {
+			return "", err
+		}
+		problems = append(problems, more...)
+		dgst = digest.FromBytes(p.Canonical)
+		if want != "" && dgst != want {
+			problems = append(problems, &ErrDigestMismatch{Expected: want, Actual: dgst, Size: int64(len(p.Canonical))})
+		}
+	}
+	if len(problems) > 0 || p == nil {
+		if len(problems) == 0 {
+			problems = []error{&ErrManifestInvalid{Reason: "unrecognised manifest"}}
+		}
+		return "", &ErrManifestVerification{Errs: problems}
+	}
+
+	blobPath := mustPath(blobDataPathSpec{digest: dgst})
+	had, err := s.exists(ctx, blobPath)
+	if err != nil {
+		return "", err
+	}
+	if !had {
+		if err := s.driver.PutContent(ctx, blobPath, p.Canonical); err != nil {
+			return "", err
+		}
+	}
+	for _, sig := range p.Signatures {
+		sd := digest.FromBytes(sig)
+		if err := s.driver.PutContent(ctx, mustPath(blobDataPathSpec{digest: sd}), sig); err != nil {
+			return "", err
+		}
+		if err := s.writeLink(ctx, mustPath(manifestSignatureLinkPathSpec{name: m.repo.name, revision: dgst, signature: sd}), sd); err != nil {
+			return "", err
+		}
+	}
+	if err := s.writeLink(ctx, mustPath(manifestRevisionLinkPathSpec{name: m.repo.name, revision: dgst}), dgst); err != nil {
+		return "", err
+	}
+	if tag != "" {
+		if err := m.repo.Tags().(*tagService).point(ctx, tag, dgst); err != nil {
+			return "", err
+		}
+	}
+	s.log.Debug("manifest stored", "repository", m.repo.name, "digest", dgst, "tag", tag, "mediaType", p.MediaType)
+	return dgst, nil
+}
+
+// checkReferences collects a problem for every blob the manifest needs that
+// is not linked here (or whose data is gone) and every child manifest that
+// is not a revision here. Only driver failures are returned as err.
+func (m *manifestService) checkReferences(ctx context.Context, p *parsedManifest) (problems []error, err error) {
+	layers := &layerService{repo: m.repo}
+	seen := map[digest.Digest]bool{}
+	for _, b := range p.Blobs {
+		if seen[b] {
+			continue
+		}
+		seen[b] = true
+		if _, err := layers.Stat(ctx, b); err != nil {
+			if !errors.Is(err, ErrBlobUnknown) && !isInvalidInput(err) {
+				return nil, err
+			}
+			problems = append(problems, &ErrManifestBlobUnknown{Digest: b})
+		}
+	}
+	seen = map[digest.Digest]bool{}
+	for _, c := range p.Manifests {
+		if seen[c] {
+			continue
+		}
+		seen[c] = true
+		ok, err := m.Exists(ctx, c)
+		if err != nil {
+			if isInvalidInput(err) {
+				problems = append(problems, &ErrManifestChildUnknown{Digest: c})
+				continue
+			}
+			return nil, err
+		}
+		if !ok {
+			problems = append(problems, &ErrManifestChildUnknown{Digest: c})
+		}
+	}
+	return problems, nil
+}
+
+// Delete implements ManifestService, with the registry's semantics: the
+// tags that point at the revision go with it (first, so no tag is ever left
+// pointing at a missing revision); other tags lose the revision from their
+// index; blob data stays for gc.
+func (m *manifestService) Delete(ctx context.Context, dgst digest.Digest) error {
+	s := m.repo.s
+	dir, err := pathFor(manifestRevisionPathSpec{name: m.repo.name, revision: dgst})
+	if err != nil {
+		return err
+	}
+	ok, err := m.Exists(ctx, dgst)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s in %s", ErrManifestUnknown, dgst, m.repo.name)
+	}
+	tags := &tagService{repo: m.repo}
+	names, err := tags.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range names {
+		cur, err := tags.Get(ctx, t)
+		switch {
+		case err == nil && cur == dgst:
+			if err := tags.Untag(ctx, t); err != nil && !errors.Is(err, ErrTagUnknown) {
+				return err
+			}
+			continue
+		case err != nil && !errors.Is(err, ErrTagUnknown):
+			return err
+		}
+		entry := mustPath(manifestTagIndexEntryPathSpec{name: m.repo.name, tag: t, revision: dgst})
+		if err := s.driver.Delete(ctx, entry); err != nil && !isNotFound(err) {
+			return err
+		}
+	}
+	if err := s.driver.Delete(ctx, dir); err != nil && !isNotFound(err) {
+		return err
+	}
+	s.manifests.Remove(m.cacheKey(dgst))
+	s.log.Debug("manifest deleted", "repository", m.repo.name, "digest", dgst)
+	return nil
+}
+
+// List implements ManifestService.
+func (m *manifestService) List(ctx context.Context) ([]digest.Digest, error) {
+	return m.repo.s.listDigests(ctx, mustPath(manifestRevisionsPathSpec{name: m.repo.name}))
+}

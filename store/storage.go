@@ -1,0 +1,341 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/docker/libtrust"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/cache"
+	"github.com/regfs/regfs/driver"
+)
+
+// Options configures New.
+type Options struct {
+	// Cache serves blob reads. When nil a store-private cache of
+	// DefaultCacheBudget bytes is made, so reads still go through blocks.
+	Cache *cache.Cache
+	// Logger receives the store's log records; nil means slog.Default().
+	Logger *slog.Logger
+	// SigningKey signs schema1 manifests that were stored without
+	// signatures; generated (ECDSA P-256) when nil.
+	SigningKey libtrust.PrivateKey
+}
+
+// Defaults used when Options leaves them unset.
+const (
+	DefaultCacheBudget    = 64 << 20
+	DefaultCacheBlockSize = 1 << 20
+	// manifestCacheEntries bounds the per-store cache of manifests as
+	// served by Get (at most 4 MiB each, usually a few KiB).
+	manifestCacheEntries = 64
+)
+
+// storage is the Store implementation. It holds only what is shared by every
+// per-use service value; it is safe for concurrent use.
+type storage struct {
+	driver driver.StorageDriver
+	cache  *cache.Cache
+	log    *slog.Logger
+	key    libtrust.PrivateKey
+	// manifests caches Get results by repository and digest. Revisions are
+	// immutable, so entries never go stale; caching also keeps the
+	// signature of a re-signed schema1 manifest stable within the process.
+	manifests *lru.Cache[string, cachedManifest]
+}
+
+type cachedManifest struct {
+	content   []byte
+	mediaType string
+}
+
+// New returns a Store on d in docker/distribution's v2 layout below
+// /docker/registry/v2.
+func New(d driver.StorageDriver, opts Options) (Store, error) {
+	if d == nil {
+		return nil, errors.New("store: nil driver")
+	}
+	s := &storage{driver: d, cache: opts.Cache, log: opts.Logger, key: opts.SigningKey}
+	if s.cache == nil {
+		s.cache = cache.New(DefaultCacheBudget, DefaultCacheBlockSize)
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.key == nil {
+		k, err := libtrust.GenerateECP256PrivateKey()
+		if err != nil {
+			return nil, fmt.Errorf("store: generating schema1 signing key: %w", err)
+		}
+		s.key = k
+	}
+	m, err := lru.New[string, cachedManifest](manifestCacheEntries)
+	if err != nil {
+		return nil, fmt.Errorf("store: manifest cache: %w", err)
+	}
+	s.manifests = m
+	return s, nil
+}
+
+// reservedRepoChildren are the children whose presence makes a directory a
+// repository.
+var reservedRepoChildren = map[string]bool{
+	layersDirName:    true,
+	manifestsDirName: true,
+	uploadsDirName:   true,
+}
+
+// Children implements Store. A prefix that does not exist in storage has no
+// children (nil, nil): namespaces only exist through the repositories in
+// them. Directory names that are not valid path components are skipped.
+func (s *storage) Children(ctx context.Context, prefix string) ([]string, error) {
+	dir, err := pathFor(repositoriesRootPathSpec{prefix: prefix})
+	if err != nil {
+		return nil, err
+	}
+	entries, err := s.driver.List(ctx, dir)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		base := path.Base(e)
+		if strings.HasPrefix(base, "_") || checkRepositoryName(base) != nil {
+			continue
+		}
+		fi, err := s.driver.Stat(ctx, e)
+		if err != nil {
+			if isNotFound(err) {
+				continue
+			}
+			return nil, err
+		}
+		if fi.IsDir {
+			out = append(out, base)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// IsRepository implements Store.
+func (s *storage) IsRepository(ctx context.Context, name string) (bool, error) {
+	dir, err := pathFor(repositoryPathSpec{name: name})
+	if err != nil {
+		return false, err
+	}
+	return s.hasRepoMarker(ctx, dir)
+}
+
+// hasRepoMarker tells whether the directory has a _layers, _manifests or
+// _uploads child.
+func (s *storage) hasRepoMarker(ctx context.Context, dir string) (bool, error) {
+	entries, err := s.driver.List(ctx, dir)
+	if err != nil {
+		if isNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	for _, e := range entries {
+		if reservedRepoChildren[path.Base(e)] {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Repositories implements Store. Like the registry's catalog it walks
+// repositories/ without descending into reserved directories; a directory
+// counts when it has a _layers (the catalog's rule), _manifests or _uploads
+// child.
+func (s *storage) Repositories(ctx context.Context) ([]string, error) {
+	root := mustPath(repositoriesRootPathSpec{})
+	seen := map[string]bool{}
+	err := s.driver.Walk(ctx, root, func(fi driver.FileInfo) error {
+		if !fi.IsDir {
+			return nil
+		}
+		base := path.Base(fi.Path)
+		if !strings.HasPrefix(base, "_") {
+			return nil
+		}
+		if reservedRepoChildren[base] {
+			name := strings.TrimPrefix(path.Dir(fi.Path), root+"/")
+			if checkRepositoryName(name) == nil {
+				seen[name] = true
+			}
+		}
+		return driver.ErrSkipDir
+	})
+	if err != nil && !isNotFound(err) {
+		return nil, err
+	}
+	out := make([]string, 0, len(seen))
+	for n := range seen {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Repository implements Store.
+func (s *storage) Repository(name string) (Repository, error) {
+	if err := checkRepositoryName(name); err != nil {
+		return nil, err
+	}
+	return &repository{s: s, name: name}, nil
+}
+
+// RemoveRepository implements Store. A repository holding a nested
+// repository (a/b below a) is not empty: deleting its directory would take
+// the nested one with it.
+func (s *storage) RemoveRepository(ctx context.Context, name string) error {
+	dir, err := pathFor(repositoryPathSpec{name: name})
+	if err != nil {
+		return err
+	}
+	entries, err := s.driver.List(ctx, dir)
+	if err != nil {
+		if isNotFound(err) {
+			return fmt.Errorf("%w: %s", ErrRepositoryUnknown, name)
+		}
+		return err
+	}
+	isRepo := false
+	for _, e := range entries {
+		base := path.Base(e)
+		switch {
+		case reservedRepoChildren[base]:
+			isRepo = true
+		case !strings.HasPrefix(base, "_"):
+			return fmt.Errorf("%w: %s holds %s", ErrRepositoryNotEmpty, name, base)
+		}
+	}
+	if !isRepo {
+		return fmt.Errorf("%w: %s", ErrRepositoryUnknown, name)
+	}
+	r := &repository{s: s, name: name}
+	checks := []struct {
+		what string
+		dir  pathSpec
+	}{
+		{"layers", layersPathSpec{name: name}},
+		{"manifests", manifestRevisionsPathSpec{name: name}},
+		{"tags", manifestTagsPathSpec{name: name}},
+		{"uploads", uploadsPathSpec{name: name}},
+	}
+	for _, c := range checks {
+		children, err := r.s.list(ctx, mustPath(c.dir))
+		if err != nil {
+			return err
+		}
+		if len(children) > 0 {
+			return fmt.Errorf("%w: %s has %s", ErrRepositoryNotEmpty, name, c.what)
+		}
+	}
+	if err := s.driver.Delete(ctx, dir); err != nil && !isNotFound(err) {
+		return err
+	}
+	s.log.Debug("repository removed", "repository", name)
+	return nil
+}
+
+// list returns the base names of a directory's children; a missing
+// directory has none.
+func (s *storage) list(ctx context.Context, dir string) ([]string, error) {
+	entries, err := s.driver.List(ctx, dir)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	out := make([]string, len(entries))
+	for i, e := range entries {
+		out[i] = path.Base(e)
+	}
+	return out, nil
+}
+
+// listDigests returns the valid digests named by the <hex> children of a
+// sha256/ directory, sorted; other entries are ignored.
+func (s *storage) listDigests(ctx context.Context, dir string) ([]digest.Digest, error) {
+	names, err := s.list(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []digest.Digest
+	for _, n := range names {
+		d := digest.NewDigestFromEncoded(digest.SHA256, n)
+		if checkStoredDigest(d) == nil {
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out, nil
+}
+
+// readLink reads a link file and parses the digest in it. A missing link is
+// returned as the driver's PathNotFoundError for the caller to translate.
+func (s *storage) readLink(ctx context.Context, p string) (digest.Digest, error) {
+	b, err := s.driver.GetContent(ctx, p)
+	if err != nil {
+		return "", err
+	}
+	d := digest.Digest(b)
+	if err := checkStoredDigest(d); err != nil {
+		return "", fmt.Errorf("store: corrupt link %s: %w", p, err)
+	}
+	return d, nil
+}
+
+// writeLink writes a link file: the digest string, 71 bytes, no newline.
+func (s *storage) writeLink(ctx context.Context, p string, d digest.Digest) error {
+	return s.driver.PutContent(ctx, p, []byte(d.String()))
+}
+
+// exists tells whether an object or directory exists; errors other than
+// not-found are returned.
+func (s *storage) exists(ctx context.Context, p string) (bool, error) {
+	_, err := s.driver.Stat(ctx, p)
+	if err == nil {
+		return true, nil
+	}
+	if isNotFound(err) {
+		return false, nil
+	}
+	return false, err
+}
+
+// isNotFound tells a driver's PathNotFoundError (by value or pointer).
+func isNotFound(err error) bool {
+	var v driver.PathNotFoundError
+	if errors.As(err, &v) {
+		return true
+	}
+	var p *driver.PathNotFoundError
+	return errors.As(err, &p)
+}
+
+// repository is the Repository implementation: a name and the shared store.
+type repository struct {
+	s    *storage
+	name string
+}
+
+func (r *repository) Name() string               { return r.name }
+func (r *repository) Layers() LayerService       { return &layerService{repo: r} }
+func (r *repository) Uploads() UploadService     { return &uploadService{repo: r} }
+func (r *repository) Manifests() ManifestService { return &manifestService{repo: r} }
+func (r *repository) Tags() TagService           { return &tagService{repo: r} }

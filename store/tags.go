@@ -1,0 +1,93 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// tagService is the TagService of one repository.
+type tagService struct {
+	repo *repository
+}
+
+// Get implements TagService.
+func (t *tagService) Get(ctx context.Context, tag string) (digest.Digest, error) {
+	p, err := pathFor(manifestTagCurrentLinkPathSpec{name: t.repo.name, tag: tag})
+	if err != nil {
+		return "", err
+	}
+	d, err := t.repo.s.readLink(ctx, p)
+	if err != nil {
+		if isNotFound(err) {
+			return "", fmt.Errorf("%w: %s:%s", ErrTagUnknown, t.repo.name, tag)
+		}
+		return "", err
+	}
+	return d, nil
+}
+
+// Tag implements TagService.
+func (t *tagService) Tag(ctx context.Context, tag string, dgst digest.Digest) error {
+	if err := checkTag(tag); err != nil {
+		return err
+	}
+	ok, err := (&manifestService{repo: t.repo}).Exists(ctx, dgst)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s in %s", ErrManifestUnknown, dgst, t.repo.name)
+	}
+	return t.point(ctx, tag, dgst)
+}
+
+// point records dgst in the tag's index, then makes it the tag's current
+// revision: the index never lacks what current names.
+func (t *tagService) point(ctx context.Context, tag string, dgst digest.Digest) error {
+	s := t.repo.s
+	if err := s.writeLink(ctx, mustPath(manifestTagIndexEntryLinkPathSpec{name: t.repo.name, tag: tag, revision: dgst}), dgst); err != nil {
+		return err
+	}
+	if err := s.writeLink(ctx, mustPath(manifestTagCurrentLinkPathSpec{name: t.repo.name, tag: tag}), dgst); err != nil {
+		return err
+	}
+	s.log.Debug("tagged", "repository", t.repo.name, "tag", tag, "digest", dgst)
+	return nil
+}
+
+// Untag implements TagService: the tag's directory goes, index included, as
+// the registry's tag delete does.
+func (t *tagService) Untag(ctx context.Context, tag string) error {
+	p, err := pathFor(manifestTagPathSpec{name: t.repo.name, tag: tag})
+	if err != nil {
+		return err
+	}
+	if err := t.repo.s.driver.Delete(ctx, p); err != nil {
+		if isNotFound(err) {
+			return fmt.Errorf("%w: %s:%s", ErrTagUnknown, t.repo.name, tag)
+		}
+		return err
+	}
+	t.repo.s.log.Debug("untagged", "repository", t.repo.name, "tag", tag)
+	return nil
+}
+
+// List implements TagService. Directories under tags/ whose names are not
+// valid tags are skipped.
+func (t *tagService) List(ctx context.Context) ([]string, error) {
+	names, err := t.repo.s.list(ctx, mustPath(manifestTagsPathSpec{name: t.repo.name}))
+	if err != nil {
+		return nil, err
+	}
+	out := names[:0]
+	for _, n := range names {
+		if checkTag(n) == nil {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}

@@ -1,0 +1,378 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"path"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/driver"
+)
+
+// uploadService is the UploadService of one repository.
+type uploadService struct {
+	repo *repository
+}
+
+// Create implements UploadService. It writes startedat (as the registry
+// does), regfs's expected-digest file and an empty data file, so that the
+// upload is visible, with size 0, to every other reader at once.
+func (u *uploadService) Create(ctx context.Context, expected digest.Digest) (Upload, error) {
+	if err := checkStoredDigest(expected); err != nil {
+		return nil, err
+	}
+	s := u.repo.s
+	id := uuid.NewString()
+	name := u.repo.name
+	started := time.Now().UTC().Truncate(time.Second)
+	if err := s.driver.PutContent(ctx, mustPath(uploadStartedAtPathSpec{name: name, id: id}), []byte(started.Format(time.RFC3339))); err != nil {
+		return nil, err
+	}
+	if err := s.writeLink(ctx, mustPath(uploadExpectedPathSpec{name: name, id: id}), expected); err != nil {
+		return nil, err
+	}
+	fw, err := s.driver.Writer(ctx, mustPath(uploadDataPathSpec{name: name, id: id}), false)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Debug("upload created", "repository", name, "upload", id, "expected", expected)
+	return &upload{
+		repo:     u.repo,
+		id:       id,
+		expected: expected,
+		started:  started,
+		fw:       fw,
+		h:        sha256.New(),
+		savedAt:  -1,
+	}, nil
+}
+
+// Resume implements UploadService. The size is the data's size in storage;
+// the hash state comes from hashstates/sha256/<size> when one was saved at
+// that size, else the data is hashed once.
+func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
+	info, err := u.Stat(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	s := u.repo.s
+	up := &upload{
+		repo:     u.repo,
+		id:       id,
+		expected: info.Expected,
+		started:  info.StartedAt,
+		size:     info.Size,
+		h:        sha256.New(),
+	}
+	state, err := s.driver.GetContent(ctx, mustPath(uploadHashStatePathSpec{name: u.repo.name, id: id, offset: info.Size}))
+	switch {
+	case err == nil:
+		if uerr := up.h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); uerr == nil {
+			up.savedAt = info.Size
+			return up, nil
+		} else {
+			s.log.Warn("upload hash state unreadable, re-hashing", "repository", u.repo.name, "upload", id, "error", uerr)
+		}
+	case !isNotFound(err):
+		return nil, err
+	}
+	if err := up.rehash(ctx); err != nil {
+		return nil, err
+	}
+	return up, nil
+}
+
+// List implements UploadService. Directories under _uploads/ whose names are
+// not upload IDs are not uploads and are skipped.
+func (u *uploadService) List(ctx context.Context) ([]UploadInfo, error) {
+	names, err := u.repo.s.list(ctx, mustPath(uploadsPathSpec{name: u.repo.name}))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	var out []UploadInfo
+	for _, n := range names {
+		if checkUploadID(n) != nil {
+			continue
+		}
+		info, err := u.Stat(ctx, n)
+		if errors.Is(err, ErrUploadUnknown) {
+			continue // gone since the listing
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+// Stat implements UploadService. Uploads other writers (the registry) left
+// have no expected digest; a missing startedat gives a zero StartedAt and
+// missing data a zero size, as the registry creates data lazily.
+func (u *uploadService) Stat(ctx context.Context, id string) (UploadInfo, error) {
+	dir, err := pathFor(uploadPathSpec{name: u.repo.name, id: id})
+	if err != nil {
+		return UploadInfo{}, err
+	}
+	s := u.repo.s
+	fi, err := s.driver.Stat(ctx, dir)
+	if err != nil {
+		if isNotFound(err) {
+			return UploadInfo{}, fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, u.repo.name)
+		}
+		return UploadInfo{}, err
+	}
+	if !fi.IsDir {
+		return UploadInfo{}, fmt.Errorf("%w: %s in %s is not a directory", ErrUploadUnknown, id, u.repo.name)
+	}
+	info := UploadInfo{ID: id}
+	if b, err := s.driver.GetContent(ctx, mustPath(uploadStartedAtPathSpec{name: u.repo.name, id: id})); err == nil {
+		if t, perr := time.Parse(time.RFC3339, string(b)); perr == nil {
+			info.StartedAt = t.UTC()
+		}
+	} else if !isNotFound(err) {
+		return UploadInfo{}, err
+	}
+	if d, err := s.readLink(ctx, mustPath(uploadExpectedPathSpec{name: u.repo.name, id: id})); err == nil {
+		info.Expected = d
+	} else if !isNotFound(err) {
+		return UploadInfo{}, err
+	}
+	if dfi, err := s.driver.Stat(ctx, mustPath(uploadDataPathSpec{name: u.repo.name, id: id})); err == nil {
+		info.Size = dfi.Size
+	} else if !isNotFound(err) {
+		return UploadInfo{}, err
+	}
+	return info, nil
+}
+
+// Cancel implements UploadService.
+func (u *uploadService) Cancel(ctx context.Context, id string) error {
+	dir, err := pathFor(uploadPathSpec{name: u.repo.name, id: id})
+	if err != nil {
+		return err
+	}
+	if err := u.repo.s.driver.Delete(ctx, dir); err != nil {
+		if isNotFound(err) {
+			return fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, u.repo.name)
+		}
+		return err
+	}
+	u.repo.s.log.Debug("upload cancelled", "repository", u.repo.name, "upload", id)
+	return nil
+}
+
+// upload is one upload in progress. It is not safe for concurrent use.
+type upload struct {
+	repo     *repository
+	id       string
+	expected digest.Digest
+	started  time.Time
+
+	// fw is the open driver writer on data; nil until the first write
+	// after a Flush (or Resume), then reopened in append mode.
+	fw driver.FileWriter
+	// h has hashed exactly the first size bytes of data.
+	h    hash.Hash
+	size int64
+	// savedAt is the size at which the hash state was last saved; -1 when
+	// none was saved by this value.
+	savedAt int64
+	done    bool
+}
+
+var errUploadClosed = errors.New("upload closed")
+
+func (up *upload) ID() string              { return up.id }
+func (up *upload) Expected() digest.Digest { return up.expected }
+func (up *upload) Size() int64             { return up.size }
+
+// WriteAt implements Upload: an upload only grows at its end.
+func (up *upload) WriteAt(p []byte, off int64) (int, error) {
+	if off != up.size {
+		return 0, fmt.Errorf("%w: offset %d, upload %s has %d bytes", ErrInvalidOffset, off, up.id, up.size)
+	}
+	return up.Write(p)
+}
+
+// Write implements Upload. The bytes go to the driver and, as far as the
+// driver took them, into the hasher: one pass, no re-read at commit.
+func (up *upload) Write(p []byte) (int, error) {
+	if up.done {
+		return 0, errUploadClosed
+	}
+	if up.fw == nil {
+		// The context of the call that opened the upload is gone by now;
+		// the writer's lifetime is the upload's, ended by Flush or Close.
+		fw, err := up.repo.s.driver.Writer(context.Background(), up.dataPath(), true)
+		if isNotFound(err) && up.size == 0 {
+			fw, err = up.repo.s.driver.Writer(context.Background(), up.dataPath(), false)
+		}
+		if err != nil {
+			return 0, err
+		}
+		if fw.Size() != up.size {
+			_ = fw.Close()
+			return 0, fmt.Errorf("%w: upload %s data has %d bytes, expected %d (another writer?)", ErrInvalidOffset, up.id, fw.Size(), up.size)
+		}
+		up.fw = fw
+	}
+	n, err := up.fw.Write(p)
+	up.h.Write(p[:n])
+	up.size += int64(n)
+	return n, err
+}
+
+func (up *upload) dataPath() string {
+	return mustPath(uploadDataPathSpec{name: up.repo.name, id: up.id})
+}
+
+// Flush implements Upload: closing the driver writer makes the bytes
+// durable; the hash state saved at the new size lets a later Resume skip
+// re-reading them. Older states are removed, as the registry does.
+func (up *upload) Flush(ctx context.Context) error {
+	if up.done {
+		return errUploadClosed
+	}
+	if up.fw != nil {
+		err := up.fw.Close()
+		up.fw = nil
+		if err != nil {
+			return err
+		}
+	}
+	if up.savedAt == up.size {
+		return nil
+	}
+	return up.saveHashState(ctx)
+}
+
+func (up *upload) saveHashState(ctx context.Context) error {
+	s := up.repo.s
+	state, err := up.h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("store: saving hash state of upload %s: %w", up.id, err)
+	}
+	if err := s.driver.PutContent(ctx, mustPath(uploadHashStatePathSpec{name: up.repo.name, id: up.id, offset: up.size}), state); err != nil {
+		return err
+	}
+	up.savedAt = up.size
+	dir := mustPath(uploadHashStatesPathSpec{name: up.repo.name, id: up.id})
+	names, err := s.list(ctx, dir)
+	if err != nil {
+		return err
+	}
+	keep := strconv.FormatInt(up.size, 10)
+	for _, n := range names {
+		if n == keep {
+			continue
+		}
+		if err := s.driver.Delete(ctx, path.Join(dir, n)); err != nil && !isNotFound(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// rehash feeds the hasher the upload's data from storage once; used when no
+// saved state matches the data's size.
+func (up *upload) rehash(ctx context.Context) error {
+	if up.size == 0 {
+		up.savedAt = -1
+		return nil
+	}
+	rc, err := up.repo.s.driver.Reader(ctx, up.dataPath(), 0)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	n, err := io.Copy(up.h, rc)
+	if err != nil {
+		return fmt.Errorf("store: re-hashing upload %s: %w", up.id, err)
+	}
+	up.size = n
+	up.savedAt = -1
+	up.repo.s.log.Debug("upload re-hashed", "repository", up.repo.name, "upload", up.id, "size", n)
+	return nil
+}
+
+// Commit implements Upload. Verify (size and digest) -> move the data to the
+// blob store unless the blob is already there -> link -> remove the upload.
+// On a mismatch nothing moves and the upload stays resumable.
+func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
+	if err := up.Flush(ctx); err != nil {
+		return Descriptor{}, err
+	}
+	s := up.repo.s
+	if up.expected == "" {
+		return Descriptor{}, fmt.Errorf("%w: upload %s has no expected digest", ErrInvalidDigest, up.id)
+	}
+	actual := digest.NewDigest(digest.SHA256, up.h)
+	stored := up.size
+	if fi, err := s.driver.Stat(ctx, up.dataPath()); err == nil {
+		stored = fi.Size
+	} else if !isNotFound(err) {
+		return Descriptor{}, err
+	} else if up.size != 0 {
+		return Descriptor{}, fmt.Errorf("%w: data of upload %s vanished", ErrUploadUnknown, up.id)
+	}
+	if actual != up.expected || stored != up.size {
+		return Descriptor{}, &ErrDigestMismatch{Expected: up.expected, Actual: actual, Size: stored}
+	}
+	desc := Descriptor{Digest: actual, Size: up.size}
+	blobPath := mustPath(blobDataPathSpec{digest: actual})
+	blobExisted, err := s.exists(ctx, blobPath)
+	if err != nil {
+		return Descriptor{}, err
+	}
+	if !blobExisted {
+		err := s.driver.Move(ctx, up.dataPath(), blobPath)
+		if isNotFound(err) && up.size == 0 {
+			// The registry creates data lazily: an empty upload may have none.
+			err = s.driver.PutContent(ctx, blobPath, nil)
+		}
+		if err != nil {
+			return Descriptor{}, err
+		}
+	}
+	if err := s.writeLink(ctx, mustPath(layerLinkPathSpec{name: up.repo.name, digest: actual}), actual); err != nil {
+		return Descriptor{}, err
+	}
+	if err := s.driver.Delete(ctx, mustPath(uploadPathSpec{name: up.repo.name, id: up.id})); err != nil && !isNotFound(err) {
+		return Descriptor{}, err
+	}
+	up.done = true
+	s.log.Debug("upload committed", "repository", up.repo.name, "upload", up.id, "digest", actual, "size", up.size, "deduplicated", blobExisted)
+	return desc, nil
+}
+
+// Close implements Upload.
+func (up *upload) Close() error {
+	if up.done {
+		return nil
+	}
+	err := up.Flush(context.Background())
+	up.done = true
+	return err
+}
+
+// Cancel implements Upload.
+func (up *upload) Cancel(ctx context.Context) error {
+	if up.fw != nil {
+		_ = up.fw.Close()
+		up.fw = nil
+	}
+	up.done = true
+	return (&uploadService{repo: up.repo}).Cancel(ctx, up.id)
+}
