@@ -1,0 +1,372 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+// Defaults used by New and by NewWithOptions for zero fields.
+const (
+	// DefaultBlockSize is the block size when none is given: large enough that
+	// one S3 request per block is cheap relative to its transfer time, small
+	// enough that a random 4 KiB read does not pull in much more than needed.
+	DefaultBlockSize = 1 << 20
+	// DefaultReadAhead is the number of blocks loaded ahead of a sequential
+	// reader.
+	DefaultReadAhead = 4
+	// DefaultMaxStreams is the number of idle lower streams a Reader keeps.
+	DefaultMaxStreams = 3
+	// DefaultAttempts is how many times a block load is tried before its
+	// error is returned.
+	DefaultAttempts = 3
+	// DefaultRetryDelay is the backoff before the second attempt; it doubles
+	// for each further attempt.
+	DefaultRetryDelay = 10 * time.Millisecond
+)
+
+// ErrClosed is returned by ReadAt on a Reader that was closed.
+var ErrClosed = errors.New("cache: reader closed")
+
+// ErrNegativeOffset is returned by ReadAt for an offset below zero.
+var ErrNegativeOffset = errors.New("cache: negative offset")
+
+// OpenFunc streams the object from offset to its end. The context is
+// cancelled when the Reader that called it is closed.
+type OpenFunc func(ctx context.Context, offset int64) (io.ReadCloser, error)
+
+// Options configure a Cache. Zero fields take the defaults above.
+type Options struct {
+	// Budget is the most bytes the cache holds at any time, counting cached
+	// blocks, blocks being loaded and blocks evicted while a reader still
+	// copies from them. Zero or negative: nothing is cached and every read
+	// goes straight to the source.
+	Budget int64
+	// BlockSize is the size of a block in bytes (DefaultBlockSize if <= 0).
+	BlockSize int
+	// ReadAhead is the number of blocks loaded ahead of a sequential reader
+	// (DefaultReadAhead if 0, none if negative).
+	ReadAhead int
+	// MaxStreams is the number of idle lower streams kept per Reader
+	// (DefaultMaxStreams if 0, none kept if negative).
+	MaxStreams int
+	// MaxSkip is the largest forward gap a kept stream skips by reading and
+	// discarding instead of reopening (BlockSize if 0, never if negative).
+	MaxSkip int64
+	// Attempts is how many times a failing block load is tried
+	// (DefaultAttempts if <= 0).
+	Attempts int
+	// RetryDelay is the backoff before the second attempt, doubled after
+	// each further one (DefaultRetryDelay if 0, none if negative).
+	RetryDelay time.Duration
+}
+
+// Stats are counters of a Cache since New. Hits, Misses, Waits and
+// Uncached count demand lookups of one block by ReadAt.
+type Stats struct {
+	// Hits found the block cached.
+	Hits int64
+	// Misses found the block neither cached nor loading, so the reader
+	// loaded it (or read it uncached).
+	Misses int64
+	// Loads counts block loads started, by demand or read-ahead.
+	Loads int64
+	// Evictions counts blocks dropped to make room.
+	Evictions int64
+	// ReadAheads counts the loads started by read-ahead.
+	ReadAheads int64
+	// Bytes is what the cache holds now: cached blocks, loads in flight and
+	// evicted blocks still being copied from.
+	Bytes int64
+	// MaxBytes is the high-water mark of Bytes; it never exceeds Budget.
+	MaxBytes int64
+	// Budget is the configured budget.
+	Budget int64
+
+	// Waits found the block being loaded by someone else and waited for it
+	// (single flight).
+	Waits int64
+	// Uncached counts misses read straight into the caller's buffer because
+	// the budget was taken by loads in flight.
+	Uncached int64
+	// LoadErrors counts block loads that failed after every attempt.
+	LoadErrors int64
+	// Retries counts load attempts after the first.
+	Retries int64
+	// Opens counts calls of an OpenFunc (lower streams opened).
+	Opens int64
+}
+
+// Cache is one global, byte-budgeted cache of fixed-size blocks of immutable
+// blobs, shared by every Reader made from it. It is safe for concurrent use.
+type Cache struct {
+	blockSize  int
+	budget     int64
+	readAhead  int
+	maxStreams int
+	maxSkip    int64
+	attempts   int
+	retryDelay time.Duration
+
+	mu sync.Mutex
+	// lru holds the loaded blocks, most recently used first; guarded by mu.
+	// Its entry limit is unreachable: eviction is by bytes, done by reserve.
+	lru *simplelru.LRU[blockKey, *block]
+	// loads are the loads in flight, one per block; guarded by mu.
+	loads map[blockKey]*load
+	// bytes is everything held (see Stats.Bytes); guarded by mu.
+	bytes int64
+	// loading is the part of bytes reserved by loads in flight; guarded by mu.
+	loading int64
+	// stats are the counters kept under mu; Bytes and Budget are filled in
+	// by Stats.
+	stats Stats
+
+	// opens and retries are counted outside mu, by the loaders.
+	opens, retries atomic.Int64
+}
+
+// blockKey names block idx of the blob key.
+type blockKey struct {
+	key string
+	idx int64
+}
+
+// block is a loaded block. Its data never changes once cached, so readers
+// copy from it without holding the lock; pins says how many are doing so.
+type block struct {
+	data []byte
+	// pins counts readers copying from data; guarded by Cache.mu.
+	pins int
+	// evicted is set when the block left the LRU while pinned: its bytes
+	// stay counted until the last unpin; guarded by Cache.mu.
+	evicted bool
+}
+
+// load is one block load in flight; the goroutines that want the block
+// meanwhile wait on done.
+type load struct {
+	done chan struct{}
+	// waiters counts the goroutines waiting on done; guarded by Cache.mu.
+	waiters int
+	// blk and err are the result, set before done is closed. blk comes
+	// pinned once for each waiter.
+	blk *block
+	err error
+	// abandoned tells waiters that the load failed only because the Reader
+	// that started it was closed, so they should load the block themselves.
+	abandoned bool
+}
+
+// New returns a cache of at most budget bytes in blocks of blockSize bytes
+// (DefaultBlockSize if blockSize <= 0), with default options otherwise.
+func New(budget int64, blockSize int) *Cache {
+	return NewWithOptions(Options{Budget: budget, BlockSize: blockSize})
+}
+
+// NewWithOptions returns a cache configured by o.
+func NewWithOptions(o Options) *Cache {
+	c := &Cache{
+		blockSize:  o.BlockSize,
+		budget:     max(o.Budget, 0),
+		readAhead:  o.ReadAhead,
+		maxStreams: o.MaxStreams,
+		maxSkip:    o.MaxSkip,
+		attempts:   o.Attempts,
+		retryDelay: o.RetryDelay,
+		loads:      make(map[blockKey]*load),
+	}
+	if c.blockSize <= 0 {
+		c.blockSize = DefaultBlockSize
+	}
+	switch {
+	case c.readAhead == 0:
+		c.readAhead = DefaultReadAhead
+	case c.readAhead < 0:
+		c.readAhead = 0
+	}
+	switch {
+	case c.maxStreams == 0:
+		c.maxStreams = DefaultMaxStreams
+	case c.maxStreams < 0:
+		c.maxStreams = 0
+	}
+	switch {
+	case c.maxSkip == 0:
+		c.maxSkip = int64(c.blockSize)
+	case c.maxSkip < 0:
+		c.maxSkip = 0
+	}
+	if c.attempts <= 0 {
+		c.attempts = DefaultAttempts
+	}
+	switch {
+	case c.retryDelay == 0:
+		c.retryDelay = DefaultRetryDelay
+	case c.retryDelay < 0:
+		c.retryDelay = 0
+	}
+	// The entry limit only has to be out of reach; simplelru allocates
+	// nothing up front.
+	lru, err := simplelru.NewLRU[blockKey, *block](math.MaxInt, nil)
+	if err != nil {
+		panic(err) // only for a non-positive size
+	}
+	c.lru = lru
+	return c
+}
+
+// BlockSize returns the block size in bytes.
+func (c *Cache) BlockSize() int { return c.blockSize }
+
+// Stats returns a snapshot of the counters.
+func (c *Cache) Stats() Stats {
+	c.mu.Lock()
+	s := c.stats
+	s.Bytes = c.bytes
+	c.mu.Unlock()
+	s.Budget = c.budget
+	s.Opens = c.opens.Load()
+	s.Retries = c.retries.Load()
+	return s
+}
+
+// lookup is the outcome of acquire.
+type lookup int
+
+const (
+	found    lookup = iota // blk is pinned for the caller
+	mustLoad               // the caller owns ld and has reserved its bytes
+	uncached               // no room: the caller reads without caching
+)
+
+// acquire finds block bk of n bytes for a demand read. It waits for a load
+// in flight. On a miss it reserves room and registers a load the caller must
+// run and finish; when no room can be made it says so instead of waiting,
+// so a reader always makes progress.
+func (c *Cache) acquire(bk blockKey, n int) (lookup, *block, *load, error) {
+	c.mu.Lock()
+	for {
+		if b, ok := c.lru.Get(bk); ok {
+			b.pins++
+			c.stats.Hits++
+			c.mu.Unlock()
+			return found, b, nil, nil
+		}
+		if ld, ok := c.loads[bk]; ok {
+			ld.waiters++
+			c.stats.Waits++
+			c.mu.Unlock()
+			<-ld.done
+			if ld.err == nil {
+				return found, ld.blk, nil, nil
+			}
+			if !ld.abandoned {
+				return 0, nil, nil, ld.err
+			}
+			c.mu.Lock()
+			continue
+		}
+		c.stats.Misses++
+		if !c.reserve(int64(n)) {
+			c.stats.Uncached++
+			c.mu.Unlock()
+			return uncached, nil, nil, nil
+		}
+		ld := c.startLoad(bk)
+		c.mu.Unlock()
+		return mustLoad, nil, ld, nil
+	}
+}
+
+// tryReadAhead registers a read-ahead load of block bk of n bytes. It
+// reports whether the block is cached or loading afterwards. Read-ahead may
+// only fill half the budget with loads in flight, so demand reads keep room.
+func (c *Cache) tryReadAhead(bk blockKey, n int) (ld *load, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lru.Contains(bk) {
+		return nil, true
+	}
+	if _, loading := c.loads[bk]; loading {
+		return nil, true
+	}
+	if c.loading+int64(n) > c.budget/2 || !c.reserve(int64(n)) {
+		return nil, false
+	}
+	c.stats.ReadAheads++
+	return c.startLoad(bk), true
+}
+
+// startLoad registers a load of bk whose bytes are reserved; c.mu is held.
+func (c *Cache) startLoad(bk blockKey) *load {
+	ld := &load{done: make(chan struct{})}
+	c.loads[bk] = ld
+	c.stats.Loads++
+	return ld
+}
+
+// reserve makes room for n more bytes by evicting least recently used
+// blocks, and counts them as loading. It reports false, reserving nothing,
+// when loads in flight and pinned blocks leave no room; c.mu is held.
+func (c *Cache) reserve(n int64) bool {
+	if c.loading+n > c.budget {
+		return false
+	}
+	for c.bytes+n > c.budget {
+		_, b, ok := c.lru.RemoveOldest()
+		if !ok {
+			return false
+		}
+		c.stats.Evictions++
+		if b.pins == 0 {
+			c.bytes -= int64(len(b.data))
+		} else {
+			b.evicted = true
+		}
+	}
+	c.bytes += n
+	c.loading += n
+	c.stats.MaxBytes = max(c.stats.MaxBytes, c.bytes)
+	return true
+}
+
+// finish ends the load ld of bk: on success the block is cached, pinned for
+// every waiter plus pins for the loader itself; on failure the reservation
+// is released and nothing is cached. abandoned marks a failure caused by
+// the closing of the loader's Reader.
+func (c *Cache) finish(bk blockKey, ld *load, n int, data []byte, err error, abandoned bool, pins int) *block {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.loads, bk)
+	c.loading -= int64(n)
+	if err != nil {
+		c.bytes -= int64(n)
+		c.stats.LoadErrors++
+		ld.err = err
+		ld.abandoned = abandoned
+		close(ld.done)
+		return nil
+	}
+	b := &block{data: data, pins: ld.waiters + pins}
+	c.lru.Add(bk, b)
+	ld.blk = b
+	close(ld.done)
+	return b
+}
+
+// unpin releases a block acquired for copying.
+func (c *Cache) unpin(b *block) {
+	c.mu.Lock()
+	b.pins--
+	if b.pins == 0 && b.evicted {
+		c.bytes -= int64(len(b.data))
+	}
+	c.mu.Unlock()
+}

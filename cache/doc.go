@@ -1,0 +1,74 @@
+// Package cache is the read path of regfs: a Reader serves ReadAt on an
+// immutable blob from fixed-size blocks held in one global, byte-budgeted
+// LRU cache, loading missing blocks from a lower stream (a storage driver
+// reader) and reading ahead of sequential readers.
+//
+// # Blocks
+//
+// A blob is cut into blocks of BlockSize bytes (1 MiB by default; the last
+// block is short), keyed by (blob digest, block index). Blobs never change,
+// so a cached block is valid forever and every Reader of the same digest
+// shares it. 1 MiB is a compromise between the cost of a request to the
+// backend (an S3 GET costs tens of milliseconds before its first byte, so a
+// block should take longer than that to transfer) and waste on random
+// access (a 4 KiB read pulls in a whole block), and is eight FUSE read
+// requests of 128 KiB, so one load serves several requests.
+//
+// # Budget
+//
+// The cache holds at most Budget bytes, counted as: blocks in the LRU, plus
+// blocks being loaded (their bytes are reserved before the load starts),
+// plus blocks evicted while a reader still copies from them (pinned; their
+// bytes are released by the last unpin). Eviction is by bytes, least
+// recently used first, on the hashicorp simplelru under one mutex, whose
+// entry limit is set out of reach. Stats.MaxBytes records the high-water
+// mark, which never exceeds the budget.
+//
+// When a block cannot be reserved (the budget is taken by loads in flight,
+// or the budget is smaller than a block), a reader does not wait: it reads
+// the bytes it needs straight from the source into the caller's buffer, so
+// it always makes progress and the cache allocates nothing beyond the
+// budget, however many readers there are and however large the blobs. The
+// memory a Reader itself holds is bounded too: a few idle streams and at
+// most ReadAhead loads in flight, each counted against the budget.
+//
+// # Single flight
+//
+// A block has at most one load in flight. Concurrent ReadAt calls that want
+// it wait for that load and copy from its result; a failed load is returned
+// to every waiter and not cached, so the next read tries again. If the load
+// failed only because the Reader that ran it was closed, waiters from other
+// Readers load the block themselves instead of failing.
+//
+// Loads retry a bounded number of times with a short backoff. A stream that
+// ends before the block is full is an io.ErrUnexpectedEOF: a short block is
+// never cached.
+//
+// # Read-ahead
+//
+// Each Reader watches where its reads land. A read at offset 0, or within
+// two blocks of the end of the previous reads, continues a sequential run;
+// the slack absorbs FUSE requests that arrive concurrently and slightly out
+// of order. During a run the Reader keeps the next ReadAhead blocks (4 by
+// default) loading in parallel, each load registered in the cache before
+// ReadAt returns, so a sequential pass finds its next block cached or in
+// flight, rarely missing. Read-ahead stops at the end of the blob, never
+// starts when the loads in flight would fill more than half the budget
+// (demand reads keep the other half), and stops on Close, which waits for
+// its goroutines.
+//
+// # Lower streams
+//
+// Opening a stream can cost a request, so a Reader keeps a few idle streams
+// positioned where their last load ended. A load at a kept stream's
+// position reuses it; a small forward gap (MaxSkip, one block by default)
+// is read and discarded; anything else opens a new stream at the block's
+// offset. Streams are opened under a context that Close cancels, and Close
+// closes the kept ones.
+//
+// # Copies
+//
+// A block is read from the stream into its own buffer once, and copied from
+// there into the caller's buffer once. Cached blocks are immutable, so the
+// copy happens outside the lock.
+package cache

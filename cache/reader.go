@@ -1,0 +1,332 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+)
+
+// Reader reads one blob through its Cache. ReadAt is safe for concurrent
+// use; Close stops its read-ahead and closes its lower streams.
+type Reader struct {
+	c    *Cache
+	key  string
+	size int64
+	open OpenFunc
+
+	// ctx is cancelled by Close; lower streams are opened under it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// readAheads tracks the read-ahead goroutines, so Close can wait.
+	readAheads sync.WaitGroup
+
+	mu sync.Mutex
+	// closed is set by Close; guarded by mu.
+	closed bool
+	// streams are the idle lower streams, least recently used first;
+	// guarded by mu.
+	streams []*stream
+	// lastEnd is the end of the furthest read of the current sequential
+	// run, or -1 before the first read; guarded by mu.
+	lastEnd int64
+	// raNext is the first block index read-ahead has not yet covered in
+	// the current sequential run; guarded by mu.
+	raNext int64
+	// raInFlight counts this Reader's read-ahead loads; guarded by mu.
+	raInFlight int
+}
+
+// stream is an open lower stream positioned at pos.
+type stream struct {
+	rc  io.ReadCloser
+	pos int64
+}
+
+// NewReader returns a Reader of the blob named key (its digest), size bytes
+// long, whose bytes open streams. Readers of the same key share blocks, so
+// key must name immutable content.
+func (c *Cache) NewReader(key string, size int64, open OpenFunc) *Reader {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Reader{
+		c:       c,
+		key:     key,
+		size:    max(size, 0),
+		open:    open,
+		ctx:     ctx,
+		cancel:  cancel,
+		lastEnd: -1,
+	}
+}
+
+// Size returns the size of the blob.
+func (r *Reader) Size() int64 { return r.size }
+
+// ReadAt reads len(p) bytes at off, following the io.ReaderAt contract: it
+// returns fewer only at the end of the blob, with io.EOF, or with an error.
+func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, ErrNegativeOffset
+	}
+	if off >= r.size {
+		if r.isClosed() {
+			return 0, ErrClosed
+		}
+		return 0, io.EOF
+	}
+	var atEOF error
+	if rest := r.size - off; int64(len(p)) > rest {
+		p = p[:rest]
+		atEOF = io.EOF
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if err := r.access(off, off+int64(len(p))); err != nil {
+		return 0, err
+	}
+	bs := int64(r.c.blockSize)
+	n := 0
+	for n < len(p) {
+		pos := off + int64(n)
+		idx := pos / bs
+		m, err := r.readBlock(p[n:], idx, pos-idx*bs)
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, atEOF
+}
+
+// readBlock copies into dst what block idx holds from offset within on, and
+// returns how many bytes it copied.
+func (r *Reader) readBlock(dst []byte, idx, within int64) (int, error) {
+	bk := blockKey{r.key, idx}
+	n := r.blockLen(idx)
+	what, b, ld, err := r.c.acquire(bk, n)
+	switch {
+	case err != nil:
+		return 0, err
+	case what == uncached:
+		m := min(len(dst), n-int(within))
+		if err := r.fill(dst[:m], idx*int64(r.c.blockSize)+within); err != nil {
+			return 0, err
+		}
+		return m, nil
+	case what == mustLoad:
+		b, err = r.load(bk, ld, n, 1)
+		if err != nil {
+			return 0, err
+		}
+	}
+	m := copy(dst, b.data[within:])
+	r.c.unpin(b)
+	return m, nil
+}
+
+// load runs the load ld of block bk (n bytes) and finishes it, leaving the
+// block pinned pins times for the caller.
+func (r *Reader) load(bk blockKey, ld *load, n, pins int) (*block, error) {
+	data := make([]byte, n)
+	err := r.fill(data, bk.idx*int64(r.c.blockSize))
+	abandoned := errors.Is(err, ErrClosed)
+	b := r.c.finish(bk, ld, n, data, err, abandoned, pins)
+	return b, err
+}
+
+// blockLen is the length of block idx: the last block of a blob is short.
+func (r *Reader) blockLen(idx int64) int {
+	bs := int64(r.c.blockSize)
+	return int(min(bs, r.size-idx*bs))
+}
+
+// isClosed reports whether Close was called.
+func (r *Reader) isClosed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed
+}
+
+// access notes a read of [off, end) for sequential detection and starts
+// read-ahead when reads walk forward. A read at 0 or near the end of the
+// previous reads continues a run: FUSE sends a sequential pass as requests
+// that arrive concurrently and slightly out of order.
+func (r *Reader) access(off, end int64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	slack := 2 * int64(r.c.blockSize)
+	seq := off == 0 || (r.lastEnd >= 0 && off >= r.lastEnd-slack && off <= r.lastEnd+slack)
+	if !seq {
+		r.lastEnd = end
+		r.raNext = 0
+		return nil
+	}
+	r.lastEnd = max(r.lastEnd, end)
+	if r.c.readAhead == 0 {
+		return nil
+	}
+	bs := int64(r.c.blockSize)
+	last := (r.size - 1) / bs
+	cur := (r.lastEnd - 1) / bs
+	i := max(r.raNext, cur+1)
+	for ; i <= min(cur+int64(r.c.readAhead), last) && r.raInFlight < r.c.readAhead; i++ {
+		bk := blockKey{r.key, i}
+		n := r.blockLen(i)
+		ld, ok := r.c.tryReadAhead(bk, n)
+		if !ok {
+			break
+		}
+		if ld != nil {
+			r.raInFlight++
+			r.readAheads.Add(1)
+			go r.readAhead(bk, ld, n)
+		}
+	}
+	r.raNext = i
+	return nil
+}
+
+// readAhead runs a read-ahead load.
+func (r *Reader) readAhead(bk blockKey, ld *load, n int) {
+	defer r.readAheads.Done()
+	_, _ = r.load(bk, ld, n, 0) // a failure is seen by waiters, or by a later demand load
+	r.mu.Lock()
+	r.raInFlight--
+	r.mu.Unlock()
+}
+
+// fill reads len(dst) bytes at off from the source, retrying transient
+// failures a bounded number of times with a short, growing backoff. Once the
+// Reader is closed it stops with ErrClosed.
+func (r *Reader) fill(dst []byte, off int64) error {
+	delay := r.c.retryDelay
+	var err error
+	for attempt := 0; attempt < r.c.attempts; attempt++ {
+		if attempt > 0 {
+			r.c.retries.Add(1)
+			if delay > 0 {
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-r.ctx.Done():
+					t.Stop()
+					return ErrClosed
+				}
+				delay *= 2
+			}
+		}
+		if err = r.fillOnce(dst, off); err == nil {
+			return nil
+		}
+		if r.ctx.Err() != nil {
+			return ErrClosed
+		}
+	}
+	return err
+}
+
+// fillOnce reads len(dst) bytes at off through a kept stream or a new one.
+// A stream that ends early is an io.ErrUnexpectedEOF and is dropped.
+func (r *Reader) fillOnce(dst []byte, off int64) error {
+	s, err := r.takeStream(off)
+	if err != nil {
+		return err
+	}
+	n, err := io.ReadFull(s.rc, dst)
+	s.pos += int64(n)
+	if err != nil {
+		s.rc.Close()
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	r.putStream(s)
+	return nil
+}
+
+// takeStream returns a stream positioned at off: a kept one at off or a
+// little before it (skipping the gap), else a newly opened one. The stream
+// is the caller's until it hands it back with putStream.
+func (r *Reader) takeStream(off int64) (*stream, error) {
+	r.mu.Lock()
+	best := -1
+	for i, s := range r.streams {
+		if s.pos <= off && off-s.pos <= r.c.maxSkip && (best < 0 || s.pos > r.streams[best].pos) {
+			best = i
+		}
+	}
+	var s *stream
+	if best >= 0 {
+		s = r.streams[best]
+		r.streams = append(r.streams[:best], r.streams[best+1:]...)
+	}
+	r.mu.Unlock()
+	if s != nil {
+		if gap := off - s.pos; gap > 0 {
+			if _, err := io.CopyN(io.Discard, s.rc, gap); err != nil {
+				s.rc.Close()
+				s = nil
+			} else {
+				s.pos = off
+			}
+		}
+		if s != nil {
+			return s, nil
+		}
+	}
+	r.c.opens.Add(1)
+	rc, err := r.open(r.ctx, off)
+	if err != nil {
+		return nil, err
+	}
+	return &stream{rc: rc, pos: off}, nil
+}
+
+// putStream keeps s for a later load, closing the least recently used
+// stream beyond the limit, or s itself once the Reader is closed or at EOF.
+func (r *Reader) putStream(s *stream) {
+	r.mu.Lock()
+	if r.closed || r.c.maxStreams == 0 || s.pos >= r.size {
+		r.mu.Unlock()
+		s.rc.Close()
+		return
+	}
+	r.streams = append(r.streams, s)
+	var drop *stream
+	if len(r.streams) > r.c.maxStreams {
+		drop = r.streams[0]
+		r.streams = append(r.streams[:0], r.streams[1:]...)
+	}
+	r.mu.Unlock()
+	if drop != nil {
+		drop.rc.Close()
+	}
+}
+
+// Close stops read-ahead, waits for its loads to end and closes the kept
+// streams. Reads in flight end with ErrClosed or their data; later reads
+// return ErrClosed. Closing twice is harmless.
+func (r *Reader) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	streams := r.streams
+	r.streams = nil
+	r.mu.Unlock()
+	r.cancel()
+	r.readAheads.Wait()
+	var errs []error
+	for _, s := range streams {
+		errs = append(errs, s.rc.Close())
+	}
+	return errors.Join(errs...)
+}
