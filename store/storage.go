@@ -318,15 +318,8 @@ func (s *storage) exists(ctx context.Context, p string) (bool, error) {
 	return false, err
 }
 
-// isNotFound tells a driver's PathNotFoundError (by value or pointer).
-func isNotFound(err error) bool {
-	var v driver.PathNotFoundError
-	if errors.As(err, &v) {
-		return true
-	}
-	var p *driver.PathNotFoundError
-	return errors.As(err, &p)
-}
+// isNotFound tells a driver's PathNotFoundError from other failures.
+func isNotFound(err error) bool { return driver.IsNotFound(err) }
 
 // repository is the Repository implementation: a name and the shared store.
 type repository struct {
