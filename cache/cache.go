@@ -130,6 +130,13 @@ type Cache struct {
 
 	// opens and retries are counted outside mu, by the loaders.
 	opens, retries atomic.Int64
+
+	// free holds buffers of full-size blocks that nothing references any
+	// more (evicted and unpinned, or of a failed load), so that a cache
+	// turning over its budget does not allocate and zero a fresh block per
+	// load. The pool is emptied by the garbage collector, and its buffers
+	// are not held: they are not counted in the budget.
+	free sync.Pool
 }
 
 // blockKey names block idx of the blob key.
@@ -304,6 +311,15 @@ func (c *Cache) tryReadAhead(bk blockKey, n int) (ld *load, ok bool) {
 	return c.startLoad(bk), true
 }
 
+// present reports whether block bk is cached or loading, without making it
+// more recently used.
+func (c *Cache) present(bk blockKey) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, loading := c.loads[bk]
+	return loading || c.lru.Contains(bk)
+}
+
 // startLoad registers a load of bk whose bytes are reserved; c.mu is held.
 func (c *Cache) startLoad(bk blockKey) *load {
 	ld := &load{done: make(chan struct{})}
@@ -327,6 +343,7 @@ func (c *Cache) reserve(n int64) bool {
 		c.stats.Evictions++
 		if b.pins == 0 {
 			c.bytes -= int64(len(b.data))
+			c.putBuf(b.data)
 		} else {
 			b.evicted = true
 		}
@@ -348,6 +365,7 @@ func (c *Cache) finish(bk blockKey, ld *load, n int, data []byte, err error, aba
 	c.loading -= int64(n)
 	if err != nil {
 		c.bytes -= int64(n)
+		c.putBuf(data)
 		c.stats.LoadErrors++
 		ld.err = err
 		ld.abandoned = abandoned
@@ -367,6 +385,25 @@ func (c *Cache) unpin(b *block) {
 	b.pins--
 	if b.pins == 0 && b.evicted {
 		c.bytes -= int64(len(b.data))
+		c.putBuf(b.data)
 	}
 	c.mu.Unlock()
+}
+
+// getBuf returns a buffer of n bytes for a load, reused when it is a full
+// block. Its content is garbage: a load overwrites all of it or fails.
+func (c *Cache) getBuf(n int) []byte {
+	if n == c.blockSize {
+		if p, ok := c.free.Get().(*[]byte); ok {
+			return *p
+		}
+	}
+	return make([]byte, n)
+}
+
+// putBuf gives back the buffer of a block that nothing references any more.
+func (c *Cache) putBuf(b []byte) {
+	if len(b) == c.blockSize {
+		c.free.Put(&b)
+	}
 }

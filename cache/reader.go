@@ -129,7 +129,7 @@ func (r *Reader) readBlock(dst []byte, idx, within int64) (int, error) {
 // load runs the load ld of block bk (n bytes) and finishes it, leaving the
 // block pinned pins times for the caller.
 func (r *Reader) load(bk blockKey, ld *load, n, pins int) (*block, error) {
-	data := make([]byte, n)
+	data := r.c.getBuf(n)
 	err := r.fill(data, bk.idx*int64(r.c.blockSize))
 	abandoned := errors.Is(err, ErrClosed)
 	b := r.c.finish(bk, ld, n, data, err, abandoned, pins)
@@ -251,7 +251,8 @@ func (r *Reader) fillOnce(dst []byte, off int64) error {
 }
 
 // takeStream returns a stream positioned at off: a kept one at off or a
-// little before it (skipping the gap), else a newly opened one. The stream
+// little before it (skipping a gap nobody else loads), else a newly opened
+// one. The stream
 // is the caller's until it hands it back with putStream.
 func (r *Reader) takeStream(off int64) (*stream, error) {
 	r.mu.Lock()
@@ -267,6 +268,12 @@ func (r *Reader) takeStream(off int64) (*stream, error) {
 		r.streams = append(r.streams[:best], r.streams[best+1:]...)
 	}
 	r.mu.Unlock()
+	if s != nil && s.pos < off && r.c.present(blockKey{r.key, s.pos / int64(r.c.blockSize)}) {
+		// The gap is cached or being loaded by a parallel read-ahead:
+		// discarding it would fetch it twice. Keep the stream for later.
+		r.putStream(s)
+		s = nil
+	}
 	if s != nil {
 		if gap := off - s.pos; gap > 0 {
 			if _, err := io.CopyN(io.Discard, s.rc, gap); err != nil {
