@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -65,7 +66,7 @@ type registry struct {
 	Root string // storage.filesystem.rootdirectory
 	Addr string // host:port on 127.0.0.1
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *syncBuffer
 	done chan error
 	http *http.Client
 }
@@ -129,7 +130,7 @@ func tryStartRegistry(t *testing.T, root string) (*registry, error) {
 		t:    t,
 		Root: root,
 		Addr: addr,
-		log:  &bytes.Buffer{},
+		log:  &syncBuffer{},
 		done: make(chan error, 1),
 		http: &http.Client{Timeout: 30 * time.Second},
 	}
@@ -198,6 +199,25 @@ func (r *registry) stop() {
 		_ = r.cmd.Process.Kill()
 		<-r.done
 	}
+}
+
+// syncBuffer is the registry's log: written by exec's copying goroutine
+// while the test may read it for a failure message.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer // guarded by mu
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // url returns the registry's URL for path.
