@@ -320,6 +320,16 @@ func (c *Cache) present(bk blockKey) bool {
 	return loading || c.lru.Contains(bk)
 }
 
+// touch makes the cached blocks first to last of key the most recently
+// used, last first.
+func (c *Cache) touch(key string, first, last int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := last; i >= first; i-- {
+		c.lru.Get(blockKey{key, i})
+	}
+}
+
 // startLoad registers a load of bk whose bytes are reserved; c.mu is held.
 func (c *Cache) startLoad(bk blockKey) *load {
 	ld := &load{done: make(chan struct{})}

@@ -668,3 +668,79 @@ func TestReadersShareBlocks(t *testing.T) {
 		t.Errorf("stats = %+v, want r2 to hit and 4 loads in all", s)
 	}
 }
+
+// TestEvictedBlockStaysCountedWhilePinned evicts a block a reader is still
+// copying from: its bytes stay counted against the budget, and its buffer is
+// not reused, until the reader lets go.
+func TestEvictedBlockStaysCountedWhilePinned(t *testing.T) {
+	const bs = 1 << 10
+	src := newSource(8*bs, 17)
+	c := NewWithOptions(Options{Budget: 3 * bs, BlockSize: bs, ReadAhead: -1})
+	r := c.NewReader("blob", 8*bs, src.open)
+	defer r.Close()
+	if _, err := r.ReadAt(make([]byte, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	what, pinned, _, err := c.acquire(blockKey{"blob", 0}, bs)
+	if err != nil || what != found {
+		t.Fatalf("acquire of a cached block = %v, %v", what, err)
+	}
+	// Blocks 1-6 go through a budget of three blocks: block 0 is evicted
+	// early, its buffer must not be handed to a later load.
+	p := make([]byte, bs)
+	for i := int64(1); i <= 6; i++ {
+		if n, err := r.ReadAt(p, i*bs); n != bs || err != nil || !bytes.Equal(p, src.data[i*bs:(i+1)*bs]) {
+			t.Fatalf("block %d: %d, %v", i, n, err)
+		}
+		if s := c.Stats(); s.Bytes > s.Budget {
+			t.Fatalf("Bytes %d > Budget %d", s.Bytes, s.Budget)
+		}
+	}
+	if !bytes.Equal(pinned.data, src.data[:bs]) {
+		t.Fatal("a pinned block's buffer was reused")
+	}
+	s := c.Stats()
+	if s.Bytes != 3*bs {
+		t.Errorf("held %d bytes, want %d (2 cached blocks and the pinned one)", s.Bytes, 3*bs)
+	}
+	c.unpin(pinned)
+	if s := c.Stats(); s.Bytes != 2*bs {
+		t.Errorf("after unpin: held %d bytes, want %d", s.Bytes, 2*bs)
+	}
+}
+
+// TestReadAheadRestartsAndSpans checks that a second pass from offset 0
+// reads ahead again, and that one read spanning several blocks loads them
+// in parallel.
+func TestReadAheadRestartsAndSpans(t *testing.T) {
+	const bs = 1 << 10
+	const blocks = 40
+	src := newSource(blocks*bs, 18)
+	c := NewWithOptions(Options{Budget: 8 * bs, BlockSize: bs, ReadAhead: 4})
+	r := c.NewReader("blob", blocks*bs, src.open)
+	defer r.Close()
+	p := make([]byte, bs/4)
+	for pass := range 2 {
+		before := c.Stats()
+		for off := 0; off < blocks*bs; off += len(p) {
+			if _, err := r.ReadAt(p, int64(off)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if s := c.Stats(); s.Misses-before.Misses > 1 {
+			t.Errorf("pass %d: %d misses, want at most 1", pass, s.Misses-before.Misses)
+		}
+	}
+	// One read of four blocks elsewhere, not sequential: the first is a
+	// miss, the other three are loaded in parallel (the cache holds none of
+	// them: the budget is 8 blocks and the pass ended at the last one).
+	before := c.Stats()
+	p = make([]byte, 4*bs)
+	if n, err := r.ReadAt(p, 10*bs); n != len(p) || err != nil || !bytes.Equal(p, src.data[10*bs:14*bs]) {
+		t.Fatalf("4-block read: %d, %v", n, err)
+	}
+	s := c.Stats()
+	if s.Misses-before.Misses != 1 || s.ReadAheads-before.ReadAheads != 3 {
+		t.Errorf("4-block read: %d misses (want 1), %d read-aheads (want 3)", s.Misses-before.Misses, s.ReadAheads-before.ReadAheads)
+	}
+}

@@ -150,9 +150,10 @@ func (r *Reader) isClosed() bool {
 }
 
 // access notes a read of [off, end) for sequential detection and starts
-// read-ahead when reads walk forward. A read at 0 or near the end of the
-// previous reads continues a run: FUSE sends a sequential pass as requests
-// that arrive concurrently and slightly out of order.
+// read-ahead when reads walk forward. A read near the end of the previous
+// reads continues a run (FUSE sends a sequential pass as requests that
+// arrive concurrently and slightly out of order); a read at 0 starts one.
+// The blocks of a read spanning several are loaded in parallel in any case.
 func (r *Reader) access(off, end int64) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -160,21 +161,28 @@ func (r *Reader) access(off, end int64) error {
 		return ErrClosed
 	}
 	slack := 2 * int64(r.c.blockSize)
-	seq := off == 0 || (r.lastEnd >= 0 && off >= r.lastEnd-slack && off <= r.lastEnd+slack)
-	if !seq {
+	near := r.lastEnd >= 0 && off >= r.lastEnd-slack && off <= r.lastEnd+slack
+	if near {
+		r.lastEnd = max(r.lastEnd, end)
+	} else {
+		// A new run starts here; one from the start reads ahead at once.
 		r.lastEnd = end
 		r.raNext = 0
-		return nil
 	}
-	r.lastEnd = max(r.lastEnd, end)
 	if r.c.readAhead == 0 {
 		return nil
 	}
 	bs := int64(r.c.blockSize)
-	last := (r.size - 1) / bs
-	cur := (r.lastEnd - 1) / bs
-	i := max(r.raNext, cur+1)
-	for ; i <= min(cur+int64(r.c.readAhead), last) && r.raInFlight < r.c.readAhead; i++ {
+	first, last := off/bs, (end-1)/bs
+	to := last // the blocks after the first one of this read are needed now
+	if near || off == 0 {
+		to = min(last+int64(r.c.readAhead), (r.size-1)/bs)
+		// Make the blocks of this read the most recent, so that making room
+		// for the blocks ahead evicts blocks behind the reader, not these.
+		r.c.touch(r.key, first, last)
+	}
+	i := max(r.raNext, first+1)
+	for ; i <= to && r.raInFlight < r.c.readAhead; i++ {
 		bk := blockKey{r.key, i}
 		n := r.blockLen(i)
 		ld, ok := r.c.tryReadAhead(bk, n)
