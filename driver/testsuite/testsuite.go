@@ -293,11 +293,11 @@ func testReplaceWithSmaller(e *env) {
 // it: every read must see one whole version.
 func testPutContentAtomic(e *env) {
 	path := e.p("obj")
-	a, b := bytes.Repeat([]byte{'a'}, 1<<20), bytes.Repeat([]byte{'b'}, 256<<10)
+	a, b := bytes.Repeat([]byte{'a'}, 128<<10), bytes.Repeat([]byte{'b'}, 32<<10)
 	e.put(path, a)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for range 4 {
+	for range 2 {
 		wg.Go(func() {
 			for {
 				select {
@@ -317,7 +317,7 @@ func testPutContentAtomic(e *env) {
 			}
 		})
 	}
-	for i := range 40 {
+	for i := range 30 {
 		if err := e.d.PutContent(e.ctx, path, [][]byte{a, b}[i%2]); err != nil {
 			e.t.Errorf("PutContent: %v", err)
 			break
