@@ -65,6 +65,9 @@ type Options struct {
 	// RetryDelay is the backoff before the second attempt, doubled after
 	// each further one (DefaultRetryDelay if 0, none if negative).
 	RetryDelay time.Duration
+	// Retryable, when set, tells transient errors from permanent ones (a
+	// blob that was deleted), which fail at once. Nil retries every error.
+	Retryable func(error) bool
 }
 
 // Stats are counters of a Cache since New. Hits, Misses, Waits and
@@ -113,6 +116,7 @@ type Cache struct {
 	maxSkip    int64
 	attempts   int
 	retryDelay time.Duration
+	retryable  func(error) bool
 
 	mu sync.Mutex
 	// lru holds the loaded blocks, most recently used first; guarded by mu.
@@ -187,6 +191,7 @@ func NewWithOptions(o Options) *Cache {
 		maxSkip:    o.MaxSkip,
 		attempts:   o.Attempts,
 		retryDelay: o.RetryDelay,
+		retryable:  o.Retryable,
 		loads:      make(map[blockKey]*load),
 	}
 	if c.blockSize <= 0 {

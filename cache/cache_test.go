@@ -744,3 +744,25 @@ func TestReadAheadRestartsAndSpans(t *testing.T) {
 		t.Errorf("4-block read: %d misses (want 1), %d read-aheads (want 3)", s.Misses-before.Misses, s.ReadAheads-before.ReadAheads)
 	}
 }
+
+func TestPermanentErrorIsNotRetried(t *testing.T) {
+	const bs = 1 << 10
+	src := newSource(2*bs, 19)
+	c := NewWithOptions(Options{
+		Budget: 8 * bs, BlockSize: bs, ReadAhead: -1, RetryDelay: -1,
+		Retryable: func(err error) bool { return !errors.Is(err, errInjected) },
+	})
+	r := c.NewReader("blob", 2*bs, src.open)
+	defer r.Close()
+	src.failOpens.Store(1)
+	_, err := r.ReadAt(make([]byte, 10), 0)
+	if !errors.Is(err, errInjected) {
+		t.Fatalf("err = %v, want errInjected", err)
+	}
+	if s := c.Stats(); s.Retries != 0 {
+		t.Errorf("retries = %d, want 0 for a permanent error", s.Retries)
+	}
+	if n, err := r.ReadAt(make([]byte, 10), 0); n != 10 || err != nil {
+		t.Errorf("next read: %d, %v", n, err)
+	}
+}

@@ -46,16 +46,23 @@
 //
 // # Read-ahead
 //
-// Each Reader watches where its reads land. A read at offset 0, or within
-// two blocks of the end of the previous reads, continues a sequential run;
-// the slack absorbs FUSE requests that arrive concurrently and slightly out
-// of order. During a run the Reader keeps the next ReadAhead blocks (4 by
-// default) loading in parallel, each load registered in the cache before
-// ReadAt returns, so a sequential pass finds its next block cached or in
-// flight, rarely missing. Read-ahead stops at the end of the blob, never
-// starts when the loads in flight would fill more than half the budget
-// (demand reads keep the other half), and stops on Close, which waits for
-// its goroutines.
+// Each Reader watches where its reads land. A read within two blocks of the
+// end of the previous reads continues a sequential run, and a read at
+// offset 0 starts one; the slack absorbs FUSE requests that arrive
+// concurrently and slightly out of order. During a run the Reader keeps the
+// next ReadAhead blocks (4 by default) loading in parallel, each load
+// registered in the cache before ReadAt returns, so a sequential pass finds
+// its next block cached or in flight and rarely misses. Before reading
+// ahead, the blocks being read are made the most recently used, so the room
+// made for the blocks ahead is taken from blocks behind the reader, not
+// from the next ones (which would thrash a budget only a few windows
+// large). A single read spanning several blocks loads them in parallel the
+// same way, sequential or not.
+//
+// Read-ahead stops at the end of the blob, never lets the loads in flight
+// fill more than half the budget (demand reads keep the other half), keeps
+// at most ReadAhead loads in flight per Reader, and stops on Close, which
+// cancels its loads and waits for their goroutines.
 //
 // # Lower streams
 //
@@ -66,9 +73,12 @@
 // offset. Streams are opened under a context that Close cancels, and Close
 // closes the kept ones.
 //
-// # Copies
+// # Copies and allocation
 //
 // A block is read from the stream into its own buffer once, and copied from
-// there into the caller's buffer once. Cached blocks are immutable, so the
-// copy happens outside the lock.
+// there into the caller's buffer once; cached blocks are immutable, so the
+// copy happens outside the lock. The buffer of a full block that nothing
+// references any more (evicted and unpinned) goes to a sync.Pool and is
+// reused by the next load, so a cache that turns its budget over does not
+// allocate and zero a megabyte per load.
 package cache

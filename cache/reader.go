@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -234,8 +235,11 @@ func (r *Reader) fill(dst []byte, off int64) error {
 		if r.ctx.Err() != nil {
 			return ErrClosed
 		}
+		if r.c.retryable != nil && !r.c.retryable(err) {
+			break
+		}
 	}
-	return err
+	return fmt.Errorf("cache: read %d bytes of %s at %d: %w", len(dst), r.key, off, err)
 }
 
 // fillOnce reads len(dst) bytes at off through a kept stream or a new one.
