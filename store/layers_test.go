@@ -1,0 +1,232 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"testing/iotest"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/cache"
+	"github.com/regfs/regfs/driver/inmemory"
+)
+
+// TestLayerReaderThroughCache reads a blob of several cache blocks at random
+// offsets from many goroutines and checks every byte, then checks the
+// Read/Seek/ReadAt contract with iotest.
+func TestLayerReaderThroughCache(t *testing.T) {
+	ctx := context.Background()
+	content := randomBytes(5, 2<<20+12345)
+	// 64 KiB blocks and a budget of 8 of them: blocks are evicted and
+	// reloaded while the readers run.
+	s, err := New(inmemory.New(), Options{Cache: cache.New(512<<10, 64<<10)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := repo(t, s, "big")
+	dgst := pushBlob(t, r, content)
+
+	br, err := r.Layers().Open(ctx, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+	if br.Size() != int64(len(content)) || br.Digest() != dgst {
+		t.Fatalf("reader: size %d digest %s", br.Size(), br.Digest())
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			rnd := rand.New(rand.NewPCG(uint64(g), 7))
+			for range 200 {
+				off := rnd.Int64N(int64(len(content)))
+				n := rnd.IntN(20000) + 1
+				buf := make([]byte, n)
+				got, err := br.ReadAt(buf, off)
+				want := content[off:min(off+int64(n), int64(len(content)))]
+				if got != len(want) || !bytes.Equal(buf[:got], want) {
+					errc <- errors.New("ReadAt returned wrong bytes")
+					return
+				}
+				if got < n && err != io.EOF {
+					errc <- err
+					return
+				}
+				if got == n && err != nil && err != io.EOF {
+					errc <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+
+	// iotest reads in 1-3 byte steps, so a smaller blob of a few blocks.
+	small := content[:300_000]
+	br2, err := r.Layers().Open(ctx, pushBlob(t, r, small))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br2.Close()
+	if err := iotest.TestReader(br2, small); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLayerStatReadsNoBlob(t *testing.T) {
+	ctx := context.Background()
+	cd := &countingDriver{StorageDriver: inmemory.New()}
+	loadTree(t, cd, testdataRoot)
+	s := newStore(t, cd)
+	r := repo(t, s, "library/ubuntu")
+	reads := cd.blobReads.Load()
+	for range 3 {
+		desc, err := r.Layers().Stat(ctx, tdLayerUbuntu)
+		if err != nil || desc.Size != 46 {
+			t.Fatalf("Stat = %+v, %v", desc, err)
+		}
+	}
+	if _, err := r.Layers().List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := cd.blobReads.Load() - reads; got != 0 {
+		t.Fatalf("Stat and List read blob data %d times", got)
+	}
+}
+
+func TestLayerLinkUnlink(t *testing.T) {
+	ctx := context.Background()
+	d := inmemory.New()
+	loadTree(t, d, testdataRoot)
+	s := newStore(t, d)
+	other := repo(t, s, "team/other")
+
+	if err := other.Layers().Link(ctx, digest.FromString("never stored")); !errors.Is(err, ErrBlobUnknown) {
+		t.Fatalf("Link of a missing blob: %v", err)
+	}
+	if ok, _ := s.IsRepository(ctx, "team/other"); ok {
+		t.Fatal("a refused link created the repository")
+	}
+	if err := other.Layers().Link(ctx, tdLayerHello); err != nil {
+		t.Fatal(err)
+	}
+	repos, err := s.Repositories(ctx)
+	if err != nil || !slices.Equal(repos, []string{"hello", "library/ubuntu", "team/other"}) {
+		t.Fatalf("Repositories = %v, %v", repos, err)
+	}
+	if desc, err := other.Layers().Stat(ctx, tdLayerHello); err != nil || desc.Size != 18 {
+		t.Fatalf("Stat after link = %+v, %v", desc, err)
+	}
+	if err := other.Layers().Unlink(ctx, tdLayerHello); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Layers().Stat(ctx, tdLayerHello); !errors.Is(err, ErrBlobUnknown) {
+		t.Fatalf("Stat after unlink: %v", err)
+	}
+	if err := other.Layers().Unlink(ctx, tdLayerHello); !errors.Is(err, ErrBlobUnknown) {
+		t.Fatalf("second Unlink: %v", err)
+	}
+	if _, ok := blobData(t, s, tdLayerHello); !ok {
+		t.Fatal("unlink removed the blob's data")
+	}
+	if _, err := repo(t, s, "hello").Layers().Stat(ctx, tdLayerHello); err != nil {
+		t.Fatalf("the other repository lost its link: %v", err)
+	}
+
+	// Linked but its data gone: unknown, never a short or empty read.
+	if err := d.Delete(ctx, mustPath(blobDataPathSpec{digest: tdConfig})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo(t, s, "hello").Layers().Open(ctx, tdConfig); !errors.Is(err, ErrBlobUnknown) {
+		t.Fatalf("Open with data missing: %v", err)
+	}
+	if _, err := repo(t, s, "hello").Layers().Stat(ctx, "sha256:zz"); !errors.Is(err, ErrInvalidDigest) {
+		t.Fatalf("Stat of a bad digest: %v", err)
+	}
+}
+
+func TestRemoveRepository(t *testing.T) {
+	ctx := context.Background()
+	d := inmemory.New()
+	loadTree(t, d, testdataRoot)
+	s := newStore(t, d)
+
+	// A namespace holding a repository is not empty either (rmdir of it
+	// must fail so).
+	for _, name := range []string{"hello", "library/ubuntu", "library"} {
+		if err := s.RemoveRepository(ctx, name); !errors.Is(err, ErrRepositoryNotEmpty) {
+			t.Errorf("RemoveRepository(%s) = %v", name, err)
+		}
+	}
+	for _, name := range []string{"nope", "library/debian"} {
+		if err := s.RemoveRepository(ctx, name); !errors.Is(err, ErrRepositoryUnknown) {
+			t.Errorf("RemoveRepository(%s) = %v", name, err)
+		}
+	}
+	if err := s.RemoveRepository(ctx, "../x"); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("RemoveRepository(../x) = %v", err)
+	}
+
+	// Only an upload: not empty until it is cancelled.
+	r := repo(t, s, "team/app")
+	up, err := r.Uploads().Create(ctx, digest.FromString("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveRepository(ctx, "team/app"); !errors.Is(err, ErrRepositoryNotEmpty) {
+		t.Fatalf("repository with an upload: %v", err)
+	}
+}
+
+// TestRemoveRepositoryOnDisk uses the filesystem driver, which keeps the
+// empty directories a registry leaves, to remove an empty repository and to
+// refuse one holding a nested repository.
+func TestRemoveRepositoryOnDisk(t *testing.T) {
+	ctx := context.Background()
+	td := drivers[1].new(t, "")
+	s := newStore(t, td)
+	for _, dir := range []string{
+		"docker/registry/v2/repositories/a/_layers/sha256",
+		"docker/registry/v2/repositories/a/_manifests/revisions/sha256",
+		"docker/registry/v2/repositories/a/b/_layers/sha256",
+	} {
+		if err := mkdirAll(td.root, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RemoveRepository(ctx, "a"); !errors.Is(err, ErrRepositoryNotEmpty) {
+		t.Fatalf("a holding a/b: %v", err)
+	}
+	if err := s.RemoveRepository(ctx, "a/b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveRepository(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if repos, err := s.Repositories(ctx); err != nil || len(repos) != 0 {
+		t.Fatalf("Repositories = %v, %v", repos, err)
+	}
+	if c, err := s.Children(ctx, ""); err != nil || len(c) != 0 {
+		t.Fatalf("Children = %v, %v", c, err)
+	}
+}
+
+func mkdirAll(root, rel string) error {
+	return os.MkdirAll(filepath.Join(root, filepath.FromSlash(rel)), 0o755)
+}
