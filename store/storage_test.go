@@ -460,8 +460,8 @@ func TestUploadFormat(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := map[string]string{
-				storageRoot + "/blobs/sha256/" + dgst.Encoded()[:2] + "/" + dgst.Encoded() + "/data":   string(content),
-				storageRoot + "/repositories/team/app/_layers/sha256/" + dgst.Encoded() + "/link": dgst.String(),
+				storageRoot + "/blobs/sha256/" + dgst.Encoded()[:2] + "/" + dgst.Encoded() + "/data": string(content),
+				storageRoot + "/repositories/team/app/_layers/sha256/" + dgst.Encoded() + "/link":    dgst.String(),
 			}
 			if got := files(snapshot(t, d)); !reflect.DeepEqual(got, want) {
 				t.Fatalf("after commit:\n%s", diffSnapshots(want, got))
