@@ -171,3 +171,7 @@ func TestNewRootIsAFile(t *testing.T) {
 		t.Error("New accepted a regular file as root")
 	}
 }
+
+func BenchmarkSuite(b *testing.B) {
+	testsuite.Bench(b, func(b *testing.B) driver.StorageDriver { return newDriver(b, b.TempDir()) })
+}

@@ -44,3 +44,7 @@ func TestDirectoriesAreImplied(t *testing.T) {
 		t.Errorf("List(/) after Delete(/) = %q, %v; want empty", names, err)
 	}
 }
+
+func BenchmarkSuite(b *testing.B) {
+	testsuite.Bench(b, func(*testing.B) driver.StorageDriver { return New() })
+}

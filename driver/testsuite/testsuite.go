@@ -956,3 +956,66 @@ func testLeftoverCheck(e *env) {
 		e.t.Errorf("leftovers after delete = %q, %v; want none", left, err)
 	}
 }
+
+// Bench measures the calls on the read path (GetContent of a link, Stat,
+// Reader of a large blob) and the two ways of writing. A driver's _test.go
+// runs it from a BenchmarkSuite function, like Run.
+func Bench(b *testing.B, newDriver func(b *testing.B) driver.StorageDriver) {
+	d := newDriver(b)
+	ctx := context.Background()
+	root := "/bench-" + crand.Text()
+	b.Cleanup(func() {
+		if err := d.Delete(ctx, root); err != nil && !driver.IsNotFound(err) {
+			b.Errorf("removing %s: %v", root, err)
+		}
+	})
+	link := []byte("sha256:" + string(bytes.Repeat([]byte{'a'}, 64)))
+	blob := randomBytes(1<<20, 30)
+	must := func(err error) {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	must(d.PutContent(ctx, root+"/link", link))
+	must(d.PutContent(ctx, root+"/blob", blob))
+
+	b.Run("GetContent-link", func(b *testing.B) {
+		for b.Loop() {
+			_, err := d.GetContent(ctx, root+"/link")
+			must(err)
+		}
+	})
+	b.Run("Stat", func(b *testing.B) {
+		for b.Loop() {
+			_, err := d.Stat(ctx, root+"/blob")
+			must(err)
+		}
+	})
+	b.Run("Reader-1MiB", func(b *testing.B) {
+		b.SetBytes(int64(len(blob)))
+		for b.Loop() {
+			r, err := d.Reader(ctx, root+"/blob", 0)
+			must(err)
+			_, err = io.Copy(io.Discard, r)
+			must(err)
+			r.Close()
+		}
+	})
+	b.Run("PutContent-link", func(b *testing.B) {
+		for b.Loop() {
+			must(d.PutContent(ctx, root+"/put", link))
+		}
+	})
+	b.Run("Writer-1MiB", func(b *testing.B) {
+		b.SetBytes(int64(len(blob)))
+		for b.Loop() {
+			w, err := d.Writer(ctx, root+"/written", false)
+			must(err)
+			for rest := blob; len(rest) > 0; rest = rest[64<<10:] {
+				_, err := w.Write(rest[:64<<10])
+				must(err)
+			}
+			must(w.Close())
+		}
+	})
+}
