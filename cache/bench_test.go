@@ -111,3 +111,31 @@ func BenchmarkSequential(b *testing.B) { benchSequential(b, 1) }
 // BenchmarkSequentialFUSE keeps four requests in flight, as the kernel does
 // for a cat through the mount.
 func BenchmarkSequentialFUSE(b *testing.B) { benchSequential(b, 4) }
+
+// BenchmarkSequentialWarm reads the file through a cache that already holds
+// all of it, against direct reads: the cost of the hit path.
+func BenchmarkSequentialWarm(b *testing.B) {
+	f := benchFile(b)
+	open := func(_ context.Context, off int64) (io.ReadCloser, error) {
+		return io.NopCloser(io.NewSectionReader(f, off, benchSize-off)), nil
+	}
+	c := New(2*benchSize, 0)
+	r := c.NewReader("blob", benchSize, open)
+	b.Cleanup(func() { r.Close() })
+	readPass(b, r, 1)
+	loads := c.Stats().Loads
+	b.SetBytes(benchSize)
+	b.ResetTimer()
+	var direct, cached time.Duration
+	for b.Loop() {
+		direct += readPass(b, f, 4)
+		cached += readPass(b, r, 4)
+	}
+	if s := c.Stats(); s.Loads != loads {
+		b.Fatalf("warm passes loaded %d blocks", s.Loads-loads)
+	}
+	mb := float64(b.N) * benchSize / 1e6
+	b.ReportMetric(mb/direct.Seconds(), "direct-MB/s")
+	b.ReportMetric(mb/cached.Seconds(), "cached-MB/s")
+	b.ReportMetric(direct.Seconds()/cached.Seconds(), "x-direct")
+}
