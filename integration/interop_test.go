@@ -339,20 +339,7 @@ func testDeletesAgree(t *testing.T) {
 	if status := r.deleteManifest(repo, dB); status != http.StatusAccepted {
 		t.Fatalf("registry DELETE %s@%s: %d", repo, dB, status)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		got := listDir(t, manifests)
-		_, errTag := shErr(t, "stat "+shellQuote(filepath.Join(manifests, "b")))
-		_, errRev := shErr(t, "stat "+shellQuote(filepath.Join(manifests, dB.String())))
-		if !slices.Contains(got, "b") && !slices.Contains(got, dB.String()) && errTag != nil && errRev != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("5s after registry DELETE %s: mount lists %v, stat tag b err %v, stat revision err %v", dB, got, errTag, errRev)
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitGone(t, manifests, "b", dB.String())
 
 	// rm of a tag through the mount untags; the registry still serves the
 	// revision by digest.
@@ -368,6 +355,41 @@ func testDeletesAgree(t *testing.T) {
 	}
 	if tags := r.tags(repo); len(tags) != 0 {
 		t.Errorf("registry still lists tags %v", tags)
+	}
+
+	// DELETE of a blob through the registry unlinks it from the
+	// repository: the mount stops listing it.
+	layer := imgs["c"].Layers[1].Desc.Digest
+	if status := r.deleteBlob(repo, layer); status != http.StatusAccepted {
+		t.Fatalf("registry DELETE blob %s: %d", layer, status)
+	}
+	waitGone(t, m.path(repo, "_layers"), layer.String())
+}
+
+// waitGone polls for up to 5s until dir lists none of names and stat fails
+// for each: what another writer removed may be cached for a short while.
+func waitGone(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		listed := listDir(t, dir)
+		var still []string
+		for _, name := range names {
+			if slices.Contains(listed, name) {
+				still = append(still, "listed "+name)
+			}
+			if out, err := shErr(t, "stat -c %s "+shellQuote(filepath.Join(dir, name))); err == nil {
+				still = append(still, "stat "+name+" succeeds: size "+strings.TrimSpace(out))
+			}
+		}
+		if len(still) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("5s after the registry deleted them, %s still shows them: %s (ls lists %v)", dir, strings.Join(still, "; "), listed)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -323,6 +323,13 @@ func (r *registry) deleteManifest(repo string, dgst digest.Digest) int {
 	return r.do(http.MethodDelete, "/v2/"+repo+"/manifests/"+dgst.String(), nil, nil).Status
 }
 
+// deleteBlob sends DELETE for repo's blob (unlinks it from the repository)
+// and returns the status.
+func (r *registry) deleteBlob(repo string, dgst digest.Digest) int {
+	r.t.Helper()
+	return r.do(http.MethodDelete, "/v2/"+repo+"/blobs/"+dgst.String(), nil, nil).Status
+}
+
 // headBlob returns the status and Content-Length of HEAD on repo's blob.
 func (r *registry) headBlob(repo string, dgst digest.Digest) (int, int64) {
 	r.t.Helper()
