@@ -63,6 +63,19 @@ func (e *ErrManifestBlobUnknown) Error() string {
 // Is makes errors.Is(err, ErrBlobUnknown) true.
 func (e *ErrManifestBlobUnknown) Is(target error) bool { return target == ErrBlobUnknown }
 
+// ErrManifestChildUnknown names a child manifest of a manifest list or OCI
+// index that is not a revision of the repository.
+type ErrManifestChildUnknown struct {
+	Digest digest.Digest
+}
+
+func (e *ErrManifestChildUnknown) Error() string {
+	return fmt.Sprintf("manifest unknown to repository: %s", e.Digest)
+}
+
+// Is makes errors.Is(err, ErrManifestUnknown) true.
+func (e *ErrManifestChildUnknown) Is(target error) bool { return target == ErrManifestUnknown }
+
 // ErrManifestInvalid is a malformed or unacceptable manifest (bad JSON,
 // unknown media type, too large, name or tag mismatch, bad lengths).
 type ErrManifestInvalid struct {

@@ -18,24 +18,31 @@ type layerService struct {
 // Stat implements LayerService: it reads the link (71 bytes) and stats the
 // blob's data for its size; the blob itself is never read.
 func (l *layerService) Stat(ctx context.Context, dgst digest.Digest) (Descriptor, error) {
+	desc, _, err := l.stat(ctx, dgst)
+	return desc, err
+}
+
+// stat is Stat that also returns the link's target, whose data is what is
+// served.
+func (l *layerService) stat(ctx context.Context, dgst digest.Digest) (Descriptor, digest.Digest, error) {
 	linkPath, err := pathFor(layerLinkPathSpec{name: l.repo.name, digest: dgst})
 	if err != nil {
-		return Descriptor{}, err
+		return Descriptor{}, "", err
 	}
 	target, err := l.repo.s.readLink(ctx, linkPath)
 	if err != nil {
 		if isNotFound(err) {
-			return Descriptor{}, fmt.Errorf("%w: %s not linked in %s", ErrBlobUnknown, dgst, l.repo.name)
+			return Descriptor{}, "", fmt.Errorf("%w: %s not linked in %s", ErrBlobUnknown, dgst, l.repo.name)
 		}
-		return Descriptor{}, err
+		return Descriptor{}, "", err
 	}
 	// Like the registry, the link's target is what is served; it is the
 	// same digest unless another tool wrote the link.
 	size, err := l.repo.s.blobSize(ctx, target)
 	if err != nil {
-		return Descriptor{}, err
+		return Descriptor{}, "", err
 	}
-	return Descriptor{Digest: dgst, Size: size}, nil
+	return Descriptor{Digest: dgst, Size: size}, target, nil
 }
 
 // blobSize stats a blob's data; ErrBlobUnknown when it is missing.
@@ -59,23 +66,23 @@ func (s *storage) blobSize(ctx context.Context, dgst digest.Digest) (int64, erro
 
 // Open implements LayerService.
 func (l *layerService) Open(ctx context.Context, dgst digest.Digest) (BlobReader, error) {
-	desc, err := l.Stat(ctx, dgst)
+	desc, target, err := l.stat(ctx, dgst)
 	if err != nil {
 		return nil, err
 	}
-	return l.repo.s.openBlob(desc), nil
+	return l.repo.s.openBlob(desc, target), nil
 }
 
-// openBlob returns a reader over a blob's data through the shared block
-// cache, keyed by the digest: a blob's bytes are the same in every
+// openBlob returns a reader over the data of blob target through the shared
+// block cache, keyed by the digest: a blob's bytes are the same in every
 // repository.
-func (s *storage) openBlob(desc Descriptor) BlobReader {
-	p := mustPath(blobDataPathSpec{digest: desc.Digest})
+func (s *storage) openBlob(desc Descriptor, target digest.Digest) BlobReader {
+	p := mustPath(blobDataPathSpec{digest: target})
 	d := s.driver
 	open := func(ctx context.Context, offset int64) (io.ReadCloser, error) {
 		return d.Reader(ctx, p, offset)
 	}
-	cr := s.cache.NewReader(desc.Digest.String(), desc.Size, open)
+	cr := s.cache.NewReader(target.String(), desc.Size, open)
 	return &blobReader{
 		SectionReader: io.NewSectionReader(cr, 0, desc.Size),
 		cr:            cr,

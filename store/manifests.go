@@ -1,25 +1,13 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
 )
-
-// ErrManifestChildUnknown names a child manifest of a manifest list or OCI
-// index that is not a revision of the repository.
-type ErrManifestChildUnknown struct {
-	Digest digest.Digest
-}
-
-func (e *ErrManifestChildUnknown) Error() string {
-	return fmt.Sprintf("manifest unknown to repository: %s", e.Digest)
-}
-
-// Is makes errors.Is(err, ErrManifestUnknown) true.
-func (e *ErrManifestChildUnknown) Is(target error) bool { return target == ErrManifestUnknown }
 
 // manifestService is the ManifestService of one repository.
 type manifestService struct {
@@ -48,7 +36,7 @@ func (m *manifestService) Get(ctx context.Context, dgst digest.Digest) ([]byte, 
 		return nil, "", err
 	}
 	if c, ok := s.manifests.Get(m.cacheKey(dgst)); ok {
-		return c.content, c.mediaType, nil
+		return bytes.Clone(c.content), c.mediaType, nil
 	}
 	content, err := s.driver.GetContent(ctx, mustPath(blobDataPathSpec{digest: target}))
 	if err != nil {
@@ -69,7 +57,7 @@ func (m *manifestService) Get(ctx context.Context, dgst digest.Digest) ([]byte, 
 		}
 		content = signed
 	}
-	s.manifests.Add(m.cacheKey(dgst), cachedManifest{content: content, mediaType: mediaType})
+	s.manifests.Add(m.cacheKey(dgst), cachedManifest{content: bytes.Clone(content), mediaType: mediaType})
 	return content, mediaType, nil
 }
 

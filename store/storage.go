@@ -100,29 +100,24 @@ func (s *storage) Children(ctx context.Context, prefix string) ([]string, error)
 	if err != nil {
 		return nil, err
 	}
-	entries, err := s.driver.List(ctx, dir)
+	// One Walk that never descends lists the children with their kinds in
+	// a single listing, where List would need a Stat per entry.
+	var out []string
+	err = s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
+		base := path.Base(fi.Path)
+		if fi.IsDir && !strings.HasPrefix(base, "_") && checkRepositoryName(base) == nil {
+			out = append(out, base)
+		}
+		if fi.IsDir {
+			return driver.ErrSkipDir
+		}
+		return nil
+	})
 	if err != nil {
 		if isNotFound(err) {
 			return nil, nil
 		}
 		return nil, err
-	}
-	var out []string
-	for _, e := range entries {
-		base := path.Base(e)
-		if strings.HasPrefix(base, "_") || checkRepositoryName(base) != nil {
-			continue
-		}
-		fi, err := s.driver.Stat(ctx, e)
-		if err != nil {
-			if isNotFound(err) {
-				continue
-			}
-			return nil, err
-		}
-		if fi.IsDir {
-			out = append(out, base)
-		}
 	}
 	sort.Strings(out)
 	return out, nil
@@ -199,7 +194,9 @@ func (s *storage) Repository(name string) (Repository, error) {
 
 // RemoveRepository implements Store. A repository holding a nested
 // repository (a/b below a) is not empty: deleting its directory would take
-// the nested one with it.
+// the nested one with it. For the same reason a namespace directory that
+// holds repositories but is none itself is ErrRepositoryNotEmpty, which is
+// what rmdir of it must report.
 func (s *storage) RemoveRepository(ctx context.Context, name string) error {
 	dir, err := pathFor(repositoryPathSpec{name: name})
 	if err != nil {

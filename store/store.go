@@ -21,7 +21,8 @@ type Store interface {
 	// Children lists the direct child directory names below the namespace
 	// prefix ("" for the top, "library" for library/...), excluding reserved
 	// names (those starting with '_'). A child is listed whether it is a
-	// repository, a namespace holding repositories, or both.
+	// repository, a namespace holding repositories, or both. A prefix that
+	// does not exist in storage has no children (nil, nil error).
 	Children(ctx context.Context, prefix string) ([]string, error)
 
 	// IsRepository tells whether name exists in storage as a repository.
@@ -37,7 +38,8 @@ type Store interface {
 
 	// RemoveRepository removes an empty repository (no layers, manifests,
 	// tags or uploads) and its directory. A non-empty one is
-	// ErrRepositoryNotEmpty; a missing one ErrRepositoryUnknown.
+	// ErrRepositoryNotEmpty, and so is one holding a nested repository or a
+	// namespace holding repositories; a missing one ErrRepositoryUnknown.
 	RemoveRepository(ctx context.Context, name string) error
 }
 
