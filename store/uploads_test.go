@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/inmemory"
 )
 
@@ -139,8 +140,12 @@ func TestUploadMismatchThenRest(t *testing.T) {
 	ctx := context.Background()
 	content := randomBytes(3, 20_000)
 	dgst := digest.FromBytes(content)
-	for _, resume := range []bool{false, true} {
-		s := newStore(t, inmemory.New())
+	for _, tc := range []struct {
+		dc     driverCase
+		resume bool
+	}{{drivers[0], false}, {drivers[0], true}, {drivers[1], false}, {drivers[1], true}} {
+		resume := tc.resume
+		s := newStore(t, tc.dc.new(t, ""))
 		r := repo(t, s, "r")
 		up, err := r.Uploads().Create(ctx, dgst)
 		if err != nil {
@@ -187,10 +192,17 @@ func TestUploadMismatchThenRest(t *testing.T) {
 // TestUploadSameContentConcurrently: two uploads of one blob both succeed,
 // and the blob is stored once.
 func TestUploadSameContentConcurrently(t *testing.T) {
-	ctx := context.Background()
 	content := randomBytes(4, 100_000)
 	dgst := digest.FromBytes(content)
-	d := inmemory.New()
+	for _, dc := range drivers {
+		t.Run(dc.name, func(t *testing.T) {
+			testSameContentConcurrently(t, dc.new(t, ""), content, dgst)
+		})
+	}
+}
+
+func testSameContentConcurrently(t *testing.T, d driver.StorageDriver, content []byte, dgst digest.Digest) {
+	ctx := context.Background()
 	s := newStore(t, d)
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
