@@ -1,0 +1,275 @@
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+
+	"github.com/regfs/regfs/driver"
+)
+
+// deleteBatch is the most keys one DeleteObjects request takes.
+const deleteBatch = 1000
+
+// errMoveDir is returned by Move for a directory: S3 has no rename, and
+// copying a tree key by key is neither atomic nor something regfs needs.
+var errMoveDir = errors.New("moving a directory is not supported")
+
+// list calls fn for every page of keys under prefix, following continuation
+// tokens; with delimiter "/" the pages hold direct children only. Every page
+// is its own request with its own deadline.
+func (d *impl) list(ctx context.Context, path, prefix, delimiter string, fn func(*s3.ListObjectsV2Output) error) error {
+	in := &s3.ListObjectsV2Input{Bucket: &d.bucket, Prefix: &prefix}
+	if delimiter != "" {
+		in.Delimiter = &delimiter
+	}
+	pages := s3.NewListObjectsV2Paginator(d.client, in)
+	for pages.HasMorePages() {
+		cctx, cancel := d.callCtx(ctx, 0)
+		page, err := pages.NextPage(cctx)
+		cancel()
+		if err != nil {
+			return &driver.Error{Driver: Name, Op: "ListObjectsV2", Path: path, Err: err}
+		}
+		if err := fn(page); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rel returns the driver path of key, which starts with the root prefix, or
+// false if key is not one (a name no driver path can have).
+func (d *impl) rel(key string) (string, bool) {
+	p := "/" + strings.TrimPrefix(key, d.prefix)
+	return p, driver.ValidPath(p)
+}
+
+func (d *impl) List(ctx context.Context, path string) ([]string, error) {
+	prefix := d.dirPrefix(path)
+	var names []string
+	add := func(key string) {
+		name := strings.TrimSuffix(strings.TrimPrefix(key, prefix), "/")
+		if driver.ValidComponent(name) {
+			names = append(names, join(path, name))
+		}
+	}
+	err := d.list(ctx, path, prefix, "/", func(page *s3.ListObjectsV2Output) error {
+		for _, cp := range page.CommonPrefixes {
+			add(aws.ToString(cp.Prefix))
+		}
+		for _, obj := range page.Contents {
+			add(aws.ToString(obj.Key))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(names) == 0 && path != "/" {
+		return nil, driver.PathNotFoundError{Path: path, Driver: Name}
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
+}
+
+func join(dir, name string) string {
+	if dir == "/" {
+		return "/" + name
+	}
+	return dir + "/" + name
+}
+
+// Walk lists every key below path in one paged listing (no delimiter: one
+// request per 1000 keys, not one per directory), makes up the directories
+// and sorts the whole in tree order before calling fn, since key order is
+// not tree order ("a-b" sorts before "a/x", but the directory "a" comes
+// before "a-b"). It holds the listing in memory, about 100 bytes a key.
+func (d *impl) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
+	var entries []driver.FileInfo
+	dirs := map[string]bool{}
+	err := d.list(ctx, path, d.dirPrefix(path), "", func(page *s3.ListObjectsV2Output) error {
+		for _, obj := range page.Contents {
+			p, ok := d.rel(aws.ToString(obj.Key))
+			if !ok {
+				continue
+			}
+			entries = append(entries, driver.FileInfo{
+				Path:    p,
+				Size:    aws.ToInt64(obj.Size),
+				ModTime: aws.ToTime(obj.LastModified),
+			})
+			for dir := parent(p); len(dir) > len(path) && !dirs[dir]; dir = parent(dir) {
+				dirs[dir] = true
+				entries = append(entries, driver.FileInfo{Path: dir, IsDir: true})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(entries) == 0 && path != "/" {
+		return driver.PathNotFoundError{Path: path, Driver: Name}
+	}
+	slices.SortFunc(entries, func(a, b driver.FileInfo) int { return treeCompare(a.Path, b.Path) })
+
+	skip := "" // a directory whose descendants are skipped, with a trailing slash
+	for _, fi := range entries {
+		if skip != "" && strings.HasPrefix(fi.Path, skip) {
+			continue
+		}
+		skip = ""
+		switch err := fn(fi); {
+		case err == driver.ErrSkipDir:
+			if fi.IsDir {
+				skip = fi.Path + "/"
+			}
+		case err != nil:
+			return err
+		}
+	}
+	return nil
+}
+
+// parent returns the directory of a path other than "/".
+func parent(p string) string {
+	i := strings.LastIndexByte(p, '/')
+	if i == 0 {
+		return "/"
+	}
+	return p[:i]
+}
+
+// treeCompare orders paths parents before children and siblings by name:
+// byte order with '/' below every other byte.
+func treeCompare(a, b string) int {
+	for i := 0; i < len(a) && i < len(b); i++ {
+		if a[i] == b[i] {
+			continue
+		}
+		switch {
+		case a[i] == '/':
+			return -1
+		case b[i] == '/':
+			return 1
+		case a[i] < b[i]:
+			return -1
+		default:
+			return 1
+		}
+	}
+	return len(a) - len(b)
+}
+
+// Delete removes the keys below "path/" in batches as the listing pages
+// come (so that memory does not grow with the tree), or else the object at
+// path. It never removes a key that merely starts with path ("/ab" for
+// "/a").
+func (d *impl) Delete(ctx context.Context, path string) error {
+	found := false
+	err := d.list(ctx, path, d.dirPrefix(path), "", func(page *s3.ListObjectsV2Output) error {
+		keys := make([]types.ObjectIdentifier, 0, len(page.Contents))
+		for _, obj := range page.Contents {
+			keys = append(keys, types.ObjectIdentifier{Key: obj.Key})
+		}
+		found = found || len(keys) > 0
+		for batch := range slices.Chunk(keys, deleteBatch) {
+			if err := d.deleteObjects(ctx, path, batch); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || found || path == "/" {
+		return err
+	}
+	if _, err := d.head(ctx, path); err != nil {
+		return err
+	}
+	return d.deleteObject(ctx, path, d.key(path))
+}
+
+// deleteObjects deletes up to deleteBatch keys in one request.
+func (d *impl) deleteObjects(ctx context.Context, path string, keys []types.ObjectIdentifier) error {
+	ctx, cancel := d.callCtx(ctx, 0)
+	defer cancel()
+	out, err := d.client.DeleteObjects(ctx, &s3.DeleteObjectsInput{
+		Bucket: &d.bucket,
+		Delete: &types.Delete{Objects: keys, Quiet: aws.Bool(true)},
+	})
+	if err != nil {
+		return &driver.Error{Driver: Name, Op: "DeleteObjects", Path: path, Err: err}
+	}
+	for _, e := range out.Errors {
+		if aws.ToString(e.Code) == "NoSuchKey" {
+			continue // gone already: what was wanted
+		}
+		return &driver.Error{Driver: Name, Op: "DeleteObjects", Path: path,
+			Err: fmt.Errorf("%d keys not deleted, first %s: %s: %s",
+				len(out.Errors), aws.ToString(e.Key), aws.ToString(e.Code), aws.ToString(e.Message))}
+	}
+	return nil
+}
+
+func (d *impl) deleteObject(ctx context.Context, path, key string) error {
+	ctx, cancel := d.callCtx(ctx, 0)
+	defer cancel()
+	if _, err := d.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &d.bucket, Key: &key}); err != nil {
+		return d.fail("DeleteObject", path, err)
+	}
+	return nil
+}
+
+// Move copies the object server side (CopyObject, or a multipart upload of
+// UploadPartCopy parts above the 5 GiB CopyObject limit), then deletes the
+// source. The copy is pinned to the ETag seen, so a source replaced in
+// between fails the move instead of moving the wrong bytes.
+func (d *impl) Move(ctx context.Context, src, dst string) error {
+	out, err := d.head(ctx, src)
+	if driver.IsNotFound(err) {
+		if isDir, lerr := d.hasChildren(ctx, src); lerr == nil && isDir {
+			return &driver.Error{Driver: Name, Op: "Move", Path: src, Err: errMoveDir}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if src == dst {
+		return nil
+	}
+	size, srcKey, dstKey := aws.ToInt64(out.ContentLength), d.key(src), d.key(dst)
+	if size <= d.maxCopySize {
+		cctx, cancel := d.callCtx(ctx, size)
+		defer cancel()
+		_, err := d.client.CopyObject(cctx, &s3.CopyObjectInput{
+			Bucket:            &d.bucket,
+			Key:               &dstKey,
+			CopySource:        aws.String(d.bucket + "/" + srcKey), // see copyParts
+			CopySourceIfMatch: out.ETag,
+		})
+		if err != nil {
+			return d.fail("CopyObject", src, err)
+		}
+	} else {
+		id, err := d.createUpload(ctx, dst)
+		if err != nil {
+			return err
+		}
+		parts, err := d.copyParts(ctx, src, id, dstKey, srcKey, size, out.ETag)
+		if err == nil {
+			err = d.completeUpload(ctx, dst, dstKey, id, parts)
+		}
+		if err != nil {
+			d.abort(dst, dstKey, id)
+			return err
+		}
+	}
+	return d.deleteObject(ctx, src, srcKey)
+}
