@@ -33,8 +33,8 @@ func TestInterop(t *testing.T) {
 }
 
 var (
-	amd64 = v1.Platform{OS: "linux", Architecture: "amd64"}
-	arm64 = v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}
+	platformAMD64 = v1.Platform{OS: "linux", Architecture: "amd64"}
+	platformARM64 = v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}
 )
 
 // testRegistryWritesRegfsReads pushes every manifest kind with skopeo into
@@ -45,8 +45,8 @@ func testRegistryWritesRegfsReads(t *testing.T) {
 	r := startRegistry(t, root)
 
 	// Two platforms sharing a base layer; amd64 has a few MiB layer.
-	amd := newTestImage(t, amd64, layerSpec{1, 4096}, layerSpec{2, 3 << 20}, layerSpec{3, 10})
-	arm := newTestImage(t, arm64, layerSpec{1, 4096}, layerSpec{4, 200 << 10})
+	amd := newTestImage(t, platformAMD64, layerSpec{1, 4096}, layerSpec{2, 3 << 20}, layerSpec{3, 10})
+	arm := newTestImage(t, platformARM64, layerSpec{1, 4096}, layerSpec{4, 200 << 10})
 	l := newOCILayout(t)
 	l.addImage("amd", amd)
 	l.addIndex("multi", amd, arm)
@@ -210,7 +210,7 @@ func testRegfsWritesRegistryServes(t *testing.T) {
 	r := startRegistry(t, root)
 	m := startMount(t, "filesystem", mountOpts{Root: root})
 
-	img := newTestImage(t, amd64, layerSpec{10, 2000}, layerSpec{11, 4 << 20}, layerSpec{12, 3000})
+	img := newTestImage(t, platformAMD64, layerSpec{10, 2000}, layerSpec{11, 4 << 20}, layerSpec{12, 3000})
 	repo := "team/app"
 	sh(t, "mkdir -p "+shellQuote(m.path(repo)))
 	pushBlobs(t, m, repo, img.blobs()...)
@@ -306,7 +306,7 @@ func testDeletesAgree(t *testing.T) {
 	imgs := map[string]testImage{}
 	l := newOCILayout(t)
 	for i, tag := range []string{"a", "b", "c"} {
-		imgs[tag] = newTestImage(t, amd64, layerSpec{20, 1000}, layerSpec{uint64(21 + i), 5000})
+		imgs[tag] = newTestImage(t, platformAMD64, layerSpec{20, 1000}, layerSpec{uint64(21 + i), 5000})
 		l.addImage(tag, imgs[tag])
 	}
 	for _, tag := range []string{"a", "b", "c"} {
@@ -399,7 +399,7 @@ func testAbandonedUploadCancelled(t *testing.T) {
 	root := t.TempDir()
 	r := startRegistry(t, root)
 	l := newOCILayout(t)
-	l.addImage("v1", newTestImage(t, amd64, layerSpec{30, 1000}))
+	l.addImage("v1", newTestImage(t, platformAMD64, layerSpec{30, 1000}))
 	skopeoCopy(t, "oci:"+l.Dir+":v1", r.ref("up/app", "v1"))
 	m := startMount(t, "filesystem", mountOpts{Root: root})
 
@@ -445,7 +445,7 @@ func testAbandonedUploadCancelled(t *testing.T) {
 func testCrossRepositoryLink(t *testing.T) {
 	root := t.TempDir()
 	r := startRegistry(t, root)
-	img := newTestImage(t, amd64, layerSpec{40, 2 << 20}, layerSpec{41, 700})
+	img := newTestImage(t, platformAMD64, layerSpec{40, 2 << 20}, layerSpec{41, 700})
 	l := newOCILayout(t)
 	l.addImage("v1", img)
 	skopeoCopy(t, "--format", "oci", "oci:"+l.Dir+":v1", r.ref("src/app", "v1"))

@@ -459,7 +459,7 @@ func (r *registry) revisions(repo string) []digest.Digest {
 func TestRegistryHarness(t *testing.T) {
 	requireTools(t, registryBin, "skopeo")
 	r := startRegistry(t, t.TempDir())
-	img := newTestImage(t, amd64, layerSpec{50, 1000}, layerSpec{51, 2000})
+	img := newTestImage(t, platformAMD64, layerSpec{50, 1000}, layerSpec{51, 2000})
 	l := newOCILayout(t)
 	l.addImage("v1", img)
 	skopeoCopy(t, "oci:"+l.Dir+":v1", r.ref("h/app", "v1"))
