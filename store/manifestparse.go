@@ -221,6 +221,7 @@ type manifestDescriptor struct {
 func parseImageManifest(content []byte, kind string, h *manifestHeader) (*parsedManifest, []error) {
 	var config manifestDescriptor
 	var layers []manifestDescriptor
+	var subject *v1.Descriptor
 	if kind == MediaTypeSchema2 {
 		var m dockerManifest
 		if err := json.Unmarshal(content, &m); err != nil {
@@ -239,6 +240,7 @@ func parseImageManifest(content []byte, kind string, h *manifestHeader) (*parsed
 		for i, l := range m.Layers {
 			layers = append(layers, ociDescriptorRef(fmt.Sprintf("layers[%d]", i), l))
 		}
+		subject = m.Subject
 	}
 
 	var problems []error
@@ -271,12 +273,13 @@ func parseImageManifest(content []byte, kind string, h *manifestHeader) (*parsed
 			p.Blobs = append(p.Blobs, d)
 		}
 	}
-	return p, problems
+	return p, append(problems, checkSubject(subject)...)
 }
 
 // parseManifestIndex extracts the children of a docker manifest list or OCI index.
 func parseManifestIndex(content []byte, kind string, h *manifestHeader) (*parsedManifest, []error) {
 	var children []manifestDescriptor
+	var subject *v1.Descriptor
 	if kind == MediaTypeManifestList {
 		var m dockerManifestList
 		if err := json.Unmarshal(content, &m); err != nil {
@@ -293,6 +296,7 @@ func parseManifestIndex(content []byte, kind string, h *manifestHeader) (*parsed
 		for i, c := range m.Manifests {
 			children = append(children, ociDescriptorRef(fmt.Sprintf("manifests[%d]", i), c))
 		}
+		subject = m.Subject
 	}
 
 	var problems []error
@@ -311,7 +315,17 @@ func parseManifestIndex(content []byte, kind string, h *manifestHeader) (*parsed
 			p.Manifests = append(p.Manifests, d)
 		}
 	}
-	return p, problems
+	return p, append(problems, checkSubject(subject)...)
+}
+
+// checkSubject checks an OCI 1.1 subject descriptor's syntax. The subject is
+// not a reference that must exist: an artifact may be pushed before, or
+// without, the manifest it refers to.
+func checkSubject(subject *v1.Descriptor) []error {
+	if subject == nil {
+		return nil
+	}
+	return checkManifestDescriptor(ociDescriptorRef("subject", *subject))
 }
 
 func dockerDescriptorRef(field string, d dockerDescriptor) manifestDescriptor {
