@@ -77,12 +77,14 @@ func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
 	state, err := s.driver.GetContent(ctx, mustPath(uploadHashStatePathSpec{name: u.repo.name, id: id, offset: info.Size}))
 	switch {
 	case err == nil:
-		if uerr := up.h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); uerr == nil {
+		uerr := up.h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state)
+		if uerr == nil {
 			up.savedAt = info.Size
 			return up, nil
-		} else {
-			s.log.Warn("upload hash state unreadable, re-hashing", "repository", u.repo.name, "upload", id, "error", uerr)
 		}
+		// A state the registry or a crash left half-written: start over.
+		up.h = sha256.New()
+		s.log.Warn("upload hash state unreadable, re-hashing", "repository", u.repo.name, "upload", id, "error", uerr)
 	case !isNotFound(err):
 		return nil, err
 	}

@@ -371,3 +371,36 @@ func TestUploadCancel(t *testing.T) {
 		t.Fatalf("cancel left %v", snap)
 	}
 }
+
+// TestUploadResumeBadHashState: an unreadable state at the data's size is
+// ignored and the data re-hashed.
+func TestUploadResumeBadHashState(t *testing.T) {
+	ctx := context.Background()
+	content := randomBytes(6, 40_000)
+	dgst := digest.FromBytes(content)
+	d := inmemory.New()
+	up, err := repo(t, newStore(t, d), "r").Uploads().Create(ctx, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up.Write(content[:25_000]); err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	state := mustPath(uploadHashStatePathSpec{name: "r", id: up.ID(), offset: 25_000})
+	if err := d.PutContent(ctx, state, []byte("sha\x03 not a state")); err != nil {
+		t.Fatal(err)
+	}
+	up2, err := repo(t, newStore(t, d), "r").Uploads().Resume(ctx, up.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up2.Write(content[25_000:]); err != nil {
+		t.Fatal(err)
+	}
+	if desc, err := up2.Commit(ctx); err != nil || desc.Digest != dgst {
+		t.Fatalf("Commit = %+v, %v", desc, err)
+	}
+}
