@@ -106,7 +106,7 @@ func (b *blobReader) Close() error                            { return b.cr.Clos
 
 // List implements LayerService.
 func (l *layerService) List(ctx context.Context) ([]digest.Digest, error) {
-	return l.repo.s.listDigests(ctx, mustPath(layersPathSpec{name: l.repo.name}))
+	return l.repo.s.listLinked(ctx, mustPath(layersPathSpec{name: l.repo.name}))
 }
 
 // Link implements LayerService. The blob's data must exist (it is written

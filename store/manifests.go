@@ -67,7 +67,7 @@ func (m *manifestService) Get(ctx context.Context, dgst digest.Digest) ([]byte, 
 func (m *manifestService) signatures(ctx context.Context, dgst digest.Digest) ([][]byte, error) {
 	s := m.repo.s
 	dir := mustPath(manifestSignaturesPathSpec{name: m.repo.name, revision: dgst})
-	sigDigests, err := s.listDigests(ctx, dir)
+	sigDigests, err := s.listLinked(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -259,5 +259,5 @@ func (m *manifestService) Delete(ctx context.Context, dgst digest.Digest) error 
 
 // List implements ManifestService.
 func (m *manifestService) List(ctx context.Context) ([]digest.Digest, error) {
-	return m.repo.s.listDigests(ctx, mustPath(manifestRevisionsPathSpec{name: m.repo.name}))
+	return m.repo.s.listLinked(ctx, mustPath(manifestRevisionsPathSpec{name: m.repo.name}))
 }

@@ -225,19 +225,19 @@ func (s *storage) RemoveRepository(ctx context.Context, name string) error {
 	r := &repository{s: s, name: name}
 	checks := []struct {
 		what string
-		dir  pathSpec
+		list func(context.Context) (int, error)
 	}{
-		{"layers", layersPathSpec{name: name}},
-		{"manifests", manifestRevisionsPathSpec{name: name}},
-		{"tags", manifestTagsPathSpec{name: name}},
-		{"uploads", uploadsPathSpec{name: name}},
+		{"layers", func(ctx context.Context) (int, error) { l, err := r.Layers().List(ctx); return len(l), err }},
+		{"manifests", func(ctx context.Context) (int, error) { l, err := r.Manifests().List(ctx); return len(l), err }},
+		{"tags", func(ctx context.Context) (int, error) { l, err := r.Tags().List(ctx); return len(l), err }},
+		{"uploads", func(ctx context.Context) (int, error) { l, err := r.Uploads().List(ctx); return len(l), err }},
 	}
 	for _, c := range checks {
-		children, err := r.s.list(ctx, mustPath(c.dir))
+		n, err := c.list(ctx)
 		if err != nil {
 			return err
 		}
-		if len(children) > 0 {
+		if n > 0 {
 			return fmt.Errorf("%w: %s has %s", ErrRepositoryNotEmpty, name, c.what)
 		}
 	}
@@ -265,19 +265,33 @@ func (s *storage) list(ctx context.Context, dir string) ([]string, error) {
 	return out, nil
 }
 
-// listDigests returns the valid digests named by the <hex> children of a
-// sha256/ directory, sorted; other entries are ignored.
-func (s *storage) listDigests(ctx context.Context, dir string) ([]digest.Digest, error) {
-	names, err := s.list(ctx, dir)
-	if err != nil {
-		return nil, err
-	}
+// listLinked returns the digests of the <hex> directories below a sha256/
+// directory that hold a link file, sorted. The registry deletes a layer or
+// a revision by removing only its link file and leaves the directory, so a
+// directory alone does not count. One Walk that stops below <hex>/ does it
+// without a Stat per entry.
+func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, error) {
 	var out []digest.Digest
-	for _, n := range names {
-		d := digest.NewDigestFromEncoded(digest.SHA256, n)
-		if checkStoredDigest(d) == nil {
-			out = append(out, d)
+	err := s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
+		rel := strings.TrimPrefix(fi.Path, dir+"/")
+		hex, rest, nested := strings.Cut(rel, "/")
+		switch {
+		case !nested:
+			if !fi.IsDir {
+				return nil
+			}
+			if checkStoredDigest(digest.NewDigestFromEncoded(digest.SHA256, hex)) != nil {
+				return driver.ErrSkipDir
+			}
+		case rest == linkFileName && !fi.IsDir:
+			out = append(out, digest.NewDigestFromEncoded(digest.SHA256, hex))
+		case fi.IsDir:
+			return driver.ErrSkipDir // signatures/ and the like
 		}
+		return nil
+	})
+	if err != nil && !isNotFound(err) {
+		return nil, err
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out, nil

@@ -495,3 +495,54 @@ func snapshotOS(t *testing.T, root string) map[string]string {
 	}
 	return out
 }
+
+// TestRegistryStyleDeletes: the registry deletes a layer or a revision by
+// removing its link file only, leaving the directory; such entries are gone
+// for the store too, in listings as in lookups.
+func TestRegistryStyleDeletes(t *testing.T) {
+	ctx := context.Background()
+	for _, dc := range drivers {
+		t.Run(dc.name, func(t *testing.T) {
+			d := dc.new(t, testdataRoot)
+			s := newStore(t, d)
+			hello := repo(t, s, "hello")
+			for _, p := range []string{
+				mustPath(layerLinkPathSpec{name: "hello", digest: tdLayerHello}),
+				mustPath(manifestRevisionLinkPathSpec{name: "hello", revision: tdManHello}),
+				mustPath(manifestTagCurrentLinkPathSpec{name: "hello", tag: "latest"}),
+			} {
+				if err := d.Delete(ctx, p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if l, err := hello.Layers().List(ctx); err != nil || !slices.Equal(l, []digest.Digest{tdConfig}) {
+				t.Fatalf("layers = %v, %v", l, err)
+			}
+			if _, err := hello.Layers().Stat(ctx, tdLayerHello); !errors.Is(err, ErrBlobUnknown) {
+				t.Fatalf("Stat of an unlinked layer: %v", err)
+			}
+			if m, err := hello.Manifests().List(ctx); err != nil || len(m) != 0 {
+				t.Fatalf("revisions = %v, %v", m, err)
+			}
+			if _, _, err := hello.Manifests().Get(ctx, tdManHello); !errors.Is(err, ErrManifestUnknown) {
+				t.Fatalf("Get of a deleted revision: %v", err)
+			}
+			if tags, err := hello.Tags().List(ctx); err != nil || len(tags) != 0 {
+				t.Fatalf("tags = %v, %v", tags, err)
+			}
+			if err := hello.Layers().Unlink(ctx, tdConfig); err != nil {
+				t.Fatal(err)
+			}
+			if err := hello.Uploads().Cancel(ctx, tdUploadID); err != nil {
+				t.Fatal(err)
+			}
+			// What is left is empty directories: the repository is empty.
+			if err := s.RemoveRepository(ctx, "hello"); err != nil && !errors.Is(err, ErrRepositoryUnknown) {
+				t.Fatalf("RemoveRepository: %v", err)
+			}
+			if repos, err := s.Repositories(ctx); err != nil || !slices.Equal(repos, []string{"library/ubuntu"}) {
+				t.Fatalf("Repositories = %v, %v", repos, err)
+			}
+		})
+	}
+}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/driver"
 )
 
 // tagService is the TagService of one repository.
@@ -75,19 +78,45 @@ func (t *tagService) Untag(ctx context.Context, tag string) error {
 	return nil
 }
 
-// List implements TagService. Directories under tags/ whose names are not
-// valid tags are skipped.
+// List implements TagService. A tag counts when its current link exists
+// (a directory alone, e.g. left by another tool, is no tag); directories
+// whose names are not valid tags are skipped. One Walk that skips the tags'
+// index directories does it.
 func (t *tagService) List(ctx context.Context) ([]string, error) {
-	names, err := t.repo.s.list(ctx, mustPath(manifestTagsPathSpec{name: t.repo.name}))
-	if err != nil {
-		return nil, err
-	}
-	out := names[:0]
-	for _, n := range names {
-		if checkTag(n) == nil {
-			out = append(out, n)
+	dir := mustPath(manifestTagsPathSpec{name: t.repo.name})
+	var out []string
+	err := t.repo.s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
+		parts := strings.Split(strings.TrimPrefix(fi.Path, dir+"/"), "/")
+		switch len(parts) {
+		case 1:
+			if !fi.IsDir || checkTag(parts[0]) != nil {
+				return skipIfDir(fi)
+			}
+		case 2:
+			if parts[1] != "current" {
+				return skipIfDir(fi)
+			}
+		case 3:
+			if parts[2] == linkFileName && !fi.IsDir {
+				out = append(out, parts[0])
+			}
+			return skipIfDir(fi)
+		default:
+			return skipIfDir(fi)
 		}
+		return nil
+	})
+	if err != nil && !isNotFound(err) {
+		return nil, err
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// skipIfDir is the WalkFn result that does not descend into fi.
+func skipIfDir(fi driver.FileInfo) error {
+	if fi.IsDir {
+		return driver.ErrSkipDir
+	}
+	return nil
 }
