@@ -35,7 +35,7 @@ func (d *impl) list(ctx context.Context, path, prefix, delimiter string, fn func
 		page, err := pages.NextPage(cctx)
 		cancel()
 		if err != nil {
-			return &driver.Error{Driver: Name, Op: "ListObjectsV2", Path: path, Err: err}
+			return d.opErr("ListObjectsV2", path, err)
 		}
 		if err := fn(page); err != nil {
 			return err
@@ -205,15 +205,14 @@ func (d *impl) deleteObjects(ctx context.Context, path string, keys []types.Obje
 		Delete: &types.Delete{Objects: keys, Quiet: aws.Bool(true)},
 	})
 	if err != nil {
-		return &driver.Error{Driver: Name, Op: "DeleteObjects", Path: path, Err: err}
+		return d.opErr("DeleteObjects", path, err)
 	}
 	for _, e := range out.Errors {
 		if aws.ToString(e.Code) == "NoSuchKey" {
 			continue // gone already: what was wanted
 		}
-		return &driver.Error{Driver: Name, Op: "DeleteObjects", Path: path,
-			Err: fmt.Errorf("%d keys not deleted, first %s: %s: %s",
-				len(out.Errors), aws.ToString(e.Key), aws.ToString(e.Code), aws.ToString(e.Message))}
+		return d.opErr("DeleteObjects", path, fmt.Errorf("%d keys not deleted, first %s: %s: %s",
+			len(out.Errors), aws.ToString(e.Key), aws.ToString(e.Code), aws.ToString(e.Message)))
 	}
 	return nil
 }

@@ -13,7 +13,7 @@ import (
 )
 
 func (d *impl) Reader(ctx context.Context, path string, offset int64) (io.ReadCloser, error) {
-	r, err := d.getWith(ctx, "Reader", path, offset, nil)
+	r, err := d.getWith(ctx, path, offset, nil)
 	if err == nil {
 		return r, nil
 	}
@@ -44,9 +44,9 @@ func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 // object may take longer than any fixed timeout to stream. Instead a timer
 // bounds the wait for the response and then each wait for more of the body;
 // a consumer that stops reading for a while is not penalized.
-func (d *impl) getWith(ctx context.Context, op, path string, offset int64, ifMatch *string) (*reader, error) {
+func (d *impl) getWith(ctx context.Context, path string, offset int64, ifMatch *string) (*reader, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &reader{path: path, timeout: d.timeout, cancel: cancel}
+	r := &reader{d: d, path: path, timeout: d.timeout, cancel: cancel}
 	r.timer = time.AfterFunc(d.timeout, cancel)
 	in := &s3.GetObjectInput{Bucket: &d.bucket, Key: aws.String(d.key(path)), IfMatch: ifMatch}
 	if offset > 0 {
@@ -59,7 +59,7 @@ func (d *impl) getWith(ctx context.Context, op, path string, offset int64, ifMat
 	}
 	if err != nil {
 		cancel()
-		return nil, d.fail(op, path, err)
+		return nil, d.fail("GetObject", path, err)
 	}
 	r.out, r.body = out, out.Body
 	return r, nil
@@ -67,6 +67,7 @@ func (d *impl) getWith(ctx context.Context, op, path string, offset int64, ifMat
 
 // reader is the body of a GET, with the timer described at get.
 type reader struct {
+	d       *impl
 	path    string
 	timeout time.Duration
 	out     *s3.GetObjectOutput
@@ -85,10 +86,10 @@ func (r *reader) Read(p []byte) (int, error) {
 	r.timer.Reset(r.timeout)
 	n, err := r.body.Read(p)
 	if !r.timer.Stop() { // it fired during this Read
-		return n, &driver.Error{Driver: Name, Op: "Read", Path: r.path, Err: r.timeoutErr()}
+		return n, r.d.opErr("Read", r.path, r.timeoutErr())
 	}
 	if err != nil && err != io.EOF {
-		err = &driver.Error{Driver: Name, Op: "Read", Path: r.path, Err: err}
+		err = r.d.opErr("Read", r.path, err)
 	}
 	return n, err
 }

@@ -233,7 +233,21 @@ func (d *impl) fail(op, path string, err error) error {
 	if isNotFound(err) {
 		return driver.PathNotFoundError{Path: path, Driver: Name}
 	}
-	return &driver.Error{Driver: Name, Op: op, Path: path, Err: err}
+	return d.opErr(op, path, err)
+}
+
+// opErr wraps the failure of request op about path, with the bucket and key
+// in the message so that a log line locates it without the configuration.
+func (d *impl) opErr(op, path string, err error) error {
+	return &driver.Error{Driver: Name, Op: op, Path: path, Err: fmt.Errorf("%s: %w", d.url(path), err)}
+}
+
+// url names the object or directory at path, as s3://bucket/key.
+func (d *impl) url(path string) string {
+	if path == "/" {
+		return "s3://" + d.bucket + "/" + d.prefix
+	}
+	return "s3://" + d.bucket + "/" + d.key(path)
 }
 
 // isNotFound reports whether err says the key does not exist. A missing
@@ -274,7 +288,7 @@ func (d *impl) head(ctx context.Context, path string) (*s3.HeadObjectOutput, err
 }
 
 func (d *impl) GetContent(ctx context.Context, path string) ([]byte, error) {
-	r, err := d.getWith(ctx, "GetContent", path, 0, nil)
+	r, err := d.getWith(ctx, path, 0, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -283,11 +297,11 @@ func (d *impl) GetContent(ctx context.Context, path string) ([]byte, error) {
 }
 
 func (d *impl) PutContent(ctx context.Context, path string, content []byte) error {
-	return d.put(ctx, "PutContent", path, content)
+	return d.put(ctx, path, content)
 }
 
 // put stores content as the object at path in one request.
-func (d *impl) put(ctx context.Context, op, path string, content []byte) error {
+func (d *impl) put(ctx context.Context, path string, content []byte) error {
 	ctx, cancel := d.callCtx(ctx, int64(len(content)))
 	defer cancel()
 	_, err := d.client.PutObject(ctx, &s3.PutObjectInput{
@@ -297,7 +311,7 @@ func (d *impl) put(ctx context.Context, op, path string, content []byte) error {
 		ContentLength: aws.Int64(int64(len(content))),
 	})
 	if err != nil {
-		return &driver.Error{Driver: Name, Op: op, Path: path, Err: err}
+		return d.opErr("PutObject", path, err)
 	}
 	return nil
 }
@@ -338,7 +352,7 @@ func (d *impl) hasChildren(ctx context.Context, path string) (bool, error) {
 		MaxKeys: aws.Int32(1),
 	})
 	if err != nil {
-		return false, &driver.Error{Driver: Name, Op: "ListObjectsV2", Path: path, Err: err}
+		return false, d.opErr("ListObjectsV2", path, err)
 	}
 	return len(out.Contents) > 0, nil
 }

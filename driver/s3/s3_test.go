@@ -469,8 +469,8 @@ func TestRetries(t *testing.T) {
 	}
 	_, err = d.GetContent(t.Context(), "/obj")
 	var de *driver.Error
-	if !errors.As(err, &de) || de.Op != "GetContent" || de.Path != "/obj" || driver.IsNotFound(err) {
-		t.Errorf("GetContent from a throttling server = %v, want *driver.Error{Op: GetContent, Path: /obj}", err)
+	if !errors.As(err, &de) || de.Op != "GetObject" || de.Path != "/obj" || driver.IsNotFound(err) {
+		t.Errorf("GetContent from a throttling server = %v, want *driver.Error{Op: GetObject, Path: /obj}", err)
 	}
 	if n := gets.Load(); n != 3 {
 		t.Errorf("server saw %d attempts, want 3", n)

@@ -3,6 +3,7 @@ package s3
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -37,6 +38,10 @@ func (d *impl) partSize(before int64) int64 {
 	return min(max(s, d.writePartMin), d.writePartMax)
 }
 
+// Writer sends nothing until a part is full or the writer is closed: a new
+// writer replaces the object when it is closed or committed, not when it is
+// opened, and an appending writer reads only the object's size (plus its
+// bytes when it is smaller than a part).
 func (d *impl) Writer(ctx context.Context, path string, append bool) (driver.FileWriter, error) {
 	w := &writer{
 		d:      d,
@@ -64,7 +69,7 @@ func (d *impl) Writer(ctx context.Context, path string, append bool) (driver.Fil
 	if w.size > 0 {
 		// Too small to be a part of its own: its bytes start the buffer
 		// (less than a part, since minPartSize <= writePartMin).
-		r, err := d.getIfMatch(ctx, "Writer", path, w.etag)
+		r, err := d.getWith(ctx, path, 0, w.etag)
 		if err != nil {
 			return nil, err
 		}
@@ -74,8 +79,7 @@ func (d *impl) Writer(ctx context.Context, path string, append bool) (driver.Fil
 			return nil, err
 		}
 		if int64(len(w.buf)) != w.size {
-			return nil, &driver.Error{Driver: Name, Op: "Writer", Path: path,
-				Err: fmt.Errorf("read %d bytes of an object of %d", len(w.buf), w.size)}
+			return nil, d.opErr("GetObject", path, fmt.Errorf("read %d bytes of an object of %d", len(w.buf), w.size))
 		}
 	}
 	return w, nil
@@ -199,7 +203,7 @@ func (w *writer) finish(ctx context.Context) error {
 		// Everything is in the buffer. An appending writer that wrote
 		// nothing leaves the object as it is; a new one makes it, if empty.
 		if w.dirty || !w.append {
-			if err := w.d.put(ctx, "Close", w.path, w.buf); err != nil {
+			if err := w.d.put(ctx, w.path, w.buf); err != nil {
 				return err
 			}
 		}
@@ -257,7 +261,7 @@ func (w *writer) Cancel(ctx context.Context) error {
 }
 
 func (w *writer) fail(op string, err error) error {
-	return &driver.Error{Driver: Name, Op: op, Path: w.path, Err: err}
+	return w.d.opErr(op, w.path, err)
 }
 
 // createUpload starts a multipart upload of the object at path.
@@ -268,7 +272,7 @@ func (d *impl) createUpload(ctx context.Context, path string) (*string, error) {
 		Bucket: &d.bucket, Key: aws.String(d.key(path)),
 	})
 	if err != nil {
-		return nil, &driver.Error{Driver: Name, Op: "CreateMultipartUpload", Path: path, Err: err}
+		return nil, d.opErr("CreateMultipartUpload", path, err)
 	}
 	return out.UploadId, nil
 }
@@ -300,7 +304,7 @@ func (d *impl) copyParts(ctx context.Context, path string, id *string, dstKey, s
 			return nil, d.fail("UploadPartCopy", path, err)
 		}
 		if out.CopyPartResult == nil {
-			return nil, &driver.Error{Driver: Name, Op: "UploadPartCopy", Path: path, Err: fmt.Errorf("no ETag in the answer")}
+			return nil, d.opErr("UploadPartCopy", path, errors.New("no ETag in the answer"))
 		}
 		parts = append(parts, types.CompletedPart{ETag: out.CopyPartResult.ETag, PartNumber: &num})
 	}
@@ -318,7 +322,7 @@ func (d *impl) completeUpload(ctx context.Context, path, key string, id *string,
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
 	})
 	if err != nil {
-		return &driver.Error{Driver: Name, Op: "CompleteMultipartUpload", Path: path, Err: err}
+		return d.opErr("CompleteMultipartUpload", path, err)
 	}
 	return nil
 }
@@ -334,11 +338,6 @@ func (d *impl) abort(path, key string, id *string) {
 		// Its parts stay billed until a lifecycle rule removes them.
 		slog.Warn("s3: cannot abort a multipart upload", "path", path, "upload", aws.ToString(id), "err", err)
 	}
-}
-
-// getIfMatch opens the object at path if its ETag is still etag.
-func (d *impl) getIfMatch(ctx context.Context, op, path string, etag *string) (*reader, error) {
-	return d.getWith(ctx, op, path, 0, etag)
 }
 
 // readAll appends all of r to buf.
