@@ -7,10 +7,12 @@
 // Params.RootDirectory (no leading or trailing slash; empty for the top of
 // the bucket). Directories are common prefixes: one exists while an object is
 // below it. regfs never makes a key that is both an object and the prefix of
-// another key ("a" and "a/b"), and the driver relies on that: Stat asks for
-// the object first, Delete of "/a" removes the key "a" or the keys below
-// "a/", never "ab". Keys below the root whose components are not valid driver
-// path components (written by some other tool) are left out of List and Walk.
+// another key ("a" and "a/b"), and the driver relies on that without checking
+// it (which would cost a request per parent on every write): Stat asks for
+// the object first, Delete of "/a" removes the keys below "a/" or else the
+// key "a", never "ab". Keys below the root whose components are not valid
+// driver path components (written by some other tool) are left out of List
+// and Walk.
 //
 // # Reads
 //
@@ -26,15 +28,19 @@
 // completing a multipart upload). A writer reopened with append starts a new
 // multipart upload whose first parts are server-side copies of the existing
 // object (UploadPartCopy), or re-sends its bytes when it is smaller than the
-// 5 MiB minimum part. See writer.go for the part sizes.
+// 5 MiB minimum part. See writer.go for the part sizes. A process that dies
+// between two Closes leaves an incomplete multipart upload, invisible but
+// billed on AWS: give the bucket an AbortIncompleteMultipartUpload lifecycle
+// rule.
 //
 // # Failures
 //
 // Every request runs under its own deadline (Params.Timeout, longer for
 // requests that move many bytes) and is retried with backoff by the SDK's
 // standard retryer on throttling and 5xx answers (Params.MaxAttempts). A
-// missing key is driver.PathNotFoundError; any other failure is a
-// *driver.Error naming the operation and the path.
+// missing key is driver.PathNotFoundError (a missing bucket is not: New
+// checks the bucket); any other failure is a *driver.Error naming the S3
+// operation, the path and the s3://bucket/key URL.
 package s3
 
 import (

@@ -26,6 +26,7 @@ import (
 )
 
 func TestSuite(t *testing.T) {
+	requireServer(t)
 	testsuite.Run(t, func(t *testing.T) driver.StorageDriver {
 		return base.New(newTestDriver(t, nil))
 	})
