@@ -19,7 +19,8 @@ type parsedManifest struct {
 	MediaType string
 	// Canonical is the revision blob. For schema1 it is the JWS payload with
 	// the signatures stripped, which is what docker/distribution 2.3+ stores
-	// and digests; for every other kind it is the content unchanged.
+	// and digests; for every other kind it is the content unchanged (the
+	// same slice, not a copy).
 	Canonical []byte
 	// Signatures are the schema1 JWS signatures, each its own JSON object, to
 	// be stored beside the revision (the distribution 2.0 signatures/
@@ -328,6 +329,8 @@ func checkSubject(subject *v1.Descriptor) []error {
 	return checkManifestDescriptor(ociDescriptorRef("subject", *subject))
 }
 
+// dockerDescriptorRef and ociDescriptorRef bring both families' descriptors
+// to one form, so that one set of checks serves docker and OCI alike.
 func dockerDescriptorRef(field string, d dockerDescriptor) manifestDescriptor {
 	return manifestDescriptor{field: field, mediaType: d.MediaType, digest: d.Digest, size: d.Size, urls: d.URLs}
 }
