@@ -1,0 +1,59 @@
+// Package fs maps a registry's storage (a store.Store) onto a FUSE file
+// system with bazil.org/fuse. It builds no storage path and knows no on-disk
+// format: every fact comes from the store, and every change goes through it.
+//
+// # Layout
+//
+//	MNT/
+//	  .regfs/errors, .regfs/stats   control files (controlDir, controlFile)
+//	  a/b/                           namespace directories (nsDir); any of them
+//	                                 can be a repository, so each offers:
+//	    _layers/sha256:<hex>         linked blobs (layersDir, layerFile)
+//	    _manifests/<tag>             tags (manifestsDir, tagFile)
+//	    _manifests/sha256:<hex>      revisions (revisionFile)
+//	    _uploads/sha256:<hex>        uploads named by expected digest (uploadsDir, uploadFile)
+//	    _uploads/<uuid>              uploads another writer left
+//
+// Nodes are small comparable values ({*FS, repository, name}), never
+// pointers to per-node state: bazil keys its node table by the Node value,
+// so the same logical file is always the same bazil node without a node
+// cache, and the kernel cache of any node can be invalidated by building its
+// value again. State that outlives a request (directories made by mkdir,
+// manifests being written, open uploads) lives in maps on the FS.
+//
+// Inode numbers are derived, never counted, so they are stable across
+// mounts: blobs and revisions take the first 8 bytes of their digest (a tag
+// shares its revision's inode), everything else hashes the parent's inode
+// with its own name.
+//
+// # Errors
+//
+// The store returns typed errors; errno in errors.go is the one place that
+// turns them, and the few errors this package makes itself, into errnos.
+// Anything it does not recognise becomes EIO and is logged once with the
+// operation, the path and the cause. Rejected writes (a digest mismatch on
+// an upload, a manifest that fails verification) make close(2) fail with
+// EBADMSG and are listed with every reason in .regfs/errors.
+//
+// # Caching
+//
+// Blobs and revisions are immutable: they are opened with OpenKeepCache and
+// their entries and attributes are valid for an hour. Tags, namespaces and
+// control files change: their validity is short (Options.EntryTTL and
+// AttrTTL), and when regfs itself moves or removes a tag, commits an upload
+// or stores a manifest it tells the kernel to drop the stale entries and
+// data. Uploads have zero validity, so the kernel's idea of their size (which
+// O_APPEND writes start from) is always fresh. File data is read through the
+// store's global block cache (package cache); the read handler is a ReadAt
+// into the kernel's buffer.
+//
+// # Concurrency
+//
+// The kernel sends requests concurrently, reads of one file included
+// (AsyncRead); bazil serves each in its own goroutine. Reads use ReadAt and
+// share no cursor. Writes to one upload are serialised by the upload's
+// mutex, which every handle on that upload shares; a commit holds it too.
+// The FS maps are guarded by FS.mu. Kernel invalidations are sent from their
+// own goroutines: the kernel may hold the very directory lock a notification
+// needs while it waits for the reply to the request that caused it.
+package fs

@@ -1,0 +1,160 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"syscall"
+
+	"bazil.org/fuse"
+
+	"github.com/regfs/regfs/driver"
+	"github.com/regfs/regfs/store"
+)
+
+// Errors this package makes itself. errno maps them like the store's; the
+// reasons for each choice are in docs/decisions.md.
+var (
+	// errImmutable: writing, truncating or re-creating a blob, a revision
+	// or a control file (EPERM, like a file marked immutable).
+	errImmutable = errors.New("immutable file")
+	// errNotSupported: an operation the tree has no meaning for (rename,
+	// symlink, chmod, chown, mkdir in a reserved directory, rmdir of one).
+	errNotSupported = errors.New("operation not supported by regfs")
+	// errNotReadable: reading an upload in progress (EACCES).
+	errNotReadable = errors.New("uploads in progress cannot be read")
+	// errForeignUpload: writing to an upload another writer left, which
+	// has no expected digest to verify against (EPERM).
+	errForeignUpload = errors.New("upload left by another writer: no expected digest")
+	// errTooLarge: a manifest larger than store.MaxManifestSize (EFBIG).
+	errTooLarge = errors.New("manifest too large")
+	// errWrongKind: ln of a file into a directory of another kind, or
+	// under a name that differs from its digest (EINVAL).
+	errWrongKind = errors.New("link source and target directory do not match")
+	// errCrossRepository: ln of a manifest into another repository (EXDEV).
+	errCrossRepository = errors.New("manifests cannot be linked across repositories")
+	// errNotFound: a name that does not exist (ENOENT).
+	errNotFound = errors.New("no such file or directory")
+	// errNotEmpty: rmdir of a directory holding other directories (ENOTEMPTY).
+	errNotEmpty = errors.New("directory not empty")
+	// errExists: mkdir or create of a name that exists (EEXIST).
+	errExists = errors.New("file exists")
+	// errStale: a write through a handle whose upload was committed or
+	// cancelled (ESTALE).
+	errStale = errors.New("upload already committed or cancelled")
+	// errRejected: a manifest whose bytes are already known to be
+	// malformed (EBADMSG).
+	errRejected = errors.New("manifest rejected")
+)
+
+// errno turns err into the errno the kernel gets; it is the one place that
+// chooses errnos. op and name say what failed, for the log. Every error
+// returned by a node or handle method goes through it, which also counts
+// it by errno for .regfs/stats. Anything not recognised is logged once here
+// and becomes EIO: a storage failure must never look like a missing file.
+func (f *FS) errno(op, name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	e := classify(err)
+	if e == syscall.EIO {
+		f.log.Error("storage operation failed", "op", op, "path", name, "error", err)
+	}
+	f.stats.countErrno(e)
+	return fuse.Errno(e)
+}
+
+// classify is errno's table. Order matters where one error matches several
+// rows: a manifest verification failure wraps ErrBlobUnknown for each
+// missing blob, and must still read as a rejected manifest, not ENOENT.
+func classify(err error) syscall.Errno {
+	var (
+		errno        fuse.Errno
+		mismatch     *store.ErrDigestMismatch
+		verification *store.ErrManifestVerification
+		invalid      *store.ErrManifestInvalid
+		unverified   *store.ErrManifestUnverified
+		notFound     driver.PathNotFoundError
+		badOffset    driver.InvalidOffsetError
+		unsupported  driver.UnsupportedMethodError
+	)
+	switch {
+	case errors.As(err, &errno):
+		return syscall.Errno(errno)
+	case errors.Is(err, syscall.ENOSPC):
+		return syscall.ENOSPC
+	case errors.Is(err, syscall.EDQUOT):
+		return syscall.EDQUOT
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	case errors.Is(err, context.DeadlineExceeded):
+		return syscall.ETIMEDOUT
+	case errors.Is(err, store.ErrReadOnly):
+		return syscall.EROFS
+	case errors.As(err, &verification), errors.As(err, &invalid),
+		errors.As(err, &unverified), errors.As(err, &mismatch),
+		errors.Is(err, errRejected):
+		return syscall.EBADMSG
+	case errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrInvalidDigest),
+		errors.Is(err, store.ErrInvalidOffset), errors.As(err, &badOffset),
+		errors.Is(err, errWrongKind):
+		return syscall.EINVAL
+	case errors.Is(err, store.ErrRepositoryNotEmpty), errors.Is(err, errNotEmpty):
+		return syscall.ENOTEMPTY
+	case errors.Is(err, store.ErrBlobUnknown), errors.Is(err, store.ErrManifestUnknown),
+		errors.Is(err, store.ErrTagUnknown), errors.Is(err, store.ErrUploadUnknown),
+		errors.Is(err, store.ErrRepositoryUnknown), errors.As(err, &notFound),
+		errors.Is(err, errNotFound):
+		return syscall.ENOENT
+	case errors.Is(err, errImmutable), errors.Is(err, errNotSupported),
+		errors.Is(err, errForeignUpload):
+		return syscall.EPERM
+	case errors.Is(err, errNotReadable):
+		return syscall.EACCES
+	case errors.Is(err, errTooLarge):
+		return syscall.EFBIG
+	case errors.Is(err, errCrossRepository):
+		return syscall.EXDEV
+	case errors.Is(err, errExists):
+		return syscall.EEXIST
+	case errors.Is(err, errStale):
+		return syscall.ESTALE
+	case errors.As(err, &unsupported):
+		return syscall.ENOTSUP
+	}
+	return syscall.EIO
+}
+
+// isNotFoundErr tells whether err means the thing does not exist.
+func isNotFoundErr(err error) bool { return classify(err) == syscall.ENOENT }
+
+// isRejection tells whether err rejects the content written (EBADMSG).
+func isRejection(err error) bool { return classify(err) == syscall.EBADMSG }
+
+// errnoNames names the errnos regfs returns, for .regfs/stats.
+var errnoNames = map[syscall.Errno]string{
+	syscall.ENOENT:    "ENOENT",
+	syscall.EINVAL:    "EINVAL",
+	syscall.EROFS:     "EROFS",
+	syscall.ENOTEMPTY: "ENOTEMPTY",
+	syscall.EBADMSG:   "EBADMSG",
+	syscall.EINTR:     "EINTR",
+	syscall.ETIMEDOUT: "ETIMEDOUT",
+	syscall.EIO:       "EIO",
+	syscall.EPERM:     "EPERM",
+	syscall.EACCES:    "EACCES",
+	syscall.EFBIG:     "EFBIG",
+	syscall.EXDEV:     "EXDEV",
+	syscall.EEXIST:    "EEXIST",
+	syscall.ESTALE:    "ESTALE",
+	syscall.ENOTSUP:   "ENOTSUP",
+	syscall.ENOSPC:    "ENOSPC",
+	syscall.EDQUOT:    "EDQUOT",
+}
+
+func errnoName(e syscall.Errno) string {
+	if n, ok := errnoNames[e]; ok {
+		return n
+	}
+	return "errno" + strconv.Itoa(int(e))
+}

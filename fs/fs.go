@@ -1,0 +1,329 @@
+package fs
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"bazil.org/fuse"
+	"bazil.org/fuse/fs"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/cache"
+	"github.com/regfs/regfs/store"
+)
+
+var (
+	_ fs.FS         = (*FS)(nil)
+	_ fs.FSStatfser = (*FS)(nil)
+)
+
+// Validity of kernel caches for nodes that never change (blobs, revisions,
+// the reserved directories) and defaults for the ones that do.
+const (
+	immutableTTL      = time.Hour
+	DefaultEntryTTL   = time.Second
+	DefaultAttrTTL    = time.Second
+	maxReadahead      = 128 << 10
+	maxBackground     = 64
+	congestionThresh  = 48
+	reservedLayers    = "_layers"
+	reservedManifests = "_manifests"
+	reservedUploads   = "_uploads"
+	controlDirName    = ".regfs"
+)
+
+// Options configures New.
+type Options struct {
+	// ReadOnly refuses every write with EROFS, uploads included.
+	ReadOnly bool
+	// Logger receives the FS's records; nil means slog.Default().
+	Logger *slog.Logger
+	// Debug traces every FUSE request and response through Logger at
+	// debug level.
+	Debug bool
+	// Cache is the store's block cache, read for .regfs/stats; may be nil.
+	Cache *cache.Cache
+	// EntryTTL and AttrTTL are how long the kernel may cache the entries and
+	// attributes of mutable nodes (tags, namespaces); DefaultEntryTTL and
+	// DefaultAttrTTL when zero.
+	EntryTTL time.Duration
+	AttrTTL  time.Duration
+}
+
+// FS is the regfs file system. It serves one FUSE connection.
+type FS struct {
+	st   store.Store
+	opts Options
+	log  *slog.Logger
+
+	// ctx outlives every request: it is what long-lived store objects
+	// (uploads, readers) are made with, and it is cancelled when Serve
+	// returns.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	server atomic.Pointer[fs.Server]
+	// notify counts invalidation goroutines, so Serve returns only after
+	// the last one.
+	notify sync.WaitGroup
+
+	// uploadOpen serialises the resolution of upload names to store
+	// uploads, so that two concurrent creates of one digest make one
+	// upload.
+	uploadOpen sync.Mutex
+
+	mu sync.Mutex
+	// dirs holds the directories made by mkdir, by parent path then name;
+	// they exist in storage only once something is pushed into them.
+	// Guarded by mu.
+	dirs map[string]map[string]bool
+	// pending holds manifests being written to names that do not exist
+	// yet, by repository and name. Guarded by mu.
+	pending map[fileKey]*manifestWriter
+	// uploads holds the open uploads, by repository and name. Guarded by mu.
+	uploads map[fileKey]*uploadState
+
+	stats   counters
+	errLog  errorLog
+	started time.Time
+}
+
+// fileKey names a file in a repository's reserved directory.
+type fileKey struct {
+	repo string
+	name string
+}
+
+// New returns an FS serving st.
+func New(st store.Store, opts Options) *FS {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.EntryTTL <= 0 {
+		opts.EntryTTL = DefaultEntryTTL
+	}
+	if opts.AttrTTL <= 0 {
+		opts.AttrTTL = DefaultAttrTTL
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &FS{
+		st:      st,
+		opts:    opts,
+		log:     opts.Logger,
+		ctx:     ctx,
+		cancel:  cancel,
+		dirs:    map[string]map[string]bool{},
+		pending: map[fileKey]*manifestWriter{},
+		uploads: map[fileKey]*uploadState{},
+		stats:   counters{errnos: map[string]int64{}},
+		started: time.Now(),
+	}
+}
+
+// MountOptions returns the options regfs mounts with, built in this one
+// place for the command and the tests. MaxReadahead is 128 KiB, what Linux
+// accepts at most by default (the kernel clamps to its own bdi setting);
+// AsyncRead lets the kernel send concurrent reads of one file, which the
+// block cache serves in parallel; a larger MaxBackground keeps more of those
+// read-ahead requests in flight before the kernel throttles.
+func MountOptions(readOnly, allowOther bool) []fuse.MountOption {
+	opts := []fuse.MountOption{
+		fuse.FSName("regfs"),
+		fuse.Subtype("regfs"),
+		fuse.MaxReadahead(maxReadahead),
+		fuse.AsyncRead(),
+		fuse.MaxBackground(maxBackground),
+		fuse.CongestionThreshold(congestionThresh),
+	}
+	if readOnly {
+		opts = append(opts, fuse.ReadOnly())
+	}
+	if allowOther {
+		opts = append(opts, fuse.AllowOther())
+	}
+	return opts
+}
+
+// Serve serves conn until it is closed (the file system is unmounted). An
+// FS serves one connection; after Serve returns it is done.
+func (f *FS) Serve(conn *fuse.Conn) error {
+	cfg := &fs.Config{Debug: func(any) {}}
+	if f.opts.Debug {
+		cfg.Debug = func(msg any) { f.log.Debug("fuse", "msg", fmt.Sprint(msg)) }
+	}
+	srv := fs.New(conn, cfg)
+	f.server.Store(srv)
+	err := srv.Serve(f)
+	f.server.Store(nil)
+	f.notify.Wait()
+	f.cancel()
+	f.closeUploads()
+	return err
+}
+
+// Root implements fs.FS.
+func (f *FS) Root() (fs.Node, error) {
+	return rootDir{f: f}, nil
+}
+
+// Statfs implements fs.FSStatfser. Storage capacity is the backend's
+// business; df gets sane block and name sizes.
+func (f *FS) Statfs(ctx context.Context, req *fuse.StatfsRequest, resp *fuse.StatfsResponse) error {
+	resp.Bsize = 4096
+	resp.Frsize = 4096
+	resp.Namelen = 255
+	return nil
+}
+
+// readOnly returns store.ErrReadOnly on a read-only FS, for write ops to
+// return first.
+func (f *FS) readOnly() error {
+	if f.opts.ReadOnly {
+		return store.ErrReadOnly
+	}
+	return nil
+}
+
+// Inodes. The root is 1, as FUSE requires.
+const rootInode = 1
+
+// digestInode derives a blob's or revision's inode from the first 8 bytes
+// of its digest.
+func digestInode(d digest.Digest) uint64 {
+	enc := d.Encoded()
+	if len(enc) < 16 {
+		return childInode(rootInode, d.String())
+	}
+	b, err := hex.DecodeString(enc[:16])
+	if err != nil {
+		return childInode(rootInode, d.String())
+	}
+	v := binary.BigEndian.Uint64(b)
+	if v <= rootInode {
+		v += 2
+	}
+	return v
+}
+
+// childInode derives the inode of name in the directory with inode parent.
+func childInode(parent uint64, name string) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], parent)
+	h.Write(b[:])
+	h.Write([]byte(name))
+	v := h.Sum64()
+	if v <= rootInode {
+		v += 2
+	}
+	return v
+}
+
+// pathInode derives the inode of a namespace directory from its path.
+func pathInode(p string) uint64 {
+	ino := uint64(rootInode)
+	if p == "" {
+		return ino
+	}
+	for _, c := range strings.Split(p, "/") {
+		ino = childInode(ino, c)
+	}
+	return ino
+}
+
+// joinPath joins a namespace path and a child name.
+func joinPath(parent, name string) string {
+	if parent == "" {
+		return name
+	}
+	return parent + "/" + name
+}
+
+// hasMkdirDir tells whether mkdir made p (and rmdir has not removed it).
+func (f *FS) hasMkdirDir(p string) bool {
+	parent, name := path.Split(p)
+	parent = strings.TrimSuffix(parent, "/")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dirs[parent][name]
+}
+
+// mkdirChildren returns the names mkdir made in parent.
+func (f *FS) mkdirChildren(parent string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for n := range f.dirs[parent] {
+		out = append(out, n)
+	}
+	return out
+}
+
+func (f *FS) addMkdirDir(parent, name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dirs[parent] == nil {
+		f.dirs[parent] = map[string]bool{}
+	}
+	f.dirs[parent][name] = true
+}
+
+func (f *FS) removeMkdirDir(parent, name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.dirs[parent], name)
+	if len(f.dirs[parent]) == 0 {
+		delete(f.dirs, parent)
+	}
+}
+
+// invalidateEntry tells the kernel to forget name in dir. It runs in its own
+// goroutine: the kernel may hold dir's lock while it waits for the reply to
+// the request that caused the invalidation.
+func (f *FS) invalidateEntry(dir fs.Node, name string) {
+	srv := f.server.Load()
+	if srv == nil {
+		return
+	}
+	f.notify.Add(1)
+	go func() {
+		defer f.notify.Done()
+		f.logNotify(srv.InvalidateEntry(dir, name))
+	}()
+}
+
+// invalidateNode tells the kernel to drop the cached attributes and data of
+// n, in its own goroutine like invalidateEntry.
+func (f *FS) invalidateNode(n fs.Node) {
+	srv := f.server.Load()
+	if srv == nil {
+		return
+	}
+	f.notify.Add(1)
+	go func() {
+		defer f.notify.Done()
+		f.logNotify(srv.InvalidateNodeData(n))
+	}()
+}
+
+func (f *FS) logNotify(err error) {
+	if err != nil && !errors.Is(err, fuse.ErrNotCached) {
+		f.log.Debug("kernel cache invalidation failed", "error", err)
+	}
+}
+
+// attrTimes fills the times of a node with the mount time: storage keeps no
+// times regfs could report consistently.
+func (f *FS) attrTimes(a *fuse.Attr) {
+	a.Atime, a.Mtime, a.Ctime = f.started, f.started, f.started
+}

@@ -1,0 +1,249 @@
+package fs
+
+import (
+	"context"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"bazil.org/fuse"
+	"bazil.org/fuse/fs"
+
+	"github.com/regfs/regfs/store"
+)
+
+var (
+	_ fs.Node                = nsDir{}
+	_ fs.NodeRequestLookuper = nsDir{}
+	_ fs.HandleReadDirAller  = nsDir{}
+	_ fs.NodeMkdirer         = nsDir{}
+	_ fs.NodeRemover         = nsDir{}
+	_ fs.NodeCreater         = nsDir{}
+	_ fs.NodeLinker          = nsDir{}
+	_ fs.NodeSymlinker       = nsDir{}
+	_ fs.NodeRenamer         = nsDir{}
+	_ fs.NodeSetattrer       = nsDir{}
+)
+
+// nsDir is a namespace directory below the root: a/, a/b/. Any of them may
+// be a repository, so each offers _layers, _manifests and _uploads besides
+// its sub-namespaces.
+type nsDir struct {
+	f    *FS
+	path string
+	ino  uint64
+}
+
+func newNSDir(f *FS, p string) nsDir { return nsDir{f: f, path: p, ino: pathInode(p)} }
+
+// Attr implements fs.Node.
+func (d nsDir) Attr(ctx context.Context, a *fuse.Attr) error {
+	dirAttr(d.f, a, d.ino, d.f.opts.AttrTTL)
+	return nil
+}
+
+func dirAttr(f *FS, a *fuse.Attr, ino uint64, valid time.Duration) {
+	a.Inode = ino
+	a.Mode = os.ModeDir | 0o755
+	a.Nlink = 2
+	a.Valid = valid
+	f.attrTimes(a)
+}
+
+// Lookup implements fs.NodeRequestLookuper.
+func (d nsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.LookupResponse) (fs.Node, error) {
+	switch req.Name {
+	case reservedLayers:
+		resp.EntryValid = immutableTTL
+		return layersDir{f: d.f, repo: d.path, ino: childInode(d.ino, req.Name)}, nil
+	case reservedManifests:
+		resp.EntryValid = immutableTTL
+		return manifestsDir{f: d.f, repo: d.path, ino: childInode(d.ino, req.Name)}, nil
+	case reservedUploads:
+		resp.EntryValid = immutableTTL
+		return uploadsDir{f: d.f, repo: d.path, ino: childInode(d.ino, req.Name)}, nil
+	}
+	return d.f.lookupNamespace(ctx, d.path, req.Name, resp)
+}
+
+// ReadDirAll implements fs.HandleReadDirAller.
+func (d nsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
+	out, err := d.f.readNamespace(ctx, d.path, d.ino)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range []string{reservedLayers, reservedManifests, reservedUploads} {
+		out = append(out, fuse.Dirent{Inode: childInode(d.ino, n), Type: fuse.DT_Dir, Name: n})
+	}
+	return out, nil
+}
+
+// Mkdir implements fs.NodeMkdirer.
+func (d nsDir) Mkdir(ctx context.Context, req *fuse.MkdirRequest) (fs.Node, error) {
+	return d.f.mkdir(ctx, d.path, req.Name)
+}
+
+// Remove implements fs.NodeRemover: rmdir of a sub-namespace or repository.
+func (d nsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error {
+	switch req.Name {
+	case reservedLayers, reservedManifests, reservedUploads:
+		return d.f.refuse("rmdir", joinPath(d.path, req.Name))
+	}
+	return d.f.rmdir(ctx, d.path, req.Name)
+}
+
+// Create implements fs.NodeCreater: namespaces hold only directories.
+func (d nsDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *fuse.CreateResponse) (fs.Node, fs.Handle, error) {
+	return nil, nil, d.f.refuse("create", joinPath(d.path, req.Name))
+}
+
+// Link implements fs.NodeLinker: namespaces hold only directories.
+func (d nsDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.Node) (fs.Node, error) {
+	return nil, d.f.refuse("link", joinPath(d.path, req.NewName))
+}
+
+// Symlink implements fs.NodeSymlinker: regfs has no symbolic links.
+func (d nsDir) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Node, error) {
+	return nil, d.f.refuse("symlink", joinPath(d.path, req.NewName))
+}
+
+// Rename implements fs.NodeRenamer: storage cannot rename atomically.
+func (d nsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
+	return d.f.refuse("rename", joinPath(d.path, req.OldName))
+}
+
+// Setattr implements fs.NodeSetattrer.
+func (d nsDir) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
+	return d.f.setattrFixed("setattr", d.path, req)
+}
+
+// lookupNamespace finds the sub-namespace name of parent: one made by mkdir,
+// a repository, or a namespace holding repositories.
+func (f *FS) lookupNamespace(ctx context.Context, parent, name string, resp *fuse.LookupResponse) (fs.Node, error) {
+	p := joinPath(parent, name)
+	if strings.HasPrefix(name, "_") || store.ValidateRepositoryName(p) != nil {
+		return nil, f.errno("lookup", p, errNotFound)
+	}
+	ok, err := f.namespaceExists(ctx, parent, name)
+	if err != nil {
+		return nil, f.errno("lookup", p, err)
+	}
+	if !ok {
+		return nil, f.errno("lookup", p, errNotFound)
+	}
+	resp.EntryValid = f.opts.EntryTTL
+	return newNSDir(f, p), nil
+}
+
+// namespaceExists tells whether parent/name is a directory: made by mkdir,
+// a repository, a namespace holding repositories, or at least a directory
+// storage lists.
+func (f *FS) namespaceExists(ctx context.Context, parent, name string) (bool, error) {
+	p := joinPath(parent, name)
+	if f.hasMkdirDir(p) {
+		return true, nil
+	}
+	if ok, err := f.st.IsRepository(ctx, p); err != nil || ok {
+		return ok, err
+	}
+	kids, err := f.st.Children(ctx, p)
+	if err != nil || len(kids) > 0 {
+		return len(kids) > 0, err
+	}
+	siblings, err := f.st.Children(ctx, parent)
+	if err != nil {
+		return false, err
+	}
+	i := sort.SearchStrings(siblings, name)
+	return i < len(siblings) && siblings[i] == name, nil
+}
+
+// readNamespace lists the sub-namespaces of p: those in storage and those
+// made by mkdir.
+func (f *FS) readNamespace(ctx context.Context, p string, ino uint64) ([]fuse.Dirent, error) {
+	kids, err := f.st.Children(ctx, p)
+	if err != nil {
+		return nil, f.errno("readdir", p, err)
+	}
+	seen := map[string]bool{}
+	for _, k := range kids {
+		seen[k] = true
+	}
+	for _, k := range f.mkdirChildren(p) {
+		if !seen[k] {
+			seen[k] = true
+			kids = append(kids, k)
+		}
+	}
+	sort.Strings(kids)
+	out := make([]fuse.Dirent, 0, len(kids)+3)
+	for _, k := range kids {
+		out = append(out, fuse.Dirent{Inode: childInode(ino, k), Type: fuse.DT_Dir, Name: k})
+	}
+	return out, nil
+}
+
+// mkdir makes the directory name in parent. It exists in memory only until
+// something is pushed into it: a namespace is not a repository.
+func (f *FS) mkdir(ctx context.Context, parent, name string) (fs.Node, error) {
+	p := joinPath(parent, name)
+	if err := f.readOnly(); err != nil {
+		return nil, f.errno("mkdir", p, err)
+	}
+	if strings.HasPrefix(name, "_") {
+		return nil, f.errno("mkdir", p, errInvalidName(p, "names starting with '_' are reserved"))
+	}
+	if err := store.ValidateRepositoryName(p); err != nil {
+		return nil, f.errno("mkdir", p, err)
+	}
+	ok, err := f.namespaceExists(ctx, parent, name)
+	if err != nil {
+		return nil, f.errno("mkdir", p, err)
+	}
+	if ok {
+		return nil, f.errno("mkdir", p, errExists)
+	}
+	f.addMkdirDir(parent, name)
+	return newNSDir(f, p), nil
+}
+
+// rmdir removes the directory name in parent: a repository only when it is
+// empty (store.RemoveRepository decides), a directory made by mkdir only
+// when no directory was made in it.
+func (f *FS) rmdir(ctx context.Context, parent, name string) error {
+	p := joinPath(parent, name)
+	if err := f.readOnly(); err != nil {
+		return f.errno("rmdir", p, err)
+	}
+	if len(f.mkdirChildren(p)) > 0 {
+		return f.errno("rmdir", p, errNotEmpty)
+	}
+	kids, err := f.st.Children(ctx, p)
+	if err != nil {
+		return f.errno("rmdir", p, err)
+	}
+	if len(kids) > 0 {
+		return f.errno("rmdir", p, errNotEmpty)
+	}
+	// A directory made by mkdir that nothing was pushed into has no
+	// repository in storage to remove, and a repository whose last link
+	// was removed may be gone from storage already (drivers without
+	// directories drop it): either way the directory is gone, as asked.
+	if err := f.st.RemoveRepository(ctx, p); err != nil && !isNotFoundErr(err) {
+		return f.errno("rmdir", p, err)
+	}
+	f.removeMkdirDir(parent, name)
+	return nil
+}
+
+// errInvalidName wraps store.ErrInvalidName with the name and reason.
+func errInvalidName(name, reason string) error {
+	return &nameError{name: name, reason: reason}
+}
+
+type nameError struct{ name, reason string }
+
+func (e *nameError) Error() string { return "invalid name " + path.Base(e.name) + ": " + e.reason }
+func (e *nameError) Unwrap() error { return store.ErrInvalidName }

@@ -1,0 +1,560 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"bazil.org/fuse"
+	"bazil.org/fuse/fs"
+
+	"github.com/regfs/regfs/store"
+)
+
+var (
+	_ fs.Node                = uploadsDir{}
+	_ fs.NodeRequestLookuper = uploadsDir{}
+	_ fs.HandleReadDirAller  = uploadsDir{}
+	_ fs.NodeCreater         = uploadsDir{}
+	_ fs.NodeRemover         = uploadsDir{}
+	_ fs.NodeLinker          = uploadsDir{}
+	_ fs.NodeMkdirer         = uploadsDir{}
+	_ fs.NodeSymlinker       = uploadsDir{}
+	_ fs.NodeRenamer         = uploadsDir{}
+	_ fs.NodeSetattrer       = uploadsDir{}
+
+	_ fs.Node          = uploadFile{}
+	_ fs.NodeOpener    = uploadFile{}
+	_ fs.NodeSetattrer = uploadFile{}
+	_ fs.NodeFsyncer   = uploadFile{}
+
+	_ fs.HandleWriter   = (*uploadHandle)(nil)
+	_ fs.HandleFlusher  = (*uploadHandle)(nil)
+	_ fs.HandleReleaser = (*uploadHandle)(nil)
+)
+
+// uploadsDir is a repository's _uploads/. Uploads regfs started are named
+// by the digest they must hash to; uploads another writer (the registry)
+// left are named by their ID.
+type uploadsDir struct {
+	f    *FS
+	repo string
+	ino  uint64
+}
+
+func (d uploadsDir) path(name string) string { return joinPath(d.repo, reservedUploads+"/"+name) }
+
+// Attr implements fs.Node.
+func (d uploadsDir) Attr(ctx context.Context, a *fuse.Attr) error {
+	dirAttr(d.f, a, d.ino, immutableTTL)
+	return nil
+}
+
+// Lookup implements fs.NodeRequestLookuper. Entries are never cached: the
+// kernel starts O_APPEND writes at the size it last saw, so that size must
+// be fetched at every open.
+func (d uploadsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.LookupResponse) (fs.Node, error) {
+	p := d.path(req.Name)
+	key := fileKey{d.repo, req.Name}
+	if d.f.openUpload(key) == nil {
+		if _, err := d.f.findUpload(ctx, key); err != nil {
+			return nil, d.f.errno("lookup", p, err)
+		}
+	}
+	resp.EntryValid = 0
+	return uploadFile{f: d.f, dir: d, name: req.Name}, nil
+}
+
+// ReadDirAll implements fs.HandleReadDirAller.
+func (d uploadsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
+	repo, err := d.f.st.Repository(d.repo)
+	if err != nil {
+		return nil, d.f.errno("readdir", d.path(""), err)
+	}
+	infos, err := repo.Uploads().List(ctx)
+	if err != nil {
+		return nil, d.f.errno("readdir", d.path(""), err)
+	}
+	var out []fuse.Dirent
+	seen := map[string]bool{}
+	for _, in := range infos {
+		n := uploadName(in)
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, fuse.Dirent{Inode: childInode(d.ino, n), Type: fuse.DT_File, Name: n})
+		}
+	}
+	return out, nil
+}
+
+// uploadName is the file name of an upload: its expected digest, or its ID
+// when it has none.
+func uploadName(in store.UploadInfo) string {
+	if in.Expected != "" {
+		return in.Expected.String()
+	}
+	return in.ID
+}
+
+// Create implements fs.NodeCreater: _uploads/sha256:<hex> starts an upload
+// that must hash to that digest, or resumes the one in progress.
+func (d uploadsDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *fuse.CreateResponse) (fs.Node, fs.Handle, error) {
+	p := d.path(req.Name)
+	if err := d.f.readOnly(); err != nil {
+		return nil, nil, d.f.errno("create", p, err)
+	}
+	if _, err := store.ParseDigest(req.Name); err != nil {
+		return nil, nil, d.f.errno("create", p, err)
+	}
+	key := fileKey{d.repo, req.Name}
+	st, err := d.f.acquireUpload(ctx, key, true)
+	if err != nil {
+		return nil, nil, d.f.errno("create", p, err)
+	}
+	if req.Flags&fuse.OpenTruncate != 0 {
+		if err := d.f.restartUpload(ctx, key); err != nil {
+			d.f.releaseUpload(st)
+			return nil, nil, d.f.errno("create", p, err)
+		}
+	}
+	resp.EntryValid = 0
+	n := uploadFile{f: d.f, dir: d, name: req.Name}
+	return n, &uploadHandle{f: d.f, node: n, st: st, wrote: true}, nil
+}
+
+// Remove implements fs.NodeRemover: rm cancels the upload.
+func (d uploadsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error {
+	p := d.path(req.Name)
+	if err := d.f.readOnly(); err != nil {
+		return d.f.errno("unlink", p, err)
+	}
+	return d.f.errno("unlink", p, d.f.cancelUpload(ctx, fileKey{d.repo, req.Name}))
+}
+
+// Link implements fs.NodeLinker: uploads are made by writing.
+func (d uploadsDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.Node) (fs.Node, error) {
+	return nil, d.f.refuse("link", d.path(req.NewName))
+}
+
+// Mkdir implements fs.NodeMkdirer.
+func (d uploadsDir) Mkdir(ctx context.Context, req *fuse.MkdirRequest) (fs.Node, error) {
+	return nil, d.f.refuse("mkdir", d.path(req.Name))
+}
+
+// Symlink implements fs.NodeSymlinker.
+func (d uploadsDir) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Node, error) {
+	return nil, d.f.refuse("symlink", d.path(req.NewName))
+}
+
+// Rename implements fs.NodeRenamer.
+func (d uploadsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
+	return d.f.refuse("rename", d.path(req.OldName))
+}
+
+// Setattr implements fs.NodeSetattrer.
+func (d uploadsDir) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
+	return d.f.setattrFixed("setattr", d.path(""), req)
+}
+
+// uploadFile is one upload in progress. Its size is the bytes uploaded so
+// far; it only grows, by appending.
+type uploadFile struct {
+	f    *FS
+	dir  uploadsDir
+	name string
+}
+
+func (u uploadFile) path() string { return u.dir.path(u.name) }
+func (u uploadFile) key() fileKey { return fileKey{u.dir.repo, u.name} }
+
+// Attr implements fs.Node. Never cached (see uploadsDir.Lookup).
+func (u uploadFile) Attr(ctx context.Context, a *fuse.Attr) error {
+	u.f.attrTimes(a)
+	a.Inode = childInode(u.dir.ino, u.name)
+	a.Valid = 0
+	a.Mode = 0o644
+	if st := u.f.openUpload(u.key()); st != nil {
+		st.mu.Lock()
+		a.Size = uint64(st.up.Size())
+		st.mu.Unlock()
+	} else {
+		info, err := u.f.findUpload(ctx, u.key())
+		if err != nil {
+			return u.f.errno("getattr", u.path(), err)
+		}
+		a.Size = uint64(info.Size)
+		if info.Expected == "" {
+			a.Mode = 0o444
+		}
+	}
+	a.Blocks = blocks(int64(a.Size))
+	return nil
+}
+
+// Open implements fs.NodeOpener. Uploads are for writing only: reading one
+// is EACCES.
+func (u uploadFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fs.Handle, error) {
+	if !req.Flags.IsWriteOnly() {
+		return nil, u.f.errno("open", u.path(), errNotReadable)
+	}
+	if err := u.f.readOnly(); err != nil {
+		return nil, u.f.errno("open", u.path(), err)
+	}
+	st, err := u.f.acquireUpload(ctx, u.key(), false)
+	if err != nil {
+		return nil, u.f.errno("open", u.path(), err)
+	}
+	return &uploadHandle{f: u.f, node: u, st: st}, nil
+}
+
+// Setattr implements fs.NodeSetattrer. Truncating to 0 starts the upload
+// over (what O_TRUNC does); truncating to the current size does nothing;
+// any other size is EINVAL, as an upload only grows by appending.
+func (u uploadFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
+	p := u.path()
+	if err := u.f.readOnly(); err != nil {
+		return u.f.errno("setattr", p, err)
+	}
+	if req.Valid.Mode() || req.Valid.Uid() || req.Valid.Gid() {
+		return u.f.errno("setattr", p, errNotSupported)
+	}
+	if !req.Valid.Size() {
+		return nil
+	}
+	if req.Size == 0 {
+		return u.f.errno("setattr", p, u.f.restartUpload(ctx, u.key()))
+	}
+	size, err := u.f.uploadSize(ctx, u.key())
+	if err != nil {
+		return u.f.errno("setattr", p, err)
+	}
+	if int64(req.Size) != size {
+		return u.f.errno("setattr", p, fmt.Errorf("%w: truncate to %d, upload has %d bytes", store.ErrInvalidOffset, req.Size, size))
+	}
+	return nil
+}
+
+// Fsync implements fs.NodeFsyncer: the data and hash state become durable.
+func (u uploadFile) Fsync(ctx context.Context, req *fuse.FsyncRequest) error {
+	st := u.f.openUpload(u.key())
+	if st == nil {
+		return nil
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
+		return nil
+	}
+	return u.f.errno("fsync", u.path(), st.up.Flush(context.WithoutCancel(ctx)))
+}
+
+// uploadState is an upload open in this process, shared by every handle on
+// it.
+type uploadState struct {
+	key fileKey
+	// refs counts the handles on it. Guarded by FS.mu.
+	refs int
+
+	// mu serialises writes, commits and cancels, and guards up and done.
+	mu sync.Mutex
+	up store.Upload
+	// done is set once up is committed, cancelled or closed.
+	done bool
+}
+
+// uploadHandle is one open file descriptor on an upload.
+type uploadHandle struct {
+	f    *FS
+	node uploadFile
+	st   *uploadState
+	// wrote is set by a write (or the create) and cleared by each commit
+	// attempt, so close commits only what this handle changed. Guarded by
+	// st.mu.
+	wrote bool
+}
+
+// Write implements fs.HandleWriter. Only appends are accepted: a write
+// anywhere but the current end is EINVAL.
+func (h *uploadHandle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fuse.WriteResponse) error {
+	p := h.node.path()
+	if err := h.f.readOnly(); err != nil {
+		return h.f.errno("write", p, err)
+	}
+	h.st.mu.Lock()
+	defer h.st.mu.Unlock()
+	if h.st.done {
+		return h.f.errno("write", p, errStale)
+	}
+	if size := h.st.up.Size(); req.Offset != size {
+		err := fmt.Errorf("%w: write at offset %d, upload has %d bytes", store.ErrInvalidOffset, req.Offset, size)
+		h.f.reject(p, err)
+		return h.f.errno("write", p, err)
+	}
+	n, err := h.st.up.WriteAt(req.Data, req.Offset)
+	resp.Size = n
+	if n > 0 {
+		h.wrote = true
+	}
+	h.f.stats.writes.Add(1)
+	h.f.stats.bytesWritten.Add(int64(n))
+	return h.f.errno("write", p, err)
+}
+
+// Flush implements fs.HandleFlusher: close(2) commits what was written.
+// On a digest mismatch close fails with EBADMSG and the upload stays, its
+// data and hash state saved, for the rest to be appended.
+func (h *uploadHandle) Flush(ctx context.Context, req *fuse.FlushRequest) error {
+	p := h.node.path()
+	h.st.mu.Lock()
+	defer h.st.mu.Unlock()
+	if !h.wrote || h.st.done {
+		return nil
+	}
+	h.wrote = false
+	// A commit must not stop half-way because the closing process got a
+	// signal.
+	desc, err := h.st.up.Commit(context.WithoutCancel(ctx))
+	if err != nil {
+		var mismatch *store.ErrDigestMismatch
+		if errors.As(err, &mismatch) {
+			h.f.stats.uploadsRejected.Add(1)
+			h.f.reject(p, err)
+		}
+		return h.f.errno("close", p, err)
+	}
+	h.st.done = true
+	h.f.forgetUpload(h.st)
+	h.f.stats.uploadsCommitted.Add(1)
+	h.f.invalidateEntry(h.node.dir, h.node.name)
+	repoIno := pathInode(h.node.dir.repo)
+	layers := layersDir{f: h.f, repo: h.node.dir.repo, ino: childInode(repoIno, reservedLayers)}
+	h.f.invalidateEntry(layers, desc.Digest.String())
+	return nil
+}
+
+// Release implements fs.HandleReleaser.
+func (h *uploadHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
+	h.f.releaseUpload(h.st)
+	return nil
+}
+
+// openUpload returns the upload open in this process under k, or nil.
+func (f *FS) openUpload(k fileKey) *uploadState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.uploads[k]
+}
+
+// findUpload finds the upload named k in storage: by expected digest, or
+// by ID for an upload another writer left.
+func (f *FS) findUpload(ctx context.Context, k fileKey) (store.UploadInfo, error) {
+	repo, err := f.st.Repository(k.repo)
+	if err != nil {
+		return store.UploadInfo{}, err
+	}
+	infos, err := repo.Uploads().List(ctx)
+	if err != nil {
+		return store.UploadInfo{}, err
+	}
+	for _, in := range infos {
+		if uploadName(in) == k.name {
+			return in, nil
+		}
+	}
+	return store.UploadInfo{}, fmt.Errorf("%w: %s", store.ErrUploadUnknown, k.name)
+}
+
+// uploadSize is the current size of the upload named k.
+func (f *FS) uploadSize(ctx context.Context, k fileKey) (int64, error) {
+	if st := f.openUpload(k); st != nil {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.up.Size(), nil
+	}
+	info, err := f.findUpload(ctx, k)
+	return info.Size, err
+}
+
+// acquireUpload returns the open upload named k, opening it from storage
+// (resuming it, also after a restart) or, with create, starting it.
+//
+// Lock order: uploadOpen, then an uploadState's mu, then FS.mu.
+func (f *FS) acquireUpload(ctx context.Context, k fileKey, create bool) (*uploadState, error) {
+	f.uploadOpen.Lock()
+	defer f.uploadOpen.Unlock()
+	f.mu.Lock()
+	if st := f.uploads[k]; st != nil {
+		st.refs++
+		f.mu.Unlock()
+		return st, nil
+	}
+	f.mu.Unlock()
+	repo, err := f.st.Repository(k.repo)
+	if err != nil {
+		return nil, err
+	}
+	// The upload outlives this request: it is made with a context that
+	// the request's end does not cancel.
+	bg := context.WithoutCancel(ctx)
+	var up store.Upload
+	info, err := f.findUpload(ctx, k)
+	switch {
+	case err == nil && info.Expected == "":
+		return nil, errForeignUpload
+	case err == nil:
+		up, err = repo.Uploads().Resume(bg, info.ID)
+	case errors.Is(err, store.ErrUploadUnknown) && create:
+		dgst, perr := store.ParseDigest(k.name)
+		if perr != nil {
+			return nil, perr
+		}
+		up, err = repo.Uploads().Create(bg, dgst)
+	}
+	if err != nil {
+		return nil, err
+	}
+	st := &uploadState{key: k, refs: 1, up: up}
+	f.mu.Lock()
+	f.uploads[k] = st
+	f.mu.Unlock()
+	return st, nil
+}
+
+// releaseUpload drops a handle's reference; the last one closes the upload
+// (saving its data and hash state) unless it is already done.
+func (f *FS) releaseUpload(st *uploadState) {
+	f.uploadOpen.Lock()
+	defer f.uploadOpen.Unlock()
+	f.mu.Lock()
+	st.refs--
+	last := st.refs == 0
+	if last && f.uploads[st.key] == st {
+		delete(f.uploads, st.key)
+	}
+	f.mu.Unlock()
+	if !last {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.done {
+		st.done = true
+		if err := st.up.Close(); err != nil {
+			f.log.Error("closing upload", "repository", st.key.repo, "upload", st.key.name, "error", err)
+		}
+	}
+}
+
+// forgetUpload removes a committed or cancelled upload from the open ones,
+// so the next open of its name starts afresh. The caller holds st.mu.
+func (f *FS) forgetUpload(st *uploadState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.uploads[st.key] == st {
+		delete(f.uploads, st.key)
+	}
+}
+
+// restartUpload empties the upload named k: it is cancelled and created
+// again with the same expected digest.
+func (f *FS) restartUpload(ctx context.Context, k fileKey) error {
+	f.uploadOpen.Lock()
+	defer f.uploadOpen.Unlock()
+	repo, err := f.st.Repository(k.repo)
+	if err != nil {
+		return err
+	}
+	bg := context.WithoutCancel(ctx)
+	if st := f.openUpload(k); st != nil {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.done {
+			return errStale
+		}
+		if st.up.Size() == 0 {
+			return nil
+		}
+		expected := st.up.Expected()
+		if expected == "" {
+			return errForeignUpload
+		}
+		if err := st.up.Cancel(bg); err != nil {
+			return err
+		}
+		up, err := repo.Uploads().Create(bg, expected)
+		if err != nil {
+			st.done = true
+			f.forgetUpload(st)
+			return err
+		}
+		st.up = up
+		return nil
+	}
+	info, err := f.findUpload(ctx, k)
+	if err != nil {
+		return err
+	}
+	if info.Expected == "" {
+		return errForeignUpload
+	}
+	if info.Size == 0 {
+		return nil
+	}
+	if err := repo.Uploads().Cancel(bg, info.ID); err != nil {
+		return err
+	}
+	up, err := repo.Uploads().Create(bg, info.Expected)
+	if err != nil {
+		return err
+	}
+	return up.Close()
+}
+
+// cancelUpload cancels the upload named k, open here or not.
+func (f *FS) cancelUpload(ctx context.Context, k fileKey) error {
+	f.uploadOpen.Lock()
+	defer f.uploadOpen.Unlock()
+	bg := context.WithoutCancel(ctx)
+	if st := f.openUpload(k); st != nil {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.done {
+			return fmt.Errorf("%w: %s", store.ErrUploadUnknown, k.name)
+		}
+		st.done = true
+		f.forgetUpload(st)
+		return st.up.Cancel(bg)
+	}
+	info, err := f.findUpload(ctx, k)
+	if err != nil {
+		return err
+	}
+	repo, err := f.st.Repository(k.repo)
+	if err != nil {
+		return err
+	}
+	return repo.Uploads().Cancel(bg, info.ID)
+}
+
+// closeUploads closes every upload still open when serving ends, so their
+// data and hash state are saved for a resume.
+func (f *FS) closeUploads() {
+	f.mu.Lock()
+	open := make([]*uploadState, 0, len(f.uploads))
+	for _, st := range f.uploads {
+		open = append(open, st)
+	}
+	f.uploads = map[fileKey]*uploadState{}
+	f.mu.Unlock()
+	for _, st := range open {
+		st.mu.Lock()
+		if !st.done {
+			st.done = true
+			if err := st.up.Close(); err != nil {
+				f.log.Error("closing upload", "repository", st.key.repo, "upload", st.key.name, "error", err)
+			}
+		}
+		st.mu.Unlock()
+	}
+}
