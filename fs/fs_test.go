@@ -706,3 +706,53 @@ func TestStats(t *testing.T) {
 		t.Errorf("after one upload: %+v", s)
 	}
 }
+
+// TestShellRedirection does what a shell does for `cmd > file`: open, dup2
+// the descriptor, close the original (a flush with nothing written), write
+// through the copy, close it. Only the last close may commit, and the
+// first must record nothing.
+func TestShellRedirection(t *testing.T) {
+	m := newMount(t, mountConfig{})
+	config := []byte(`{"architecture":"amd64","os":"linux"}`)
+	mf := imageManifest(t, config)
+	m.must("mkdir", func() error { return os.Mkdir(m.path("r"), 0o755) })
+	redirect := func(p string, b []byte) error {
+		return m.do(func() error {
+			fd, err := syscall.Open(p, wo|syscall.O_CLOEXEC, 0o644)
+			if err != nil {
+				return err
+			}
+			fd2, err := syscall.Dup(fd)
+			if err != nil {
+				return err
+			}
+			if err := syscall.Close(fd); err != nil {
+				syscall.Close(fd2)
+				return err
+			}
+			if _, err := syscall.Write(fd2, b); err != nil {
+				syscall.Close(fd2)
+				return err
+			}
+			return syscall.Close(fd2)
+		})
+	}
+	if err := redirect(m.path("r/_uploads", digest.FromBytes(config).String()), config); err != nil {
+		t.Fatalf("upload through a redirection: %v", err)
+	}
+	if err := redirect(m.path("r/_manifests/v1"), mf); err != nil {
+		t.Fatalf("manifest through a redirection: %v", err)
+	}
+	if got := m.readFile(m.path("r/_manifests/v1")); !bytes.Equal(got, mf) {
+		t.Error("tag reads differently")
+	}
+	if errs := m.readFile(m.path(".regfs/errors")); len(errs) != 0 {
+		t.Errorf(".regfs/errors after clean pushes:\n%s", errs)
+	}
+	// A manifest file created and closed without a write disappears.
+	m.must("touch", func() error { return openClose(m.path("r/_manifests/empty"), wo) })
+	m.eventually("unwritten manifest disappears", func() bool {
+		_, err := m.stat(m.path("r/_manifests/empty"))
+		return os.IsNotExist(err)
+	})
+}

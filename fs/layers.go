@@ -29,6 +29,7 @@ var (
 	_ fs.NodeSetattrer = layerFile{}
 
 	_ fs.HandleReader   = (*blobHandle)(nil)
+	_ fs.HandlePoller   = (*blobHandle)(nil)
 	_ fs.HandleReleaser = (*blobHandle)(nil)
 )
 
@@ -208,6 +209,7 @@ func blocks(size int64) uint64 { return uint64(size+511) / 512 }
 
 // blobHandle reads an open blob through the block cache.
 type blobHandle struct {
+	noPoll
 	f    *FS
 	path string
 	r    store.BlobReader

@@ -37,10 +37,12 @@ var (
 	_ fs.NodeSetattrer = tagFile{}
 
 	_ fs.HandleWriter   = (*manifestWriter)(nil)
+	_ fs.HandlePoller   = (*manifestWriter)(nil)
 	_ fs.HandleFlusher  = (*manifestWriter)(nil)
 	_ fs.HandleReleaser = (*manifestWriter)(nil)
 
 	_ fs.HandleReader = (*bytesHandle)(nil)
+	_ fs.HandlePoller = (*bytesHandle)(nil)
 )
 
 // syntaxCheckLimit bounds the early JSON check of a manifest being written:
@@ -146,7 +148,7 @@ func (d manifestsDir) Create(ctx context.Context, req *fuse.CreateRequest, resp 
 		return nil, nil, d.f.errno("create", p, err)
 	}
 	key := fileKey{d.repo, req.Name}
-	w := &manifestWriter{f: d.f, dir: d, name: req.Name, dirty: true}
+	w := &manifestWriter{f: d.f, dir: d, name: req.Name}
 	d.f.mu.Lock()
 	if d.f.pending[key] != nil {
 		d.f.mu.Unlock()
@@ -454,6 +456,7 @@ func (t tagFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fu
 // manifestWriter buffers a manifest being written to _manifests/<name> and
 // stores it, verified, when the file is closed.
 type manifestWriter struct {
+	noPoll
 	f    *FS
 	dir  manifestsDir
 	name string
@@ -461,8 +464,11 @@ type manifestWriter struct {
 	mu sync.Mutex
 	// buf is the manifest so far. Guarded by mu.
 	buf []byte
-	// dirty is set by a write or the create and cleared by each attempt
-	// to store. Guarded by mu.
+	// dirty is set by a write or a truncate and cleared by each attempt to
+	// store. Creating the file alone stores nothing: shells open, dup2 and
+	// close a redirection's descriptor before the command writes, and that
+	// first close must not store (or reject) an empty manifest. Guarded by
+	// mu.
 	dirty bool
 	// malformed is set when buf is already known not to be JSON. Guarded
 	// by mu.
@@ -585,7 +591,8 @@ func (w *manifestWriter) Flush(ctx context.Context, req *fuse.FlushRequest) erro
 	return nil
 }
 
-// Release implements fs.HandleReleaser.
+// Release implements fs.HandleReleaser. A name created but never written
+// disappears with its last descriptor.
 func (w *manifestWriter) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
 	w.f.dropPending(fileKey{w.dir.repo, w.name}, w)
 	return nil
@@ -625,6 +632,7 @@ func (f *FS) dropPending(k fileKey, w *manifestWriter) {
 // bytesHandle serves reads from bytes in memory: a manifest or a control
 // file's snapshot.
 type bytesHandle struct {
+	noPoll
 	f    *FS
 	path string
 	data []byte

@@ -8,6 +8,7 @@ import (
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/regfs/regfs/store"
 )
@@ -30,6 +31,7 @@ var (
 	_ fs.NodeFsyncer   = uploadFile{}
 
 	_ fs.HandleWriter   = (*uploadHandle)(nil)
+	_ fs.HandlePoller   = (*uploadHandle)(nil)
 	_ fs.HandleFlusher  = (*uploadHandle)(nil)
 	_ fs.HandleReleaser = (*uploadHandle)(nil)
 )
@@ -120,7 +122,7 @@ func (d uploadsDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *f
 	}
 	resp.EntryValid = 0
 	n := uploadFile{f: d.f, dir: d, name: req.Name}
-	return n, &uploadHandle{f: d.f, node: n, st: st, wrote: true}, nil
+	return n, &uploadHandle{f: d.f, node: n, st: st, created: true}, nil
 }
 
 // Remove implements fs.NodeRemover: rm cancels the upload.
@@ -249,6 +251,9 @@ func (u uploadFile) Fsync(ctx context.Context, req *fuse.FsyncRequest) error {
 	return u.f.errno("fsync", u.path(), st.up.Flush(context.WithoutCancel(ctx)))
 }
 
+// emptyDigest is the digest of the empty blob.
+var emptyDigest = digest.FromBytes(nil)
+
 // uploadState is an upload open in this process, shared by every handle on
 // it.
 type uploadState struct {
@@ -265,13 +270,19 @@ type uploadState struct {
 
 // uploadHandle is one open file descriptor on an upload.
 type uploadHandle struct {
+	noPoll
 	f    *FS
 	node uploadFile
 	st   *uploadState
-	// wrote is set by a write (or the create) and cleared by each commit
-	// attempt, so close commits only what this handle changed. Guarded by
-	// st.mu.
+	// wrote is set by a write and cleared by each commit attempt, so close
+	// commits only what this handle changed. Guarded by st.mu.
 	wrote bool
+	// created is set when this handle created the file. Creating the empty
+	// blob's upload is a complete push by itself (touch, : >); any other
+	// upload needs bytes, and committing it at its first close would only
+	// fail: shells open, dup2 and close a redirection's descriptor before
+	// the command writes. Guarded by st.mu.
+	created bool
 }
 
 // Write implements fs.HandleWriter. Only appends are accepted: a write
@@ -308,10 +319,10 @@ func (h *uploadHandle) Flush(ctx context.Context, req *fuse.FlushRequest) error 
 	p := h.node.path()
 	h.st.mu.Lock()
 	defer h.st.mu.Unlock()
-	if !h.wrote || h.st.done {
+	if h.st.done || !(h.wrote || h.created && h.st.up.Expected() == emptyDigest) {
 		return nil
 	}
-	h.wrote = false
+	h.wrote, h.created = false, false
 	// A commit must not stop half-way because the closing process got a
 	// signal.
 	desc, err := h.st.up.Commit(context.WithoutCancel(ctx))

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseSize(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int64
+	}{
+		{"1", 1}, {"1048576", 1 << 20}, {"512K", 512 << 10}, {"512k", 512 << 10}, {"256M", 256 << 20},
+		{"256MB", 256 << 20}, {"256MiB", 256 << 20}, {"2G", 2 << 30}, {"1T", 1 << 40}, {" 3m ", 3 << 20}, {"100B", 100},
+	} {
+		got, err := parseSize(c.in)
+		if err != nil || got != c.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "0", "-1", "M", "1.5G", "12Q", "99999999999T", "G1"} {
+		if n, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) = %d, want an error", bad, n)
+		}
+	}
+	for _, n := range []int64{1, 1000, 1 << 10, 3 << 20, 256 << 20, 5 << 30, 1<<20 + 1} {
+		got, err := parseSize(formatSize(n))
+		if err != nil || got != n {
+			t.Errorf("parseSize(formatSize(%d)=%q) = %d, %v", n, formatSize(n), got, err)
+		}
+	}
+}
+
+func TestParseMount(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", "/xdg")
+	cfg, err := parseMount([]string{"/mnt"}, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{Mountpoint: "/mnt", Driver: "filesystem", Root: "/xdg/regfs", CacheSize: 256 << 20}
+	if cfg != want {
+		t.Errorf("defaults: %+v, want %+v", cfg, want)
+	}
+	// Flags before and after the mountpoint, single or double dash.
+	cfg, err = parseMount([]string{"--driver", "inmemory", "/m", "-read-only", "--allow-other", "--cache-size=1G", "--debug"}, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = Config{Mountpoint: "/m", Driver: "inmemory", ReadOnly: true, AllowOther: true, CacheSize: 1 << 30, Debug: true}
+	if cfg != want {
+		t.Errorf("flags: %+v, want %+v", cfg, want)
+	}
+
+	t.Setenv("XDG_DATA_HOME", "")
+	t.Setenv("HOME", "/home/u")
+	cfg, err = parseMount([]string{"/m"}, io.Discard, io.Discard)
+	if err != nil || cfg.Root != filepath.Join("/home/u", ".local/share/regfs") {
+		t.Errorf("root from HOME: %q %v", cfg.Root, err)
+	}
+	cfg, err = parseMount([]string{"--root", "/data", "/m"}, io.Discard, io.Discard)
+	if err != nil || cfg.Root != "/data" {
+		t.Errorf("--root: %q %v", cfg.Root, err)
+	}
+
+	for _, bad := range [][]string{
+		{},
+		{"/a", "/b"},
+		{"--driver", "s4", "/m"},
+		{"--driver", "inmemory", "--root", "/x", "/m"},
+		{"--cache-size", "lots", "/m"},
+		{"--no-such-flag", "/m"},
+	} {
+		if _, err := parseMount(bad, io.Discard, io.Discard); err == nil || errors.Is(err, flag.ErrHelp) {
+			t.Errorf("parseMount(%q): err = %v, want a usage error", bad, err)
+		}
+	}
+	var out bytes.Buffer
+	if _, err := parseMount([]string{"--help"}, &out, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("--help: %v", err)
+	}
+	for _, want := range []string{"Usage: regfs mount [flags] MOUNTPOINT", "--driver NAME", "--cache-size SIZE", "--read-only", "Examples:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("mount --help lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestCommandLine(t *testing.T) {
+	for _, c := range []struct {
+		args        []string
+		code        int
+		out, errOut string
+	}{
+		{[]string{"version"}, 0, "regfs " + version + "\n", ""},
+		{[]string{"--help"}, 0, "Usage:\n  regfs mount", ""},
+		{[]string{"help", "mount"}, 0, "Usage: regfs mount [flags] MOUNTPOINT", ""},
+		{[]string{"mount", "--help"}, 0, "--allow-other", ""},
+		{nil, 2, "", "Usage:"},
+		{[]string{"frobnicate"}, 2, "", "unknown command \"frobnicate\""},
+		{[]string{"mount"}, 2, "", "missing MOUNTPOINT"},
+		{[]string{"mount", "/no/such/dir"}, 1, "", "regfs: mountpoint /no/such/dir does not exist"},
+	} {
+		var out, errOut bytes.Buffer
+		code := regfs(c.args, &out, &errOut)
+		if code != c.code || !strings.Contains(out.String(), c.out) || !strings.Contains(errOut.String(), c.errOut) {
+			t.Errorf("regfs %q: exit %d, stdout %q, stderr %q; want exit %d, stdout with %q, stderr with %q",
+				c.args, code, out.String(), errOut.String(), c.code, c.out, c.errOut)
+		}
+		if c.code == 1 && strings.Count(strings.TrimSpace(errOut.String()), "\n") != 0 {
+			t.Errorf("regfs %q: a failure must be one line, got %q", c.args, errOut.String())
+		}
+	}
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"time"
+
+	"bazil.org/fuse"
+
+	"github.com/regfs/regfs/cache"
+	"github.com/regfs/regfs/driver"
+	"github.com/regfs/regfs/driver/filesystem"
+	"github.com/regfs/regfs/driver/inmemory"
+	regfsfs "github.com/regfs/regfs/fs"
+	"github.com/regfs/regfs/store"
+)
+
+// Timing of start and shutdown.
+const (
+	// readyTimeout bounds the wait for the kernel to answer the first
+	// stat through the new mount.
+	readyTimeout = 10 * time.Second
+	// busyRetry is how long unmount is retried while the mount is busy,
+	// before the lazy unmount.
+	busyRetry      = 3 * time.Second
+	busyRetryEvery = 200 * time.Millisecond
+	// serveGrace is how long Serve may take to return after the unmount.
+	serveGrace = time.Second
+)
+
+// run mounts the storage cfg describes and serves it until ctx is done (a
+// signal) or the mount goes away (fusermount3 -u from outside).
+func run(ctx context.Context, cfg Config, stderr io.Writer) error {
+	level := slog.LevelInfo
+	if cfg.Debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	mnt, err := checkMountpoint(cfg.Mountpoint)
+	if err != nil {
+		return err
+	}
+	d, err := openDriver(cfg)
+	if err != nil {
+		return err
+	}
+	c := cache.New(cfg.CacheSize, store.DefaultCacheBlockSize)
+	st, err := store.New(d, store.Options{Cache: c, Logger: log})
+	if err != nil {
+		return err
+	}
+	fsys := regfsfs.New(st, regfsfs.Options{ReadOnly: cfg.ReadOnly, Logger: log, Debug: cfg.Debug, Cache: c})
+
+	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(cfg.ReadOnly, cfg.AllowOther)...)
+	if err != nil {
+		return fmt.Errorf("mounting %s: %v", mnt, err)
+	}
+	defer conn.Close()
+	served := make(chan error, 1)
+	go func() { served <- fsys.Serve(conn) }()
+
+	if err := waitReady(mnt, served); err != nil {
+		unmount(log, mnt, served)
+		return err
+	}
+	log.Info("mounted", "mountpoint", mnt, "driver", cfg.Driver, "root", cfg.Root,
+		"read_only", cfg.ReadOnly, "cache_size", formatSize(cfg.CacheSize))
+
+	select {
+	case <-ctx.Done():
+		log.Info("unmounting", "mountpoint", mnt)
+		unmount(log, mnt, served)
+		log.Info("unmounted", "mountpoint", mnt)
+		return nil
+	case err := <-served:
+		if err != nil {
+			return fmt.Errorf("serving %s: %v", mnt, err)
+		}
+		log.Info("unmounted from outside", "mountpoint", mnt)
+		return nil
+	}
+}
+
+// openDriver makes the storage driver cfg names.
+func openDriver(cfg Config) (driver.StorageDriver, error) {
+	switch cfg.Driver {
+	case driverInmemory:
+		return inmemory.New(), nil
+	case driverFilesystem:
+		d, err := filesystem.New(cfg.Root)
+		if err != nil {
+			return nil, fmt.Errorf("storage root %s: %v", cfg.Root, errors.Unwrap(err))
+		}
+		return d, nil
+	}
+	return nil, fmt.Errorf("unknown driver %q", cfg.Driver)
+}
+
+// waitReady returns once the kernel answers a stat through the mount, so
+// that the "mounted" line means the mount is usable.
+func waitReady(mnt string, served <-chan error) error {
+	statted := make(chan error, 1)
+	go func() {
+		_, err := os.Stat(mnt)
+		statted <- err
+	}()
+	select {
+	case err := <-statted:
+		if err != nil {
+			return fmt.Errorf("mount %s does not answer: %v", mnt, err)
+		}
+		return nil
+	case err := <-served:
+		return fmt.Errorf("serving %s stopped before it was ready: %v", mnt, err)
+	case <-time.After(readyTimeout):
+		return fmt.Errorf("mount %s did not answer within %v", mnt, readyTimeout)
+	}
+}
+
+// unmount unmounts mnt and waits for Serve to return. A busy mount (a
+// process has a file open or its working directory inside) is retried for
+// busyRetry, telling the operator what to do, then unmounted lazily: it
+// disappears from the tree at once and goes away when the last user does.
+func unmount(log *slog.Logger, mnt string, served <-chan error) {
+	deadline := time.Now().Add(busyRetry)
+	warned := false
+	for {
+		err := fuse.Unmount(mnt)
+		if err == nil || !isMountPoint(mnt) {
+			break
+		}
+		if !warned {
+			log.Warn("mount is busy: close files/leave the directory using it, or run `fusermount3 -u -z "+mnt+"`",
+				"mountpoint", mnt, "error", err)
+			warned = true
+		}
+		if time.Now().After(deadline) {
+			log.Warn("mount still busy: unmounting lazily", "mountpoint", mnt)
+			if out, err := exec.Command("fusermount3", "-u", "-z", mnt).CombinedOutput(); err != nil {
+				log.Error("lazy unmount failed", "mountpoint", mnt, "error", err, "output", string(out))
+			}
+			break
+		}
+		time.Sleep(busyRetryEvery)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			log.Error("serving ended with an error", "error", err)
+		}
+	case <-time.After(serveGrace):
+		// After a lazy unmount the kernel keeps the connection while files
+		// are open; exiting closes it and their users get ENOTCONN.
+		log.Warn("exiting with files still open on the lazily unmounted mount", "mountpoint", mnt)
+	}
+}
