@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"os"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -326,4 +328,43 @@ func (f *FS) logNotify(err error) {
 // times regfs could report consistently.
 func (f *FS) attrTimes(a *fuse.Attr) {
 	a.Atime, a.Mtime, a.Ctime = f.started, f.started, f.started
+}
+
+// processOf returns the process (thread group) id of the thread tid that
+// made a FUSE request, or 0 when it cannot be told (the thread is gone, or
+// lives in a pid namespace the daemon cannot see). FUSE headers carry the
+// calling thread's id; a multi-threaded program opens and closes a file
+// from any of its threads.
+func processOf(tid uint32) int {
+	if tid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(tid), 10) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return 0
+			}
+			return n
+		}
+	}
+	return 0
+}
+
+// closedByOpener tells whether a flush (a close(2)) comes from the process
+// that opened the file, which is where regfs commits what was written. A
+// descriptor a child inherited (`(cat a; cat b) > file`, a pipeline's
+// stages) is closed by the child first; committing there would fail a
+// partial upload and stop the writer. When either process is unknown every
+// close commits.
+func closedByOpener(opener int, req *fuse.FlushRequest) bool {
+	if opener == 0 {
+		return true
+	}
+	p := processOf(req.Pid)
+	return p == 0 || p == opener
 }

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -755,4 +757,89 @@ func TestShellRedirection(t *testing.T) {
 		_, err := m.stat(m.path("r/_manifests/empty"))
 		return os.IsNotExist(err)
 	})
+}
+
+// TestSharedDescriptor checks that only the opening process's close
+// commits: children that inherited the descriptor (`(cat a; cat b) >
+// file`) close it first, and their closes must neither commit nor fail.
+// When the opener closes before a child, the last close (the release)
+// commits.
+func TestSharedDescriptor(t *testing.T) {
+	m := newMount(t, mountConfig{})
+	content := randomBytes(t, 300000)
+	d := digest.FromBytes(content)
+	dir := t.TempDir()
+	parts := []string{dir + "/1", dir + "/2"}
+	if err := os.WriteFile(parts[0], content[:100000], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(parts[1], content[100000:], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.must("mkdir", func() error { return os.Mkdir(m.path("r"), 0o755) })
+	up := m.path("r/_uploads", d.String())
+	catInto := func(f *os.File, part string) error {
+		var stderr bytes.Buffer
+		cmd := exec.Command("cat", part)
+		cmd.Stdout, cmd.Stderr = f, &stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("cat %s: %v: %s", part, err, stderr.String())
+		}
+		return nil
+	}
+	m.must("two children write, the opener closes", func() error {
+		f, err := openFile(up, wo)
+		if err != nil {
+			return err
+		}
+		for _, p := range parts {
+			if err := catInto(f, p); err != nil {
+				f.Close()
+				return err
+			}
+		}
+		return f.Close()
+	})
+	if got := m.readFile(m.path("r/_layers", d.String())); !bytes.Equal(got, content) {
+		t.Error("layer written by two children differs")
+	}
+
+	// The opener writes part of it and closes first; a child finishes.
+	content2 := randomBytes(t, 200000)
+	d2 := digest.FromBytes(content2)
+	if err := os.WriteFile(parts[1], content2[50000:], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up2 := m.path("r/_uploads", d2.String())
+	m.must("opener closes before the child", func() error {
+		f, err := openFile(up2, wo)
+		if err != nil {
+			return err
+		}
+		if _, err := f.Write(content2[:50000]); err != nil {
+			return err
+		}
+		cmd := exec.Command("sh", "-c", `read x; exec cat "$1"`, "sh", parts[1])
+		cmd.Stdout = f
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return err
+		}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		if err := f.Close(); !errors.Is(err, syscall.EBADMSG) {
+			t.Errorf("opener's close of a partial upload: %v, want EBADMSG", err)
+		}
+		stdin.Write([]byte("go\n"))
+		stdin.Close()
+		return cmd.Wait()
+	})
+	m.eventually("the last close commits", func() bool {
+		_, err := m.stat(m.path("r/_layers", d2.String()))
+		return err == nil
+	})
+	if got := m.readFile(m.path("r/_layers", d2.String())); !bytes.Equal(got, content2) {
+		t.Error("layer finished by a child differs")
+	}
 }

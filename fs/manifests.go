@@ -148,7 +148,7 @@ func (d manifestsDir) Create(ctx context.Context, req *fuse.CreateRequest, resp 
 		return nil, nil, d.f.errno("create", p, err)
 	}
 	key := fileKey{d.repo, req.Name}
-	w := &manifestWriter{f: d.f, dir: d, name: req.Name}
+	w := &manifestWriter{f: d.f, dir: d, name: req.Name, opener: processOf(req.Pid)}
 	d.f.mu.Lock()
 	if d.f.pending[key] != nil {
 		d.f.mu.Unlock()
@@ -424,7 +424,7 @@ func (t tagFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Ope
 		// A revision in storage: its bytes are fixed by its name.
 		return nil, t.f.errno("open", t.path(), errImmutable)
 	}
-	return &manifestWriter{f: t.f, dir: t.dir(), name: t.name}, nil
+	return &manifestWriter{f: t.f, dir: t.dir(), name: t.name, opener: processOf(req.Pid)}, nil
 }
 
 // Setattr implements fs.NodeSetattrer. Truncating to 0 is accepted, as
@@ -460,6 +460,9 @@ type manifestWriter struct {
 	f    *FS
 	dir  manifestsDir
 	name string
+	// opener is the process that opened the file (0 if unknown); only its
+	// close stores (see closedByOpener).
+	opener int
 
 	mu sync.Mutex
 	// buf is the manifest so far. Guarded by mu.
@@ -549,10 +552,32 @@ func syntaxError(b []byte) error {
 	return nil
 }
 
-// Flush implements fs.HandleFlusher: close(2) stores the manifest. A
-// rejected one changes nothing in storage and close fails with EBADMSG;
-// .regfs/errors lists every reason.
+// Flush implements fs.HandleFlusher: close(2) by the process that opened
+// the file stores the manifest. A rejected one changes nothing in storage
+// and close fails with EBADMSG; .regfs/errors lists every reason.
 func (w *manifestWriter) Flush(ctx context.Context, req *fuse.FlushRequest) error {
+	if !closedByOpener(w.opener, req) {
+		return nil
+	}
+	// Storing must not stop half-way because the closing process got a
+	// signal.
+	return w.f.errno("close", w.path(), w.store(context.WithoutCancel(ctx)))
+}
+
+// Release implements fs.HandleReleaser. Bytes no close has stored yet
+// (the opener closed first) are stored now; a rejection is only recorded.
+// A name created but never written disappears with its last descriptor.
+func (w *manifestWriter) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
+	if err := w.store(w.f.ctx); err != nil && !isRejection(err) {
+		w.f.log.Error("storing manifest at release", "path", w.path(), "error", err)
+	}
+	w.f.dropPending(fileKey{w.dir.repo, w.name}, w)
+	return nil
+}
+
+// store verifies and stores the manifest if it was written since the last
+// attempt.
+func (w *manifestWriter) store(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.dirty {
@@ -561,7 +586,7 @@ func (w *manifestWriter) Flush(ctx context.Context, req *fuse.FlushRequest) erro
 	w.dirty = false
 	defer w.f.dropPending(fileKey{w.dir.repo, w.name}, w)
 	if w.malformed != nil {
-		return w.f.errno("close", w.path(), w.malformed)
+		return w.malformed
 	}
 	var tag string
 	want, err := store.ParseDigest(w.name)
@@ -570,17 +595,15 @@ func (w *manifestWriter) Flush(ctx context.Context, req *fuse.FlushRequest) erro
 	}
 	repo, err := w.f.st.Repository(w.dir.repo)
 	if err != nil {
-		return w.f.errno("close", w.path(), err)
+		return err
 	}
-	// Storing must not stop half-way because the closing process got a
-	// signal.
-	dgst, err := repo.Manifests().Put(context.WithoutCancel(ctx), w.buf, tag, want)
+	dgst, err := repo.Manifests().Put(ctx, w.buf, tag, want)
 	if err != nil {
 		if isRejection(err) {
 			w.f.stats.manifestsRejected.Add(1)
 			w.f.reject(w.path(), err)
 		}
-		return w.f.errno("close", w.path(), err)
+		return err
 	}
 	w.f.stats.manifestsStored.Add(1)
 	w.f.invalidateEntry(w.dir, w.name)
@@ -588,13 +611,6 @@ func (w *manifestWriter) Flush(ctx context.Context, req *fuse.FlushRequest) erro
 	if tag != "" {
 		w.f.invalidateEntry(w.dir, dgst.String())
 	}
-	return nil
-}
-
-// Release implements fs.HandleReleaser. A name created but never written
-// disappears with its last descriptor.
-func (w *manifestWriter) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
-	w.f.dropPending(fileKey{w.dir.repo, w.name}, w)
 	return nil
 }
 

@@ -122,7 +122,7 @@ func (d uploadsDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *f
 	}
 	resp.EntryValid = 0
 	n := uploadFile{f: d.f, dir: d, name: req.Name}
-	return n, &uploadHandle{f: d.f, node: n, st: st, created: true}, nil
+	return n, &uploadHandle{f: d.f, node: n, st: st, created: true, opener: processOf(req.Pid)}, nil
 }
 
 // Remove implements fs.NodeRemover: rm cancels the upload.
@@ -207,7 +207,7 @@ func (u uploadFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.
 	if err != nil {
 		return nil, u.f.errno("open", u.path(), err)
 	}
-	return &uploadHandle{f: u.f, node: u, st: st}, nil
+	return &uploadHandle{f: u.f, node: u, st: st, opener: processOf(req.Pid)}, nil
 }
 
 // Setattr implements fs.NodeSetattrer. Truncating to 0 starts the upload
@@ -283,6 +283,9 @@ type uploadHandle struct {
 	// fail: shells open, dup2 and close a redirection's descriptor before
 	// the command writes. Guarded by st.mu.
 	created bool
+	// opener is the process that opened the file (0 if unknown); only its
+	// close commits (see closedByOpener).
+	opener int
 }
 
 // Write implements fs.HandleWriter. Only appends are accepted: a write
@@ -312,27 +315,48 @@ func (h *uploadHandle) Write(ctx context.Context, req *fuse.WriteRequest, resp *
 	return h.f.errno("write", p, err)
 }
 
-// Flush implements fs.HandleFlusher: close(2) commits what was written.
-// On a digest mismatch close fails with EBADMSG and the upload stays, its
-// data and hash state saved, for the rest to be appended.
+// Flush implements fs.HandleFlusher: close(2) by the process that opened
+// the file commits what was written. On a digest mismatch close fails with
+// EBADMSG and the upload stays, its data and hash state saved, for the rest
+// to be appended.
 func (h *uploadHandle) Flush(ctx context.Context, req *fuse.FlushRequest) error {
-	p := h.node.path()
+	if !closedByOpener(h.opener, req) {
+		return nil
+	}
+	// A commit must not stop half-way because the closing process got a
+	// signal.
+	return h.f.errno("close", h.node.path(), h.commit(context.WithoutCancel(ctx)))
+}
+
+// Release implements fs.HandleReleaser. When the last descriptor goes away
+// with bytes no commit has seen (the opener closed before a process it
+// shared the descriptor with), they are committed here; nobody is left to
+// get an error, so a mismatch is only recorded in .regfs/errors.
+func (h *uploadHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
+	if err := h.commit(h.f.ctx); err != nil && !isRejection(err) {
+		h.f.log.Error("committing upload at release", "path", h.node.path(), "error", err)
+	}
+	h.f.releaseUpload(h.st)
+	return nil
+}
+
+// commit commits the upload if this handle wrote to it since the last
+// attempt (or created the empty blob's upload).
+func (h *uploadHandle) commit(ctx context.Context) error {
 	h.st.mu.Lock()
 	defer h.st.mu.Unlock()
 	if h.st.done || !(h.wrote || h.created && h.st.up.Expected() == emptyDigest) {
 		return nil
 	}
 	h.wrote, h.created = false, false
-	// A commit must not stop half-way because the closing process got a
-	// signal.
-	desc, err := h.st.up.Commit(context.WithoutCancel(ctx))
+	desc, err := h.st.up.Commit(ctx)
 	if err != nil {
 		var mismatch *store.ErrDigestMismatch
 		if errors.As(err, &mismatch) {
 			h.f.stats.uploadsRejected.Add(1)
-			h.f.reject(p, err)
+			h.f.reject(h.node.path(), err)
 		}
-		return h.f.errno("close", p, err)
+		return err
 	}
 	h.st.done = true
 	h.f.forgetUpload(h.st)
@@ -341,12 +365,6 @@ func (h *uploadHandle) Flush(ctx context.Context, req *fuse.FlushRequest) error 
 	repoIno := pathInode(h.node.dir.repo)
 	layers := layersDir{f: h.f, repo: h.node.dir.repo, ino: childInode(repoIno, reservedLayers)}
 	h.f.invalidateEntry(layers, desc.Digest.String())
-	return nil
-}
-
-// Release implements fs.HandleReleaser.
-func (h *uploadHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
-	h.f.releaseUpload(h.st)
 	return nil
 }
 
