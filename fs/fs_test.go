@@ -843,3 +843,34 @@ func TestSharedDescriptor(t *testing.T) {
 		t.Error("layer finished by a child differs")
 	}
 }
+
+// TestRetagIsSeenAtOnce moves a tag with rm and ln (what ln -f does) right
+// after reading it: the kernel must not serve the old manifest's size or
+// bytes from its caches.
+func TestRetagIsSeenAtOnce(t *testing.T) {
+	m := newMount(t, mountConfig{})
+	mf1, _, _ := m.pushImage("app", "v1", 1)
+	mf2, d2, _ := m.pushImage("app", "v2", 2)
+	tag := m.path("app/_manifests/v1")
+	if got := m.readFile(tag); !bytes.Equal(got, mf1) {
+		t.Fatal("v1 reads differently")
+	}
+	m.must("rm", func() error { return os.Remove(tag) })
+	m.must("ln", func() error { return os.Link(m.path("app/_manifests", d2.String()), tag) })
+	if got := m.readFile(tag); !bytes.Equal(got, mf2) {
+		t.Errorf("re-tagged v1 reads %d bytes, want the %d of the new revision", len(got), len(mf2))
+	}
+	fi, err := m.stat(tag)
+	if err != nil || fi.Size() != int64(len(mf2)) || fi.Sys().(*syscall.Stat_t).Ino != digestInode(d2) {
+		t.Errorf("re-tagged v1: %v %v", fi, err)
+	}
+	// A tag moved behind regfs's back is seen within the attribute TTL.
+	_, d1, _ := m.pushImage("app", "v3", 1)
+	if err := m.repo("app").Tags().Tag(context.Background(), "v1", d1); err != nil {
+		t.Fatal(err)
+	}
+	m.eventually("v1 follows a tag moved in storage", func() bool {
+		fi, err := m.stat(tag)
+		return err == nil && fi.Sys().(*syscall.Stat_t).Ino == digestInode(d1)
+	})
+}
