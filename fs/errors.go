@@ -42,9 +42,6 @@ var (
 	// errStale: a write through a handle whose upload was committed or
 	// cancelled (ESTALE).
 	errStale = errors.New("upload already committed or cancelled")
-	// errRejected: a manifest whose bytes are already known to be
-	// malformed (EBADMSG).
-	errRejected = errors.New("manifest rejected")
 )
 
 // errno turns err into the errno the kernel gets; it is the one place that
@@ -92,8 +89,7 @@ func classify(err error) syscall.Errno {
 	case errors.Is(err, store.ErrReadOnly):
 		return syscall.EROFS
 	case errors.As(err, &verification), errors.As(err, &invalid),
-		errors.As(err, &unverified), errors.As(err, &mismatch),
-		errors.Is(err, errRejected):
+		errors.As(err, &unverified), errors.As(err, &mismatch):
 		return syscall.EBADMSG
 	case errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrInvalidDigest),
 		errors.Is(err, store.ErrInvalidOffset), errors.As(err, &badOffset),

@@ -29,15 +29,27 @@ var (
 	_ fs.FSStatfser = (*FS)(nil)
 )
 
-// Validity of kernel caches for nodes that never change (blobs, revisions,
-// the reserved directories) and defaults for the ones that do.
+// Defaults for Options.EntryTTL and Options.AttrTTL: how long the kernel
+// may cache entries and attributes of nodes that change (tags,
+// namespaces). Short, because other writers (the registry) change them too.
 const (
-	immutableTTL      = time.Hour
-	DefaultEntryTTL   = time.Second
-	DefaultAttrTTL    = time.Second
-	maxReadahead      = 128 << 10
-	maxBackground     = 64
-	congestionThresh  = 48
+	DefaultEntryTTL = time.Second
+	DefaultAttrTTL  = time.Second
+)
+
+// immutableTTL is the validity of nodes that never change: blobs,
+// revisions, the reserved directories.
+const immutableTTL = time.Hour
+
+// Mount tuning; see MountOptions.
+const (
+	maxReadahead     = 128 << 10
+	maxBackground    = 64
+	congestionThresh = 48
+)
+
+// Reserved names in the tree.
+const (
 	reservedLayers    = "_layers"
 	reservedManifests = "_manifests"
 	reservedUploads   = "_uploads"

@@ -2,8 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
-	"io"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
@@ -27,10 +25,6 @@ var (
 	_ fs.Node          = layerFile{}
 	_ fs.NodeOpener    = layerFile{}
 	_ fs.NodeSetattrer = layerFile{}
-
-	_ fs.HandleReader   = (*blobHandle)(nil)
-	_ fs.HandlePoller   = (*blobHandle)(nil)
-	_ fs.HandleReleaser = (*blobHandle)(nil)
 )
 
 // layersDir is a repository's _layers/: the blobs linked into it.
@@ -206,33 +200,3 @@ func (f *FS) refuseWrite(op, name string) error {
 
 // blocks is size in 512-byte units, for du.
 func blocks(size int64) uint64 { return uint64(size+511) / 512 }
-
-// blobHandle reads an open blob through the block cache.
-type blobHandle struct {
-	noPoll
-	f    *FS
-	path string
-	r    store.BlobReader
-}
-
-// Read implements fs.HandleReader. bazil hands over resp.Data with room for
-// req.Size bytes; ReadAt fills it completely unless the blob ends first.
-func (h *blobHandle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fuse.ReadResponse) error {
-	n, err := h.r.ReadAt(resp.Data[:req.Size], req.Offset)
-	resp.Data = resp.Data[:n]
-	h.f.countRead(n)
-	if errors.Is(err, io.EOF) {
-		err = nil
-	}
-	return h.f.errno("read", h.path, err)
-}
-
-// Release implements fs.HandleReleaser.
-func (h *blobHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
-	return h.f.errno("release", h.path, h.r.Close())
-}
-
-func (f *FS) countRead(n int) {
-	f.stats.reads.Add(1)
-	f.stats.bytesRead.Add(int64(n))
-}

@@ -1,0 +1,165 @@
+package fs
+
+import (
+	"context"
+
+	"bazil.org/fuse"
+	"bazil.org/fuse/fs"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/store"
+)
+
+var (
+	_ fs.Node          = revisionFile{}
+	_ fs.NodeOpener    = revisionFile{}
+	_ fs.NodeSetattrer = revisionFile{}
+	_ fs.Node          = tagFile{}
+	_ fs.NodeOpener    = tagFile{}
+	_ fs.NodeSetattrer = tagFile{}
+)
+
+// revisionFile is a manifest revision, _manifests/sha256:<hex>. Its bytes
+// are what a registry client receives (schema1 with its signatures).
+type revisionFile struct {
+	f    *FS
+	repo string
+	dgst digest.Digest
+	size int64
+}
+
+func (r revisionFile) path() string {
+	return joinPath(r.repo, reservedManifests+"/"+r.dgst.String())
+}
+
+// Attr implements fs.Node.
+func (r revisionFile) Attr(ctx context.Context, a *fuse.Attr) error {
+	a.Inode = digestInode(r.dgst)
+	a.Mode = 0o444
+	a.Size = uint64(r.size)
+	a.Blocks = blocks(r.size)
+	a.Valid = immutableTTL
+	r.f.attrTimes(a)
+	return nil
+}
+
+// Open implements fs.NodeOpener.
+func (r revisionFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fs.Handle, error) {
+	if !req.Flags.IsReadOnly() {
+		return nil, r.f.refuseWrite("open", r.path())
+	}
+	repo, err := r.f.st.Repository(r.repo)
+	if err != nil {
+		return nil, r.f.errno("open", r.path(), err)
+	}
+	content, _, err := repo.Manifests().Get(ctx, r.dgst)
+	if err != nil {
+		return nil, r.f.errno("open", r.path(), err)
+	}
+	resp.Flags |= fuse.OpenKeepCache
+	return &bytesHandle{f: r.f, path: r.path(), data: content}, nil
+}
+
+// Setattr implements fs.NodeSetattrer.
+func (r revisionFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
+	return r.f.setattrFixed("setattr", r.path(), req)
+}
+
+// tagFile is a tag, _manifests/<tag>, or a manifest being written under a
+// name that is not in storage yet. A tag reads as the revision it points
+// to now and shares its inode.
+type tagFile struct {
+	f    *FS
+	repo string
+	name string
+}
+
+func (t tagFile) path() string { return joinPath(t.repo, reservedManifests+"/"+t.name) }
+
+func (t tagFile) dir() manifestsDir {
+	return manifestsDir{f: t.f, repo: t.repo, ino: childInode(pathInode(t.repo), reservedManifests)}
+}
+
+// Attr implements fs.Node.
+func (t tagFile) Attr(ctx context.Context, a *fuse.Attr) error {
+	t.f.attrTimes(a)
+	if w := t.f.pendingManifest(fileKey{t.repo, t.name}); w != nil {
+		a.Inode = childInode(t.dir().ino, t.name)
+		a.Mode = 0o644
+		a.Size = uint64(w.size())
+		a.Valid = 0
+		return nil
+	}
+	repo, err := t.f.st.Repository(t.repo)
+	if err != nil {
+		return t.f.errno("getattr", t.path(), err)
+	}
+	dgst, content, err := resolveManifest(ctx, repo, t.name)
+	if err != nil {
+		return t.f.errno("getattr", t.path(), err)
+	}
+	a.Inode = digestInode(dgst)
+	a.Mode = 0o644
+	if dgst.String() == t.name {
+		a.Mode = 0o444
+	}
+	a.Size = uint64(len(content))
+	a.Blocks = blocks(int64(len(content)))
+	a.Valid = t.f.opts.AttrTTL
+	return nil
+}
+
+// Open implements fs.NodeOpener. Reading takes a snapshot of the revision
+// the tag points to at open, so a re-tag never mixes two manifests in one
+// read; the page cache is dropped at every open. Writing replaces the tag
+// with a new manifest when the file is closed.
+func (t tagFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fs.Handle, error) {
+	if req.Flags.IsReadOnly() {
+		repo, err := t.f.st.Repository(t.repo)
+		if err != nil {
+			return nil, t.f.errno("open", t.path(), err)
+		}
+		_, content, err := resolveManifest(ctx, repo, t.name)
+		if err != nil {
+			return nil, t.f.errno("open", t.path(), err)
+		}
+		return &bytesHandle{f: t.f, path: t.path(), data: content}, nil
+	}
+	if err := t.f.readOnly(); err != nil {
+		return nil, t.f.errno("open", t.path(), err)
+	}
+	if w := t.f.pendingManifest(fileKey{t.repo, t.name}); w != nil {
+		return w, nil
+	}
+	if _, err := store.ParseDigest(t.name); err == nil {
+		// A revision in storage: its bytes are fixed by its name.
+		return nil, t.f.errno("open", t.path(), errImmutable)
+	}
+	return &manifestWriter{f: t.f, dir: t.dir(), name: t.name, opener: processOf(req.Pid)}, nil
+}
+
+// Setattr implements fs.NodeSetattrer. Truncating to 0 is accepted, as
+// every open with O_TRUNC does it first: the manifest written next replaces
+// the tag whole. A manifest being written can be truncated to any size.
+func (t tagFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
+	p := t.path()
+	if err := t.f.readOnly(); err != nil {
+		return t.f.errno("setattr", p, err)
+	}
+	if req.Valid.Mode() || req.Valid.Uid() || req.Valid.Gid() {
+		return t.f.errno("setattr", p, errNotSupported)
+	}
+	if !req.Valid.Size() {
+		return nil
+	}
+	if w := t.f.pendingManifest(fileKey{t.repo, t.name}); w != nil {
+		return t.f.errno("setattr", p, w.truncate(int64(req.Size)))
+	}
+	if req.Size != 0 {
+		return t.f.errno("setattr", p, errImmutable)
+	}
+	if _, err := store.ParseDigest(t.name); err == nil {
+		return t.f.errno("setattr", p, errImmutable)
+	}
+	return nil
+}

@@ -1,0 +1,358 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"bazil.org/fuse"
+	"bazil.org/fuse/fs"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/store"
+)
+
+var (
+	_ fs.HandleWriter   = (*uploadHandle)(nil)
+	_ fs.HandlePoller   = (*uploadHandle)(nil)
+	_ fs.HandleFlusher  = (*uploadHandle)(nil)
+	_ fs.HandleReleaser = (*uploadHandle)(nil)
+)
+
+// emptyDigest is the digest of the empty blob.
+var emptyDigest = digest.FromBytes(nil)
+
+// uploadState is an upload open in this process, shared by every handle on
+// it.
+type uploadState struct {
+	key fileKey
+	// refs counts the handles on it. Guarded by FS.mu.
+	refs int
+
+	// mu serialises writes, commits and cancels, and guards up and done.
+	mu sync.Mutex
+	up store.Upload
+	// done is set once up is committed, cancelled or closed.
+	done bool
+}
+
+// uploadHandle is one open file descriptor on an upload.
+type uploadHandle struct {
+	noPoll
+	f    *FS
+	node uploadFile
+	st   *uploadState
+	// wrote is set by a write and cleared by each commit attempt, so close
+	// commits only what this handle changed. Guarded by st.mu.
+	wrote bool
+	// created is set when this handle created the file. Creating the empty
+	// blob's upload is a complete push by itself (touch, : >); any other
+	// upload needs bytes, and committing it at its first close would only
+	// fail: shells open, dup2 and close a redirection's descriptor before
+	// the command writes. Guarded by st.mu.
+	created bool
+	// opener is the process that opened the file (0 if unknown); only its
+	// close commits (see closedByOpener).
+	opener int
+}
+
+// Write implements fs.HandleWriter. Only appends are accepted: a write
+// anywhere but the current end is EINVAL.
+func (h *uploadHandle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fuse.WriteResponse) error {
+	p := h.node.path()
+	if err := h.f.readOnly(); err != nil {
+		return h.f.errno("write", p, err)
+	}
+	h.st.mu.Lock()
+	defer h.st.mu.Unlock()
+	if h.st.done {
+		return h.f.errno("write", p, errStale)
+	}
+	if size := h.st.up.Size(); req.Offset != size {
+		err := fmt.Errorf("%w: write at offset %d, upload has %d bytes", store.ErrInvalidOffset, req.Offset, size)
+		h.f.reject(p, err)
+		return h.f.errno("write", p, err)
+	}
+	n, err := h.st.up.WriteAt(req.Data, req.Offset)
+	resp.Size = n
+	if n > 0 {
+		h.wrote = true
+	}
+	h.f.stats.writes.Add(1)
+	h.f.stats.bytesWritten.Add(int64(n))
+	return h.f.errno("write", p, err)
+}
+
+// Flush implements fs.HandleFlusher: close(2) by the process that opened
+// the file commits what was written. On a digest mismatch close fails with
+// EBADMSG and the upload stays, its data and hash state saved, for the rest
+// to be appended.
+func (h *uploadHandle) Flush(ctx context.Context, req *fuse.FlushRequest) error {
+	if !closedByOpener(h.opener, req) {
+		return nil
+	}
+	// A commit must not stop half-way because the closing process got a
+	// signal.
+	return h.f.errno("close", h.node.path(), h.commit(context.WithoutCancel(ctx)))
+}
+
+// Release implements fs.HandleReleaser. When the last descriptor goes away
+// with bytes no commit has seen (the opener closed before a process it
+// shared the descriptor with), they are committed here; nobody is left to
+// get an error, so a mismatch is only recorded in .regfs/errors.
+func (h *uploadHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
+	if err := h.commit(h.f.ctx); err != nil && !isRejection(err) {
+		h.f.log.Error("committing upload at release", "path", h.node.path(), "error", err)
+	}
+	h.f.releaseUpload(h.st)
+	return nil
+}
+
+// commit commits the upload if this handle wrote to it since the last
+// attempt (or created the empty blob's upload).
+func (h *uploadHandle) commit(ctx context.Context) error {
+	h.st.mu.Lock()
+	defer h.st.mu.Unlock()
+	if h.st.done || !(h.wrote || h.created && h.st.up.Expected() == emptyDigest) {
+		return nil
+	}
+	h.wrote, h.created = false, false
+	desc, err := h.st.up.Commit(ctx)
+	if err != nil {
+		var mismatch *store.ErrDigestMismatch
+		if errors.As(err, &mismatch) {
+			h.f.stats.uploadsRejected.Add(1)
+			h.f.reject(h.node.path(), err)
+		}
+		return err
+	}
+	h.st.done = true
+	h.f.forgetUpload(h.st)
+	h.f.stats.uploadsCommitted.Add(1)
+	h.f.invalidateEntry(h.node.dir, h.node.name)
+	repoIno := pathInode(h.node.dir.repo)
+	layers := layersDir{f: h.f, repo: h.node.dir.repo, ino: childInode(repoIno, reservedLayers)}
+	h.f.invalidateEntry(layers, desc.Digest.String())
+	return nil
+}
+
+// openUpload returns the upload open in this process under k, or nil.
+func (f *FS) openUpload(k fileKey) *uploadState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.uploads[k]
+}
+
+// findUpload finds the upload named k in storage: by expected digest, or
+// by ID for an upload another writer left.
+func (f *FS) findUpload(ctx context.Context, k fileKey) (store.UploadInfo, error) {
+	repo, err := f.st.Repository(k.repo)
+	if err != nil {
+		return store.UploadInfo{}, err
+	}
+	infos, err := repo.Uploads().List(ctx)
+	if err != nil {
+		return store.UploadInfo{}, err
+	}
+	for _, in := range infos {
+		if uploadName(in) == k.name {
+			return in, nil
+		}
+	}
+	return store.UploadInfo{}, fmt.Errorf("%w: %s", store.ErrUploadUnknown, k.name)
+}
+
+// uploadSize is the current size of the upload named k.
+func (f *FS) uploadSize(ctx context.Context, k fileKey) (int64, error) {
+	if st := f.openUpload(k); st != nil {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.up.Size(), nil
+	}
+	info, err := f.findUpload(ctx, k)
+	return info.Size, err
+}
+
+// acquireUpload returns the open upload named k, opening it from storage
+// (resuming it, also after a restart) or, with create, starting it.
+//
+// Lock order: uploadOpen, then an uploadState's mu, then FS.mu.
+func (f *FS) acquireUpload(ctx context.Context, k fileKey, create bool) (*uploadState, error) {
+	f.uploadOpen.Lock()
+	defer f.uploadOpen.Unlock()
+	f.mu.Lock()
+	if st := f.uploads[k]; st != nil {
+		st.refs++
+		f.mu.Unlock()
+		return st, nil
+	}
+	f.mu.Unlock()
+	repo, err := f.st.Repository(k.repo)
+	if err != nil {
+		return nil, err
+	}
+	// The upload outlives this request: it is made with a context that
+	// the request's end does not cancel.
+	bg := context.WithoutCancel(ctx)
+	var up store.Upload
+	info, err := f.findUpload(ctx, k)
+	switch {
+	case err == nil && info.Expected == "":
+		return nil, errForeignUpload
+	case err == nil:
+		up, err = repo.Uploads().Resume(bg, info.ID)
+	case errors.Is(err, store.ErrUploadUnknown) && create:
+		dgst, perr := store.ParseDigest(k.name)
+		if perr != nil {
+			return nil, perr
+		}
+		up, err = repo.Uploads().Create(bg, dgst)
+	}
+	if err != nil {
+		return nil, err
+	}
+	st := &uploadState{key: k, refs: 1, up: up}
+	f.mu.Lock()
+	f.uploads[k] = st
+	f.mu.Unlock()
+	return st, nil
+}
+
+// releaseUpload drops a handle's reference; the last one closes the upload
+// (saving its data and hash state) unless it is already done.
+func (f *FS) releaseUpload(st *uploadState) {
+	f.uploadOpen.Lock()
+	defer f.uploadOpen.Unlock()
+	f.mu.Lock()
+	st.refs--
+	last := st.refs == 0
+	if last && f.uploads[st.key] == st {
+		delete(f.uploads, st.key)
+	}
+	f.mu.Unlock()
+	if !last {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.done {
+		st.done = true
+		if err := st.up.Close(); err != nil {
+			f.log.Error("closing upload", "repository", st.key.repo, "upload", st.key.name, "error", err)
+		}
+	}
+}
+
+// forgetUpload removes a committed or cancelled upload from the open ones,
+// so the next open of its name starts afresh. The caller holds st.mu.
+func (f *FS) forgetUpload(st *uploadState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.uploads[st.key] == st {
+		delete(f.uploads, st.key)
+	}
+}
+
+// restartUpload empties the upload named k: it is cancelled and created
+// again with the same expected digest.
+func (f *FS) restartUpload(ctx context.Context, k fileKey) error {
+	f.uploadOpen.Lock()
+	defer f.uploadOpen.Unlock()
+	repo, err := f.st.Repository(k.repo)
+	if err != nil {
+		return err
+	}
+	bg := context.WithoutCancel(ctx)
+	if st := f.openUpload(k); st != nil {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.done {
+			return errStale
+		}
+		if st.up.Size() == 0 {
+			return nil
+		}
+		expected := st.up.Expected()
+		if expected == "" {
+			return errForeignUpload
+		}
+		if err := st.up.Cancel(bg); err != nil {
+			return err
+		}
+		up, err := repo.Uploads().Create(bg, expected)
+		if err != nil {
+			st.done = true
+			f.forgetUpload(st)
+			return err
+		}
+		st.up = up
+		return nil
+	}
+	info, err := f.findUpload(ctx, k)
+	if err != nil {
+		return err
+	}
+	if info.Expected == "" {
+		return errForeignUpload
+	}
+	if info.Size == 0 {
+		return nil
+	}
+	if err := repo.Uploads().Cancel(bg, info.ID); err != nil {
+		return err
+	}
+	up, err := repo.Uploads().Create(bg, info.Expected)
+	if err != nil {
+		return err
+	}
+	return up.Close()
+}
+
+// cancelUpload cancels the upload named k, open here or not.
+func (f *FS) cancelUpload(ctx context.Context, k fileKey) error {
+	f.uploadOpen.Lock()
+	defer f.uploadOpen.Unlock()
+	bg := context.WithoutCancel(ctx)
+	if st := f.openUpload(k); st != nil {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.done {
+			return fmt.Errorf("%w: %s", store.ErrUploadUnknown, k.name)
+		}
+		st.done = true
+		f.forgetUpload(st)
+		return st.up.Cancel(bg)
+	}
+	info, err := f.findUpload(ctx, k)
+	if err != nil {
+		return err
+	}
+	repo, err := f.st.Repository(k.repo)
+	if err != nil {
+		return err
+	}
+	return repo.Uploads().Cancel(bg, info.ID)
+}
+
+// closeUploads closes every upload still open when serving ends, so their
+// data and hash state are saved for a resume.
+func (f *FS) closeUploads() {
+	f.mu.Lock()
+	open := make([]*uploadState, 0, len(f.uploads))
+	for _, st := range f.uploads {
+		open = append(open, st)
+	}
+	f.uploads = map[fileKey]*uploadState{}
+	f.mu.Unlock()
+	for _, st := range open {
+		st.mu.Lock()
+		if !st.done {
+			st.done = true
+			if err := st.up.Close(); err != nil {
+				f.log.Error("closing upload", "repository", st.key.repo, "upload", st.key.name, "error", err)
+			}
+		}
+		st.mu.Unlock()
+	}
+}
