@@ -530,9 +530,12 @@ func TestCrashResume(t *testing.T) {
 	d := sha(content)
 	up := m.path("big/_uploads", d)
 	sh(t, "mkdir -p "+m.path("big"))
-	// cp runs in the background, throttled by a pipe so the kill lands mid-way.
-	cp := fmt.Sprintf("(dd if=%q bs=1M status=none | (while dd bs=1M count=1 iflag=fullblock status=none; do sleep 0.02; done) > %q) >/dev/null 2>&1 &", src, up)
-	sh(t, cp)
+	// cp runs in the background reading a FIFO that a throttled writer
+	// feeds, so the kill lands mid-way through the copy.
+	fifo := filepath.Join(t.TempDir(), "layer.fifo")
+	sh(t, "mkfifo "+fifo)
+	sh(t, fmt.Sprintf("(dd if=%q bs=1M status=none | (while dd bs=1M count=1 iflag=fullblock status=none; do sleep 0.02; done) > %q) >/dev/null 2>&1 &", src, fifo))
+	sh(t, fmt.Sprintf("cp %q %q >/dev/null 2>&1 &", fifo, up))
 	dataGlob := filepath.Join(root, "docker/registry/v2/repositories/big/_uploads/*/data")
 	var partial int64
 	for i := 0; i < 1000 && partial < 16<<20; i++ {
@@ -559,5 +562,55 @@ func TestCrashResume(t *testing.T) {
 	sum := strings.Fields(sh(t, "sha256sum "+m.path("big/_layers", d)))[0]
 	if "sha256:"+sum != d {
 		t.Fatalf("resumed layer hashes to %s, want %s", sum, d)
+	}
+}
+
+// TestRegistryTestdataMounts mounts a tree written by hand in the registry's
+// exact format (store/testdata/registry) and reads it through the mount.
+func TestRegistryTestdataMounts(t *testing.T) {
+	root := t.TempDir()
+	sh(t, fmt.Sprintf("cp -a ../store/testdata/registry/. %q", root))
+	before := sh(t, fmt.Sprintf("cd %q && find . -type f | sort | xargs sha256sum", root))
+	m := startMount(t, "filesystem", mountOpts{Root: root, Extra: []string{"--read-only"}})
+	v2 := filepath.Join(root, "docker/registry/v2")
+	for _, repo := range []string{"hello", "library/ubuntu"} {
+		// Every linked layer reads back and hashes to its name.
+		links := lines(sh(t, fmt.Sprintf("cd %q && ls", filepath.Join(v2, "repositories", repo, "_layers/sha256"))))
+		listed := lines(sh(t, "ls "+m.path(repo, "_layers")))
+		if len(listed) != len(links) || len(links) == 0 {
+			t.Errorf("%s: mount lists layers %v, storage links %v", repo, listed, links)
+		}
+		for _, hex := range links {
+			sum := strings.Fields(sh(t, "sha256sum "+m.path(repo, "_layers", "sha256:"+hex)))[0]
+			if sum != hex {
+				t.Errorf("%s: layer sha256:%s hashes to %s", repo, hex, sum)
+			}
+		}
+		// The tag reads the blob its current link names.
+		cur := strings.TrimSpace(string(readFile(t, filepath.Join(v2, "repositories", repo, "_manifests/tags/latest/current/link"))))
+		blob := readFile(t, filepath.Join(v2, "blobs/sha256", cur[7:9], cur[7:], "data"))
+		if got := readFile(t, m.path(repo, "_manifests/latest")); !bytes.Equal(got, blob) {
+			t.Errorf("%s: tag latest reads differently from blob %s", repo, cur)
+		}
+		if got := readFile(t, m.path(repo, "_manifests", cur)); !bytes.Equal(got, blob) {
+			t.Errorf("%s: revision %s reads differently", repo, cur)
+		}
+	}
+	// The registry's unfinished upload is listed with its size.
+	data := filepath.Join(v2, "repositories/hello/_uploads/0b7e6a9c-3f1d-4c2e-9a55-6d3c1f2e8b40/data")
+	fi, err := os.Stat(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := strings.TrimSpace(sh(t, "stat -c %s "+m.path("hello/_uploads/0b7e6a9c-3f1d-4c2e-9a55-6d3c1f2e8b40")))
+	if size != strconv.FormatInt(fi.Size(), 10) {
+		t.Errorf("registry upload size = %s, want %d", size, fi.Size())
+	}
+	if got := sh(t, fmt.Sprintf("cd %q && ls && ls library", m.Dir)); got != "hello\nlibrary\n_layers\n_manifests\n_uploads\nubuntu\n" {
+		t.Errorf("top-level listing: %q", got)
+	}
+	m.stop()
+	if after := sh(t, fmt.Sprintf("cd %q && find . -type f | sort | xargs sha256sum", root)); after != before {
+		t.Error("reading the tree changed storage")
 	}
 }
