@@ -15,17 +15,27 @@ import (
 const (
 	driverFilesystem = "filesystem"
 	driverInmemory   = "inmemory"
+	driverS3         = "s3"
 )
 
 // defaultCacheSize is the block cache budget when --cache-size is not given.
 const defaultCacheSize = 256 << 20
 
+// Storage says which storage a command works on; regfs mount and regfs fsck
+// share these flags.
+type Storage struct {
+	Driver string
+	// Root is the filesystem driver's root directory.
+	Root string
+	// S3 settings; credentials come from the standard AWS environment
+	// variables and shared config.
+	S3Bucket, S3Endpoint, S3Region, S3Prefix string
+}
+
 // Config is everything regfs mount needs, from the command line.
 type Config struct {
 	Mountpoint string
-	Driver     string
-	// Root is the filesystem driver's root directory.
-	Root       string
+	Storage
 	ReadOnly   bool
 	AllowOther bool
 	// CacheSize is the block cache budget in bytes.
@@ -109,13 +119,64 @@ func defaultRoot() (string, error) {
 	return filepath.Join(home, ".local", "share", "regfs"), nil
 }
 
+// addStorageFlags defines the flags that choose the storage on fs.
+func addStorageFlags(fs *flag.FlagSet, st *Storage, inmemory bool) {
+	st.Driver = driverFilesystem
+	drivers := "filesystem (a directory, the default) or s3"
+	if inmemory {
+		drivers = "filesystem (a directory, the default), s3, or\ninmemory (throw-away)"
+	}
+	fs.StringVar(&st.Driver, "driver", st.Driver, "storage driver `NAME`: "+drivers)
+	fs.StringVar(&st.Root, "root", "", "filesystem driver root `DIR`, the directory holding docker/registry/v2;\ncreated if missing (default $XDG_DATA_HOME/regfs or ~/.local/share/regfs)")
+	fs.StringVar(&st.S3Bucket, "s3-bucket", "", "s3 driver: `BUCKET` holding the registry (required with --driver s3)")
+	fs.StringVar(&st.S3Endpoint, "s3-endpoint", "", "s3 driver: endpoint `URL` of an S3-compatible server (default AWS)")
+	fs.StringVar(&st.S3Region, "s3-region", "", "s3 driver: `REGION` (default from the AWS config, else us-east-1)")
+	fs.StringVar(&st.S3Prefix, "s3-prefix", "", "s3 driver: key `PREFIX` inside the bucket (distribution's rootdirectory)")
+}
+
+// checkStorage validates the storage flags and fills in defaults.
+func checkStorage(st *Storage, inmemory bool) error {
+	s3Set := st.S3Bucket != "" || st.S3Endpoint != "" || st.S3Region != "" || st.S3Prefix != ""
+	switch st.Driver {
+	case driverFilesystem:
+		if s3Set {
+			return errors.New("--s3-* flags apply to --driver s3 only")
+		}
+		if st.Root == "" {
+			root, err := defaultRoot()
+			if err != nil {
+				return err
+			}
+			st.Root = root
+		}
+	case driverS3:
+		if st.Root != "" {
+			return errors.New("--root applies to the filesystem driver only; use --s3-prefix for a prefix in the bucket")
+		}
+		if st.S3Bucket == "" {
+			return errors.New("--driver s3 needs --s3-bucket")
+		}
+	case driverInmemory:
+		if !inmemory {
+			return errors.New("the inmemory driver holds nothing to check: use filesystem or s3")
+		}
+		if st.Root != "" || s3Set {
+			return errors.New("--root and --s3-* flags do not apply to the inmemory driver")
+		}
+	default:
+		if inmemory {
+			return fmt.Errorf("unknown driver %q: want filesystem, s3 or inmemory", st.Driver)
+		}
+		return fmt.Errorf("unknown driver %q: want filesystem or s3", st.Driver)
+	}
+	return nil
+}
+
 // newMountFlags defines the mount flags on cfg.
 func newMountFlags(cfg *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("regfs mount", flag.ContinueOnError)
-	cfg.Driver = driverFilesystem
 	cfg.CacheSize = defaultCacheSize
-	fs.StringVar(&cfg.Driver, "driver", cfg.Driver, "storage driver `NAME`: filesystem (a directory, the default) or inmemory\n(throw-away)")
-	fs.StringVar(&cfg.Root, "root", "", "filesystem driver root `DIR`, the directory holding docker/registry/v2;\ncreated if missing (default $XDG_DATA_HOME/regfs or ~/.local/share/regfs)")
+	addStorageFlags(fs, &cfg.Storage, true)
 	fs.BoolVar(&cfg.ReadOnly, "read-only", false, "refuse every write with EROFS")
 	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users use the mount (needs user_allow_other in /etc/fuse.conf\nwhen not root)")
 	fs.Var(sizeFlag{&cfg.CacheSize}, "cache-size", "block cache budget `SIZE` in bytes, with K, M, G or T (default 256M)")
@@ -149,6 +210,8 @@ Examples:
   regfs mount ./mnt
   regfs mount --root /var/lib/docker-registry --read-only /mnt/registry
   regfs mount --driver inmemory --cache-size 1G /tmp/scratch
+  AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... regfs mount --driver s3 \
+      --s3-bucket registry --s3-endpoint http://127.0.0.1:7070 --s3-region us-east-1 ./mnt
 `)
 	return b.String()
 }
@@ -181,21 +244,5 @@ func parseMount(args []string, stdout, stderr io.Writer) (Config, error) {
 	default:
 		return cfg, fmt.Errorf("one MOUNTPOINT expected, got %q", positional)
 	}
-	switch cfg.Driver {
-	case driverFilesystem:
-		if cfg.Root == "" {
-			root, err := defaultRoot()
-			if err != nil {
-				return cfg, err
-			}
-			cfg.Root = root
-		}
-	case driverInmemory:
-		if cfg.Root != "" {
-			return cfg, errors.New("--root applies to the filesystem driver only")
-		}
-	default:
-		return cfg, fmt.Errorf("unknown driver %q: want filesystem or inmemory", cfg.Driver)
-	}
-	return cfg, nil
+	return cfg, checkStorage(&cfg.Storage, true)
 }

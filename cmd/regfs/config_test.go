@@ -42,7 +42,7 @@ func TestParseMount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Mountpoint: "/mnt", Driver: "filesystem", Root: "/xdg/regfs", CacheSize: 256 << 20}
+	want := Config{Mountpoint: "/mnt", Storage: Storage{Driver: "filesystem", Root: "/xdg/regfs"}, CacheSize: 256 << 20}
 	if cfg != want {
 		t.Errorf("defaults: %+v, want %+v", cfg, want)
 	}
@@ -51,7 +51,7 @@ func TestParseMount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want = Config{Mountpoint: "/m", Driver: "inmemory", ReadOnly: true, AllowOther: true, CacheSize: 1 << 30, Debug: true}
+	want = Config{Mountpoint: "/m", Storage: Storage{Driver: "inmemory"}, ReadOnly: true, AllowOther: true, CacheSize: 1 << 30, Debug: true}
 	if cfg != want {
 		t.Errorf("flags: %+v, want %+v", cfg, want)
 	}
@@ -67,11 +67,19 @@ func TestParseMount(t *testing.T) {
 		t.Errorf("--root: %q %v", cfg.Root, err)
 	}
 
+	cfg, err = parseMount([]string{"--driver", "s3", "--s3-bucket", "reg", "--s3-endpoint", "http://127.0.0.1:7070", "--s3-region", "us-east-1", "--s3-prefix", "p", "/m"}, io.Discard, io.Discard)
+	if err != nil || cfg.Storage != (Storage{Driver: "s3", S3Bucket: "reg", S3Endpoint: "http://127.0.0.1:7070", S3Region: "us-east-1", S3Prefix: "p"}) {
+		t.Errorf("s3 flags: %+v %v", cfg.Storage, err)
+	}
+
 	for _, bad := range [][]string{
 		{},
 		{"/a", "/b"},
 		{"--driver", "s4", "/m"},
 		{"--driver", "inmemory", "--root", "/x", "/m"},
+		{"--driver", "s3", "/m"},
+		{"--driver", "s3", "--root", "/x", "--s3-bucket", "b", "/m"},
+		{"--s3-bucket", "b", "/m"},
 		{"--cache-size", "lots", "/m"},
 		{"--no-such-flag", "/m"},
 	} {

@@ -16,6 +16,7 @@ import (
 	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/filesystem"
 	"github.com/regfs/regfs/driver/inmemory"
+	"github.com/regfs/regfs/driver/s3"
 	regfsfs "github.com/regfs/regfs/fs"
 	"github.com/regfs/regfs/store"
 )
@@ -46,7 +47,7 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d, err := openDriver(cfg)
+	d, err := openDriver(ctx, cfg.Storage)
 	if err != nil {
 		return err
 	}
@@ -87,19 +88,25 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	}
 }
 
-// openDriver makes the storage driver cfg names.
-func openDriver(cfg Config) (driver.StorageDriver, error) {
-	switch cfg.Driver {
+// openDriver makes the storage driver st names.
+func openDriver(ctx context.Context, st Storage) (driver.StorageDriver, error) {
+	switch st.Driver {
 	case driverInmemory:
 		return inmemory.New(), nil
 	case driverFilesystem:
-		d, err := filesystem.New(cfg.Root)
+		d, err := filesystem.New(st.Root)
 		if err != nil {
-			return nil, fmt.Errorf("storage root %s: %v", cfg.Root, errors.Unwrap(err))
+			return nil, fmt.Errorf("storage root %s: %v", st.Root, errors.Unwrap(err))
+		}
+		return d, nil
+	case driverS3:
+		d, err := s3.New(ctx, s3.Params{Bucket: st.S3Bucket, Endpoint: st.S3Endpoint, Region: st.S3Region, RootDirectory: st.S3Prefix})
+		if err != nil {
+			return nil, fmt.Errorf("s3 bucket %s: %v", st.S3Bucket, err)
 		}
 		return d, nil
 	}
-	return nil, fmt.Errorf("unknown driver %q", cfg.Driver)
+	return nil, fmt.Errorf("unknown driver %q", st.Driver)
 }
 
 // waitReady returns once the kernel answers a stat through the mount, so
