@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"bazil.org/fuse"
+	"bazil.org/fuse/fs"
+
+	regfsfs "github.com/regfs/regfs/fs"
+)
+
+// The bare passthrough runs as a child process of this program (as regfs
+// does), so that neither shares a Go runtime with the reader being timed.
+// These variables, set in its environment, select it and configure it.
+const (
+	bareEnvMount = "REGFS_BENCH_BARE_MOUNT"
+	bareEnvDir   = "REGFS_BENCH_BARE_DIR"
+)
+
+// bareValid is how long the kernel may cache the bare file system's entries
+// and attributes: what regfs gives its immutable blobs.
+const bareValid = time.Hour
+
+// bareMain serves the bare passthrough of $REGFS_BENCH_BARE_DIR at
+// $REGFS_BENCH_BARE_MOUNT until SIGTERM or SIGINT, then unmounts.
+func bareMain() int {
+	mnt, dir := os.Getenv(bareEnvMount), os.Getenv(bareEnvDir)
+	if err := serveBare(mnt, dir); err != nil {
+		fmt.Fprintf(os.Stderr, "bare: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func serveBare(mnt, dir string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// The options regfs mounts with, so that the ratio is regfs's own cost.
+	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(false, false)...)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	served := make(chan error, 1)
+	go func() { served <- fs.Serve(conn, bareFS{dir: dir}) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	for i := 0; ; i++ {
+		err := fuse.Unmount(mnt)
+		if err == nil {
+			break
+		}
+		if i == 50 {
+			return fmt.Errorf("unmount %s: %w", mnt, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return <-served
+}
+
+// bareFS is the least a FUSE file system can do to serve the files of one
+// flat directory: every read is a pread of the backing file into the
+// kernel's buffer, every write a pwrite.
+type bareFS struct{ dir string }
+
+var (
+	_ fs.FS                 = bareFS{}
+	_ fs.NodeStringLookuper = bareDir{}
+	_ fs.NodeCreater        = bareDir{}
+	_ fs.NodeOpener         = bareFile{}
+	_ fs.NodeSetattrer      = bareFile{}
+	_ fs.HandleReader       = (*bareHandle)(nil)
+	_ fs.HandleWriter       = (*bareHandle)(nil)
+	_ fs.HandleReleaser     = (*bareHandle)(nil)
+)
+
+func (b bareFS) Root() (fs.Node, error) { return bareDir{dir: b.dir}, nil }
+
+type bareDir struct{ dir string }
+
+func (d bareDir) Attr(ctx context.Context, a *fuse.Attr) error {
+	a.Inode = 1
+	a.Mode = os.ModeDir | 0o755
+	a.Valid = bareValid
+	return nil
+}
+
+func (d bareDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
+	f := bareFile{path: filepath.Join(d.dir, name)}
+	if _, err := os.Lstat(f.path); err != nil {
+		return nil, errno(err)
+	}
+	return f, nil
+}
+
+func (d bareDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *fuse.CreateResponse) (fs.Node, fs.Handle, error) {
+	f := bareFile{path: filepath.Join(d.dir, req.Name)}
+	fh, err := os.OpenFile(f.path, int(req.Flags&fuse.OpenAccessModeMask)|os.O_CREATE|os.O_TRUNC, req.Mode.Perm())
+	if err != nil {
+		return nil, nil, errno(err)
+	}
+	return f, &bareHandle{f: fh}, nil
+}
+
+type bareFile struct{ path string }
+
+func (f bareFile) Attr(ctx context.Context, a *fuse.Attr) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(f.path, &st); err != nil {
+		return errno(err)
+	}
+	a.Inode = st.Ino
+	a.Mode = 0o644
+	a.Size = uint64(st.Size)
+	a.Blocks = uint64(st.Blocks)
+	a.Valid = bareValid
+	return nil
+}
+
+func (f bareFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fs.Handle, error) {
+	fh, err := os.OpenFile(f.path, int(req.Flags&fuse.OpenAccessModeMask), 0)
+	if err != nil {
+		return nil, errno(err)
+	}
+	if req.Flags.IsReadOnly() {
+		resp.Flags |= fuse.OpenKeepCache
+	}
+	return &bareHandle{f: fh}, nil
+}
+
+func (f bareFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
+	if req.Valid.Size() {
+		if err := os.Truncate(f.path, int64(req.Size)); err != nil {
+			return errno(err)
+		}
+	}
+	return f.Attr(ctx, &resp.Attr)
+}
+
+type bareHandle struct{ f *os.File }
+
+func (h *bareHandle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fuse.ReadResponse) error {
+	n, err := h.f.ReadAt(resp.Data[:req.Size], req.Offset)
+	resp.Data = resp.Data[:n]
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return errno(err)
+}
+
+func (h *bareHandle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fuse.WriteResponse) error {
+	n, err := h.f.WriteAt(req.Data, req.Offset)
+	resp.Size = n
+	return errno(err)
+}
+
+func (h *bareHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
+	return errno(h.f.Close())
+}
+
+// errno passes a system call's errno on to the kernel.
+func errno(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return fuse.Errno(e)
+	}
+	return fuse.Errno(syscall.EIO)
+}
