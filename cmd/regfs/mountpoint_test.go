@@ -94,7 +94,9 @@ func TestRunMountsAndUnmounts(t *testing.T) {
 	defer cancel()
 	var log syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, Config{Mountpoint: mnt, Storage: Storage{Driver: driverInmemory}, CacheSize: 1 << 20}, &log) }()
+	go func() {
+		done <- run(ctx, Config{Mountpoint: mnt, Storage: Storage{Driver: driverInmemory}, CacheSize: 1 << 20}, &log)
+	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(log.String(), "msg=mounted") {
 		select {
