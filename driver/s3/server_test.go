@@ -3,20 +3,17 @@ package s3
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/regfs/regfs/driver/s3/s3test"
 )
 
 // The S3 server the tests run against: a versitygw started by TestMain, or
@@ -43,10 +40,10 @@ func runTests(m *testing.M) int {
 		}
 		return m.Run()
 	}
-	bin, err := exec.LookPath("versitygw")
-	if err != nil {
-		msg := "versitygw is not installed (scripts/versitygw.sh install), and REGFS_S3_ENDPOINT is not set"
-		if os.Getenv("CI") == "true" {
+	srv, err := s3test.Launch()
+	if errors.Is(err, s3test.ErrNotInstalled) {
+		msg := err.Error() + ", and REGFS_S3_ENDPOINT is not set"
+		if s3test.InCI() {
 			fmt.Fprintf(os.Stderr, "\nFAIL: the S3 driver tests cannot run in CI: %s\n\n", msg)
 			return 1
 		}
@@ -54,145 +51,28 @@ func runTests(m *testing.M) int {
 		skipReason = msg
 		return m.Run()
 	}
-	srv, err := startVersitygw(bin)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: starting versitygw: %v\n", err)
 		return 1
 	}
-	defer srv.stop()
+	defer srv.Stop()
 	testParams = Params{
-		Endpoint:    srv.endpoint,
+		Endpoint:    srv.Endpoint,
 		Bucket:      "regfs-test",
-		Region:      "us-east-1",
-		Credentials: credentials.NewStaticCredentialsProvider(srv.accessKey, srv.secretKey, ""),
+		Region:      srv.Region,
+		Credentials: srv.Credentials(),
 	}
-	if err := createBucket(testParams); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: creating the test bucket: %v\n%s", err, srv.log())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := srv.CreateBucket(ctx, testParams.Bucket); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: creating the test bucket: %v\n%s", err, srv.Log())
 		return 1
 	}
 	code := m.Run()
 	if code != 0 {
-		fmt.Fprintf(os.Stderr, "versitygw log:\n%s", srv.log())
+		fmt.Fprintf(os.Stderr, "versitygw log:\n%s", srv.Log())
 	}
 	return code
-}
-
-// versitygw is a running versitygw with a posix backend in a temporary
-// directory.
-type versitygw struct {
-	cmd                  *exec.Cmd
-	dir                  string
-	endpoint             string
-	accessKey, secretKey string
-	exited               chan struct{} // closed when the process is gone
-}
-
-// startVersitygw starts versitygw on a free port of 127.0.0.1 and waits
-// until its health endpoint answers, or the process exits, or 30 s pass.
-func startVersitygw(bin string) (_ *versitygw, err error) {
-	dir, err := os.MkdirTemp("", "regfs-versitygw-")
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(dir)
-		}
-	}()
-	if err := os.Mkdir(filepath.Join(dir, "root"), 0o755); err != nil {
-		return nil, err
-	}
-	logFile, err := os.Create(filepath.Join(dir, "log"))
-	if err != nil {
-		return nil, err
-	}
-	defer logFile.Close() // the child has its own descriptor
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	v := &versitygw{
-		dir:       dir,
-		endpoint:  "http://" + net.JoinHostPort("127.0.0.1", port),
-		accessKey: "regfs-test",
-		secretKey: rand.Text(),
-		exited:    make(chan struct{}),
-	}
-	v.cmd = exec.Command(bin,
-		"--port", "127.0.0.1:"+port,
-		"--health", "/health",
-		"--quiet",
-		"posix", filepath.Join(dir, "root"))
-	v.cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+v.accessKey, "ROOT_SECRET_KEY="+v.secretKey)
-	v.cmd.Stdout, v.cmd.Stderr = logFile, logFile
-	if err := v.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() {
-		v.cmd.Wait()
-		close(v.exited)
-	}()
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case <-v.exited:
-			return nil, fmt.Errorf("versitygw exited (%v):\n%s", v.cmd.ProcessState, v.log())
-		default:
-		}
-		resp, err := http.Get(v.endpoint + "/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return v, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			v.stop()
-			return nil, fmt.Errorf("versitygw not healthy after 30s (last error %v):\n%s", err, v.log())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop ends the process (SIGTERM, then SIGKILL after 10 s) and removes its
-// directory.
-func (v *versitygw) stop() {
-	v.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-v.exited:
-	case <-time.After(10 * time.Second):
-		v.cmd.Process.Kill()
-		<-v.exited
-	}
-	os.RemoveAll(v.dir)
-}
-
-func (v *versitygw) log() string {
-	b, _ := os.ReadFile(filepath.Join(v.dir, "log"))
-	return string(b)
-}
-
-// freePort returns a port of 127.0.0.1 that was free a moment ago.
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	_, port, err := net.SplitHostPort(l.Addr().String())
-	return port, err
-}
-
-func createBucket(p Params) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	client, err := newClient(ctx, p)
-	if err != nil {
-		return err
-	}
-	_, err = client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(p.Bucket)})
-	return err
 }
 
 // requireServer skips tb when no server is available (see TestMain).
