@@ -212,6 +212,9 @@ type Stats struct {
 	ManifestsRejected int64            `json:"manifests_rejected"`
 	ErrorsByErrno     map[string]int64 `json:"errors_by_errno"`
 	Cache             *CacheStats      `json:"cache,omitempty"`
+	// DriverCalls counts the storage driver calls by method: what the
+	// operations so far cost the backend.
+	DriverCalls map[string]int64 `json:"driver_calls"`
 }
 
 // CacheStats is the block cache part of Stats.
@@ -249,6 +252,9 @@ func (f *FS) Stats() Stats {
 	f.mu.Lock()
 	s.UploadsInFlight = len(f.uploads)
 	f.mu.Unlock()
+	if f.st != nil {
+		s.DriverCalls = f.st.DriverCalls()
+	}
 	if c := f.opts.Cache; c != nil {
 		cs := c.Stats()
 		s.Cache = &CacheStats{

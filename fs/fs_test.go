@@ -688,6 +688,9 @@ func TestStats(t *testing.T) {
 	if after.ErrorsByErrno["ENOENT"] <= before.ErrorsByErrno["ENOENT"] {
 		t.Errorf("ENOENT not counted: %v", after.ErrorsByErrno)
 	}
+	if after.DriverCalls["Reader"] <= before.DriverCalls["Reader"] {
+		t.Errorf("driver_calls did not count the blob read: %v -> %v", before.DriverCalls, after.DriverCalls)
+	}
 	// Uploads in flight while a file is open.
 	var inFlight int
 	m.must("open an upload", func() error {

@@ -41,7 +41,9 @@ const (
 // storage is the Store implementation. It holds only what is shared by every
 // per-use service value; it is safe for concurrent use.
 type storage struct {
+	// driver is calls wrapped around the driver New was given.
 	driver driver.StorageDriver
+	calls  *callCounter
 	cache  *cache.Cache
 	log    *slog.Logger
 	key    libtrust.PrivateKey
@@ -62,7 +64,8 @@ func New(d driver.StorageDriver, opts Options) (Store, error) {
 	if d == nil {
 		return nil, errors.New("store: nil driver")
 	}
-	s := &storage{driver: d, cache: opts.Cache, log: opts.Logger, key: opts.SigningKey}
+	counted := newCallCounter(d)
+	s := &storage{driver: counted, calls: counted, cache: opts.Cache, log: opts.Logger, key: opts.SigningKey}
 	if s.cache == nil {
 		s.cache = cache.New(DefaultCacheBudget, DefaultCacheBlockSize)
 	}

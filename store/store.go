@@ -41,6 +41,13 @@ type Store interface {
 	// ErrRepositoryNotEmpty, and so is one holding a nested repository or a
 	// namespace holding repositories; a missing one ErrRepositoryUnknown.
 	RemoveRepository(ctx context.Context, name string) error
+
+	// DriverCalls returns how many times the store has called each driver
+	// method ("List", "Walk", "Reader", ...) since New. What a listing or a
+	// lookup costs is a number of backend calls, each a round trip on a
+	// remote driver, so this is what .regfs/stats reports and the
+	// benchmark checks.
+	DriverCalls() map[string]int64
 }
 
 // Repository is one named repository.
