@@ -14,13 +14,30 @@
 //   - a FileWriter sees Write and Commit only while open, Close at most once
 //     and never after Cancel (Cancel must release the writer's resources).
 //
+// # Deadlines
+//
+// Every call has a deadline, so a stalled backend fails calls instead of
+// hanging the mount. A call that changes or reads metadata (GetContent,
+// PutContent, Stat, List, Move, Delete, opening a Reader or Writer, and a
+// writer's Commit and Cancel) must finish within Options.Timeout. A stream
+// or a walk may take as long as it needs but must keep moving: each Read of
+// a stream, each Write or Close of a writer and the wait for each entry of a
+// Walk must finish within Options.IdleTimeout. The deadline reaches the
+// implementation through the context it is given (a stream's and a writer's
+// context is the one they were opened with), so an implementation must
+// honour its context for the deadline to end a stalled call. A call that
+// runs past its deadline fails with a *driver.Error wrapping
+// context.DeadlineExceeded.
+//
 // In return every error the caller sees names the driver: the typed errors
 // get their Driver field filled in if the implementation left it empty, and
 // any other error is wrapped in *driver.Error with the operation and path.
 // Errors returned by a WalkFn come back unchanged.
 //
 // The wrapper is on the read path of every FUSE request, so it allocates
-// nothing on success except for Writer and Walk, and Reader returns the
+// little: a call allocates only its deadline's context (none when the
+// caller's own deadline is sooner), and a stream one timer when it is
+// opened, none per Read. With IdleTimeout negative, Reader returns the
 // implementation's stream itself (keeping optional interfaces such as
 // io.ReaderAt or io.WriterTo visible to callers).
 package base
@@ -31,6 +48,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"sync/atomic"
+	"time"
 
 	"github.com/regfs/regfs/driver"
 )
@@ -43,18 +62,138 @@ var (
 	errWriterCancelled = fmt.Errorf("writer cancelled: %w", fs.ErrClosed)
 )
 
+// Default deadlines (see Deadlines in the package comment). Two minutes is
+// far beyond any healthy call, local or remote (an S3 request that has not
+// answered in two minutes will not), yet a hung backend frees the process
+// that waits on it in bounded time.
+const (
+	DefaultTimeout     = 2 * time.Minute
+	DefaultIdleTimeout = 2 * time.Minute
+)
+
+// Options tune NewWithOptions. Zero fields take the defaults.
+type Options struct {
+	// Timeout bounds each metadata call (DefaultTimeout if 0, none if
+	// negative).
+	Timeout time.Duration
+	// IdleTimeout bounds each Read of a stream, each Write and Close of a
+	// writer and each step of a Walk (DefaultIdleTimeout if 0, none if
+	// negative).
+	IdleTimeout time.Duration
+}
+
 // Base wraps a driver implementation with the common checks. It is exported
 // so that a driver can assert on it in tests; construct it with New.
 type Base struct {
-	impl driver.StorageDriver
-	name string
+	impl    driver.StorageDriver
+	name    string
+	timeout time.Duration
+	idle    time.Duration
 }
 
 var _ driver.StorageDriver = (*Base)(nil)
 
-// New wraps impl. impl.Name is read once, here.
+// New wraps impl with the default deadlines. impl.Name is read once, here.
 func New(impl driver.StorageDriver) *Base {
-	return &Base{impl: impl, name: impl.Name()}
+	return NewWithOptions(impl, Options{})
+}
+
+// NewWithOptions wraps impl with the deadlines o sets.
+func NewWithOptions(impl driver.StorageDriver, o Options) *Base {
+	b := &Base{impl: impl, name: impl.Name(), timeout: o.Timeout, idle: o.IdleTimeout}
+	if b.timeout == 0 {
+		b.timeout = DefaultTimeout
+	}
+	if b.idle == 0 {
+		b.idle = DefaultIdleTimeout
+	}
+	return b
+}
+
+// deadline returns ctx bounded by the call timeout, and the function to
+// release it. When ctx already ends sooner no context is made.
+func (b *Base) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if b.timeout < 0 {
+		return ctx, noop
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= b.timeout {
+		return ctx, noop
+	}
+	return context.WithTimeout(ctx, b.timeout)
+}
+
+func noop() {}
+
+// timedOut reports whether a call made under callCtx failed because of the
+// deadline this wrapper set (not the caller's own cancellation).
+func timedOut(ctx, callCtx context.Context) bool {
+	return ctx.Err() == nil && callCtx.Err() != nil
+}
+
+// timeoutErr is the error of op on path that ran past d.
+func (b *Base) timeoutErr(op, path string, d time.Duration) error {
+	return &driver.Error{Driver: b.name, Op: op, Path: path,
+		Err: fmt.Errorf("no answer within %v: %w", d, context.DeadlineExceeded)}
+}
+
+// finish wraps err, or replaces it with the timeout error when the call's
+// deadline ended it.
+func (b *Base) finish(ctx, callCtx context.Context, op, path string, err error) error {
+	if err != nil && timedOut(ctx, callCtx) {
+		return b.timeoutErr(op, path, b.timeout)
+	}
+	return b.wrap(op, path, err)
+}
+
+// idleTimer cancels a stream's, writer's or walk's context when one step
+// takes longer than d. It is armed around each step, not in between, so
+// time spent by the caller between reads does not count.
+type idleTimer struct {
+	t      *time.Timer
+	fired  atomic.Bool
+	cancel context.CancelFunc
+}
+
+// newIdleTimer returns a timer for the context it derives from ctx, or
+// nil (every method a no-op) when d, the longest step it will bound, is
+// negative.
+func newIdleTimer(ctx context.Context, d time.Duration) (*idleTimer, context.Context) {
+	if d < 0 {
+		return nil, ctx
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	it := &idleTimer{cancel: cancel}
+	it.t = time.AfterFunc(time.Hour, func() {
+		it.fired.Store(true)
+		cancel()
+	})
+	it.t.Stop()
+	return it, ctx
+}
+
+// start arms the timer for one step of at most dur.
+func (it *idleTimer) start(dur time.Duration) {
+	if it != nil {
+		it.t.Reset(dur)
+	}
+}
+
+// stop disarms the timer; it reports whether the step ran out of time (now
+// or in an earlier step, which leaves the context cancelled for good).
+func (it *idleTimer) stop() bool {
+	if it == nil {
+		return false
+	}
+	it.t.Stop()
+	return it.fired.Load()
+}
+
+// release stops the timer and releases the derived context.
+func (it *idleTimer) release() {
+	if it != nil {
+		it.t.Stop()
+		it.cancel()
+	}
 }
 
 // Name returns the implementation's name.
@@ -112,9 +251,11 @@ func (b *Base) GetContent(ctx context.Context, path string) ([]byte, error) {
 	if err := b.check(ctx, "GetContent", path, false); err != nil {
 		return nil, err
 	}
-	data, err := b.impl.GetContent(ctx, path)
+	callCtx, cancel := b.deadline(ctx)
+	defer cancel()
+	data, err := b.impl.GetContent(callCtx, path)
 	if err != nil {
-		return nil, b.wrap("GetContent", path, err)
+		return nil, b.finish(ctx, callCtx, "GetContent", path, err)
 	}
 	return data, nil
 }
@@ -124,11 +265,14 @@ func (b *Base) PutContent(ctx context.Context, path string, content []byte) erro
 	if err := b.check(ctx, "PutContent", path, false); err != nil {
 		return err
 	}
-	return b.wrap("PutContent", path, b.impl.PutContent(ctx, path, content))
+	callCtx, cancel := b.deadline(ctx)
+	defer cancel()
+	return b.finish(ctx, callCtx, "PutContent", path, b.impl.PutContent(callCtx, path, content))
 }
 
 // Reader checks path, ctx and that offset is not negative, then calls the
-// implementation.
+// implementation. Opening the stream must finish within the call timeout,
+// and each Read within the idle timeout.
 func (b *Base) Reader(ctx context.Context, path string, offset int64) (io.ReadCloser, error) {
 	if err := b.check(ctx, "Reader", path, false); err != nil {
 		return nil, err
@@ -136,24 +280,102 @@ func (b *Base) Reader(ctx context.Context, path string, offset int64) (io.ReadCl
 	if offset < 0 {
 		return nil, driver.InvalidOffsetError{Path: path, Offset: offset, Driver: b.name}
 	}
-	rc, err := b.impl.Reader(ctx, path, offset)
+	if b.idle < 0 {
+		callCtx, cancel := b.deadline(ctx)
+		rc, err := b.impl.Reader(callCtx, path, offset)
+		if err != nil {
+			cancel()
+			return nil, b.finish(ctx, callCtx, "Reader", path, err)
+		}
+		if callCtx != ctx {
+			// The stream lives on after the call: its context must too.
+			return &releasingStream{ReadCloser: rc, cancel: cancel}, nil
+		}
+		return rc, nil
+	}
+	// The stream's context outlives this call, so the open is bounded by
+	// the stream's own timer instead of a context that ends with the call.
+	it, sctx := newIdleTimer(ctx, b.idle)
+	if b.timeout >= 0 {
+		it.start(b.timeout)
+	}
+	rc, err := b.impl.Reader(sctx, path, offset)
+	late := it.stop()
 	if err != nil {
+		it.release()
+		if late {
+			return nil, b.timeoutErr("Reader", path, b.timeout)
+		}
 		return nil, b.wrap("Reader", path, err)
 	}
-	return rc, nil
+	return &stream{b: b, path: path, rc: rc, it: it}, nil
+}
+
+// releasingStream releases a deadline context when the stream is closed.
+type releasingStream struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (s *releasingStream) Close() error {
+	err := s.ReadCloser.Close()
+	s.cancel()
+	return err
+}
+
+// stream bounds each Read of an implementation's stream by the idle
+// timeout. Like any io.Reader it is not safe for concurrent Reads.
+type stream struct {
+	b    *Base
+	path string
+	rc   io.ReadCloser
+	it   *idleTimer
+}
+
+func (s *stream) Read(p []byte) (int, error) {
+	s.it.start(s.b.idle)
+	n, err := s.rc.Read(p)
+	if s.it.stop() {
+		if err == nil || err == io.EOF {
+			// The bytes came, late; the stream is dead from now on.
+			return n, err
+		}
+		return n, s.b.timeoutErr("Read", s.path, s.b.idle)
+	}
+	if err != nil && err != io.EOF {
+		return n, s.b.wrap("Read", s.path, err)
+	}
+	return n, err
+}
+
+func (s *stream) Close() error {
+	err := s.rc.Close()
+	s.it.release()
+	return s.b.wrap("Close", s.path, err)
 }
 
 // Writer checks path and ctx, then wraps the implementation's writer so that
-// its state is checked once, here.
+// its state and deadlines are checked once, here.
 func (b *Base) Writer(ctx context.Context, path string, append bool) (driver.FileWriter, error) {
 	if err := b.check(ctx, "Writer", path, false); err != nil {
 		return nil, err
 	}
-	w, err := b.impl.Writer(ctx, path, append)
+	// The writer's context outlives this call; its timer bounds the open
+	// and, later, each Write and Close.
+	it, wctx := newIdleTimer(ctx, max(b.idle, b.timeout))
+	if b.timeout >= 0 {
+		it.start(b.timeout)
+	}
+	w, err := b.impl.Writer(wctx, path, append)
+	late := it.stop()
 	if err != nil {
+		it.release()
+		if late {
+			return nil, b.timeoutErr("Writer", path, b.timeout)
+		}
 		return nil, b.wrap("Writer", path, err)
 	}
-	return &writer{b: b, path: path, impl: w}, nil
+	return &writer{b: b, path: path, impl: w, it: it}, nil
 }
 
 // Stat checks path and ctx, then calls the implementation.
@@ -161,9 +383,11 @@ func (b *Base) Stat(ctx context.Context, path string) (driver.FileInfo, error) {
 	if err := b.check(ctx, "Stat", path, true); err != nil {
 		return driver.FileInfo{}, err
 	}
-	fi, err := b.impl.Stat(ctx, path)
+	callCtx, cancel := b.deadline(ctx)
+	defer cancel()
+	fi, err := b.impl.Stat(callCtx, path)
 	if err != nil {
-		return driver.FileInfo{}, b.wrap("Stat", path, err)
+		return driver.FileInfo{}, b.finish(ctx, callCtx, "Stat", path, err)
 	}
 	return fi, nil
 }
@@ -173,9 +397,11 @@ func (b *Base) List(ctx context.Context, path string) ([]string, error) {
 	if err := b.check(ctx, "List", path, true); err != nil {
 		return nil, err
 	}
-	names, err := b.impl.List(ctx, path)
+	callCtx, cancel := b.deadline(ctx)
+	defer cancel()
+	names, err := b.impl.List(callCtx, path)
 	if err != nil {
-		return nil, b.wrap("List", path, err)
+		return nil, b.finish(ctx, callCtx, "List", path, err)
 	}
 	return names, nil
 }
@@ -188,7 +414,9 @@ func (b *Base) Move(ctx context.Context, src, dst string) error {
 	if !driver.ValidPath(dst) {
 		return driver.InvalidPathError{Path: dst, Driver: b.name}
 	}
-	return b.wrap("Move", src, b.impl.Move(ctx, src, dst))
+	callCtx, cancel := b.deadline(ctx)
+	defer cancel()
+	return b.finish(ctx, callCtx, "Move", src, b.impl.Move(callCtx, src, dst))
 }
 
 // Delete checks path and ctx, then calls the implementation. Delete("/")
@@ -197,17 +425,27 @@ func (b *Base) Delete(ctx context.Context, path string) error {
 	if err := b.check(ctx, "Delete", path, true); err != nil {
 		return err
 	}
-	return b.wrap("Delete", path, b.impl.Delete(ctx, path))
+	callCtx, cancel := b.deadline(ctx)
+	defer cancel()
+	return b.finish(ctx, callCtx, "Delete", path, b.impl.Delete(callCtx, path))
 }
 
 // Walk checks path and ctx, then calls the implementation with a WalkFn that
 // stops the walk once ctx is done. An error from fn is returned unchanged.
+// The implementation must deliver each entry within the idle timeout; the
+// time fn takes does not count.
 func (b *Base) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
 	if err := b.check(ctx, "Walk", path, true); err != nil {
 		return err
 	}
+	it, wctx := newIdleTimer(ctx, b.idle)
+	defer it.release()
 	var fnErr error
-	err := b.impl.Walk(ctx, path, func(fi driver.FileInfo) error {
+	it.start(b.idle)
+	err := b.impl.Walk(wctx, path, func(fi driver.FileInfo) error {
+		if it.stop() {
+			return wctx.Err()
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -215,13 +453,18 @@ func (b *Base) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
 		if err != nil && err != driver.ErrSkipDir {
 			fnErr = err
 		}
+		it.start(b.idle)
 		return err
 	})
+	late := it.stop()
 	if err == nil {
 		return nil
 	}
 	if fnErr != nil && errors.Is(err, fnErr) {
 		return fnErr
+	}
+	if late {
+		return b.timeoutErr("Walk", path, b.idle)
 	}
 	return b.wrap("Walk", path, err)
 }
@@ -234,12 +477,30 @@ const (
 	closed
 )
 
-// writer enforces the FileWriter state machine for the implementation.
+// writer enforces the FileWriter state machine and the deadlines for the
+// implementation.
 type writer struct {
 	b     *Base
 	path  string
 	impl  driver.FileWriter
 	state int
+	// it cancels the context the implementation's writer was opened with
+	// when one of its calls runs out of time.
+	it *idleTimer
+}
+
+// step bounds one call of the writer by d; done reports the call's error,
+// replaced by the timeout error when the timer fired.
+func (w *writer) step(d time.Duration) func(op string, err error) error {
+	if d >= 0 {
+		w.it.start(d)
+	}
+	return func(op string, err error) error {
+		if w.it.stop() && err != nil {
+			return w.b.timeoutErr(op, w.path, d)
+		}
+		return w.b.wrap(op, w.path, err)
+	}
 }
 
 func (w *writer) stateErr(op string) error {
@@ -259,9 +520,10 @@ func (w *writer) Write(p []byte) (int, error) {
 	if w.state != open {
 		return 0, w.stateErr("Write")
 	}
+	done := w.step(w.b.idle)
 	n, err := w.impl.Write(p)
-	if err != nil {
-		return n, w.b.wrap("Write", w.path, err)
+	if err = done("Write", err); err != nil {
+		return n, err
 	}
 	return n, nil
 }
@@ -277,7 +539,10 @@ func (w *writer) Close() error {
 		return nil
 	}
 	w.state = closed
-	return w.b.wrap("Close", w.path, w.impl.Close())
+	done := w.step(w.b.idle)
+	err := done("Close", w.impl.Close())
+	w.it.release()
+	return err
 }
 
 // Cancel does not check ctx: callers cancel on their error path, often
@@ -287,7 +552,12 @@ func (w *writer) Cancel(ctx context.Context) error {
 		return w.stateErr("Cancel")
 	}
 	w.state = cancelled
-	return w.b.wrap("Cancel", w.path, w.impl.Cancel(ctx))
+	callCtx, cancel := w.b.deadline(ctx)
+	defer cancel()
+	done := w.step(w.b.timeout)
+	err := done("Cancel", w.impl.Cancel(callCtx))
+	w.it.release()
+	return err
 }
 
 func (w *writer) Commit(ctx context.Context) error {
@@ -297,9 +567,17 @@ func (w *writer) Commit(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return &driver.Error{Driver: w.b.name, Op: "Commit", Path: w.path, Err: err}
 	}
-	if err := w.impl.Commit(ctx); err != nil {
-		return w.b.wrap("Commit", w.path, err)
+	callCtx, cancel := w.b.deadline(ctx)
+	defer cancel()
+	done := w.step(w.b.timeout)
+	if err := w.impl.Commit(callCtx); err != nil {
+		if timedOut(ctx, callCtx) {
+			done("Commit", nil)
+			return w.b.timeoutErr("Commit", w.path, w.b.timeout)
+		}
+		return done("Commit", err)
 	}
+	done("Commit", nil)
 	w.state = committed
 	return nil
 }
