@@ -63,6 +63,8 @@ type (
 	// repositoryPathSpec: repositories/<name>/
 	repositoryPathSpec struct{ name string }
 
+	// blobsPathSpec: blobs/sha256/, the root of every blob (fsck walks it)
+	blobsPathSpec struct{}
 	// blobDataPathSpec: blobs/sha256/<hh>/<hex>/data
 	blobDataPathSpec struct{ digest digest.Digest }
 
@@ -143,6 +145,7 @@ type (
 
 func (repositoriesRootPathSpec) pathSpec()          {}
 func (repositoryPathSpec) pathSpec()                {}
+func (blobsPathSpec) pathSpec()                     {}
 func (blobDataPathSpec) pathSpec()                  {}
 func (layersPathSpec) pathSpec()                    {}
 func (layerLinkPathSpec) pathSpec()                 {}
@@ -179,6 +182,8 @@ func pathFor(spec pathSpec) (string, error) {
 	case repositoryPathSpec:
 		return repoPath(s.name)
 
+	case blobsPathSpec:
+		return storageRoot + "/blobs/sha256", nil
 	case blobDataPathSpec:
 		hex, err := hexOf(s.digest)
 		if err != nil {
