@@ -18,9 +18,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/regfs/regfs/driver/s3/s3test"
 )
 
 // regfsBin is the binary under test, built once by TestMain.
@@ -45,6 +48,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	defer stopS3()
 	regfsBin = filepath.Join(dir, "regfs")
 	build := exec.Command("go", "build", "-race", "-o", regfsBin, "../cmd/regfs")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -56,24 +60,64 @@ func run(m *testing.M) int {
 }
 
 // drivers lists the drivers every scenario runs on.
-var drivers = []string{"filesystem", "inmemory"}
+var drivers = []string{"filesystem", "inmemory", "s3"}
+
+// s3Shared is the versitygw that every mount on the s3 driver uses, each
+// in a bucket of its own: started by the first such mount, stopped by
+// TestMain after the tests (starting one per mount would cost a second each).
+var s3Shared struct {
+	once sync.Once
+	srv  *s3test.Server
+	err  error
+}
+
+// sharedS3 returns the shared server, starting it on first use. A missing
+// versitygw fails t under CI and skips it elsewhere.
+func sharedS3(t *testing.T) *s3test.Server {
+	t.Helper()
+	s3Shared.once.Do(func() { s3Shared.srv, s3Shared.err = s3test.Launch() })
+	if errors.Is(s3Shared.err, s3test.ErrNotInstalled) {
+		s3test.SkipOrFail(t, s3Shared.err)
+	}
+	if s3Shared.err != nil {
+		t.Fatalf("starting versitygw: %v", s3Shared.err)
+	}
+	return s3Shared.srv
+}
+
+// stopS3 stops the shared server if a test started it.
+func stopS3() {
+	if s3Shared.srv != nil {
+		if err := s3Shared.srv.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "integration: stopping versitygw:", err)
+		}
+	}
+}
 
 // mount is one running regfs daemon.
 type mount struct {
 	t      *testing.T
 	Dir    string // the mountpoint
-	Root   string // the filesystem driver's root ("" for inmemory)
+	Root   string // the filesystem driver's root ("" for the other drivers)
 	Driver string
-	args   []string
-	cmd    *exec.Cmd
-	log    *bytes.Buffer
-	done   chan error
+	// S3 is the server of an s3 mount, Bucket and Prefix where in it the
+	// registry is (nil and "" for the other drivers).
+	S3             *s3test.Server
+	Bucket, Prefix string
+	args           []string
+	env            []string
+	cmd            *exec.Cmd
+	log            *bytes.Buffer
+	done           chan error
 }
 
 // mountOpts tunes startMount.
 type mountOpts struct {
-	Root  string // reuse this storage root (filesystem driver)
-	Extra []string
+	Root string // reuse this storage root (filesystem driver)
+	// Bucket reuses this bucket of the shared server (s3 driver); empty:
+	// a new bucket, removed when the test ends. Prefix is the key prefix.
+	Bucket, Prefix string
+	Extra          []string
 }
 
 // startMount runs `regfs mount` on a new mountpoint and waits until the
@@ -89,6 +133,18 @@ func startMount(t *testing.T, driver string, o mountOpts) *mount {
 		}
 		args = append(args, "--root", m.Root)
 	}
+	if driver == "s3" {
+		m.S3 = sharedS3(t)
+		m.Bucket, m.Prefix = o.Bucket, o.Prefix
+		if m.Bucket == "" {
+			m.Bucket = m.S3.NewBucket(t)
+		}
+		args = append(args, "--s3-bucket", m.Bucket, "--s3-endpoint", m.S3.Endpoint, "--s3-region", m.S3.Region)
+		if m.Prefix != "" {
+			args = append(args, "--s3-prefix", m.Prefix)
+		}
+		m.env = m.S3.Env()
+	}
 	args = append(args, o.Extra...)
 	args = append(args, m.Dir)
 	m.args = args
@@ -102,6 +158,7 @@ func (m *mount) start() {
 	t.Helper()
 	m.log = &bytes.Buffer{}
 	m.cmd = exec.Command(regfsBin, m.args...)
+	m.cmd.Env = append(os.Environ(), m.env...)
 	m.cmd.Stdout = m.log
 	m.cmd.Stderr = m.log
 	if err := m.cmd.Start(); err != nil {
