@@ -327,7 +327,16 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 	} else if !isNotFound(err) {
 		return Descriptor{}, err
 	} else if up.size != 0 {
-		return Descriptor{}, fmt.Errorf("%w: data of upload %s vanished", ErrUploadUnknown, up.id)
+		// An earlier Commit may have moved the data and lost the answer
+		// (a backend timeout after the move): the blob it became, with the
+		// digest and size this upload hashed, lets the commit finish.
+		n, err := s.blobSize(ctx, actual)
+		if err != nil && !errors.Is(err, ErrBlobUnknown) {
+			return Descriptor{}, err
+		}
+		if err != nil || actual != up.expected || n != up.size {
+			return Descriptor{}, fmt.Errorf("%w: data of upload %s vanished", ErrUploadUnknown, up.id)
+		}
 	}
 	if actual != up.expected || stored != up.size {
 		return Descriptor{}, &ErrDigestMismatch{Expected: up.expected, Actual: actual, Size: stored}
