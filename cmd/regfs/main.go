@@ -1,6 +1,7 @@
 // Command regfs mounts a container registry's storage as a directory tree.
 //
 //	regfs mount [flags] MOUNTPOINT
+//	regfs fsck [flags]
 //	regfs version
 //
 // main only parses the command line into a Config and hands it to run; see
@@ -49,12 +50,20 @@ func regfs(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "fsck":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return fsckMain(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "regfs %s\n", version)
 		return 0
 	case "help", "-h", "-help", "--help":
 		if len(rest) > 0 && rest[0] == "mount" {
 			fmt.Fprint(stdout, mountUsage(newMountFlags(&Config{})))
+			return 0
+		}
+		if len(rest) > 0 && rest[0] == "fsck" {
+			fmt.Fprint(stdout, fsckUsage(newFsckFlags(&FsckConfig{})))
 			return 0
 		}
 		fmt.Fprint(stdout, usage)
@@ -69,8 +78,9 @@ const usage = `regfs mounts a container registry's storage as a directory tree.
 
 Usage:
   regfs mount [flags] MOUNTPOINT   mount the storage at MOUNTPOINT, in the foreground
+  regfs fsck [flags]               check the storage: re-hash blobs, check links and tags
   regfs version                    print the version
-  regfs help [mount]               show this help, or the mount command's
+  regfs help [mount|fsck]          show this help, or a command's
 
 The storage is docker/distribution's own layout (a registry's rootdirectory), so
 a registry and regfs can share it. Browse with ls, read with cat and cp, push
@@ -81,5 +91,5 @@ Example:
   regfs mount ./mnt                                   (storage in ~/.local/share/regfs)
   regfs mount --root /var/lib/docker-registry /mnt/registry
 
-Run 'regfs mount --help' for the mount flags.
+Run 'regfs mount --help' or 'regfs fsck --help' for their flags.
 `

@@ -1,0 +1,350 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/regfs/regfs/store"
+)
+
+// Exit statuses of regfs fsck. 1 and 2 mean what they mean for every regfs
+// command; 3 tells a script that the storage could not be checked at all
+// (or not to the end), which is not the same as "checked, and broken".
+const (
+	fsckExitOK         = 0
+	fsckExitProblems   = 1
+	fsckExitUsage      = 2
+	fsckExitIncomplete = 3
+)
+
+// FsckConfig is everything regfs fsck needs, from the command line.
+type FsckConfig struct {
+	Storage
+	JSON   bool
+	Repair bool
+	// StaleAfter marks uploads older than it as stale.
+	StaleAfter time.Duration
+	// Workers is how many blobs are hashed at once.
+	Workers int
+}
+
+// newFsckFlags defines the fsck flags on cfg.
+func newFsckFlags(cfg *FsckConfig) *flag.FlagSet {
+	fs := flag.NewFlagSet("regfs fsck", flag.ContinueOnError)
+	addStorageFlags(fs, &cfg.Storage, false)
+	fs.BoolVar(&cfg.JSON, "json", false, "print the report as JSON on stdout")
+	fs.BoolVar(&cfg.Repair, "repair", false, "remove dangling and malformed links and empty directories (nothing else)")
+	fs.DurationVar(&cfg.StaleAfter, "stale-after", store.DefaultStaleUploadAge, "mark uploads started longer ago than `AGE` as stale")
+	fs.IntVar(&cfg.Workers, "workers", store.DefaultFsckWorkers, "hash `N` blobs at once")
+	return fs
+}
+
+// fsckUsage is regfs fsck --help.
+func fsckUsage(fs *flag.FlagSet) string {
+	var b strings.Builder
+	b.WriteString(`Usage: regfs fsck [flags]
+
+Check a registry's storage: re-hash every blob (its sha256 must equal its
+name), check that every link (layer, revision, schema1 signature, tag current
+and tag index) is exactly "sha256:<64 hex>" and points at an existing blob,
+that every tag's current revision exists, and list the uploads in progress
+with their ages. Each problem is printed with its path.
+
+Nothing is changed unless --repair is given; then dangling links (whose blob
+is missing), malformed links and empty directories are removed, each removal
+printed. Corrupt blobs, missing revisions and uploads are never touched.
+Run --repair while no mount or registry writes to the storage.
+
+On a terminal, a progress line goes to stderr while blobs are hashed.
+
+Exit status: 0 no problems (stale uploads are listed, not counted),
+1 problems found (also when --repair removed them all: run again to
+confirm), 2 usage error, 3 the storage could not be checked to the end.
+
+Flags:
+`)
+	fs.VisitAll(func(f *flag.Flag) {
+		arg, text := flag.UnquoteUsage(f)
+		name := "--" + f.Name
+		if arg != "" {
+			name += " " + arg
+		}
+		text = strings.ReplaceAll(text, "\n", "\n"+strings.Repeat(" ", 24))
+		fmt.Fprintf(&b, "  %-20s  %s\n", name, text)
+	})
+	b.WriteString(`
+Examples:
+  regfs fsck --root /var/lib/docker-registry
+  regfs fsck --root /var/lib/docker-registry --json | jq '.problems[].path'
+  regfs fsck --driver s3 --s3-bucket registry --s3-endpoint http://127.0.0.1:7070 --repair
+`)
+	return b.String()
+}
+
+// parseFsck parses regfs fsck's arguments. --help prints the usage to
+// stdout and returns flag.ErrHelp.
+func parseFsck(args []string, stdout io.Writer) (FsckConfig, error) {
+	var cfg FsckConfig
+	fs := newFsckFlags(&cfg)
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, fsckUsage(fs))
+		}
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q: the storage is chosen with --root or --driver", fs.Arg(0))
+	}
+	if cfg.StaleAfter <= 0 {
+		return cfg, errors.New("--stale-after must be positive")
+	}
+	if cfg.Workers <= 0 {
+		return cfg, errors.New("--workers must be positive")
+	}
+	return cfg, checkStorage(&cfg.Storage, false)
+}
+
+// fsckMain runs regfs fsck and returns its exit status.
+func fsckMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFsck(args, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return fsckExitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "regfs fsck: %v\nRun 'regfs fsck --help' for usage.\n", err)
+		return fsckExitUsage
+	}
+	return runFsck(ctx, cfg, stdout, stderr, isTerminal(stderr))
+}
+
+// isTerminal tells whether w is a terminal, where a progress line helps;
+// in a pipe or a log file it would only be noise.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// runFsck checks the storage cfg names, prints the report and returns the
+// exit status. With progress, a progress line is kept on stderr.
+func runFsck(ctx context.Context, cfg FsckConfig, stdout, stderr io.Writer, progress bool) int {
+	if cfg.Driver == driverFilesystem {
+		// The filesystem driver creates a missing root; a check must not.
+		fi, err := os.Stat(cfg.Root)
+		if err != nil || !fi.IsDir() {
+			fmt.Fprintf(stderr, "regfs fsck: storage root %s is not a directory\n", cfg.Root)
+			return fsckExitIncomplete
+		}
+	}
+	d, err := openDriver(ctx, cfg.Storage)
+	if err != nil {
+		fmt.Fprintf(stderr, "regfs fsck: %v\n", err)
+		return fsckExitIncomplete
+	}
+	opts := store.FsckOptions{
+		Repair:         cfg.Repair,
+		StaleUploadAge: cfg.StaleAfter,
+		Workers:        cfg.Workers,
+		// Removals are printed in the report; the log would repeat them.
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	var pl *progressLine
+	if progress {
+		pl = &progressLine{w: stderr, every: 200 * time.Millisecond}
+		opts.Progress = pl.update
+	}
+	rep, ferr := store.Fsck(ctx, d, opts)
+	if pl != nil {
+		pl.clear()
+	}
+	code := fsckExitOK
+	switch {
+	case ferr != nil:
+		code = fsckExitIncomplete
+	case !rep.OK():
+		code = fsckExitProblems
+	}
+	loc := locator(cfg.Storage)
+	if cfg.JSON {
+		out := fsckJSON{Driver: cfg.Driver, Root: cfg.Root, Bucket: cfg.S3Bucket, Prefix: cfg.S3Prefix,
+			FsckReport: rep, ElapsedSeconds: rep.Elapsed.Seconds(), Complete: ferr == nil, ExitCode: code}
+		if ferr != nil {
+			out.Error = ferr.Error()
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(out); err != nil {
+			fmt.Fprintf(stderr, "regfs fsck: writing the report: %v\n", err)
+			return fsckExitIncomplete
+		}
+	} else {
+		printFsck(stdout, rep, loc)
+	}
+	if ferr != nil {
+		fmt.Fprintf(stderr, "regfs fsck: check not completed: %v\n", ferr)
+	}
+	return code
+}
+
+// fsckJSON is the --json report: the store's report with where it was
+// made and how it ended.
+type fsckJSON struct {
+	Driver string `json:"driver"`
+	Root   string `json:"root,omitempty"`
+	Bucket string `json:"bucket,omitempty"`
+	Prefix string `json:"prefix,omitempty"`
+	*store.FsckReport
+	ElapsedSeconds float64 `json:"elapsedSeconds"`
+	// Complete is false when the check stopped early (exit status 3).
+	Complete bool   `json:"complete"`
+	Error    string `json:"error,omitempty"`
+	ExitCode int    `json:"exitCode"`
+}
+
+// locator turns a storage path into what an operator can look at: a file
+// name for the filesystem driver, an s3:// URL for S3.
+func locator(st Storage) func(string) string {
+	switch st.Driver {
+	case driverFilesystem:
+		return func(p string) string { return filepath.Join(st.Root, filepath.FromSlash(p)) }
+	case driverS3:
+		prefix := strings.Trim(st.S3Prefix, "/")
+		if prefix != "" {
+			prefix = "/" + prefix
+		}
+		return func(p string) string { return "s3://" + st.S3Bucket + prefix + p }
+	}
+	return func(p string) string { return p }
+}
+
+// printFsck prints the report for a person: problems, uploads, removals,
+// then one summary line.
+func printFsck(w io.Writer, rep *store.FsckReport, loc func(string) string) {
+	for _, p := range rep.Problems {
+		mark := ""
+		if p.Repaired {
+			mark = " [removed]"
+		}
+		fmt.Fprintf(w, "%s %s: %s%s\n", p.Kind, loc(p.Path), p.Detail, mark)
+	}
+	for _, up := range rep.Uploads {
+		age := "unknown age"
+		if !up.StartedAt.IsZero() {
+			age = fmt.Sprintf("started %s, %s ago", up.StartedAt.Format(time.RFC3339), up.Age.Round(time.Second))
+		}
+		expected := "no expected digest"
+		if up.Expected != "" {
+			expected = "for " + up.Expected.String()
+		}
+		stale := ""
+		if up.Stale {
+			stale = " [stale]"
+		}
+		fmt.Fprintf(w, "upload %s: %s, %s, %s%s\n", loc(up.Path), humanBytes(up.Size), expected, age, stale)
+	}
+	for _, r := range rep.Removed {
+		if r.Reason == "empty directory" { // links were marked [removed] above
+			fmt.Fprintf(w, "removed %s: %s\n", loc(r.Path), r.Reason)
+		}
+	}
+	fmt.Fprintf(w, "%d blobs (%s) re-hashed, %d repositories, %d links, %d tags, %d uploads (%d stale) in %s: %s\n",
+		rep.Blobs, humanBytes(rep.BlobBytes), rep.Repositories, rep.Links, rep.Tags,
+		len(rep.Uploads), countStale(rep.Uploads), rep.Elapsed.Round(time.Millisecond), problemSummary(rep))
+}
+
+func countStale(ups []store.FsckUpload) int {
+	n := 0
+	for _, up := range ups {
+		if up.Stale {
+			n++
+		}
+	}
+	return n
+}
+
+func problemSummary(rep *store.FsckReport) string {
+	if rep.OK() {
+		return "no problems"
+	}
+	s := fmt.Sprintf("%d problems", len(rep.Problems))
+	if len(rep.Problems) == 1 {
+		s = "1 problem"
+	}
+	if rep.Repair {
+		s += fmt.Sprintf(", %d repaired", len(rep.Problems)-rep.Unrepaired())
+	} else if repairable(rep) > 0 {
+		s += fmt.Sprintf(" (%d removable with --repair)", repairable(rep))
+	}
+	return s
+}
+
+func repairable(rep *store.FsckReport) int {
+	n := 0
+	for _, p := range rep.Problems {
+		if p.Kind.Repairable() {
+			n++
+		}
+	}
+	return n
+}
+
+// humanBytes prints n in the largest binary unit that keeps it >= 1.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+// progressLine keeps one self-overwriting status line on a terminal. The
+// store serialises calls to update.
+type progressLine struct {
+	w     io.Writer
+	every time.Duration
+	last  time.Time
+	shown bool
+}
+
+func (p *progressLine) update(pr store.FsckProgress) {
+	done := pr.BlobsDone == pr.BlobsTotal
+	if !done && time.Since(p.last) < p.every {
+		return
+	}
+	p.last = time.Now()
+	pct := 100
+	if pr.BytesTotal > 0 {
+		pct = int(pr.BytesDone * 100 / pr.BytesTotal)
+	}
+	tail := ""
+	if done {
+		tail = ", checking links"
+	}
+	fmt.Fprintf(p.w, "\rregfs fsck: blobs %d/%d, %s/%s (%d%%)%s\x1b[K",
+		pr.BlobsDone, pr.BlobsTotal, humanBytes(pr.BytesDone), humanBytes(pr.BytesTotal), pct, tail)
+	p.shown = true
+}
+
+// clear erases the line, so the report starts on a clean line.
+func (p *progressLine) clear() {
+	if p.shown {
+		fmt.Fprint(p.w, "\r\x1b[K")
+	}
+}

@@ -1,0 +1,357 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/driver/filesystem"
+	"github.com/regfs/regfs/store"
+)
+
+// fsckRoot is a filesystem storage root holding repository "app" with a
+// config, a layer, a tagged manifest and an upload in progress.
+type fsckRoot struct {
+	root             string
+	config, layer    digest.Digest
+	manifest, upload string
+}
+
+func newFsckRoot(t *testing.T) fsckRoot {
+	t.Helper()
+	ctx := context.Background()
+	fr := fsckRoot{root: t.TempDir()}
+	d, err := filesystem.New(fr.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.New(d, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := st.Repository("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	push := func(b []byte) digest.Digest {
+		up, err := repo.Uploads().Create(ctx, digest.FromBytes(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := up.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		desc, err := up.Commit(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return desc.Digest
+	}
+	fr.config = push([]byte(`{"architecture":"amd64","os":"linux"}`))
+	fr.layer = push(bytes.Repeat([]byte("layer "), 1000))
+	mf := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` + fr.config.String() + `","size":37},` +
+		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"` + fr.layer.String() + `","size":6000}]}`
+	dgst, err := repo.Manifests().Put(ctx, []byte(mf), "v1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fr.manifest = dgst.String()
+	up, err := repo.Uploads().Create(ctx, digest.FromString("later"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fr.upload = up.ID()
+	return fr
+}
+
+// file returns the file name of a path below docker/registry/v2.
+func (fr fsckRoot) file(rel string) string {
+	return filepath.Join(fr.root, "docker/registry/v2", rel)
+}
+
+func (fr fsckRoot) blobFile(d digest.Digest) string {
+	return fr.file("blobs/sha256/" + d.Encoded()[:2] + "/" + d.Encoded() + "/data")
+}
+
+// tree returns every file below root with its content, and every
+// directory.
+func tree(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if fi.IsDir() {
+			out[p] = "<dir>"
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		out[p] = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func fsckCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = regfs(append([]string{"fsck"}, args...), &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestFsckCommandClean(t *testing.T) {
+	fr := newFsckRoot(t)
+	before := tree(t, fr.root)
+	code, out, errOut := fsckCmd(t, "--root", fr.root)
+	if code != 0 {
+		t.Fatalf("exit %d on a clean root\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if !strings.Contains(out, "3 blobs") || !strings.Contains(out, "no problems") {
+		t.Errorf("summary:\n%s", out)
+	}
+	// The upload is listed with its file name and expected digest.
+	upDir := fr.file("repositories/app/_uploads/" + fr.upload)
+	if !strings.Contains(out, "upload "+upDir+": 0 B, for "+digest.FromString("later").String()) {
+		t.Errorf("upload not listed:\n%s", out)
+	}
+	if errOut != "" {
+		t.Errorf("stderr is not a terminal, yet: %q", errOut)
+	}
+	if diff := treeDiff(before, tree(t, fr.root)); diff != "" {
+		t.Errorf("fsck changed the root:\n%s", diff)
+	}
+}
+
+func treeDiff(a, b map[string]string) string {
+	var out strings.Builder
+	for p, c := range a {
+		if bc, ok := b[p]; !ok || bc != c {
+			out.WriteString("changed or removed " + p + "\n")
+		}
+	}
+	for p := range b {
+		if _, ok := a[p]; !ok {
+			out.WriteString("added " + p + "\n")
+		}
+	}
+	return out.String()
+}
+
+func TestFsckCommandProblems(t *testing.T) {
+	fr := newFsckRoot(t)
+	corrupt := fr.blobFile(fr.layer)
+	if err := os.WriteFile(corrupt, []byte("flipped"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	missing := digest.FromString("missing")
+	dangling := fr.file("repositories/app/_layers/sha256/" + missing.Encoded() + "/link")
+	if err := os.MkdirAll(filepath.Dir(dangling), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dangling, []byte(missing.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := tree(t, fr.root)
+
+	code, out, _ := fsckCmd(t, "--root", fr.root)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, out)
+	}
+	for _, want := range []string{"corrupt-blob " + corrupt + ":", "dangling-link " + dangling + ":", "2 problems (1 removable with --repair)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if diff := treeDiff(before, tree(t, fr.root)); diff != "" {
+		t.Errorf("fsck without --repair changed the root:\n%s", diff)
+	}
+
+	// --json: the same findings, machine-readable, with storage paths.
+	code, out, _ = fsckCmd(t, "--root", fr.root, "--json")
+	if code != 1 {
+		t.Fatalf("--json exit %d, want 1", code)
+	}
+	var rep struct {
+		Driver   string `json:"driver"`
+		Root     string `json:"root"`
+		Blobs    int    `json:"blobs"`
+		Complete bool   `json:"complete"`
+		ExitCode int    `json:"exitCode"`
+		Problems []struct {
+			Kind, Path, Digest string
+			Repaired           bool
+		} `json:"problems"`
+		Uploads []struct {
+			ID         string `json:"id"`
+			AgeSeconds int64  `json:"ageSeconds"`
+			StartedAt  string `json:"startedAt"`
+		} `json:"uploads"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("--json output does not parse: %v\n%s", err, out)
+	}
+	if rep.Driver != "filesystem" || rep.Root != fr.root || rep.Blobs != 3 || !rep.Complete || rep.ExitCode != 1 {
+		t.Errorf("report header %+v", rep)
+	}
+	if len(rep.Problems) != 2 || rep.Problems[0].Kind != "corrupt-blob" || filepath.Join(fr.root, rep.Problems[0].Path) != corrupt ||
+		rep.Problems[1].Kind != "dangling-link" || filepath.Join(fr.root, rep.Problems[1].Path) != dangling || rep.Problems[1].Digest != missing.String() {
+		t.Errorf("problems %+v", rep.Problems)
+	}
+	if len(rep.Uploads) != 1 || rep.Uploads[0].ID != fr.upload || rep.Uploads[0].StartedAt == "" || rep.Uploads[0].AgeSeconds < 0 {
+		t.Errorf("uploads %+v", rep.Uploads)
+	}
+
+	// --repair removes the dangling link and its directory, and only them.
+	code, out, _ = fsckCmd(t, "--root", fr.root, "--repair")
+	if code != 1 {
+		t.Fatalf("--repair exit %d, want 1 (problems were found)\n%s", code, out)
+	}
+	if !strings.Contains(out, "dangling-link "+dangling+": ") || !strings.Contains(out, "[removed]") ||
+		!strings.Contains(out, "removed "+filepath.Dir(dangling)+": empty directory") || !strings.Contains(out, "2 problems, 1 repaired") {
+		t.Errorf("--repair output:\n%s", out)
+	}
+	after := tree(t, fr.root)
+	delete(before, dangling)
+	delete(before, filepath.Dir(dangling))
+	if diff := treeDiff(before, after); diff != "" {
+		t.Errorf("--repair changed more than the dangling link:\n%s", diff)
+	}
+	code, out, _ = fsckCmd(t, "--root", fr.root)
+	if code != 1 || strings.Contains(out, "dangling") || !strings.Contains(out, "1 problem") {
+		t.Errorf("after repair: exit %d\n%s", code, out)
+	}
+	// Once the blob is whole again, the root is clean.
+	if err := os.WriteFile(corrupt, bytes.Repeat([]byte("layer "), 1000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _ := fsckCmd(t, "--root", fr.root); code != 0 {
+		t.Errorf("restored root: exit %d\n%s", code, out)
+	}
+}
+
+func TestFsckCommandStaleUpload(t *testing.T) {
+	fr := newFsckRoot(t)
+	started := fr.file("repositories/app/_uploads/" + fr.upload + "/startedat")
+	old := time.Now().Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339)
+	if err := os.WriteFile(started, []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := fsckCmd(t, "--root", fr.root)
+	if code != 0 || !strings.Contains(out, "[stale]") || !strings.Contains(out, "1 uploads (1 stale)") {
+		t.Errorf("exit %d\n%s", code, out)
+	}
+	code, out, _ = fsckCmd(t, "--root", fr.root, "--stale-after", "1000h")
+	if code != 0 || strings.Contains(out, "[stale]") {
+		t.Errorf("--stale-after 1000h: exit %d\n%s", code, out)
+	}
+}
+
+func TestFsckCommandUsageAndStorageErrors(t *testing.T) {
+	missingRoot := filepath.Join(t.TempDir(), "nothing-here")
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--root", t.TempDir(), "extra"}, 2, "unexpected argument"},
+		{[]string{"--driver", "inmemory"}, 2, "inmemory driver holds nothing to check"},
+		{[]string{"--bogus"}, 2, "flag provided but not defined"},
+		{[]string{"--root", t.TempDir(), "--stale-after", "0s"}, 2, "--stale-after"},
+		{[]string{"--root", t.TempDir(), "--workers", "0"}, 2, "--workers"},
+		{[]string{"--driver", "s3"}, 2, "--s3-bucket"},
+		{[]string{"--root", missingRoot}, 3, "is not a directory"},
+	} {
+		code, _, errOut := fsckCmd(t, c.args...)
+		if code != c.code || !strings.Contains(errOut, c.want) {
+			t.Errorf("fsck %q: exit %d, stderr %q; want %d and %q", c.args, code, errOut, c.code, c.want)
+		}
+	}
+	if _, err := os.Stat(missingRoot); !os.IsNotExist(err) {
+		t.Errorf("fsck created the missing root: %v", err)
+	}
+	// An empty root is a clean, empty registry.
+	if code, out, _ := fsckCmd(t, "--root", t.TempDir()); code != 0 || !strings.Contains(out, "0 blobs") {
+		t.Errorf("empty root: exit %d\n%s", code, out)
+	}
+	var out bytes.Buffer
+	if code := regfs([]string{"fsck", "--help"}, &out, io.Discard); code != 0 || !strings.Contains(out.String(), "Exit status") {
+		t.Errorf("--help: exit %d\n%s", code, out.String())
+	}
+	out.Reset()
+	if code := regfs([]string{"help", "fsck"}, &out, io.Discard); code != 0 || !strings.Contains(out.String(), "--repair") {
+		t.Errorf("help fsck: exit %d\n%s", code, out.String())
+	}
+}
+
+// TestFsckCommandIncomplete checks exit status 3 when the check cannot
+// finish: here the context is cancelled before it starts.
+func TestFsckCommandIncomplete(t *testing.T) {
+	fr := newFsckRoot(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errOut bytes.Buffer
+	cfg := FsckConfig{Storage: Storage{Driver: driverFilesystem, Root: fr.root}, JSON: true, StaleAfter: time.Hour, Workers: 1}
+	if code := runFsck(ctx, cfg, &out, &errOut, false); code != 3 {
+		t.Fatalf("exit %d, want 3; stderr %s", code, errOut.String())
+	}
+	var rep struct {
+		Complete bool   `json:"complete"`
+		Error    string `json:"error"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil || rep.Complete || rep.Error == "" {
+		t.Errorf("report %s (%v)", out.String(), err)
+	}
+	if !strings.Contains(errOut.String(), "check not completed") {
+		t.Errorf("stderr %q", errOut.String())
+	}
+}
+
+func TestFsckProgressLine(t *testing.T) {
+	fr := newFsckRoot(t)
+	var out, errOut bytes.Buffer
+	cfg := FsckConfig{Storage: Storage{Driver: driverFilesystem, Root: fr.root}, StaleAfter: time.Hour, Workers: 1}
+	if code := runFsck(context.Background(), cfg, &out, &errOut, true); code != 0 {
+		t.Fatalf("exit %d\n%s", code, out.String())
+	}
+	e := errOut.String()
+	if !strings.Contains(e, "\rregfs fsck: blobs 3/3, ") || !strings.Contains(e, "(100%), checking links") || !strings.HasSuffix(e, "\r\x1b[K") {
+		t.Errorf("progress on stderr: %q", e)
+	}
+	if strings.Contains(out.String(), "\r") {
+		t.Errorf("progress leaked into the report: %q", out.String())
+	}
+	// Throttled: updates within the interval are dropped, the last one is not.
+	var b bytes.Buffer
+	pl := &progressLine{w: &b, every: time.Hour}
+	pl.update(store.FsckProgress{BlobsDone: 0, BlobsTotal: 2, BytesTotal: 2048})
+	pl.update(store.FsckProgress{BlobsDone: 1, BlobsTotal: 2, BytesDone: 1024, BytesTotal: 2048})
+	pl.update(store.FsckProgress{BlobsDone: 2, BlobsTotal: 2, BytesDone: 2048, BytesTotal: 2048})
+	if got := b.String(); strings.Count(got, "\r") != 2 || strings.Contains(got, "1/2") || !strings.Contains(got, "blobs 2/2, 2.0 KiB/2.0 KiB (100%)") {
+		t.Errorf("throttled progress: %q", got)
+	}
+}
+
+func TestHumanBytes(t *testing.T) {
+	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 5 << 20: "5.0 MiB", 3 << 30: "3.0 GiB"} {
+		if got := humanBytes(n); got != want {
+			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
