@@ -79,6 +79,10 @@ type Rule struct {
 	// short reads.
 	Short       float64
 	ShortWithin int64
+	// Skip passes the next Skip calls through untouched before the rule
+	// starts injecting (counted from SetRule), so a test can let the
+	// first steps of an operation succeed and fail a later one.
+	Skip int
 }
 
 // Kind is a kind of injected fault, for Counts.
@@ -210,11 +214,18 @@ func (d *Driver) draw(method string) fault {
 	defer d.mu.Unlock()
 	d.calls[method]++
 	f := fault{cut: -1}
-	r, ok := d.rules[method]
+	key := method
+	r, ok := d.rules[key]
 	if !ok {
-		r, ok = d.rules[Any]
+		key = Any
+		r, ok = d.rules[key]
 	}
 	if !ok {
+		return f
+	}
+	if r.Skip > 0 {
+		r.Skip--
+		d.rules[key] = r
 		return f
 	}
 	switch x := d.rng.Float64(); {

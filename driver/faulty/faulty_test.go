@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -165,5 +166,17 @@ func TestSeedReproduces(t *testing.T) {
 		if a[i] != b[i] {
 			t.Fatalf("call %d differs between runs with the same seed", i)
 		}
+	}
+}
+
+func TestSkip(t *testing.T) {
+	d := New(inmemory.New(), 8, map[string]Rule{Stat: {Error: 1, Skip: 2}})
+	var got []bool
+	for i := 0; i < 4; i++ {
+		_, err := d.Stat(context.Background(), "/x")
+		got = append(got, errors.Is(err, ErrInjected))
+	}
+	if want := []bool{false, false, true, true}; !slices.Equal(got, want) {
+		t.Errorf("injected = %v, want %v", got, want)
 	}
 }
