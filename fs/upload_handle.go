@@ -79,6 +79,16 @@ func (h *uploadHandle) Write(ctx context.Context, req *fuse.WriteRequest, resp *
 	if n > 0 {
 		h.wrote = true
 	}
+	if err != nil && n > 0 {
+		// Part of the data reached storage before the failure: answer a
+		// short write, which the kernel passes on as write(2) does, so the
+		// caller's next write starts at the upload's real end (and gets
+		// the error if the failure lasts). Failing the whole request would
+		// hide the n bytes taken and put every later write at the wrong
+		// offset (EINVAL).
+		h.f.log.Warn("short write to upload", "path", p, "written", n, "of", len(req.Data), "error", err)
+		err = nil
+	}
 	h.f.stats.writes.Add(1)
 	h.f.stats.bytesWritten.Add(int64(n))
 	return h.f.errno("write", p, err)
