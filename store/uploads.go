@@ -349,9 +349,19 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 	}
 	if !blobExisted {
 		err := s.driver.Move(ctx, up.dataPath(), blobPath)
-		if isNotFound(err) && up.size == 0 {
+		switch {
+		case isNotFound(err) && up.size == 0:
 			// The registry creates data lazily: an empty upload may have none.
 			err = s.driver.PutContent(ctx, blobPath, nil)
+		case isNotFound(err):
+			// Another store holding this upload open (a second mount of
+			// the same storage that resumed it) moved the data since the
+			// check above. The blob it became has the digest verified
+			// here; its size tells it is that blob.
+			if n, berr := s.blobSize(ctx, actual); berr == nil && n == up.size {
+				err = nil
+				blobExisted = true
+			}
 		}
 		if err != nil {
 			return Descriptor{}, err

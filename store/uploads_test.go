@@ -404,3 +404,93 @@ func TestUploadResumeBadHashState(t *testing.T) {
 		t.Fatalf("Commit = %+v, %v", desc, err)
 	}
 }
+
+// TestUploadCommittedByAnotherStore: two stores over one storage (two
+// mounts of one bucket) hold the same upload open, one having resumed what
+// the other started, and both commit it. Whichever moves the data into the
+// blob store first, the other finds the data gone but the blob there with
+// the digest and size it hashed, so it links the blob and succeeds: before
+// its commit starts, or between its check for the blob and its move. Data
+// that vanished without a blob (the other cancelled) still fails.
+func TestUploadCommittedByAnotherStore(t *testing.T) {
+	for _, dc := range drivers {
+		t.Run(dc.name+"/after", func(t *testing.T) { testCommittedByAnother(t, dc.new(t, ""), false) })
+		t.Run(dc.name+"/during", func(t *testing.T) { testCommittedByAnother(t, dc.new(t, ""), true) })
+	}
+}
+
+// moveHook runs before before every Move.
+type moveHook struct {
+	driver.StorageDriver
+	before func()
+}
+
+func (m *moveHook) Move(ctx context.Context, src, dst string) error {
+	m.before()
+	return m.StorageDriver.Move(ctx, src, dst)
+}
+
+func testCommittedByAnother(t *testing.T, d driver.StorageDriver, during bool) {
+	ctx := context.Background()
+	content := randomBytes(9, 50_000)
+	dgst := digest.FromBytes(content)
+	var up1 Upload
+	commit1 := func() {
+		if _, err := up1.Commit(ctx); err != nil {
+			t.Errorf("first commit: %v", err)
+		}
+	}
+	hook := &moveHook{StorageDriver: d, before: func() {}}
+	s1, s2 := newStore(t, d), newStore(t, hook)
+	start := func(content []byte) Upload {
+		var err error
+		up1, err = repo(t, s1, "r").Uploads().Create(ctx, digest.FromBytes(content))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := up1.Write(content); err != nil {
+			t.Fatal(err)
+		}
+		if err := up1.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		up2, err := repo(t, s2, "r").Uploads().Resume(ctx, up1.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return up2
+	}
+
+	up2 := start(content)
+	if during {
+		hook.before = func() { hook.before = func() {}; commit1() }
+	} else {
+		commit1()
+	}
+	desc, err := up2.Commit(ctx)
+	if err != nil || desc.Digest != dgst || desc.Size != int64(len(content)) {
+		t.Fatalf("second commit = %+v, %v; want %s", desc, err, dgst)
+	}
+	if got, ok := blobData(t, s2, dgst); !ok || !bytes.Equal(got, content) {
+		t.Error("blob missing or wrong after both commits")
+	}
+	if _, err := repo(t, s2, "r").Layers().Stat(ctx, dgst); err != nil {
+		t.Errorf("layer not linked after both commits: %v", err)
+	}
+	if ups, err := repo(t, s2, "r").Uploads().List(ctx); err != nil || len(ups) != 0 {
+		t.Errorf("uploads left: %+v, %v", ups, err)
+	}
+
+	// Cancelled through the first store: no blob, so no success.
+	other := randomBytes(10, 1000)
+	up2 = start(other)
+	if err := up1.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up2.Commit(ctx); !errors.Is(err, ErrUploadUnknown) {
+		t.Errorf("commit of an upload cancelled elsewhere = %v, want ErrUploadUnknown", err)
+	}
+	if _, ok := blobData(t, s2, digest.FromBytes(other)); ok {
+		t.Error("a cancelled upload's blob was stored")
+	}
+}
