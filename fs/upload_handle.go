@@ -119,18 +119,29 @@ func (h *uploadHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) er
 	return nil
 }
 
-// commit commits the upload if this handle wrote to it since the last
-// attempt (or created the empty blob's upload).
+// commit commits the upload. After a handle that wrote to it since the
+// last attempt (or created the empty blob's upload), a mismatch is a
+// rejection. After one that wrote nothing, a mismatch is no error: the
+// writer has not started yet (a shell's redirection) or has more to write;
+// but an upload whose bytes are all there is committed, because a crash
+// between the last write and the commit leaves no rest to append.
 func (h *uploadHandle) commit(ctx context.Context) error {
 	h.st.mu.Lock()
 	defer h.st.mu.Unlock()
-	if h.st.done || !(h.wrote || h.created && h.st.up.Expected() == emptyDigest) {
+	if h.st.done {
 		return nil
+	}
+	quiet := !(h.wrote || h.created && h.st.up.Expected() == emptyDigest)
+	if quiet && h.st.up.Size() == 0 && h.st.up.Expected() != emptyDigest {
+		return nil // nothing to commit yet, and nothing to flush
 	}
 	h.wrote, h.created = false, false
 	desc, err := h.st.up.Commit(ctx)
 	if err != nil {
 		var mismatch *store.ErrDigestMismatch
+		if errors.As(err, &mismatch) && quiet {
+			return nil
+		}
 		if errors.As(err, &mismatch) {
 			h.f.stats.uploadsRejected.Add(1)
 			h.f.reject(h.node.path(), err)
