@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -330,16 +331,34 @@ func (f *FS) reject(p string, err error) {
 	f.log.Warn("write rejected", "path", p, "reasons", reasons)
 }
 
+// Bounds of one rejection's reasons. A manifest can carry tens of
+// thousands of problems (every layer missing) or a reason can quote
+// megabytes of input (a schema1 name); .regfs/errors keeps errorLogSize
+// entries and the log writes each on one line, so both must stay small.
+const (
+	maxReasons     = 50
+	maxReasonBytes = 1024
+)
+
 // reasonsOf lists the problems in err: each of a manifest verification's,
-// or err itself.
+// or err itself; at most maxReasons of them, each cut at maxReasonBytes,
+// and a last line saying how many more there were.
 func reasonsOf(err error) []string {
+	errs := []error{err}
 	var v *store.ErrManifestVerification
 	if errors.As(err, &v) && len(v.Errs) > 0 {
-		out := make([]string, len(v.Errs))
-		for i, e := range v.Errs {
-			out[i] = e.Error()
-		}
-		return out
+		errs = v.Errs
 	}
-	return []string{err.Error()}
+	out := make([]string, 0, min(len(errs), maxReasons+1))
+	for _, e := range errs[:min(len(errs), maxReasons)] {
+		r := e.Error()
+		if len(r) > maxReasonBytes {
+			r = strings.ToValidUTF8(r[:maxReasonBytes], "") + fmt.Sprintf("... (%d bytes)", len(r))
+		}
+		out = append(out, r)
+	}
+	if n := len(errs) - maxReasons; n > 0 {
+		out = append(out, fmt.Sprintf("... and %d more problems", n))
+	}
+	return out
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -194,5 +195,22 @@ func TestNodesDirectly(t *testing.T) {
 	var da fuse.Attr
 	if err := (nsDir{f: f, path: "a", ino: pathInode("a")}).Attr(ctx, &da); err != nil || da.Mode != os.ModeDir|0o755 || da.Inode != pathInode("a") {
 		t.Errorf("dir attr: %v %v", da, err)
+	}
+}
+
+// A manifest with thousands of problems, or a reason quoting megabytes of
+// input, must not blow up .regfs/errors or the log line.
+func TestReasonsAreBounded(t *testing.T) {
+	var errs []error
+	for i := 0; i < 10000; i++ {
+		errs = append(errs, &store.ErrManifestBlobUnknown{Digest: digest.FromString(strconv.Itoa(i))})
+	}
+	errs = append([]error{&store.ErrManifestInvalid{Reason: strings.Repeat("n", 3<<20)}}, errs...)
+	got := reasonsOf(&store.ErrManifestVerification{Errs: errs})
+	if len(got) != maxReasons+1 || got[maxReasons] != "... and 9951 more problems" {
+		t.Fatalf("%d reasons, last %q", len(got), got[len(got)-1])
+	}
+	if len(got[0]) > maxReasonBytes+32 || !strings.Contains(got[1], digest.FromString("0").String()) {
+		t.Errorf("first reasons: %d bytes, then %q", len(got[0]), got[1])
 	}
 }
