@@ -131,14 +131,35 @@ func (d *impl) openObject(path string) (*os.File, error) {
 // PutContent writes a temporary file beside the target, fsyncs it and renames
 // it over the target.
 func (d *impl) PutContent(_ context.Context, path string, content []byte) error {
+	var err error
+	for range raceRetries {
+		if err = d.putContent(path, content); !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		// A concurrent Delete removed the directory between MkdirAll
+		// and the rename: make it again.
+	}
+	if err != nil {
+		return &driver.Error{Driver: Name, Op: "PutContent", Path: path, Err: err}
+	}
+	return nil
+}
+
+// raceRetries bounds the retries of a write that a concurrent Delete of
+// its directory (or a Delete that a concurrent write refilled) made fail.
+// Each retry is a few syscalls; losing this many races in a row means
+// something else is wrong.
+const raceRetries = 10
+
+func (d *impl) putContent(path string, content []byte) error {
 	full := d.full(path)
 	dir := filepath.Dir(full)
 	if err := os.MkdirAll(dir, dirPerm); err != nil {
-		return &driver.Error{Driver: Name, Op: "PutContent", Path: path, Err: err}
+		return err
 	}
 	f, err := os.CreateTemp(dir, tempPrefix+filepath.Base(full)+".*")
 	if err != nil {
-		return &driver.Error{Driver: Name, Op: "PutContent", Path: path, Err: err}
+		return err
 	}
 	tmp := f.Name()
 	err = f.Chmod(filePerm)
@@ -156,9 +177,8 @@ func (d *impl) PutContent(_ context.Context, path string, content []byte) error 
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return &driver.Error{Driver: Name, Op: "PutContent", Path: path, Err: err}
 	}
-	return nil
+	return err
 }
 
 func (d *impl) Reader(_ context.Context, path string, offset int64) (io.ReadCloser, error) {
@@ -205,11 +225,19 @@ func (d *impl) Writer(_ context.Context, path string, append bool) (driver.FileW
 		}
 		size = fi.Size()
 	} else {
-		if err := os.MkdirAll(filepath.Dir(full), dirPerm); err != nil {
-			return nil, &driver.Error{Driver: Name, Op: "Writer", Path: path, Err: err}
-		}
 		var err error
-		if f, err = os.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, filePerm); err != nil {
+		for range raceRetries {
+			// A concurrent Delete may remove the directory (or a parent
+			// being made) again: both fail with ErrNotExist.
+			err = os.MkdirAll(filepath.Dir(full), dirPerm)
+			if err == nil {
+				f, err = os.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, filePerm)
+			}
+			if !errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+		}
+		if err != nil {
 			return nil, &driver.Error{Driver: Name, Op: "Writer", Path: path, Err: err}
 		}
 	}
@@ -277,10 +305,22 @@ func (d *impl) Move(_ context.Context, src, dst string) error {
 	if _, err := os.Lstat(fsrc); err != nil {
 		return d.fail("Move", src, err)
 	}
-	if err := os.MkdirAll(filepath.Dir(fdst), dirPerm); err != nil {
-		return &driver.Error{Driver: Name, Op: "Move", Path: dst, Err: err}
+	var err error
+	for range raceRetries {
+		err = os.MkdirAll(filepath.Dir(fdst), dirPerm)
+		if err == nil {
+			err = os.Rename(fsrc, fdst)
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		// The source is gone (a concurrent Move or Delete), or a
+		// concurrent Delete removed dst's directory: tell them apart.
+		if _, serr := os.Lstat(fsrc); serr != nil {
+			return d.fail("Move", src, serr)
+		}
 	}
-	if err := os.Rename(fsrc, fdst); err != nil {
+	if err != nil {
 		return &driver.Error{Driver: Name, Op: "Move", Path: src + " -> " + dst, Err: err}
 	}
 	return nil
@@ -305,7 +345,15 @@ func (d *impl) Delete(_ context.Context, path string) error {
 	if _, err := os.Lstat(full); err != nil {
 		return d.fail("Delete", path, err)
 	}
-	if err := os.RemoveAll(full); err != nil {
+	var err error
+	for range raceRetries {
+		// ENOTEMPTY (which matches fs.ErrExist): a concurrent write added
+		// a file to a directory RemoveAll had emptied; remove it too.
+		if err = os.RemoveAll(full); !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
+	if err != nil {
 		return &driver.Error{Driver: Name, Op: "Delete", Path: path, Err: err}
 	}
 	return nil

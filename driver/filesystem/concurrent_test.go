@@ -1,0 +1,69 @@
+package filesystem
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/regfs/regfs/driver"
+)
+
+// Writes into a directory that is being deleted at the same time (a tag
+// pushed while it is untagged) must either land or lose to the delete, and
+// a delete must not fail because a write refilled the directory: neither
+// may fail with a raw rename or unlink error.
+func TestWritesRaceDeleteOfTheirDirectory(t *testing.T) {
+	d, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	const rounds = 400
+	wg.Go(func() {
+		for i := 0; i < rounds; i++ {
+			if err := d.PutContent(ctx, "/tags/t/index/sha256/x/link", []byte("x")); err != nil {
+				errc <- err
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		for i := 0; i < rounds/4; i++ {
+			if err := d.PutContent(ctx, "/tags/t/src", []byte("y")); err != nil {
+				errc <- err
+				return
+			}
+			if err := d.Move(ctx, "/tags/t/src", "/tags/t/current/link"); err != nil && !driver.IsNotFound(err) {
+				errc <- err
+				return
+			}
+			w, err := d.Writer(ctx, "/tags/t/w/data", false)
+			if err != nil {
+				errc <- err
+				return
+			}
+			w.Close()
+		}
+	})
+	wg.Go(func() {
+		for i := 0; i < rounds/4; i++ {
+			// A pause between deletes, as between two untags: a write
+			// retries a bounded number of times and must get through.
+			time.Sleep(5 * time.Millisecond)
+			if err := d.Delete(ctx, "/tags/t"); err != nil && !driver.IsNotFound(err) {
+				errc <- err
+				return
+			}
+		}
+	})
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		var de *driver.Error
+		t.Errorf("racing a delete: %v (driver error: %v)", err, errors.As(err, &de))
+	}
+}
