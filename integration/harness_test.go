@@ -73,7 +73,7 @@ var s3Shared struct {
 
 // sharedS3 returns the shared server, starting it on first use. A missing
 // versitygw fails t under CI and skips it elsewhere.
-func sharedS3(t *testing.T) *s3test.Server {
+func sharedS3(t testing.TB) *s3test.Server {
 	t.Helper()
 	s3Shared.once.Do(func() { s3Shared.srv, s3Shared.err = s3test.Launch() })
 	if errors.Is(s3Shared.err, s3test.ErrNotInstalled) {
@@ -96,7 +96,7 @@ func stopS3() {
 
 // mount is one running regfs daemon.
 type mount struct {
-	t      *testing.T
+	t      testing.TB
 	Dir    string // the mountpoint
 	Root   string // the filesystem driver's root ("" for the other drivers)
 	Driver string
@@ -104,6 +104,7 @@ type mount struct {
 	// registry is (nil and "" for the other drivers).
 	S3             *s3test.Server
 	Bucket, Prefix string
+	bin            string
 	args           []string
 	env            []string
 	cmd            *exec.Cmd
@@ -114,6 +115,9 @@ type mount struct {
 // mountOpts tunes startMount.
 type mountOpts struct {
 	Root string // reuse this storage root (filesystem driver)
+	// Bin is the regfs binary to run; empty: the race-enabled one TestMain
+	// built.
+	Bin string
 	// Bucket reuses this bucket of the shared server (s3 driver); empty:
 	// a new bucket, removed when the test ends. Prefix is the key prefix.
 	Bucket, Prefix string
@@ -122,9 +126,12 @@ type mountOpts struct {
 
 // startMount runs `regfs mount` on a new mountpoint and waits until the
 // kernel has it. Cleanup stops the daemon and unmounts.
-func startMount(t *testing.T, driver string, o mountOpts) *mount {
+func startMount(t testing.TB, driver string, o mountOpts) *mount {
 	t.Helper()
-	m := &mount{t: t, Driver: driver, Dir: t.TempDir()}
+	m := &mount{t: t, Driver: driver, Dir: t.TempDir(), bin: o.Bin}
+	if m.bin == "" {
+		m.bin = regfsBin
+	}
 	args := []string{"mount", "--driver", driver}
 	if driver == "filesystem" {
 		m.Root = o.Root
@@ -157,7 +164,7 @@ func (m *mount) start() {
 	t := m.t
 	t.Helper()
 	m.log = &bytes.Buffer{}
-	m.cmd = exec.Command(regfsBin, m.args...)
+	m.cmd = exec.Command(m.bin, m.args...)
 	m.cmd.Env = append(os.Environ(), m.env...)
 	m.cmd.Stdout = m.log
 	m.cmd.Stderr = m.log
