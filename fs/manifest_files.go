@@ -111,9 +111,17 @@ func (t tagFile) Attr(ctx context.Context, a *fuse.Attr) error {
 
 // Open implements fs.NodeOpener. Reading takes a snapshot of the revision
 // the tag points to at open, so a re-tag never mixes two manifests in one
-// read; the page cache is dropped at every open. Writing replaces the tag
-// with a new manifest when the file is closed.
+// read. Writing replaces the tag with a new manifest when the file is
+// closed.
+//
+// Both are direct I/O: a tag's page cache would be shared by its readers
+// and its writers, and a write copies the new manifest over the old one's
+// cached page, which a reader then sees as the new manifest's head
+// followed by the old one's tail (the size the kernel keeps is the old
+// one's until the tag is stored). Tags are small; reading them through
+// the daemon every time costs little.
 func (t tagFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fs.Handle, error) {
+	resp.Flags |= fuse.OpenDirectIO
 	if req.Flags.IsReadOnly() {
 		repo, err := t.f.st.Repository(t.repo)
 		if err != nil {
