@@ -51,7 +51,7 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c := cache.New(cfg.CacheSize, store.DefaultCacheBlockSize)
+	c := cache.NewWithOptions(cacheOptions(cfg))
 	st, err := store.New(d, store.Options{Cache: c, Logger: log})
 	if err != nil {
 		return err
@@ -86,6 +86,20 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 		log.Info("unmounted from outside", "mountpoint", mnt)
 		return nil
 	}
+}
+
+// cacheOptions sizes the block cache for the storage. On S3 every block
+// load is an HTTP request, so blocks are larger (4 MiB) and more are read
+// ahead: measured through the mount on a local versitygw, cold cat went from
+// 236-313 MB/s with 1 MiB blocks to 272-473 MB/s. Local storage keeps 1 MiB
+// blocks, which bound what a small random read pulls in.
+func cacheOptions(cfg Config) cache.Options {
+	o := cache.Options{Budget: cfg.CacheSize, BlockSize: store.DefaultCacheBlockSize}
+	if cfg.Driver == driverS3 {
+		o.BlockSize = 4 << 20
+		o.ReadAhead = 8
+	}
+	return o
 }
 
 // openDriver makes the storage driver st names.
