@@ -2,11 +2,9 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"path"
 	"sort"
@@ -52,7 +50,7 @@ func (u *uploadService) Create(ctx context.Context, expected digest.Digest) (Upl
 		expected: expected,
 		started:  started,
 		fw:       fw,
-		h:        sha256.New(),
+		h:        newAsyncHasher(),
 		savedAt:  -1,
 	}, nil
 }
@@ -72,18 +70,18 @@ func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
 		expected: info.Expected,
 		started:  info.StartedAt,
 		size:     info.Size,
-		h:        sha256.New(),
+		h:        newAsyncHasher(),
 	}
 	state, err := s.driver.GetContent(ctx, mustPath(uploadHashStatePathSpec{name: u.repo.name, id: id, offset: info.Size}))
 	switch {
 	case err == nil:
-		uerr := up.h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state)
+		uerr := up.h.wait().(encoding.BinaryUnmarshaler).UnmarshalBinary(state)
 		if uerr == nil {
 			up.savedAt = info.Size
 			return up, nil
 		}
 		// A state the registry or a crash left half-written: start over.
-		up.h = sha256.New()
+		up.h.reset()
 		s.log.Warn("upload hash state unreadable, re-hashing", "repository", u.repo.name, "upload", id, "error", uerr)
 	case !isNotFound(err):
 		return nil, err
@@ -185,8 +183,9 @@ type upload struct {
 	// fw is the open driver writer on data; nil until the first write
 	// after a Flush (or Resume), then reopened in append mode.
 	fw driver.FileWriter
-	// h has hashed exactly the first size bytes of data.
-	h    hash.Hash
+	// h hashes the data as it is written; once h.wait returns it has
+	// hashed exactly the first size bytes.
+	h    *asyncHasher
 	size int64
 	// savedAt is the size at which the hash state was last saved; -1 when
 	// none was saved by this value.
@@ -209,7 +208,8 @@ func (up *upload) WriteAt(p []byte, off int64) (int, error) {
 }
 
 // Write implements Upload. The bytes go to the driver and, as far as the
-// driver took them, into the hasher: one pass, no re-read at commit.
+// driver took them, into the hasher, which hashes them on its own goroutine
+// while the caller sends the next ones: one pass, no re-read at commit.
 func (up *upload) Write(p []byte) (int, error) {
 	if up.done {
 		return 0, errUploadClosed
@@ -231,7 +231,7 @@ func (up *upload) Write(p []byte) (int, error) {
 		up.fw = fw
 	}
 	n, err := up.fw.Write(p)
-	up.h.Write(p[:n])
+	up.h.add(p[:n])
 	up.size += int64(n)
 	return n, err
 }
@@ -262,7 +262,7 @@ func (up *upload) Flush(ctx context.Context) error {
 
 func (up *upload) saveHashState(ctx context.Context) error {
 	s := up.repo.s
-	state, err := up.h.(encoding.BinaryMarshaler).MarshalBinary()
+	state, err := up.h.wait().(encoding.BinaryMarshaler).MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("store: saving hash state of upload %s: %w", up.id, err)
 	}
@@ -299,7 +299,7 @@ func (up *upload) rehash(ctx context.Context) error {
 		return err
 	}
 	defer rc.Close()
-	n, err := io.Copy(up.h, rc)
+	n, err := io.Copy(up.h.wait(), rc)
 	if err != nil {
 		return fmt.Errorf("store: re-hashing upload %s: %w", up.id, err)
 	}
@@ -320,7 +320,7 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 	if up.expected == "" {
 		return Descriptor{}, fmt.Errorf("%w: upload %s has no expected digest", ErrInvalidDigest, up.id)
 	}
-	actual := digest.NewDigest(digest.SHA256, up.h)
+	actual := digest.NewDigest(digest.SHA256, up.h.wait())
 	stored := up.size
 	if fi, err := s.driver.Stat(ctx, up.dataPath()); err == nil {
 		stored = fi.Size
