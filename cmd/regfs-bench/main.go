@@ -65,6 +65,9 @@ type Config struct {
 	Regfs string
 	// Rclone adds rclone mount as a peer when it is installed.
 	Rclone bool
+	// Only, when not empty, limits the run to these measurements ("P1",
+	// "P4", ...; P1 and P2 are one measurement), to look at one change.
+	Only []string
 	// TempDir is where the temporary directory is made; empty means
 	// os.TempDir(). It needs room for about 2 x LayerSize + BigSize.
 	TempDir string
@@ -115,6 +118,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fl.Var(sizeFlag{&cfg.CacheSize}, "cache-size", "regfs block cache budget `SIZE`")
 	fl.StringVar(&cfg.Regfs, "regfs", "", "regfs `BINARY` to measure (default: go build ./cmd/regfs)")
 	fl.BoolVar(&cfg.Rclone, "rclone", cfg.Rclone, "add rclone mount as a peer for P1/P2 when installed")
+	only := fl.String("only", "", "measure only these, comma-separated (`P1,P4`; P1 and P2 go together)")
 	fl.StringVar(&cfg.TempDir, "tmpdir", "", "parent `DIR` of the temporary directory (default $TMPDIR or /tmp)")
 	if err := fl.Parse(args); err != nil {
 		return cfg, err
@@ -123,6 +127,18 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 		return cfg, fmt.Errorf("unexpected arguments %q", fl.Args())
 	}
 	cfg.BigSize = 4 * cfg.LayerSize
+	if *only != "" {
+		for _, id := range strings.Split(*only, ",") {
+			id = strings.ToUpper(strings.TrimSpace(id))
+			if id == "P2" {
+				id = "P1"
+			}
+			if len(id) != 2 || id[0] != 'P' || id[1] < '1' || id[1] > '7' {
+				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P7", id)
+			}
+			cfg.Only = append(cfg.Only, id)
+		}
+	}
 	if *bigSize != "" {
 		n, err := parseSize(*bigSize)
 		if err != nil {

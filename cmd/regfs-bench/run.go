@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -98,18 +99,21 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 
 	rep = newReport(cfg)
 	for _, step := range []struct {
-		name string
-		fn   func(context.Context, *Report) error
+		id, name string
+		fn       func(context.Context, *Report) error
 	}{
-		{"P1/P2 sequential reads", b.sequentialReads},
-		{"P3 upload", b.upload},
-		{"P4 listing", b.listing},
-		{"P5 memory", b.memory},
-		{"P6 random reads", b.randomReads},
-		{"P7 first byte", b.firstByte},
+		{"P1", "P1/P2 sequential reads", b.sequentialReads},
+		{"P3", "P3 upload", b.upload},
+		{"P4", "P4 listing", b.listing},
+		{"P5", "P5 memory", b.memory},
+		{"P6", "P6 random reads", b.randomReads},
+		{"P7", "P7 first byte", b.firstByte},
 	} {
 		if err := ctx.Err(); err != nil {
 			return nil, err
+		}
+		if len(cfg.Only) > 0 && !slices.Contains(cfg.Only, step.id) {
+			continue
 		}
 		t := time.Now()
 		log.Info("measuring", "what", step.name)
