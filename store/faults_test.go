@@ -29,6 +29,9 @@ import (
 var faultRules = map[string]faulty.Rule{
 	faulty.Any:  {Error: 0.04, ErrorAfter: 0.03, Delay: 0.05, DelayFor: time.Millisecond},
 	faulty.Read: {Error: 0.01, Delay: 0.02, DelayFor: time.Millisecond, Short: 0.15, ShortWithin: 32 << 10},
+	// Writes are fewer than the other calls: a higher rate makes sure
+	// some short writes happen in every run.
+	faulty.Write: {Error: 0.1, ErrorAfter: 0.03, Delay: 0.05, DelayFor: time.Millisecond},
 }
 
 // faultStore is a store on a faulty driver over d, with a small cache of
