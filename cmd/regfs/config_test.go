@@ -2,12 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/regfs/regfs/driver"
 )
 
 func TestParseSize(t *testing.T) {
@@ -122,5 +126,24 @@ func TestCommandLine(t *testing.T) {
 		if c.code == 1 && strings.Count(strings.TrimSpace(errOut.String()), "\n") != 0 {
 			t.Errorf("regfs %q: a failure must be one line, got %q", c.args, errOut.String())
 		}
+	}
+}
+
+func TestCacheOptions(t *testing.T) {
+	if o := cacheOptions(Config{Storage: Storage{Driver: driverS3}, CacheSize: 1 << 30}); o.BlockSize != 4<<20 || o.Budget != 1<<30 {
+		t.Errorf("s3 cache options: %+v", o)
+	}
+	o := cacheOptions(Config{Storage: Storage{Driver: driverFilesystem}, CacheSize: 1 << 28})
+	if o.BlockSize != 1<<20 || o.Retryable == nil {
+		t.Fatalf("filesystem cache options: %+v", o)
+	}
+	if o.Retryable(driver.PathNotFoundError{Path: "/x", Driver: "filesystem"}) {
+		t.Error("a missing blob is retried")
+	}
+	if o.Retryable(fmt.Errorf("load: %w", context.Canceled)) {
+		t.Error("a cancelled load is retried")
+	}
+	if !o.Retryable(&driver.Error{Driver: "s3", Op: "GetObject", Path: "/x", Err: errors.New("503 SlowDown")}) {
+		t.Error("a backend hiccup is not retried")
 	}
 }

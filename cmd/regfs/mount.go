@@ -94,12 +94,19 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 // 236-313 MB/s with 1 MiB blocks to 272-473 MB/s. Local storage keeps 1 MiB
 // blocks, which bound what a small random read pulls in.
 func cacheOptions(cfg Config) cache.Options {
-	o := cache.Options{Budget: cfg.CacheSize, BlockSize: store.DefaultCacheBlockSize}
+	o := cache.Options{Budget: cfg.CacheSize, BlockSize: store.DefaultCacheBlockSize, Retryable: retryable}
 	if cfg.Driver == driverS3 {
 		o.BlockSize = 4 << 20
 		o.ReadAhead = 8
 	}
 	return o
+}
+
+// retryable tells the cache which failed block loads are worth another try:
+// a blob that is gone (deleted under the mount) or a request the caller
+// abandoned fails at once; anything else may be a backend hiccup.
+func retryable(err error) bool {
+	return !driver.IsNotFound(err) && !errors.Is(err, context.Canceled)
 }
 
 // openDriver makes the storage driver st names.
