@@ -134,7 +134,7 @@ type FsckUpload struct {
 	// AgeSeconds is Age for JSON readers.
 	AgeSeconds int64 `json:"ageSeconds"`
 	// Stale is set when Age exceeds FsckOptions.StaleUploadAge: most
-	// likely abandoned; `regfs gc` purges such uploads.
+	// likely abandoned, and the registry's upload purging would remove it.
 	Stale bool `json:"stale,omitempty"`
 }
 
@@ -164,7 +164,7 @@ type FsckReport struct {
 }
 
 // OK tells whether Fsck found no problem. Stale uploads are not problems:
-// they are reported, and gc purges them.
+// they are listed, and purging them is a collector's job, not a repair.
 func (r *FsckReport) OK() bool { return len(r.Problems) == 0 }
 
 // Unrepaired counts the problems still in storage.
@@ -370,7 +370,7 @@ func (f *fsck) hashBlob(ctx context.Context, b blobEntry) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if !isNotFound(err) { // a blob gc removed since the listing is no problem
+		if !isNotFound(err) { // a blob a garbage collector removed since the listing is no problem
 			f.problem(FsckProblem{Kind: FsckUnreadable, Path: b.path, Digest: b.digest, Detail: err.Error()})
 		}
 		f.report(1, 0)
