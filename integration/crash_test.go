@@ -466,7 +466,7 @@ func TestCrashCompleteUploadCommits(t *testing.T) {
 	// end before the kill.
 	fifo := filepath.Join(t.TempDir(), "fifo")
 	sh(t, "mkfifo "+fifo)
-	hold := exec.Command("bash", "-c", fmt.Sprintf("exec 3>%q; sleep 60", fifo))
+	hold := exec.Command("bash", "-c", fmt.Sprintf("exec 3>%q; exec sleep 60", fifo))
 	if err := hold.Start(); err != nil {
 		t.Fatal(err)
 	}
