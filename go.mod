@@ -35,5 +35,5 @@ require (
 	github.com/google/uuid v1.6.0
 	github.com/hashicorp/golang-lru/v2 v2.0.7
 	github.com/opencontainers/image-spec v1.1.1
-	golang.org/x/sys v0.4.0 // indirect
+	golang.org/x/sys v0.4.0
 )

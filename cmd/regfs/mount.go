@@ -70,6 +70,9 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 		unmount(log, mnt, served)
 		return err
 	}
+	if err := regfsfs.SetReadAhead(mnt); err != nil {
+		log.Debug("kernel read-ahead left at its default", "error", err)
+	}
 	log.Info("mounted", "mountpoint", mnt, "driver", cfg.Driver, "root", cfg.Root,
 		"read_only", cfg.ReadOnly, "cache_size", formatSize(cfg.CacheSize))
 
