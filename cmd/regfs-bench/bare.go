@@ -25,6 +25,10 @@ const (
 	bareEnvDir   = "REGFS_BENCH_BARE_DIR"
 )
 
+// bareReady is the line the bare file system prints once it serves its
+// mount, tuned like regfs's.
+const bareReady = "bare: ready"
+
 // bareValid is how long the kernel may cache the bare file system's entries
 // and attributes: what regfs gives its immutable blobs.
 const bareValid = time.Hour
@@ -51,6 +55,11 @@ func serveBare(mnt, dir string) error {
 	defer conn.Close()
 	served := make(chan error, 1)
 	go func() { served <- fs.Serve(conn, bareFS{dir: dir}) }()
+	// The read-ahead regfs sets on its mounts, where it can (as root).
+	if err := regfsfs.SetReadAhead(mnt); err != nil {
+		fmt.Fprintf(os.Stderr, "bare: %v\n", err)
+	}
+	fmt.Fprintln(os.Stderr, bareReady)
 	select {
 	case err := <-served:
 		return err

@@ -37,21 +37,21 @@ func (b *bench) sequentialReads(ctx context.Context, rep *Report) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		err := withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
+		err := b.withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
 			p := layerPath(m.dir, b.ds.repos[0], layer.dgst)
 			return s.read2(p, layer.size, "regfs cold", "regfs warm")
 		})
 		if err != nil {
 			return err
 		}
-		err = withMount(b.startBare(bareDir))(func(m *mount) error {
+		err = b.withMount(b.startBare(bareDir))(func(m *mount) error {
 			return s.read2(filepath.Join(m.dir, "layer"), layer.size, "bare cold", "bare warm")
 		})
 		if err != nil {
 			return err
 		}
 		if b.rclone != "" {
-			err = withMount(b.startRclone())(func(m *mount) error {
+			err = b.withMount(b.startRclone())(func(m *mount) error {
 				rel, err := filepath.Rel(b.ds.root, layer.path)
 				if err != nil {
 					return err
@@ -129,7 +129,7 @@ func (b *bench) upload(ctx context.Context, rep *Report) error {
 		if err := removeBlob(b.ds.root, repo, up.dgst); err != nil {
 			return err
 		}
-		err := withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
+		err := b.withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
 			dst := filepath.Join(m.dir, repo, "_uploads", up.dgst.String())
 			d, err := runCmd(ctx, nil, "cp", up.path, dst)
 			if err != nil {
@@ -148,7 +148,7 @@ func (b *bench) upload(ctx context.Context, rep *Report) error {
 			return err
 		}
 
-		err = withMount(b.startBare(bareDir))(func(m *mount) error {
+		err = b.withMount(b.startBare(bareDir))(func(m *mount) error {
 			d, err := runCmd(ctx, nil, "cp", up.path, filepath.Join(m.dir, "upload"))
 			if err != nil {
 				return err
@@ -215,7 +215,7 @@ func (b *bench) listing(ctx context.Context, rep *Report) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			err := withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
+			err := b.withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
 				for _, temp := range []string{"cold", "warm"} {
 					before, err := regfsStats(m.dir)
 					if err != nil {
@@ -316,7 +316,7 @@ func (b *bench) memory(ctx context.Context, rep *Report) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		err := withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
+		err := b.withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
 			p := layerPath(m.dir, b.ds.repos[0], big.dgst)
 			var wg sync.WaitGroup
 			errs := make([]error, 2)
@@ -367,7 +367,7 @@ func (b *bench) randomReads(ctx context.Context, rep *Report) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		err := withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
+		err := b.withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
 			d, err := preads(layerPath(m.dir, b.ds.repos[0], layer.dgst), offsets)
 			if err != nil {
 				return err
@@ -417,7 +417,7 @@ func (b *bench) firstByte(ctx context.Context, rep *Report) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		err := withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
+		err := b.withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
 			var lines lineCounter
 			d, err := runCmd(ctx, &lines, "head", "-c1", layerPath(m.dir, b.ds.repos[0], layer.dgst))
 			if err != nil {

@@ -65,8 +65,11 @@ type mount struct {
 }
 
 // start runs argv (a FUSE server that mounts dir and serves it in the
-// foreground until SIGTERM), and returns once dir is mounted.
-func (s *mountSet) start(name, dir string, argv, env []string) (*mount, error) {
+// foreground until SIGTERM), and returns once dir is mounted and, when
+// readyLine is not empty, the server's output has a line containing it: a
+// server may tune its mount after mounting (regfs sets the kernel's
+// read-ahead, which a file opened earlier would not get).
+func (s *mountSet) start(name, dir string, argv, env []string, readyLine string) (*mount, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -113,7 +116,7 @@ func (s *mountSet) start(name, dir string, argv, env []string) (*mount, error) {
 		if bdi, ok, err := mountedAt(dir); err != nil {
 			m.stop()
 			return nil, err
-		} else if ok {
+		} else if ok && (readyLine == "" || m.logHas(readyLine)) {
 			m.bdi = bdi
 			return m, nil
 		}
@@ -132,6 +135,12 @@ func (s *mountSet) start(name, dir string, argv, env []string) (*mount, error) {
 
 // pid is the server's process ID.
 func (m *mount) pid() int { return m.cmd.Process.Pid }
+
+// logHas reports whether the server's output so far contains s.
+func (m *mount) logHas(s string) bool {
+	b, err := os.ReadFile(m.logPath)
+	return err == nil && strings.Contains(string(b), s)
+}
 
 // logTail is the end of the server's log, for error messages.
 func (m *mount) logTail() string {

@@ -156,48 +156,29 @@ func (b *bench) newMountpoint(kind string) string {
 	return filepath.Join(b.tmp, "mnt", fmt.Sprintf("%s-%d", kind, b.mntSeq))
 }
 
-func (b *bench) noteReadAhead(kind string, m *mount) {
-	b.readAhead[kind] = m.readAheadKB()
-}
-
 // startRegfs mounts the registry with regfs, its cache empty.
 func (b *bench) startRegfs(cacheSize int64) (*mount, error) {
 	dir := b.newMountpoint("regfs")
-	m, err := b.mounts.start("regfs", dir, []string{
+	return b.mounts.start("regfs", dir, []string{
 		b.regfs, "mount", "--driver", "filesystem", "--root", b.ds.root,
 		"--cache-size", strconv.FormatInt(cacheSize, 10), dir,
-	}, nil)
-	if err != nil {
-		return nil, err
-	}
-	b.noteReadAhead("regfs", m)
-	return m, nil
+	}, nil, "msg=mounted")
 }
 
 // startBare mounts the bare passthrough of dir.
 func (b *bench) startBare(dir string) (*mount, error) {
 	mnt := b.newMountpoint("bare")
-	m, err := b.mounts.start("bare", mnt, []string{b.self},
-		[]string{bareEnvMount + "=" + mnt, bareEnvDir + "=" + dir})
-	if err != nil {
-		return nil, err
-	}
-	b.noteReadAhead("bare", m)
-	return m, nil
+	return b.mounts.start("bare", mnt, []string{b.self},
+		[]string{bareEnvMount + "=" + mnt, bareEnvDir + "=" + dir}, bareReady)
 }
 
 // startRclone mounts the registry's root with rclone, read-only, with its
 // default options.
 func (b *bench) startRclone() (*mount, error) {
 	dir := b.newMountpoint("rclone")
-	m, err := b.mounts.start("rclone", dir, []string{
+	return b.mounts.start("rclone", dir, []string{
 		b.rclone, "mount", "--read-only", "--config", os.DevNull, b.ds.root, dir,
-	}, nil)
-	if err != nil {
-		return nil, err
-	}
-	b.noteReadAhead("rclone", m)
-	return m, nil
+	}, nil, "")
 }
 
 // statsSnapshot is the part of .regfs/stats the benchmark reads. It is
@@ -284,12 +265,14 @@ func (c *lineCounter) Write(p []byte) (int, error) {
 
 // withMount takes what a start method returns and gives a function that
 // runs fn on the mount and stops the mount afterwards, whatever fn returns.
-func withMount(m *mount, err error) func(fn func(m *mount) error) error {
+// The kernel read-ahead the mount had while in use goes in the report.
+func (b *bench) withMount(m *mount, err error) func(fn func(m *mount) error) error {
 	return func(fn func(m *mount) error) error {
 		if err != nil {
 			return err
 		}
 		ferr := fn(m)
+		b.readAhead[m.name] = m.readAheadKB()
 		return errors.Join(ferr, m.stop())
 	}
 }
