@@ -51,6 +51,7 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	setMemoryLimit(cfg.CacheSize)
 	c := cache.NewWithOptions(cacheOptions(cfg))
 	st, err := store.New(d, store.Options{Cache: c, Logger: log})
 	if err != nil {
