@@ -45,6 +45,7 @@ const errorLogSize = 100
 
 // controlDir is .regfs/: files about the daemon itself.
 type controlDir struct {
+	noXattr
 	f *FS
 }
 
@@ -132,6 +133,7 @@ func (f *FS) setattrFixed(op, name string, req *fuse.SetattrRequest) error {
 // and served with direct I/O, so a reader sees one consistent snapshot
 // whatever size the kernel last saw.
 type controlFile struct {
+	noXattr
 	f    *FS
 	name string
 }

@@ -29,6 +29,7 @@ var (
 
 // layersDir is a repository's _layers/: the blobs linked into it.
 type layersDir struct {
+	noXattr
 	f    *FS
 	repo string
 	ino  uint64
@@ -147,6 +148,7 @@ func (d layersDir) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *
 // layerFile is one blob linked into a repository. It never changes: its
 // size is part of its identity.
 type layerFile struct {
+	noXattr
 	f    *FS
 	repo string
 	dgst digest.Digest

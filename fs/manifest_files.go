@@ -22,6 +22,7 @@ var (
 // revisionFile is a manifest revision, _manifests/sha256:<hex>. Its bytes
 // are what a registry client receives (schema1 with its signatures).
 type revisionFile struct {
+	noXattr
 	f    *FS
 	repo string
 	dgst digest.Digest
@@ -69,6 +70,7 @@ func (r revisionFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, res
 // name that is not in storage yet. A tag reads as the revision it points
 // to now and shares its inode.
 type tagFile struct {
+	noXattr
 	f    *FS
 	repo string
 	name string

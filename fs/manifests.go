@@ -28,6 +28,7 @@ var (
 // manifestsDir is a repository's _manifests/: revisions by digest and tags
 // by name, and manifests being written.
 type manifestsDir struct {
+	noXattr
 	f    *FS
 	repo string
 	ino  uint64

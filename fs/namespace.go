@@ -31,6 +31,7 @@ var (
 // be a repository, so each offers _layers, _manifests and _uploads besides
 // its sub-namespaces.
 type nsDir struct {
+	noXattr
 	f    *FS
 	path string
 	ino  uint64

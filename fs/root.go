@@ -24,6 +24,7 @@ var (
 // not a repository (a repository name has at least one component), so it
 // has no _layers, _manifests or _uploads.
 type rootDir struct {
+	noXattr
 	f *FS
 }
 

@@ -32,6 +32,7 @@ var (
 // by the digest they must hash to; uploads another writer (the registry)
 // left are named by their ID.
 type uploadsDir struct {
+	noXattr
 	f    *FS
 	repo string
 	ino  uint64
@@ -154,6 +155,7 @@ func (d uploadsDir) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp 
 // uploadFile is one upload in progress. Its size is the bytes uploaded so
 // far; it only grows, by appending.
 type uploadFile struct {
+	noXattr
 	f    *FS
 	dir  uploadsDir
 	name string
