@@ -92,11 +92,16 @@ var (
 	_ fs.HandleReader       = (*bareHandle)(nil)
 	_ fs.HandleWriter       = (*bareHandle)(nil)
 	_ fs.HandleReleaser     = (*bareHandle)(nil)
+	_ fs.NodeGetxattrer     = bareFile{}
+	_ fs.NodeSetxattrer     = bareDir{}
 )
 
 func (b bareFS) Root() (fs.Node, error) { return bareDir{dir: b.dir}, nil }
 
-type bareDir struct{ dir string }
+type bareDir struct {
+	bareNoXattr
+	dir string
+}
 
 func (d bareDir) Attr(ctx context.Context, a *fuse.Attr) error {
 	a.Inode = 1
@@ -122,7 +127,10 @@ func (d bareDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *fuse
 	return f, &bareHandle{f: fh}, nil
 }
 
-type bareFile struct{ path string }
+type bareFile struct {
+	bareNoXattr
+	path string
+}
 
 func (f bareFile) Attr(ctx context.Context, a *fuse.Attr) error {
 	var st syscall.Stat_t
@@ -176,6 +184,27 @@ func (h *bareHandle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fu
 
 func (h *bareHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
 	return errno(h.f.Close())
+}
+
+// bareNoXattr answers extended attribute requests with ENOSYS, as regfs
+// does, so that the kernel stops sending them (bazil's default answer,
+// ENOTSUP, costs a getxattr round trip before every write).
+type bareNoXattr struct{}
+
+func (bareNoXattr) Getxattr(ctx context.Context, req *fuse.GetxattrRequest, resp *fuse.GetxattrResponse) error {
+	return fuse.Errno(syscall.ENOSYS)
+}
+
+func (bareNoXattr) Listxattr(ctx context.Context, req *fuse.ListxattrRequest, resp *fuse.ListxattrResponse) error {
+	return fuse.Errno(syscall.ENOSYS)
+}
+
+func (bareNoXattr) Setxattr(ctx context.Context, req *fuse.SetxattrRequest) error {
+	return fuse.Errno(syscall.ENOSYS)
+}
+
+func (bareNoXattr) Removexattr(ctx context.Context, req *fuse.RemovexattrRequest) error {
+	return fuse.Errno(syscall.ENOSYS)
 }
 
 // errno passes a system call's errno on to the kernel.
