@@ -49,7 +49,6 @@ type mountConfig struct {
 	readOnly  bool
 	mountRO   bool // mount with the kernel's ro option as well
 	drv       driver.StorageDriver
-	debugLogs bool
 }
 
 // newMount mounts a fresh FS; cleanup unmounts it and waits for Serve.

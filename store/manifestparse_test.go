@@ -131,6 +131,9 @@ func TestParseManifestSchema2(t *testing.T) {
 	if want := []digest.Digest{fxConfig, fxLayer1, fxLayer2}; !slices.Equal(p.Blobs, want) {
 		t.Errorf("Blobs = %v, want %v", p.Blobs, want)
 	}
+	if slices.Contains(p.Blobs, fxForeign) {
+		t.Errorf("Blobs lists the foreign layer %s", fxForeign)
+	}
 	if p.Manifests != nil || p.Signatures != nil || p.Name != "" || p.Tag != "" {
 		t.Errorf("unexpected fields for schema2: %+v", p)
 	}
