@@ -46,9 +46,9 @@ type testMount struct {
 }
 
 type mountConfig struct {
-	readOnly  bool
-	mountRO   bool // mount with the kernel's ro option as well
-	drv       driver.StorageDriver
+	readOnly bool
+	mountRO  bool // mount with the kernel's ro option as well
+	drv      driver.StorageDriver
 }
 
 // newMount mounts a fresh FS; cleanup unmounts it and waits for Serve.
