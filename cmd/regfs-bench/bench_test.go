@@ -183,22 +183,6 @@ func assertCleanedUp(t *testing.T, dir string) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{
-		"4M": 4 << 20, "1G": 1 << 30, "512k": 512 << 10, "1GiB": 1 << 30, "65536": 65536, "2MB": 2 << 20,
-	} {
-		got, err := parseSize(in)
-		if err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "0", "-1M", "1X", "M", "99999999999G"} {
-		if got, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q) = %d, want an error", in, got)
-		}
-	}
-}
-
 func TestParseFlags(t *testing.T) {
 	cfg, err := parseFlags([]string{"-bench-size", "4M", "-repos", "50", "-runs", "1"}, io.Discard)
 	if err != nil {

@@ -37,6 +37,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/regfs/regfs/cmd/internal/size"
 )
 
 func main() {
@@ -110,12 +112,12 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	cfg := defaultConfig()
 	fl := flag.NewFlagSet("regfs-bench", flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	fl.Var(sizeFlag{&cfg.LayerSize}, "bench-size", "layer `SIZE` (K, M, G suffixes): P1-P3, P6, P7; tiny sizes (4M) check that the code still runs")
+	fl.Var(size.Flag{N: &cfg.LayerSize}, "bench-size", "layer `SIZE` (K, M, G suffixes): P1-P3, P6, P7; tiny sizes (4M) check that the code still runs")
 	bigSize := fl.String("big-size", "", "`SIZE` of the layer P5 reads twice in parallel (default 4 x -bench-size)")
 	fl.IntVar(&cfg.Repos, "repos", cfg.Repos, "`N` repositories for P4")
 	fl.IntVar(&cfg.Runs, "runs", cfg.Runs, "`N` runs per figure (the median is shown)")
 	fl.IntVar(&cfg.RandomReads, "random-reads", cfg.RandomReads, "`N` random 4 KiB reads for P6")
-	fl.Var(sizeFlag{&cfg.CacheSize}, "cache-size", "regfs block cache budget `SIZE`")
+	fl.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "regfs block cache budget `SIZE`")
 	fl.StringVar(&cfg.Regfs, "regfs", "", "regfs `BINARY` to measure (default: go build ./cmd/regfs)")
 	fl.BoolVar(&cfg.Rclone, "rclone", cfg.Rclone, "add rclone mount as a peer for P1/P2 when installed")
 	only := fl.String("only", "", "measure only these, comma-separated (`P1,P4`; P1 and P2 go together)")
@@ -140,7 +142,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 		}
 	}
 	if *bigSize != "" {
-		n, err := parseSize(*bigSize)
+		n, err := size.Parse(*bigSize)
 		if err != nil {
 			return cfg, err
 		}
@@ -157,49 +159,6 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 		return cfg, errors.New("-random-reads must be at least 1")
 	}
 	return cfg, nil
-}
-
-// sizeFlag is a byte count with an optional K, M or G suffix (powers of
-// 1024).
-type sizeFlag struct{ n *int64 }
-
-func (s sizeFlag) String() string {
-	if s.n == nil {
-		return ""
-	}
-	return formatBytes(*s.n)
-}
-
-func (s sizeFlag) Set(v string) error {
-	n, err := parseSize(v)
-	if err != nil {
-		return err
-	}
-	*s.n = n
-	return nil
-}
-
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B"), "I")
-	mult := int64(1)
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		}
-		if mult != 1 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n <= 0 || n > (1<<50)/mult {
-		return 0, fmt.Errorf("invalid size %q: want a positive number of bytes, optionally with K, M or G", s)
-	}
-	return n * mult, nil
 }
 
 // formatBytes prints n with the largest exact binary suffix.

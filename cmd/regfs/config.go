@@ -7,8 +7,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
+
+	"github.com/regfs/regfs/cmd/internal/size"
 )
 
 // Storage drivers regfs mount offers.
@@ -41,69 +42,6 @@ type Config struct {
 	// CacheSize is the block cache budget in bytes.
 	CacheSize int64
 	Debug     bool
-}
-
-// sizeFlag is a byte count with an optional K, M, G or T suffix.
-type sizeFlag struct{ n *int64 }
-
-func (s sizeFlag) String() string {
-	if s.n == nil {
-		return ""
-	}
-	return formatSize(*s.n)
-}
-
-func (s sizeFlag) Set(v string) error {
-	n, err := parseSize(v)
-	if err != nil {
-		return err
-	}
-	*s.n = n
-	return nil
-}
-
-// parseSize parses "1048576", "512K", "256M", "2G", "1T" (powers of 1024;
-// "KB", "KiB" and lower case also accepted). The size must be positive.
-func parseSize(s string) (int64, error) {
-	t := strings.ToUpper(strings.TrimSpace(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
-	mult := int64(1)
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult != 1 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("invalid size %q: want a positive number of bytes, optionally with K, M, G or T", s)
-	}
-	if n > (1<<62)/mult {
-		return 0, fmt.Errorf("invalid size %q: too large", s)
-	}
-	return n * mult, nil
-}
-
-// formatSize prints n with the largest exact suffix.
-func formatSize(n int64) string {
-	for _, u := range []struct {
-		suffix string
-		size   int64
-	}{{"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}} {
-		if n >= u.size && n%u.size == 0 {
-			return strconv.FormatInt(n/u.size, 10) + u.suffix
-		}
-	}
-	return strconv.FormatInt(n, 10)
 }
 
 // defaultRoot is where the filesystem driver keeps its data by default:
@@ -185,7 +123,7 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	addStorageFlags(fs, &cfg.Storage, true)
 	fs.BoolVar(&cfg.ReadOnly, "read-only", false, "refuse every write with EROFS")
 	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users use the mount (needs user_allow_other in /etc/fuse.conf\nwhen not root)")
-	fs.Var(sizeFlag{&cfg.CacheSize}, "cache-size", "block cache budget `SIZE` in bytes, with K, M, G or T (default 256M)")
+	fs.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "block cache budget `SIZE` in bytes, with K, M, G or T (default 256M)")
 	fs.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request and response")
 	return fs
 }

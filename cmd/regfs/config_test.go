@@ -14,32 +14,6 @@ import (
 	"github.com/regfs/regfs/driver"
 )
 
-func TestParseSize(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		want int64
-	}{
-		{"1", 1}, {"1048576", 1 << 20}, {"512K", 512 << 10}, {"512k", 512 << 10}, {"256M", 256 << 20},
-		{"256MB", 256 << 20}, {"256MiB", 256 << 20}, {"2G", 2 << 30}, {"1T", 1 << 40}, {" 3m ", 3 << 20}, {"100B", 100},
-	} {
-		got, err := parseSize(c.in)
-		if err != nil || got != c.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
-		}
-	}
-	for _, bad := range []string{"", "0", "-1", "M", "1.5G", "12Q", "99999999999T", "G1"} {
-		if n, err := parseSize(bad); err == nil {
-			t.Errorf("parseSize(%q) = %d, want an error", bad, n)
-		}
-	}
-	for _, n := range []int64{1, 1000, 1 << 10, 3 << 20, 256 << 20, 5 << 30, 1<<20 + 1} {
-		got, err := parseSize(formatSize(n))
-		if err != nil || got != n {
-			t.Errorf("parseSize(formatSize(%d)=%q) = %d, %v", n, formatSize(n), got, err)
-		}
-	}
-}
-
 func TestParseMount(t *testing.T) {
 	t.Setenv("XDG_DATA_HOME", "/xdg")
 	cfg, err := parseMount([]string{"/mnt"}, io.Discard, io.Discard)

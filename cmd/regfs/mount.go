@@ -13,6 +13,7 @@ import (
 	"bazil.org/fuse"
 
 	"github.com/regfs/regfs/cache"
+	"github.com/regfs/regfs/cmd/internal/size"
 	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/filesystem"
 	"github.com/regfs/regfs/driver/inmemory"
@@ -75,7 +76,7 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 		log.Debug("kernel read-ahead left at its default", "error", err)
 	}
 	log.Info("mounted", "mountpoint", mnt, "driver", cfg.Driver, "root", cfg.Root,
-		"read_only", cfg.ReadOnly, "cache_size", formatSize(cfg.CacheSize))
+		"read_only", cfg.ReadOnly, "cache_size", size.Format(cfg.CacheSize))
 
 	select {
 	case <-ctx.Done():
