@@ -128,6 +128,19 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	return fs
 }
 
+// writeFlags lists a command's flags, GNU style, for its --help.
+func writeFlags(b *strings.Builder, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		arg, text := flag.UnquoteUsage(f)
+		name := "--" + f.Name
+		if arg != "" {
+			name += " " + arg
+		}
+		text = strings.ReplaceAll(text, "\n", "\n"+strings.Repeat(" ", 24))
+		fmt.Fprintf(b, "  %-20s  %s\n", name, text)
+	})
+}
+
 // mountUsage is regfs mount --help.
 func mountUsage(fs *flag.FlagSet) string {
 	var b strings.Builder
@@ -140,15 +153,7 @@ that is not already a mount point. The log goes to stderr; the line
 
 Flags:
 `)
-	fs.VisitAll(func(f *flag.Flag) {
-		arg, text := flag.UnquoteUsage(f)
-		name := "--" + f.Name
-		if arg != "" {
-			name += " " + arg
-		}
-		text = strings.ReplaceAll(text, "\n", "\n"+strings.Repeat(" ", 24))
-		fmt.Fprintf(&b, "  %-20s  %s\n", name, text)
-	})
+	writeFlags(&b, fs)
 	b.WriteString(`
 Examples:
   regfs mount ./mnt

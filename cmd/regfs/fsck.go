@@ -74,15 +74,7 @@ confirm), 2 usage error, 3 the storage could not be checked to the end.
 
 Flags:
 `)
-	fs.VisitAll(func(f *flag.Flag) {
-		arg, text := flag.UnquoteUsage(f)
-		name := "--" + f.Name
-		if arg != "" {
-			name += " " + arg
-		}
-		text = strings.ReplaceAll(text, "\n", "\n"+strings.Repeat(" ", 24))
-		fmt.Fprintf(&b, "  %-20s  %s\n", name, text)
-	})
+	writeFlags(&b, fs)
 	b.WriteString(`
 Examples:
   regfs fsck --root /var/lib/docker-registry
