@@ -311,22 +311,7 @@ func (d *impl) Walk(_ context.Context, path string, fn driver.WalkFn) error {
 	collect(path, n)
 	d.mu.RUnlock()
 
-	skip := "" // a directory whose descendants are skipped, with a trailing slash
-	for _, fi := range entries {
-		if skip != "" && strings.HasPrefix(fi.Path, skip) {
-			continue
-		}
-		skip = ""
-		switch err := fn(fi); {
-		case err == driver.ErrSkipDir:
-			if fi.IsDir {
-				skip = fi.Path + "/"
-			}
-		case err != nil:
-			return err
-		}
-	}
-	return nil
+	return driver.WalkEntries(entries, fn)
 }
 
 // writer appends to one node. base enforces the state machine.

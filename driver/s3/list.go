@@ -120,22 +120,7 @@ func (d *impl) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
 	}
 	slices.SortFunc(entries, func(a, b driver.FileInfo) int { return treeCompare(a.Path, b.Path) })
 
-	skip := "" // a directory whose descendants are skipped, with a trailing slash
-	for _, fi := range entries {
-		if skip != "" && strings.HasPrefix(fi.Path, skip) {
-			continue
-		}
-		skip = ""
-		switch err := fn(fi); {
-		case err == driver.ErrSkipDir:
-			if fi.IsDir {
-				skip = fi.Path + "/"
-			}
-		case err != nil:
-			return err
-		}
-	}
-	return nil
+	return driver.WalkEntries(entries, fn)
 }
 
 // parent returns the directory of a path other than "/".
