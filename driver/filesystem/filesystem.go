@@ -342,18 +342,21 @@ func (d *impl) Delete(_ context.Context, path string) error {
 		}
 		return nil
 	}
-	if _, err := os.Lstat(full); err != nil {
+	// Rename the object or directory out of the way first, atomically, to a
+	// hidden name beside it, then remove that. A concurrent write into the
+	// directory either landed before the rename (and goes with it) or
+	// recreates the path afterwards (and lands), and RemoveAll never races a
+	// writer refilling what it empties. A crash between the two steps leaves
+	// a hidden ".#" entry that List and Walk never show.
+	tmp, err := os.MkdirTemp(filepath.Dir(full), tempPrefix+"deleted-"+filepath.Base(full)+".")
+	if err != nil {
 		return d.fail("Delete", path, err)
 	}
-	var err error
-	for range raceRetries {
-		// ENOTEMPTY (which matches fs.ErrExist): a concurrent write added
-		// a file to a directory RemoveAll had emptied; remove it too.
-		if err = os.RemoveAll(full); !errors.Is(err, fs.ErrExist) {
-			break
-		}
+	if err := os.Rename(full, filepath.Join(tmp, "x")); err != nil {
+		os.Remove(tmp)
+		return d.fail("Delete", path, err)
 	}
-	if err != nil {
+	if err := os.RemoveAll(tmp); err != nil {
 		return &driver.Error{Driver: Name, Op: "Delete", Path: path, Err: err}
 	}
 	return nil
