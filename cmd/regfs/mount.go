@@ -64,12 +64,17 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("mounting %s: %v", mnt, err)
 	}
-	defer conn.Close()
+	// conn is closed only once Serve has returned: bazil's Close waits for
+	// the read Serve is blocked in, which never ends while a lazily
+	// unmounted mount still has users. Exiting closes the descriptor, and
+	// the kernel then ends the connection.
 	served := make(chan error, 1)
 	go func() { served <- fsys.Serve(conn) }()
 
 	if err := waitReady(mnt, served); err != nil {
-		unmount(log, mnt, served)
+		if unmount(log, mnt, served) {
+			conn.Close()
+		}
 		return err
 	}
 	if err := regfsfs.SetReadAhead(mnt); err != nil {
@@ -81,10 +86,13 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	select {
 	case <-ctx.Done():
 		log.Info("unmounting", "mountpoint", mnt)
-		unmount(log, mnt, served)
+		if unmount(log, mnt, served) {
+			conn.Close()
+		}
 		log.Info("unmounted", "mountpoint", mnt)
 		return nil
 	case err := <-served:
+		conn.Close()
 		if err != nil {
 			return fmt.Errorf("serving %s: %v", mnt, err)
 		}
@@ -160,7 +168,8 @@ func waitReady(mnt string, served <-chan error) error {
 // process has a file open or its working directory inside) is retried for
 // busyRetry, telling the operator what to do, then unmounted lazily: it
 // disappears from the tree at once and goes away when the last user does.
-func unmount(log *slog.Logger, mnt string, served <-chan error) {
+// It reports whether Serve returned.
+func unmount(log *slog.Logger, mnt string, served <-chan error) bool {
 	deadline := time.Now().Add(busyRetry)
 	warned := false
 	for {
@@ -187,9 +196,11 @@ func unmount(log *slog.Logger, mnt string, served <-chan error) {
 		if err != nil {
 			log.Error("serving ended with an error", "error", err)
 		}
+		return true
 	case <-time.After(serveGrace):
 		// After a lazy unmount the kernel keeps the connection while files
 		// are open; exiting closes it and their users get ENOTCONN.
 		log.Warn("exiting with files still open on the lazily unmounted mount", "mountpoint", mnt)
+		return false
 	}
 }
