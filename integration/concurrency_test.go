@@ -264,7 +264,7 @@ func TestConcurrency(t *testing.T) {
 					set, _ := pushed.LoadOrStore(repo+":"+other, &manifestSet{})
 					set.(*manifestSet).add(mf)
 					tmp := m.path(repo, "_manifests", other)
-					err := syscall.Link(m.path(repo, "_manifests", sha(mf)), tmp)
+					err := retryEINTR(func() error { return syscall.Link(m.path(repo, "_manifests", sha(mf)), tmp) })
 					counts.add("tag with ln")
 					// The deleter may have removed the revision meanwhile;
 					// ln onto an existing tag re-tags (EEXIST is the
@@ -291,7 +291,7 @@ func TestConcurrency(t *testing.T) {
 				continue
 			}
 			name := names[rng.IntN(len(names))].Name()
-			err = syscall.Unlink(m.path(repo, "_manifests", name))
+			err = retryEINTR(func() error { return syscall.Unlink(m.path(repo, "_manifests", name)) })
 			if strings.HasPrefix(name, "sha256:") {
 				counts.add("delete revision")
 			} else {

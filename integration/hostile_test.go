@@ -523,16 +523,38 @@ func stoppedLog(t *testing.T, m *mount) string {
 	return log
 }
 
+// retryEINTR runs a plain syscall again while it fails with EINTR, as Go's
+// os package does for its calls (see writeClose for why they happen).
+func retryEINTR(call func() error) error {
+	for {
+		if err := call(); err != syscall.EINTR {
+			return err
+		}
+	}
+}
+
 // writeClose opens p with flags, writes b (if any) and closes it, with
 // plain syscalls so the errno is exactly what the mount answered; it
 // returns the first error.
+//
+// Open and write are retried on EINTR, as Go's os package does: the test
+// process's goroutines get signals (the runtime's preemption), the kernel
+// forwards them to regfs as FUSE interrupts, and regfs answers an
+// interrupted request with EINTR.
 func writeClose(p string, flags int, b []byte) error {
-	fd, err := syscall.Open(p, flags|syscall.O_CLOEXEC, 0o644)
+	var fd int
+	err := retryEINTR(func() (err error) {
+		fd, err = syscall.Open(p, flags|syscall.O_CLOEXEC, 0o644)
+		return err
+	})
 	if err != nil {
 		return err
 	}
 	for len(b) > 0 {
 		n, err := syscall.Write(fd, b)
+		if err == syscall.EINTR {
+			continue
+		}
 		if err != nil {
 			syscall.Close(fd)
 			return err
