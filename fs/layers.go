@@ -159,12 +159,7 @@ func (l layerFile) path() string { return joinPath(l.repo, reservedLayers+"/"+l.
 
 // Attr implements fs.Node.
 func (l layerFile) Attr(ctx context.Context, a *fuse.Attr) error {
-	a.Inode = digestInode(l.dgst)
-	a.Mode = 0o444
-	a.Size = uint64(l.size)
-	a.Blocks = blocks(l.size)
-	a.Valid = immutableTTL
-	l.f.attrTimes(a)
+	l.f.immutableAttr(a, l.dgst, l.size)
 	return nil
 }
 
@@ -189,6 +184,17 @@ func (l layerFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.O
 // Setattr implements fs.NodeSetattrer.
 func (l layerFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
 	return l.f.setattrFixed("setattr", l.path(), req)
+}
+
+// immutableAttr fills the attributes of a blob or a revision: content
+// addressed, so read-only, inode from the digest, valid for long.
+func (f *FS) immutableAttr(a *fuse.Attr, dgst digest.Digest, size int64) {
+	a.Inode = digestInode(dgst)
+	a.Mode = 0o444
+	a.Size = uint64(size)
+	a.Blocks = blocks(size)
+	a.Valid = immutableTTL
+	f.attrTimes(a)
 }
 
 // refuseWrite is the error for writing an immutable file: EROFS on a

@@ -35,12 +35,7 @@ func (r revisionFile) path() string {
 
 // Attr implements fs.Node.
 func (r revisionFile) Attr(ctx context.Context, a *fuse.Attr) error {
-	a.Inode = digestInode(r.dgst)
-	a.Mode = 0o444
-	a.Size = uint64(r.size)
-	a.Blocks = blocks(r.size)
-	a.Valid = immutableTTL
-	r.f.attrTimes(a)
+	r.f.immutableAttr(a, r.dgst, r.size)
 	return nil
 }
 
