@@ -58,7 +58,10 @@ type uploadHandle struct {
 }
 
 // Write implements fs.HandleWriter. Only appends are accepted: a write
-// anywhere but the current end is EINVAL.
+// anywhere but the current end is EINVAL. The bytes are stored and hashed
+// behind the write (see store.Upload.Write); when storing fails, the next
+// write (or close) gets EIO, and the upload's size is then what storage
+// holds, where the writer resumes.
 func (h *uploadHandle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fuse.WriteResponse) error {
 	p := h.node.path()
 	if err := h.f.readOnly(); err != nil {
@@ -69,25 +72,14 @@ func (h *uploadHandle) Write(ctx context.Context, req *fuse.WriteRequest, resp *
 	if h.st.done {
 		return h.f.errno("write", p, errStale)
 	}
-	if size := h.st.up.Size(); req.Offset != size {
-		err := fmt.Errorf("%w: write at offset %d, upload has %d bytes", store.ErrInvalidOffset, req.Offset, size)
+	n, err := h.st.up.WriteAt(req.Data, req.Offset)
+	if errors.Is(err, store.ErrInvalidOffset) {
 		h.f.reject(p, err)
 		return h.f.errno("write", p, err)
 	}
-	n, err := h.st.up.WriteAt(req.Data, req.Offset)
 	resp.Size = n
 	if n > 0 {
 		h.wrote = true
-	}
-	if err != nil && n > 0 {
-		// Part of the data reached storage before the failure: answer a
-		// short write, which the kernel passes on as write(2) does, so the
-		// caller's next write starts at the upload's real end (and gets
-		// the error if the failure lasts). Failing the whole request would
-		// hide the n bytes taken and put every later write at the wrong
-		// offset (EINVAL).
-		h.f.log.Warn("short write to upload", "path", p, "written", n, "of", len(req.Data), "error", err)
-		err = nil
 	}
 	h.f.stats.writes.Add(1)
 	h.f.stats.bytesWritten.Add(int64(n))

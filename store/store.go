@@ -125,13 +125,18 @@ type UploadService interface {
 type Upload interface {
 	ID() string
 	Expected() digest.Digest
-	// Size is the number of bytes uploaded so far.
+	// Size is the number of bytes uploaded so far: stored, or queued to
+	// be. After a storage failure is reported it is what storage holds.
 	Size() int64
-	// WriteAt appends p; off must equal Size (ErrInvalidOffset otherwise).
+	// WriteAt appends p; off must equal Size (ErrInvalidOffset otherwise;
+	// after a storage failure, an off beyond Size gets the failure).
 	WriteAt(p []byte, off int64) (int, error)
-	// Write appends p.
+	// Write appends p. The bytes are copied and stored and hashed behind
+	// the call; a storage failure is returned by the next Write, WriteAt,
+	// Flush or Commit.
 	Write(p []byte) (int, error)
-	// Flush makes the data durable and saves the hash state for resuming.
+	// Flush waits for the bytes written to be stored, makes them durable
+	// and saves the hash state for resuming.
 	Flush(ctx context.Context) error
 	// Commit verifies size and digest against Expected. On a match the blob
 	// is stored (once, however many uploads carry it), linked into the

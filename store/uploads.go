@@ -50,7 +50,7 @@ func (u *uploadService) Create(ctx context.Context, expected digest.Digest) (Upl
 		expected: expected,
 		started:  started,
 		fw:       fw,
-		h:        newAsyncHasher(),
+		wb:       newWriteBehindTo(fw),
 		savedAt:  -1,
 	}, nil
 }
@@ -70,18 +70,18 @@ func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
 		expected: info.Expected,
 		started:  info.StartedAt,
 		size:     info.Size,
-		h:        newAsyncHasher(),
+		wb:       newWriteBehind(),
 	}
 	state, err := s.driver.GetContent(ctx, mustPath(uploadHashStatePathSpec{name: u.repo.name, id: id, offset: info.Size}))
 	switch {
 	case err == nil:
-		uerr := up.h.wait().(encoding.BinaryUnmarshaler).UnmarshalBinary(state)
+		uerr := up.wb.hash().(encoding.BinaryUnmarshaler).UnmarshalBinary(state)
 		if uerr == nil {
 			up.savedAt = info.Size
 			return up, nil
 		}
 		// A state the registry or a crash left half-written: start over.
-		up.h.reset()
+		up.wb.reset()
 		s.log.Warn("upload hash state unreadable, re-hashing", "repository", u.repo.name, "upload", id, "error", uerr)
 	case !isNotFound(err):
 		return nil, err
@@ -183,10 +183,15 @@ type upload struct {
 	// fw is the open driver writer on data; nil until the first write
 	// after a Flush (or Resume), then reopened in append mode.
 	fw driver.FileWriter
-	// h hashes the data as it is written; once h.wait returns it has
-	// hashed exactly the first size bytes.
-	h    *asyncHasher
+	// wb stores and hashes the data behind the writes; once wb.drain
+	// returns, the data in storage is exactly the first size bytes and
+	// the hash covers them.
+	wb *writeBehind
+	// size is the bytes written: stored, or queued in wb to be.
 	size int64
+	// lost is the last storage failure settle reported, until a write
+	// at the end succeeds.
+	lost error
 	// savedAt is the size at which the hash state was last saved; -1 when
 	// none was saved by this value.
 	savedAt int64
@@ -199,20 +204,37 @@ func (up *upload) ID() string              { return up.id }
 func (up *upload) Expected() digest.Digest { return up.expected }
 func (up *upload) Size() int64             { return up.size }
 
-// WriteAt implements Upload: an upload only grows at its end.
+// WriteAt implements Upload: an upload only grows at its end. After a
+// storage failure, a write beyond the end (where the writer, told of the
+// bytes it sent, resumes) gets that failure again rather than
+// ErrInvalidOffset, until a write at the end succeeds.
 func (up *upload) WriteAt(p []byte, off int64) (int, error) {
+	if up.wb.failed() {
+		if err := up.settle(); err != nil {
+			return 0, err
+		}
+	}
 	if off != up.size {
+		if up.lost != nil && off > up.size {
+			return 0, up.lost
+		}
 		return 0, fmt.Errorf("%w: offset %d, upload %s has %d bytes", ErrInvalidOffset, off, up.id, up.size)
 	}
 	return up.Write(p)
 }
 
-// Write implements Upload. The bytes go to the driver and, as far as the
-// driver took them, into the hasher, which hashes them on its own goroutine
-// while the caller sends the next ones: one pass, no re-read at commit.
+// Write implements Upload. The bytes are queued for the driver and the
+// hash (see writeBehind): Write returns before they are stored, while the
+// caller sends the next ones. A storage failure is returned by the next
+// Write, Flush or Commit, and Size is then what storage holds.
 func (up *upload) Write(p []byte) (int, error) {
 	if up.done {
 		return 0, errUploadClosed
+	}
+	if up.wb.failed() {
+		if err := up.settle(); err != nil {
+			return 0, err
+		}
 	}
 	if up.fw == nil {
 		// The context of the call that opened the upload is gone by now;
@@ -229,11 +251,25 @@ func (up *upload) Write(p []byte) (int, error) {
 			return 0, fmt.Errorf("%w: upload %s data has %d bytes, expected %d (another writer?)", ErrInvalidOffset, up.id, fw.Size(), up.size)
 		}
 		up.fw = fw
+		up.wb.setWriter(fw)
 	}
-	n, err := up.fw.Write(p)
-	up.h.add(p[:n])
-	up.size += int64(n)
-	return n, err
+	up.wb.add(p)
+	up.size += int64(len(p))
+	up.lost = nil
+	return len(p), nil
+}
+
+// settle waits until every byte written is stored and hashed, or dropped
+// after a storage failure, which it returns; size is then what storage
+// holds.
+func (up *upload) settle() error {
+	dropped, err := up.wb.drain()
+	up.size -= dropped
+	if err != nil {
+		up.lost = err
+		up.repo.s.log.Warn("upload data not stored", "repository", up.repo.name, "upload", up.id, "bytes_lost", dropped, "size", up.size, "error", err)
+	}
+	return err
 }
 
 func (up *upload) dataPath() string {
@@ -246,6 +282,9 @@ func (up *upload) dataPath() string {
 func (up *upload) Flush(ctx context.Context) error {
 	if up.done {
 		return errUploadClosed
+	}
+	if err := up.settle(); err != nil {
+		return err
 	}
 	if up.fw != nil {
 		err := up.fw.Close()
@@ -262,7 +301,7 @@ func (up *upload) Flush(ctx context.Context) error {
 
 func (up *upload) saveHashState(ctx context.Context) error {
 	s := up.repo.s
-	state, err := up.h.wait().(encoding.BinaryMarshaler).MarshalBinary()
+	state, err := up.wb.hash().(encoding.BinaryMarshaler).MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("store: saving hash state of upload %s: %w", up.id, err)
 	}
@@ -299,7 +338,7 @@ func (up *upload) rehash(ctx context.Context) error {
 		return err
 	}
 	defer rc.Close()
-	n, err := io.Copy(up.h.wait(), rc)
+	n, err := io.Copy(up.wb.hash(), rc)
 	if err != nil {
 		return fmt.Errorf("store: re-hashing upload %s: %w", up.id, err)
 	}
@@ -320,7 +359,7 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 	if up.expected == "" {
 		return Descriptor{}, fmt.Errorf("%w: upload %s has no expected digest", ErrInvalidDigest, up.id)
 	}
-	actual := digest.NewDigest(digest.SHA256, up.h.wait())
+	actual := digest.NewDigest(digest.SHA256, up.wb.hash())
 	stored := up.size
 	if fi, err := s.driver.Stat(ctx, up.dataPath()); err == nil {
 		stored = fi.Size
@@ -390,6 +429,7 @@ func (up *upload) Close() error {
 
 // Cancel implements Upload.
 func (up *upload) Cancel(ctx context.Context) error {
+	_ = up.settle() // the writer must be idle before it is closed
 	if up.fw != nil {
 		_ = up.fw.Close()
 		up.fw = nil
