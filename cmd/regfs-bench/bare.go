@@ -23,6 +23,8 @@ import (
 const (
 	bareEnvMount = "REGFS_BENCH_BARE_MOUNT"
 	bareEnvDir   = "REGFS_BENCH_BARE_DIR"
+	// bareEnvWriteback, when set, turns on the FUSE writeback cache.
+	bareEnvWriteback = "REGFS_BENCH_BARE_WRITEBACK"
 )
 
 // bareReady is the line the bare file system prints once it serves its
@@ -48,7 +50,11 @@ func serveBare(mnt, dir string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// The options regfs mounts with, so that the ratio is regfs's own cost.
-	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(false, false)...)
+	opts := regfsfs.MountOptions(false, false)
+	if os.Getenv(bareEnvWriteback) != "" {
+		opts = append(opts, fuse.WritebackCache())
+	}
+	conn, err := fuse.Mount(mnt, opts...)
 	if err != nil {
 		return err
 	}
@@ -124,7 +130,17 @@ func (d bareDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *fuse
 	if err != nil {
 		return nil, nil, errno(err)
 	}
+	resp.Flags |= writeOpenFlags()
 	return f, &bareHandle{f: fh}, nil
+}
+
+// writeOpenFlags are the flags regfs opens uploads with (direct I/O),
+// unless the writeback cache is on, which needs the page cache.
+func writeOpenFlags() fuse.OpenResponseFlags {
+	if os.Getenv(bareEnvWriteback) != "" {
+		return 0
+	}
+	return regfsfs.UploadOpenFlags
 }
 
 type bareFile struct {
@@ -152,6 +168,8 @@ func (f bareFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Op
 	}
 	if req.Flags.IsReadOnly() {
 		resp.Flags |= fuse.OpenKeepCache
+	} else {
+		resp.Flags |= writeOpenFlags()
 	}
 	return &bareHandle{f: fh}, nil
 }

@@ -78,6 +78,7 @@ func TestBenchTiny(t *testing.T) {
 		{"P2", "reading the blob file directly"},
 		{"P3", "Go crypto/sha256"},
 		{"P3", "cp to the bare bazil passthrough"},
+		{"P3", "cp to the bare passthrough with the FUSE writeback cache"},
 		{"P4", "ls -l of the backing directory"},
 		{"P4", "find on the backing directory"},
 		{"P5", "the cache budget"},
