@@ -68,6 +68,12 @@ type Options struct {
 	// Retryable, when set, tells transient errors from permanent ones (a
 	// blob that was deleted), which fail at once. Nil retries every error.
 	Retryable func(error) bool
+	// Prefault is the number of full-size block buffers allocated and
+	// written to up front, for the first loads of the process: a fresh
+	// buffer takes a page fault per 4 KiB on its first fill, which on a
+	// VM made the first 1 MiB load of a new mount take 2-3 ms instead of
+	// 0.2. They count in the budget only once a load takes them.
+	Prefault int
 }
 
 // Stats are counters of a Cache since New. Hits, Misses, Waits and
@@ -141,6 +147,9 @@ type Cache struct {
 	// load. The pool is emptied by the garbage collector, and its buffers
 	// are not held: they are not counted in the budget.
 	free sync.Pool
+	// warm are the buffers Options.Prefault made, taken by loads before
+	// any other; guarded by mu.
+	warm [][]byte
 }
 
 // blockKey names block idx of the blob key.
@@ -231,6 +240,13 @@ func NewWithOptions(o Options) *Cache {
 		panic(err) // only for a non-positive size
 	}
 	c.lru = lru
+	for range max(o.Prefault, 0) {
+		b := make([]byte, c.blockSize)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		c.warm = append(c.warm, b)
+	}
 	return c
 }
 
@@ -408,10 +424,20 @@ func (c *Cache) unpin(b *block) {
 // getBuf returns a buffer of n bytes for a load, reused when it is a full
 // block. Its content is garbage: a load overwrites all of it or fails.
 func (c *Cache) getBuf(n int) []byte {
-	if n == c.blockSize {
-		if p, ok := c.free.Get().(*[]byte); ok {
-			return *p
-		}
+	if n != c.blockSize {
+		return make([]byte, n)
+	}
+	c.mu.Lock()
+	if k := len(c.warm); k > 0 {
+		b := c.warm[k-1]
+		c.warm[k-1] = nil
+		c.warm = c.warm[:k-1]
+		c.mu.Unlock()
+		return b
+	}
+	c.mu.Unlock()
+	if p, ok := c.free.Get().(*[]byte); ok {
+		return *p
 	}
 	return make([]byte, n)
 }

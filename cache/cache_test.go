@@ -766,3 +766,46 @@ func TestPermanentErrorIsNotRetried(t *testing.T) {
 		t.Errorf("next read: %d, %v", n, err)
 	}
 }
+
+// TestPrefault: the prefaulted buffers are made up front, counted in the
+// budget only once a load takes them, taken by the first full-block loads
+// (a short last block gets a buffer of its own), and loads that find none
+// left allocate as before. The bytes read are right either way.
+func TestPrefault(t *testing.T) {
+	const bs = 4096
+	src := newSource(3*bs+100, 7)
+	c := NewWithOptions(Options{Budget: 16 * bs, BlockSize: bs, ReadAhead: -1, Prefault: 2})
+	warm := func() int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.warm)
+	}
+	if n := warm(); n != 2 {
+		t.Fatalf("%d prefaulted buffers, want 2", n)
+	}
+	if b := c.Stats().Bytes; b != 0 {
+		t.Errorf("cache holds %d bytes before any load, want 0", b)
+	}
+	r := c.NewReader("blob", int64(len(src.data)), src.open)
+	defer r.Close()
+	got := make([]byte, len(src.data))
+	for i, want := range []int{2, 1, 1, 0, 0} {
+		// Blocks 3 (short), 0, 3 again (cached), 1, 2: only full
+		// blocks take prefaulted buffers.
+		idx := []int64{3, 0, 3, 1, 2}[i]
+		off := idx * bs
+		end := min(off+bs, int64(len(src.data)))
+		if n, err := r.ReadAt(got[off:end], off); n != int(end-off) || (err != nil && err != io.EOF) {
+			t.Fatalf("read of block %d: %d bytes, %v", idx, n, err)
+		}
+		if n := warm(); n != want {
+			t.Errorf("after reading block %d: %d prefaulted buffers left, want %d", idx, n, want)
+		}
+	}
+	if !bytes.Equal(got, src.data) {
+		t.Error("reads through prefaulted buffers return wrong bytes")
+	}
+	if b := c.Stats().Bytes; b != int64(len(src.data)) {
+		t.Errorf("cache holds %d bytes after loading every block, want %d", b, len(src.data))
+	}
+}

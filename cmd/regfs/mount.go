@@ -106,12 +106,26 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 // ahead: measured through the mount on a local versitygw, cold cat went from
 // 236-313 MB/s with 1 MiB blocks to 272-473 MB/s. Local storage keeps 1 MiB
 // blocks, which bound what a small random read pulls in.
+//
+// The buffers of the first read's block and its read-ahead are made and
+// faulted in at start (Prefault), so a fresh mount's first read does not
+// wait for a page fault per 4 KiB: head -c1 of a layer on a fresh mount
+// went from 3.6-4.5 ms to 1.6-1.8 ms (medians of 5, alternating runs). On
+// S3 the first request costs more than the faults, and its blocks are
+// larger: two are enough.
 func cacheOptions(cfg Config) cache.Options {
-	o := cache.Options{Budget: cfg.CacheSize, BlockSize: store.DefaultCacheBlockSize, Retryable: retryable}
+	o := cache.Options{
+		Budget:    cfg.CacheSize,
+		BlockSize: store.DefaultCacheBlockSize,
+		Retryable: retryable,
+		Prefault:  1 + cache.DefaultReadAhead,
+	}
 	if cfg.Driver == driverS3 {
 		o.BlockSize = 4 << 20
 		o.ReadAhead = 8
+		o.Prefault = 2
 	}
+	o.Prefault = int(min(int64(o.Prefault), cfg.CacheSize/int64(o.BlockSize)))
 	return o
 }
 
