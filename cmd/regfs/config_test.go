@@ -120,4 +120,17 @@ func TestCacheOptions(t *testing.T) {
 	if !o.Retryable(&driver.Error{Driver: "s3", Op: "GetObject", Path: "/x", Err: errors.New("503 SlowDown")}) {
 		t.Error("a backend hiccup is not retried")
 	}
+	// The first read's block and read-ahead are prefaulted, never more
+	// than the budget holds.
+	if o.Prefault != 5 {
+		t.Errorf("filesystem: %d blocks prefaulted, want 5", o.Prefault)
+	}
+	for size, want := range map[int64]int{0: 0, 2<<20 + 1: 2, 1 << 30: 5} {
+		if o := cacheOptions(Config{Storage: Storage{Driver: driverFilesystem}, CacheSize: size}); o.Prefault != want {
+			t.Errorf("cache size %d: %d blocks prefaulted, want %d", size, o.Prefault, want)
+		}
+	}
+	if o := cacheOptions(Config{Storage: Storage{Driver: driverS3}, CacheSize: 1 << 30}); o.Prefault != 2 {
+		t.Errorf("s3: %d blocks prefaulted, want 2", o.Prefault)
+	}
 }
