@@ -112,6 +112,11 @@ func TestUploadResumeRehashes(t *testing.T) {
 	if _, err := up.Write(content[10_000:30_000]); err != nil { // no flush: no state at 30000
 		t.Fatal(err)
 	}
+	// The bytes reach storage behind the write; wait for them, as a
+	// crash after they were stored but before the next flush would leave.
+	if err := up.(*upload).settle(); err != nil {
+		t.Fatal(err)
+	}
 
 	s2 := newStore(t, cd)
 	reads := cd.blobReads.Load()
