@@ -118,14 +118,21 @@ func (wb *writeBehind) recycle(b []byte) {
 	}
 }
 
+// pop removes and returns the first chunk of a queue, dropping the
+// queue's reference to it.
+func pop(q *[][]byte) []byte {
+	buf := (*q)[0]
+	(*q)[0] = nil
+	*q = (*q)[1:]
+	return buf
+}
+
 // writeLoop stores the queued chunks until there are none.
 func (wb *writeBehind) writeLoop() {
 	wb.mu.Lock()
 	defer wb.mu.Unlock()
 	for len(wb.toWrite) > 0 {
-		buf := wb.toWrite[0]
-		wb.toWrite[0] = nil
-		wb.toWrite = wb.toWrite[1:]
+		buf := pop(&wb.toWrite)
 		n := 0
 		if wb.err == nil {
 			wb.mu.Unlock()
@@ -163,9 +170,7 @@ func (wb *writeBehind) hashLoop() {
 	wb.mu.Lock()
 	defer wb.mu.Unlock()
 	for len(wb.toHash) > 0 {
-		buf := wb.toHash[0]
-		wb.toHash[0] = nil
-		wb.toHash = wb.toHash[1:]
+		buf := pop(&wb.toHash)
 		wb.mu.Unlock()
 		wb.h.Write(buf)
 		wb.mu.Lock()

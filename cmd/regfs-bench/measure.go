@@ -148,34 +148,26 @@ func (b *bench) upload(ctx context.Context, rep *Report) error {
 			return err
 		}
 
-		err = b.withMount(b.startBare(bareDir))(func(m *mount) error {
-			d, err := runCmd(ctx, nil, "cp", up.path, filepath.Join(m.dir, "upload"))
+		// The same cp to the bare passthrough, without and with the
+		// writeback cache; each checks and removes what it wrote.
+		for _, bare := range []struct {
+			kind  string
+			start func(string) (*mount, error)
+		}{{"bare", b.startBare}, {"bare writeback", b.startBareWriteback}} {
+			err = b.withMount(bare.start(bareDir))(func(m *mount) error {
+				d, err := runCmd(ctx, nil, "cp", up.path, filepath.Join(m.dir, "upload"))
+				if err != nil {
+					return err
+				}
+				s.add(bare.kind, rate(up.size, d))
+				return nil
+			})
 			if err != nil {
 				return err
 			}
-			s.add("bare", rate(up.size, d))
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if err := checkBareUpload(bareDir, up.size); err != nil {
-			return err
-		}
-
-		err = b.withMount(b.startBareWriteback(bareDir))(func(m *mount) error {
-			d, err := runCmd(ctx, nil, "cp", up.path, filepath.Join(m.dir, "upload"))
-			if err != nil {
+			if err := checkBareUpload(bareDir, up.size); err != nil {
 				return err
 			}
-			s.add("bare writeback", rate(up.size, d))
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if err := checkBareUpload(bareDir, up.size); err != nil {
-			return err
 		}
 
 		d, err := hashFile(up.path)
