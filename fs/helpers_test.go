@@ -1,7 +1,6 @@
 package fs
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -115,19 +114,8 @@ func unmount(t *testing.T, dir string) {
 }
 
 func isMounted(dir string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) > 4 && fields[4] == dir {
-			return true
-		}
-	}
-	return false
+	_, ok, _ := MountAt(dir)
+	return ok
 }
 
 // openFile opens p with blocking I/O. os.OpenFile would register the
@@ -173,21 +161,9 @@ func (m *testMount) do(fn func() error) error {
 // connectionID returns the minor device number of the FUSE mount at dir,
 // which names its directory in /sys/fs/fuse/connections.
 func connectionID(dir string) string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) > 4 && fields[4] == dir {
-			if _, minor, ok := strings.Cut(fields[2], ":"); ok {
-				return minor
-			}
-		}
-	}
-	return ""
+	m, _, _ := MountAt(dir)
+	_, minor, _ := strings.Cut(m.Dev, ":")
+	return minor
 }
 
 // abort aborts the FUSE connection, failing every request in flight, so

@@ -7,7 +7,6 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -17,13 +16,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/regfs/regfs/driver/s3/s3test"
+	regfsfs "github.com/regfs/regfs/fs"
 )
 
 // regfsBin is the binary under test, built once by TestMain.
@@ -240,19 +239,8 @@ func (m *mount) path(elem ...string) string {
 
 // isMounted tells whether dir is a mount point, from /proc/self/mountinfo.
 func isMounted(dir string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) > 4 && fields[4] == dir {
-			return true
-		}
-	}
-	return false
+	_, ok, _ := regfsfs.MountAt(dir)
+	return ok
 }
 
 // sh runs a shell command line with a timeout and returns its combined

@@ -218,16 +218,3 @@ func TestMedian(t *testing.T) {
 		t.Errorf("median(5, 1, 3, 10) = %v, want 4", got)
 	}
 }
-
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{
-		`/tmp/a\040b`: "/tmp/a b",
-		`/plain`:      "/plain",
-		`/x\134y`:     `/x\y`,
-		`/short\04`:   `/short\04`,
-	} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
-		}
-	}
-}

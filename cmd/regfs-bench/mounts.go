@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	regfsfs "github.com/regfs/regfs/fs"
 )
 
 // Timing of mounts.
@@ -222,83 +223,23 @@ func lazyUnmount(dir string) {
 	_ = syscall.Unmount(dir, syscall.MNT_DETACH)
 }
 
-// mountedAt reports whether dir is a mount point in /proc/self/mountinfo,
-// and its device (major:minor), which names its bdi in /sys/class/bdi.
+// mountedAt reports whether dir is a mount point, and its device
+// (major:minor), which names its bdi in /sys/class/bdi.
 func mountedAt(dir string) (bdi string, ok bool, err error) {
-	mounts, err := readMountinfo()
-	if err != nil {
-		return "", false, err
-	}
-	for _, mi := range mounts {
-		if mi.point == dir {
-			return mi.dev, true, nil
-		}
-	}
-	return "", false, nil
-}
-
-type mountinfo struct {
-	dev, point, fstype string
-}
-
-// readMountinfo parses /proc/self/mountinfo: "id parent maj:min root point
-// options [optional...] - fstype source superoptions".
-func readMountinfo() ([]mountinfo, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []mountinfo
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mi := mountinfo{dev: fields[2], point: unescapeMountinfo(fields[4])}
-		for i, f := range fields {
-			if f == "-" && i+1 < len(fields) {
-				mi.fstype = fields[i+1]
-				break
-			}
-		}
-		out = append(out, mi)
-	}
-	return out, sc.Err()
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) of
-// mountinfo paths.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	m, ok, err := regfsfs.MountAt(dir)
+	return m.Dev, ok, err
 }
 
 // mountsBelow lists the mount points at or below dir.
 func mountsBelow(dir string) ([]string, error) {
-	mounts, err := readMountinfo()
+	mounts, err := regfsfs.Mounts()
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, mi := range mounts {
-		if mi.point == dir || strings.HasPrefix(mi.point, dir+"/") {
-			out = append(out, mi.point)
+		if mi.Point == dir || strings.HasPrefix(mi.Point, dir+"/") {
+			out = append(out, mi.Point)
 		}
 	}
 	return out, nil

@@ -1,15 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
+
+	regfsfs "github.com/regfs/regfs/fs"
 )
 
 // checkMountpoint refuses a mountpoint regfs should not mount on, with a
@@ -81,43 +80,6 @@ func isEmptyDir(p string) (bool, error) {
 
 // isMountPoint tells whether /proc/self/mountinfo lists abs as a mount point.
 func isMountPoint(abs string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	return mountinfoHas(f, abs)
-}
-
-// mountinfoHas tells whether the mountinfo table r lists mount point abs.
-// The fifth field is the mount point, with space, tab, newline and
-// backslash escaped in octal.
-func mountinfoHas(r io.Reader, abs string) bool {
-	s := bufio.NewScanner(r)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == abs {
-			return true
-		}
-	}
-	return false
-}
-
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	_, ok, _ := regfsfs.MountAt(abs)
+	return ok
 }

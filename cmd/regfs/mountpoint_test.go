@@ -43,23 +43,6 @@ func TestCheckMountpoint(t *testing.T) {
 	}
 }
 
-func TestMountinfoHas(t *testing.T) {
-	table := `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-42 27 0:39 / /tmp/with\040space rw,nosuid - fuse.regfs regfs rw
-43 27 0:40 / /tmp/back\134slash rw - tmpfs none rw
-`
-	for _, c := range []struct {
-		p    string
-		want bool
-	}{
-		{"/", true}, {"/tmp/with space", true}, {`/tmp/back\slash`, true}, {"/tmp", false}, {"/tmp/with", false},
-	} {
-		if got := mountinfoHas(strings.NewReader(table), c.p); got != c.want {
-			t.Errorf("mountinfoHas(%q) = %v, want %v", c.p, got, c.want)
-		}
-	}
-}
-
 // syncBuffer is a bytes.Buffer safe for the logger and the test to share.
 type syncBuffer struct {
 	mu sync.Mutex
