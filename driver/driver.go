@@ -185,6 +185,15 @@ func ValidComponent(name string) bool {
 	return true
 }
 
+// Child returns the path of name in the directory dir, which may be the
+// root "/". Unlike path.Join it cleans nothing: both are valid already.
+func Child(dir, name string) string {
+	if dir == "/" {
+		return "/" + name
+	}
+	return dir + "/" + name
+}
+
 // ValidPath reports whether p is a well-formed object path: absolute, made of
 // valid components, with no empty component and no trailing slash. The root
 // "/" is not an object path; the methods that accept it check for it apart.

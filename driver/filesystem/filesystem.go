@@ -286,16 +286,9 @@ func (d *impl) List(_ context.Context, path string) ([]string, error) {
 	}
 	names := make([]string, len(entries))
 	for i, e := range entries {
-		names[i] = join(path, e.Name())
+		names[i] = driver.Child(path, e.Name())
 	}
 	return names, nil
-}
-
-func join(dir, name string) string {
-	if dir == "/" {
-		return "/" + name
-	}
-	return dir + "/" + name
 }
 
 // Move renames src over dst after creating dst's parents. A directory
@@ -375,7 +368,7 @@ func (d *impl) Walk(_ context.Context, path string, fn driver.WalkFn) error {
 
 func (d *impl) walk(dir string, entries []fs.DirEntry, fn driver.WalkFn) error {
 	for _, e := range entries {
-		p := join(dir, e.Name())
+		p := driver.Child(dir, e.Name())
 		fi, err := e.Info() // not following symlinks: a cycle cannot loop the walk
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {

@@ -235,16 +235,9 @@ func (d *impl) List(_ context.Context, path string) ([]string, error) {
 	d.mu.RUnlock()
 	slices.Sort(names)
 	for i, name := range names {
-		names[i] = join(path, name)
+		names[i] = driver.Child(path, name)
 	}
 	return names, nil
-}
-
-func join(dir, name string) string {
-	if dir == "/" {
-		return "/" + name
-	}
-	return dir + "/" + name
 }
 
 func (d *impl) Move(_ context.Context, src, dst string) error {
@@ -301,7 +294,7 @@ func (d *impl) Walk(_ context.Context, path string, fn driver.WalkFn) error {
 		slices.Sort(names)
 		for _, name := range names {
 			child := n.children[name]
-			p := join(dir, name)
+			p := driver.Child(dir, name)
 			entries = append(entries, child.info(p))
 			if child.isDir() {
 				collect(p, child)

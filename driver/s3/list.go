@@ -57,7 +57,7 @@ func (d *impl) List(ctx context.Context, path string) ([]string, error) {
 	add := func(key string) {
 		name := strings.TrimSuffix(strings.TrimPrefix(key, prefix), "/")
 		if driver.ValidComponent(name) {
-			names = append(names, join(path, name))
+			names = append(names, driver.Child(path, name))
 		}
 	}
 	err := d.list(ctx, path, prefix, "/", func(page *s3.ListObjectsV2Output) error {
@@ -77,13 +77,6 @@ func (d *impl) List(ctx context.Context, path string) ([]string, error) {
 	}
 	slices.Sort(names)
 	return slices.Compact(names), nil
-}
-
-func join(dir, name string) string {
-	if dir == "/" {
-		return "/" + name
-	}
-	return dir + "/" + name
 }
 
 // Walk lists every key below path in one paged listing (no delimiter: one
