@@ -209,6 +209,9 @@ func (up *upload) Size() int64             { return up.size }
 // bytes it sent, resumes) gets that failure again rather than
 // ErrInvalidOffset, until a write at the end succeeds.
 func (up *upload) WriteAt(p []byte, off int64) (int, error) {
+	if up.done {
+		return 0, errUploadClosed
+	}
 	if up.wb.failed() {
 		if err := up.settle(); err != nil {
 			return 0, err
@@ -219,22 +222,6 @@ func (up *upload) WriteAt(p []byte, off int64) (int, error) {
 			return 0, up.lost
 		}
 		return 0, fmt.Errorf("%w: offset %d, upload %s has %d bytes", ErrInvalidOffset, off, up.id, up.size)
-	}
-	return up.Write(p)
-}
-
-// Write implements Upload. The bytes are queued for the driver and the
-// hash (see writeBehind): Write returns before they are stored, while the
-// caller sends the next ones. A storage failure is returned by the next
-// Write, Flush or Commit, and Size is then what storage holds.
-func (up *upload) Write(p []byte) (int, error) {
-	if up.done {
-		return 0, errUploadClosed
-	}
-	if up.wb.failed() {
-		if err := up.settle(); err != nil {
-			return 0, err
-		}
 	}
 	if up.fw == nil {
 		// The context of the call that opened the upload is gone by now;
@@ -257,6 +244,14 @@ func (up *upload) Write(p []byte) (int, error) {
 	up.size += int64(len(p))
 	up.lost = nil
 	return len(p), nil
+}
+
+// Write implements Upload. The bytes are queued for the driver and the
+// hash (see writeBehind): Write returns before they are stored, while the
+// caller sends the next ones. A storage failure is returned by the next
+// Write, Flush or Commit, and Size is then what storage holds.
+func (up *upload) Write(p []byte) (int, error) {
+	return up.WriteAt(p, up.size)
 }
 
 // settle waits until every byte written is stored and hashed, or dropped
