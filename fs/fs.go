@@ -301,24 +301,21 @@ func (f *FS) removeMkdirDir(parent, name string) {
 	}
 }
 
-// invalidateEntry tells the kernel to forget name in dir. It runs in its own
-// goroutine: the kernel may hold dir's lock while it waits for the reply to
-// the request that caused the invalidation.
+// invalidateEntry tells the kernel to forget name in dir.
 func (f *FS) invalidateEntry(dir fs.Node, name string) {
-	srv := f.server.Load()
-	if srv == nil {
-		return
-	}
-	f.notify.Add(1)
-	go func() {
-		defer f.notify.Done()
-		f.logNotify(srv.InvalidateEntry(dir, name))
-	}()
+	f.notifyKernel(func(srv *fs.Server) error { return srv.InvalidateEntry(dir, name) })
 }
 
-// invalidateNode tells the kernel to drop the cached attributes and data of
-// n, in its own goroutine like invalidateEntry.
+// invalidateNode tells the kernel to drop the cached attributes and data
+// of n.
 func (f *FS) invalidateNode(n fs.Node) {
+	f.notifyKernel(func(srv *fs.Server) error { return srv.InvalidateNodeData(n) })
+}
+
+// notifyKernel sends a notification to the kernel in its own goroutine:
+// the kernel may hold a directory's lock while it waits for the reply to
+// the request that caused the notification.
+func (f *FS) notifyKernel(send func(*fs.Server) error) {
 	srv := f.server.Load()
 	if srv == nil {
 		return
@@ -326,7 +323,7 @@ func (f *FS) invalidateNode(n fs.Node) {
 	f.notify.Add(1)
 	go func() {
 		defer f.notify.Done()
-		f.logNotify(srv.InvalidateNodeData(n))
+		f.logNotify(send(srv))
 	}()
 }
 

@@ -167,18 +167,22 @@ func (b *bench) startRegfs(cacheSize int64) (*mount, error) {
 
 // startBare mounts the bare passthrough of dir.
 func (b *bench) startBare(dir string) (*mount, error) {
-	mnt := b.newMountpoint("bare")
-	return b.mounts.start("bare", mnt, []string{b.self},
-		[]string{bareEnvMount + "=" + mnt, bareEnvDir + "=" + dir}, bareReady)
+	return b.startBareWith("bare", dir)
 }
 
 // startBareWriteback mounts the bare passthrough of dir with the kernel's
 // FUSE writeback cache on: the fastest write path bazil offers (writes are
 // batched in the page cache and sent in parallel, out of order).
 func (b *bench) startBareWriteback(dir string) (*mount, error) {
-	mnt := b.newMountpoint("bare-wb")
+	return b.startBareWith("bare-wb", dir, bareEnvWriteback+"=1")
+}
+
+// startBareWith mounts the bare passthrough of dir at a new mountpoint
+// named after name, with env added to the server's environment.
+func (b *bench) startBareWith(name, dir string, env ...string) (*mount, error) {
+	mnt := b.newMountpoint(name)
 	return b.mounts.start("bare", mnt, []string{b.self},
-		[]string{bareEnvMount + "=" + mnt, bareEnvDir + "=" + dir, bareEnvWriteback + "=1"}, bareReady)
+		append([]string{bareEnvMount + "=" + mnt, bareEnvDir + "=" + dir}, env...), bareReady)
 }
 
 // startRclone mounts the registry's root with rclone, read-only, with its
