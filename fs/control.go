@@ -255,8 +255,8 @@ func (f *FS) Stats() Stats {
 	f.mu.Lock()
 	s.UploadsInFlight = len(f.uploads)
 	f.mu.Unlock()
-	if f.st != nil {
-		s.DriverCalls = f.st.DriverCalls()
+	if sr, ok := f.st.(store.StatsReporter); ok {
+		s.DriverCalls = sr.Stats().DriverCalls
 	}
 	if c := f.opts.Cache; c != nil {
 		cs := c.Stats()
@@ -347,7 +347,7 @@ const (
 // and a last line saying how many more there were.
 func reasonsOf(err error) []string {
 	errs := []error{err}
-	var v *store.ErrManifestVerification
+	var v *store.ManifestVerificationError
 	if errors.As(err, &v) && len(v.Errs) > 0 {
 		errs = v.Errs
 	}

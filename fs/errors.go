@@ -8,7 +8,6 @@ import (
 
 	"bazil.org/fuse"
 
-	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/store"
 )
 
@@ -67,17 +66,17 @@ func (f *FS) errno(op, name string, err error) error {
 func classify(err error) syscall.Errno {
 	var (
 		errno        fuse.Errno
-		mismatch     *store.ErrDigestMismatch
-		verification *store.ErrManifestVerification
-		invalid      *store.ErrManifestInvalid
-		unverified   *store.ErrManifestUnverified
-		notFound     driver.PathNotFoundError
-		badOffset    driver.InvalidOffsetError
-		unsupported  driver.UnsupportedMethodError
+		mismatch     *store.DigestMismatchError
+		verification *store.ManifestVerificationError
+		invalid      *store.ManifestInvalidError
+		unverified   *store.ManifestUnverifiedError
 	)
 	switch {
 	case errors.As(err, &errno):
 		return syscall.Errno(errno)
+	// A storage failure keeps the errno of its cause (the store's
+	// StorageError wraps the driver's error, which wraps the system
+	// call's), so a full disk reads as one, not as a bad upload.
 	case errors.Is(err, syscall.ENOSPC):
 		return syscall.ENOSPC
 	case errors.Is(err, syscall.EDQUOT):
@@ -92,14 +91,14 @@ func classify(err error) syscall.Errno {
 		errors.As(err, &unverified), errors.As(err, &mismatch):
 		return syscall.EBADMSG
 	case errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrInvalidDigest),
-		errors.Is(err, store.ErrInvalidOffset), errors.As(err, &badOffset),
+		errors.Is(err, store.ErrInvalidOffset), errors.Is(err, store.ErrInvalidPath),
 		errors.Is(err, errWrongKind):
 		return syscall.EINVAL
 	case errors.Is(err, store.ErrRepositoryNotEmpty), errors.Is(err, errNotEmpty):
 		return syscall.ENOTEMPTY
 	case errors.Is(err, store.ErrBlobUnknown), errors.Is(err, store.ErrManifestUnknown),
 		errors.Is(err, store.ErrTagUnknown), errors.Is(err, store.ErrUploadUnknown),
-		errors.Is(err, store.ErrRepositoryUnknown), errors.As(err, &notFound),
+		errors.Is(err, store.ErrRepositoryUnknown), errors.Is(err, store.ErrNotFound),
 		errors.Is(err, errNotFound):
 		return syscall.ENOENT
 	case errors.Is(err, errImmutable), errors.Is(err, errNotSupported),
@@ -115,7 +114,7 @@ func classify(err error) syscall.Errno {
 		return syscall.EEXIST
 	case errors.Is(err, errStale):
 		return syscall.ESTALE
-	case errors.As(err, &unsupported):
+	case errors.Is(err, store.ErrUnsupported):
 		return syscall.ENOTSUP
 	}
 	return syscall.EIO

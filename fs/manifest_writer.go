@@ -103,7 +103,7 @@ func (w *manifestWriter) Write(ctx context.Context, req *fuse.WriteRequest, resp
 	w.f.stats.bytesWritten.Add(int64(len(req.Data)))
 	if appended && w.malformed == nil && len(w.buf) <= syntaxCheckLimit {
 		if err := syntaxError(w.buf); err != nil {
-			w.malformed = &store.ErrManifestInvalid{Reason: err.Error()}
+			w.malformed = &store.ManifestInvalidError{Reason: err.Error()}
 			w.f.stats.manifestsRejected.Add(1)
 			w.f.reject(w.path(), w.malformed)
 			return w.f.errno("write", w.path(), w.malformed)

@@ -23,12 +23,15 @@ import (
 
 func TestClassify(t *testing.T) {
 	wrap := func(err error) error { return fmt.Errorf("op: %w", err) }
-	blobMissing := &store.ErrManifestBlobUnknown{Digest: digest.FromString("x")}
+	storageErr := func(kind, cause error) error {
+		return wrap(&store.StorageError{Op: "Op", Path: "/x", Kind: kind, Err: cause})
+	}
+	blobMissing := &store.ManifestBlobUnknownError{Digest: digest.FromString("x")}
 	for _, c := range []struct {
 		err  error
 		want syscall.Errno
 	}{
-		{driver.PathNotFoundError{Path: "/x", Driver: "inmemory"}, syscall.ENOENT},
+		{storageErr(store.ErrNotFound, driver.PathNotFoundError{Path: "/x", Driver: "inmemory"}), syscall.ENOENT},
 		{wrap(store.ErrBlobUnknown), syscall.ENOENT},
 		{wrap(store.ErrManifestUnknown), syscall.ENOENT},
 		{wrap(store.ErrTagUnknown), syscall.ENOENT},
@@ -37,21 +40,28 @@ func TestClassify(t *testing.T) {
 		{wrap(store.ErrInvalidName), syscall.EINVAL},
 		{wrap(store.ErrInvalidDigest), syscall.EINVAL},
 		{wrap(store.ErrInvalidOffset), syscall.EINVAL},
-		{driver.InvalidOffsetError{Path: "/x", Offset: -1}, syscall.EINVAL},
+		{storageErr(store.ErrInvalidOffset, driver.InvalidOffsetError{Path: "/x", Offset: -1}), syscall.EINVAL},
+		{storageErr(store.ErrInvalidPath, driver.InvalidPathError{Path: "/x/../y"}), syscall.EINVAL},
 		{store.ErrReadOnly, syscall.EROFS},
 		{wrap(store.ErrRepositoryNotEmpty), syscall.ENOTEMPTY},
-		{&store.ErrDigestMismatch{Expected: digest.FromString("a"), Actual: digest.FromString("b")}, syscall.EBADMSG},
-		{&store.ErrManifestInvalid{Reason: "bad"}, syscall.EBADMSG},
-		{&store.ErrManifestUnverified{Reason: "bad"}, syscall.EBADMSG},
+		{&store.DigestMismatchError{Expected: digest.FromString("a"), Actual: digest.FromString("b")}, syscall.EBADMSG},
+		{&store.ManifestInvalidError{Reason: "bad"}, syscall.EBADMSG},
+		{&store.ManifestUnverifiedError{Reason: "bad"}, syscall.EBADMSG},
 		// Verification wraps ErrBlobUnknown per missing blob: still EBADMSG.
-		{wrap(&store.ErrManifestVerification{Errs: []error{blobMissing}}), syscall.EBADMSG},
+		{wrap(&store.ManifestVerificationError{Errs: []error{blobMissing}}), syscall.EBADMSG},
 		{wrap(context.Canceled), syscall.EINTR},
 		{wrap(context.DeadlineExceeded), syscall.ETIMEDOUT},
-		{&driver.Error{Driver: "s3", Op: "GetContent", Path: "/x", Err: errors.New("connection reset")}, syscall.EIO},
+		{storageErr(nil, &driver.Error{Driver: "s3", Op: "GetContent", Path: "/x", Err: errors.New("connection reset")}), syscall.EIO},
+		{storageErr(nil, &driver.Error{Driver: "filesystem", Op: "Write", Path: "/x", Err: &os.PathError{Op: "write", Path: "/x", Err: syscall.ENOSPC}}), syscall.ENOSPC},
+		{storageErr(nil, &driver.Error{Driver: "filesystem", Op: "Close", Path: "/x", Err: &os.PathError{Op: "close", Path: "/x", Err: syscall.EDQUOT}}), syscall.EDQUOT},
+		{storageErr(nil, &driver.Error{Driver: "s3", Op: "GetContent", Path: "/x", Err: context.Canceled}), syscall.EINTR},
+		// A link that stays torn is a storage failure, never EINVAL or ENOENT.
+		{&store.CorruptLinkError{Path: "/x/link", Content: []byte("sha256:12")}, syscall.EIO},
+		{&store.CorruptBlobError{Path: "/x/data"}, syscall.EIO},
 		{errors.New("something else"), syscall.EIO},
 		{wrap(syscall.ENOSPC), syscall.ENOSPC},
 		{wrap(syscall.ENOENT), syscall.EIO}, // a raw errno from a backend is a hiccup, not "not found"
-		{driver.UnsupportedMethodError{Method: "Move"}, syscall.ENOTSUP},
+		{storageErr(store.ErrUnsupported, driver.UnsupportedMethodError{Method: "Move"}), syscall.ENOTSUP},
 		{errImmutable, syscall.EPERM},
 		{errNotSupported, syscall.EPERM},
 		{errForeignUpload, syscall.EPERM},
@@ -116,8 +126,8 @@ func TestErrorLogKeepsTheLast100(t *testing.T) {
 
 func TestReasonsListEveryProblem(t *testing.T) {
 	a, b := digest.FromString("a"), digest.FromString("b")
-	err := fmt.Errorf("put: %w", &store.ErrManifestVerification{Errs: []error{
-		&store.ErrManifestBlobUnknown{Digest: a}, &store.ErrManifestBlobUnknown{Digest: b}, &store.ErrManifestInvalid{Reason: "name mismatch"},
+	err := fmt.Errorf("put: %w", &store.ManifestVerificationError{Errs: []error{
+		&store.ManifestBlobUnknownError{Digest: a}, &store.ManifestBlobUnknownError{Digest: b}, &store.ManifestInvalidError{Reason: "name mismatch"},
 	}})
 	got := reasonsOf(err)
 	if len(got) != 3 || !strings.Contains(got[0], a.String()) || !strings.Contains(got[1], b.String()) {
@@ -203,10 +213,10 @@ func TestNodesDirectly(t *testing.T) {
 func TestReasonsAreBounded(t *testing.T) {
 	var errs []error
 	for i := 0; i < 10000; i++ {
-		errs = append(errs, &store.ErrManifestBlobUnknown{Digest: digest.FromString(strconv.Itoa(i))})
+		errs = append(errs, &store.ManifestBlobUnknownError{Digest: digest.FromString(strconv.Itoa(i))})
 	}
-	errs = append([]error{&store.ErrManifestInvalid{Reason: strings.Repeat("n", 3<<20)}}, errs...)
-	got := reasonsOf(&store.ErrManifestVerification{Errs: errs})
+	errs = append([]error{&store.ManifestInvalidError{Reason: strings.Repeat("n", 3<<20)}}, errs...)
+	got := reasonsOf(&store.ManifestVerificationError{Errs: errs})
 	if len(got) != maxReasons+1 || got[maxReasons] != "... and 9951 more problems" {
 		t.Fatalf("%d reasons, last %q", len(got), got[len(got)-1])
 	}

@@ -130,7 +130,7 @@ func (h *uploadHandle) commit(ctx context.Context) error {
 	h.wrote, h.created = false, false
 	desc, err := h.st.up.Commit(ctx)
 	if err != nil {
-		var mismatch *store.ErrDigestMismatch
+		var mismatch *store.DigestMismatchError
 		if errors.As(err, &mismatch) && quiet {
 			return nil
 		}

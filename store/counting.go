@@ -46,13 +46,13 @@ func newCallCounter(d driver.StorageDriver) *callCounter {
 	return &callCounter{StorageDriver: d}
 }
 
-// DriverCalls implements Store.
-func (s *storage) DriverCalls() map[string]int64 {
-	out := make(map[string]int64, numOps)
+// Stats implements StatsReporter.
+func (s *storage) Stats() Stats {
+	calls := make(map[string]int64, numOps)
 	for op, name := range opNames {
-		out[name] = s.calls.calls[op].Load()
+		calls[name] = s.calls.calls[op].Load()
 	}
-	return out
+	return Stats{DriverCalls: calls, BadLinks: s.badLinks.Load()}
 }
 
 func (c *callCounter) GetContent(ctx context.Context, path string) ([]byte, error) {

@@ -209,7 +209,7 @@ func TestStoreUnderFaults(t *testing.T) {
 // isMismatchAfterShortWrite tells whether err is the digest mismatch of an
 // upload whose write failed part way (the caller pushed on regardless).
 func isMismatchAfterShortWrite(err error) bool {
-	var m *ErrDigestMismatch
+	var m *DigestMismatchError
 	return errors.As(err, &m)
 }
 

@@ -48,8 +48,8 @@ func FuzzParseManifest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, content []byte, tag string) {
 		p, problems := parseManifest(content, repo, tag)
 		for _, e := range problems {
-			var inv *ErrManifestInvalid
-			var unv *ErrManifestUnverified
+			var inv *ManifestInvalidError
+			var unv *ManifestUnverifiedError
 			if !errors.As(e, &inv) && !errors.As(e, &unv) && !errors.Is(e, ErrInvalidDigest) {
 				t.Errorf("untyped problem %T: %v", e, e)
 			}

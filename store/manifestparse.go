@@ -85,8 +85,8 @@ type dockerManifestList struct {
 // collects every problem found rather than stopping at the first, so that a
 // rejected write can name all its reasons at once.
 //
-// Problems are *ErrManifestInvalid (size, JSON, media type, schema version,
-// structure, schema1 name/tag/lengths), *ErrManifestUnverified (schema1
+// Problems are *ManifestInvalidError (size, JSON, media type, schema version,
+// structure, schema1 name/tag/lengths), *ManifestUnverifiedError (schema1
 // signatures) and errors wrapping ErrInvalidDigest. They come in a fixed
 // order: document-level problems first, then per-kind checks in field order,
 // then signatures.
@@ -97,7 +97,7 @@ type dockerManifestList struct {
 // registry rejects an oversized body before reading it.
 func parseManifest(content []byte, repo, tag string) (p *parsedManifest, problems []error) {
 	if len(content) > MaxManifestSize {
-		return nil, []error{&ErrManifestInvalid{Reason: fmt.Sprintf(
+		return nil, []error{&ManifestInvalidError{Reason: fmt.Sprintf(
 			"manifest is %d bytes, more than the %d-byte limit", len(content), MaxManifestSize)}}
 	}
 	h, err := parseManifestHeader(content)
@@ -130,14 +130,14 @@ func parseManifestHeader(content []byte) (*manifestHeader, error) {
 		if err != nil {
 			reason += ": " + err.Error()
 		}
-		return nil, &ErrManifestInvalid{Reason: reason}
+		return nil, &ManifestInvalidError{Reason: reason}
 	}
 	if trimmed := bytes.TrimSpace(content); len(trimmed) == 0 || trimmed[0] != '{' {
-		return nil, &ErrManifestInvalid{Reason: "manifest is not a JSON object"}
+		return nil, &ManifestInvalidError{Reason: "manifest is not a JSON object"}
 	}
 	var h manifestHeader
 	if err := json.Unmarshal(content, &h); err != nil {
-		return nil, &ErrManifestInvalid{Reason: "malformed manifest: " + err.Error()}
+		return nil, &ManifestInvalidError{Reason: "malformed manifest: " + err.Error()}
 	}
 	return &h, nil
 }
@@ -155,7 +155,7 @@ func parseManifestHeader(content []byte) (*manifestHeader, error) {
 // extracting references.
 func manifestKind(h *manifestHeader) (string, []error) {
 	if h.SchemaVersion == nil {
-		return "", []error{&ErrManifestInvalid{Reason: "schemaVersion missing"}}
+		return "", []error{&ManifestInvalidError{Reason: "schemaVersion missing"}}
 	}
 	version := *h.SchemaVersion
 	kind := h.MediaType
@@ -168,16 +168,16 @@ func manifestKind(h *manifestHeader) (string, []error) {
 		case version == 1:
 			kind = MediaTypeSchema1Signed
 		case version != 2:
-			return "", []error{&ErrManifestInvalid{Reason: fmt.Sprintf("unsupported schemaVersion %d", version)}}
+			return "", []error{&ManifestInvalidError{Reason: fmt.Sprintf("unsupported schemaVersion %d", version)}}
 		case rawPresent(h.Manifests) && !rawPresent(h.Config) && !rawPresent(h.Layers):
 			kind = MediaTypeOCIIndex
 		case rawPresent(h.Config) && !rawPresent(h.Manifests):
 			kind = MediaTypeOCIManifest
 		default:
-			return "", []error{&ErrManifestInvalid{Reason: "mediaType missing and the fields do not tell the manifest's kind"}}
+			return "", []error{&ManifestInvalidError{Reason: "mediaType missing and the fields do not tell the manifest's kind"}}
 		}
 	default:
-		return "", []error{&ErrManifestInvalid{Reason: fmt.Sprintf("unsupported mediaType %q", h.MediaType)}}
+		return "", []error{&ManifestInvalidError{Reason: fmt.Sprintf("unsupported mediaType %q", h.MediaType)}}
 	}
 
 	want := 2
@@ -185,7 +185,7 @@ func manifestKind(h *manifestHeader) (string, []error) {
 		want = 1
 	}
 	if version != want {
-		return "", []error{&ErrManifestInvalid{Reason: fmt.Sprintf(
+		return "", []error{&ManifestInvalidError{Reason: fmt.Sprintf(
 			"unsupported schemaVersion %d for %s (want %d)", version, kind, want)}}
 	}
 
@@ -193,15 +193,15 @@ func manifestKind(h *manifestHeader) (string, []error) {
 	switch kind {
 	case MediaTypeSchema2, MediaTypeOCIManifest:
 		if rawPresent(h.Manifests) {
-			problems = append(problems, &ErrManifestInvalid{Reason: kind + " must not have a manifests field"})
+			problems = append(problems, &ManifestInvalidError{Reason: kind + " must not have a manifests field"})
 		}
 	case MediaTypeManifestList, MediaTypeOCIIndex:
 		if rawPresent(h.Config) || rawPresent(h.Layers) {
-			problems = append(problems, &ErrManifestInvalid{Reason: kind + " must not have config or layers fields"})
+			problems = append(problems, &ManifestInvalidError{Reason: kind + " must not have config or layers fields"})
 		}
 	case MediaTypeSchema1Signed:
 		if rawPresent(h.Config) || rawPresent(h.Layers) || rawPresent(h.Manifests) {
-			problems = append(problems, &ErrManifestInvalid{Reason: "schema1 manifest must not have config, layers or manifests fields"})
+			problems = append(problems, &ManifestInvalidError{Reason: "schema1 manifest must not have config, layers or manifests fields"})
 		}
 	}
 	return kind, problems
@@ -226,7 +226,7 @@ func parseImageManifest(content []byte, kind string, h *manifestHeader) (*parsed
 	if kind == MediaTypeSchema2 {
 		var m dockerManifest
 		if err := json.Unmarshal(content, &m); err != nil {
-			return nil, []error{&ErrManifestInvalid{Reason: "malformed manifest: " + err.Error()}}
+			return nil, []error{&ManifestInvalidError{Reason: "malformed manifest: " + err.Error()}}
 		}
 		config = dockerDescriptorRef("config", m.Config)
 		for i, l := range m.Layers {
@@ -235,7 +235,7 @@ func parseImageManifest(content []byte, kind string, h *manifestHeader) (*parsed
 	} else {
 		var m v1.Manifest
 		if err := json.Unmarshal(content, &m); err != nil {
-			return nil, []error{&ErrManifestInvalid{Reason: "malformed manifest: " + err.Error()}}
+			return nil, []error{&ManifestInvalidError{Reason: "malformed manifest: " + err.Error()}}
 		}
 		config = ociDescriptorRef("config", m.Config)
 		for i, l := range m.Layers {
@@ -247,7 +247,7 @@ func parseImageManifest(content []byte, kind string, h *manifestHeader) (*parsed
 	var problems []error
 	p := &parsedManifest{MediaType: kind, Canonical: content}
 	if !rawPresent(h.Config) {
-		problems = append(problems, &ErrManifestInvalid{Reason: "config missing"})
+		problems = append(problems, &ManifestInvalidError{Reason: "config missing"})
 	} else {
 		if errs := checkManifestDescriptor(config); len(errs) > 0 {
 			problems = append(problems, errs...)
@@ -265,7 +265,7 @@ func parseImageManifest(content []byte, kind string, h *manifestHeader) (*parsed
 		if foreign {
 			errs = append(errs, checkForeignURLs(l)...)
 		} else if l.mediaType == mediaTypeDockerForeignLayer {
-			errs = append(errs, &ErrManifestInvalid{Reason: l.field + ": foreign layer without urls"})
+			errs = append(errs, &ManifestInvalidError{Reason: l.field + ": foreign layer without urls"})
 		}
 		problems = append(problems, errs...)
 		d := digest.Digest(l.digest)
@@ -284,7 +284,7 @@ func parseManifestIndex(content []byte, kind string, h *manifestHeader) (*parsed
 	if kind == MediaTypeManifestList {
 		var m dockerManifestList
 		if err := json.Unmarshal(content, &m); err != nil {
-			return nil, []error{&ErrManifestInvalid{Reason: "malformed manifest list: " + err.Error()}}
+			return nil, []error{&ManifestInvalidError{Reason: "malformed manifest list: " + err.Error()}}
 		}
 		for i, c := range m.Manifests {
 			children = append(children, dockerDescriptorRef(fmt.Sprintf("manifests[%d]", i), c))
@@ -292,7 +292,7 @@ func parseManifestIndex(content []byte, kind string, h *manifestHeader) (*parsed
 	} else {
 		var m v1.Index
 		if err := json.Unmarshal(content, &m); err != nil {
-			return nil, []error{&ErrManifestInvalid{Reason: "malformed index: " + err.Error()}}
+			return nil, []error{&ManifestInvalidError{Reason: "malformed index: " + err.Error()}}
 		}
 		for i, c := range m.Manifests {
 			children = append(children, ociDescriptorRef(fmt.Sprintf("manifests[%d]", i), c))
@@ -302,7 +302,7 @@ func parseManifestIndex(content []byte, kind string, h *manifestHeader) (*parsed
 
 	var problems []error
 	if !rawPresent(h.Manifests) {
-		problems = append(problems, &ErrManifestInvalid{Reason: "manifests missing"})
+		problems = append(problems, &ManifestInvalidError{Reason: "manifests missing"})
 	}
 	p := &parsedManifest{MediaType: kind, Canonical: content}
 	seen := map[digest.Digest]bool{}
@@ -346,7 +346,7 @@ func checkManifestDescriptor(d manifestDescriptor) []error {
 		problems = append(problems, err)
 	}
 	if d.size < 0 {
-		problems = append(problems, &ErrManifestInvalid{Reason: fmt.Sprintf("%s: negative size %d", d.field, d.size)})
+		problems = append(problems, &ManifestInvalidError{Reason: fmt.Sprintf("%s: negative size %d", d.field, d.size)})
 	}
 	return problems
 }
@@ -367,7 +367,7 @@ func checkForeignURLs(d manifestDescriptor) []error {
 	for i, s := range d.urls {
 		u, err := url.Parse(s)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Fragment != "" {
-			problems = append(problems, &ErrManifestInvalid{Reason: fmt.Sprintf(
+			problems = append(problems, &ManifestInvalidError{Reason: fmt.Sprintf(
 				"%s: urls[%d] %q is not an http or https URL without fragment", d.field, i, s)})
 		}
 	}

@@ -39,46 +39,46 @@ type problemMatcher struct {
 	match func(error) bool
 }
 
-// invalid expects exactly &ErrManifestInvalid{Reason: reason}.
+// invalid expects exactly &ManifestInvalidError{Reason: reason}.
 func invalid(reason string) problemMatcher {
 	return problemMatcher{
-		desc: fmt.Sprintf("*ErrManifestInvalid{%q}", reason),
+		desc: fmt.Sprintf("*ManifestInvalidError{%q}", reason),
 		match: func(err error) bool {
-			var e *ErrManifestInvalid
+			var e *ManifestInvalidError
 			return errors.As(err, &e) && e.Reason == reason
 		},
 	}
 }
 
-// invalidAny expects an *ErrManifestInvalid whose reason comes from another
+// invalidAny expects an *ManifestInvalidError whose reason comes from another
 // package (encoding/json's message, for instance).
 func invalidAny() problemMatcher {
 	return problemMatcher{
-		desc: "*ErrManifestInvalid{any reason}",
+		desc: "*ManifestInvalidError{any reason}",
 		match: func(err error) bool {
-			var e *ErrManifestInvalid
+			var e *ManifestInvalidError
 			return errors.As(err, &e)
 		},
 	}
 }
 
-// unverified expects an *ErrManifestUnverified, the reason being libtrust's.
+// unverified expects an *ManifestUnverifiedError, the reason being libtrust's.
 func unverified() problemMatcher {
 	return problemMatcher{
-		desc: "*ErrManifestUnverified",
+		desc: "*ManifestUnverifiedError",
 		match: func(err error) bool {
-			var e *ErrManifestUnverified
+			var e *ManifestUnverifiedError
 			return errors.As(err, &e)
 		},
 	}
 }
 
-// unverifiedReason expects exactly &ErrManifestUnverified{Reason: reason}.
+// unverifiedReason expects exactly &ManifestUnverifiedError{Reason: reason}.
 func unverifiedReason(reason string) problemMatcher {
 	return problemMatcher{
-		desc: fmt.Sprintf("*ErrManifestUnverified{%q}", reason),
+		desc: fmt.Sprintf("*ManifestUnverifiedError{%q}", reason),
 		match: func(err error) bool {
-			var e *ErrManifestUnverified
+			var e *ManifestUnverifiedError
 			return errors.As(err, &e) && e.Reason == reason
 		},
 	}
@@ -89,8 +89,8 @@ func badDigest() problemMatcher {
 	return problemMatcher{
 		desc: "ErrInvalidDigest",
 		match: func(err error) bool {
-			var inv *ErrManifestInvalid
-			var unv *ErrManifestUnverified
+			var inv *ManifestInvalidError
+			var unv *ManifestUnverifiedError
 			return errors.Is(err, ErrInvalidDigest) && !errors.As(err, &inv) && !errors.As(err, &unv)
 		},
 	}

@@ -38,12 +38,18 @@ func (m *manifestService) Get(ctx context.Context, dgst digest.Digest) ([]byte, 
 	if c, ok := s.manifests.Get(m.cacheKey(dgst)); ok {
 		return bytes.Clone(c.content), c.mediaType, nil
 	}
-	content, err := s.driver.GetContent(ctx, mustPath(blobDataPathSpec{digest: target}))
+	blobPath := mustPath(blobDataPathSpec{digest: target})
+	content, err := s.driver.GetContent(ctx, blobPath)
 	if err != nil {
 		if isNotFound(err) {
 			return nil, "", fmt.Errorf("%w: %s in %s: blob data missing", ErrManifestUnknown, dgst, m.repo.name)
 		}
 		return nil, "", err
+	}
+	// A manifest is small: checking it costs a hash of a few KiB, once per
+	// process, and keeps a damaged blob out of the cache and off the wire.
+	if actual := digest.FromBytes(content); actual != target {
+		return nil, "", &CorruptBlobError{Path: blobPath, Expected: target, Actual: actual, Size: int64(len(content))}
 	}
 	mediaType := detectMediaType(content)
 	if mediaType == MediaTypeSchema1Signed {
@@ -94,15 +100,21 @@ func (m *manifestService) signatures(ctx context.Context, dgst digest.Digest) ([
 
 // Exists implements ManifestService.
 func (m *manifestService) Exists(ctx context.Context, dgst digest.Digest) (bool, error) {
-	p, err := pathFor(manifestRevisionLinkPathSpec{name: m.repo.name, revision: dgst})
+	return m.repo.revisionExists(ctx, dgst)
+}
+
+// revisionExists tells whether the revision's link exists; the manifest
+// and tag services share it.
+func (r *repository) revisionExists(ctx context.Context, dgst digest.Digest) (bool, error) {
+	p, err := pathFor(manifestRevisionLinkPathSpec{name: r.name, revision: dgst})
 	if err != nil {
 		return false, err
 	}
-	return m.repo.s.exists(ctx, p)
+	return r.s.exists(ctx, p)
 }
 
 // Put implements ManifestService. Everything is checked before anything is
-// written, and every problem is reported in one *ErrManifestVerification.
+// written, and every problem is reported in one *ManifestVerificationError.
 // Then, in the format's write order: revision blob -> signature blobs and
 // links -> revision link -> tag index link -> tag current link.
 func (m *manifestService) Put(ctx context.Context, content []byte, tag string, want digest.Digest) (digest.Digest, error) {
@@ -118,7 +130,7 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 		}
 	}
 	if len(content) > MaxManifestSize {
-		return "", &ErrManifestVerification{Errs: []error{&ErrManifestInvalid{
+		return "", &ManifestVerificationError{Errs: []error{&ManifestInvalidError{
 			Reason: fmt.Sprintf("manifest is %d bytes, more than the %d-byte limit", len(content), MaxManifestSize)}}}
 	}
 	p, problems := parseManifest(content, m.repo.name, tag)
@@ -131,25 +143,18 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 		problems = append(problems, more...)
 		dgst = digest.FromBytes(p.Canonical)
 		if want != "" && dgst != want {
-			problems = append(problems, &ErrDigestMismatch{Expected: want, Actual: dgst, Size: int64(len(p.Canonical))})
+			problems = append(problems, &DigestMismatchError{Expected: want, Actual: dgst, Size: int64(len(p.Canonical))})
 		}
 	}
 	if len(problems) > 0 || p == nil {
 		if len(problems) == 0 {
-			problems = []error{&ErrManifestInvalid{Reason: "unrecognised manifest"}}
+			problems = []error{&ManifestInvalidError{Reason: "unrecognised manifest"}}
 		}
-		return "", &ErrManifestVerification{Errs: problems}
+		return "", &ManifestVerificationError{Errs: problems}
 	}
 
-	blobPath := mustPath(blobDataPathSpec{digest: dgst})
-	had, err := s.exists(ctx, blobPath)
-	if err != nil {
+	if err := m.putBlob(ctx, dgst, p.Canonical); err != nil {
 		return "", err
-	}
-	if !had {
-		if err := s.driver.PutContent(ctx, blobPath, p.Canonical); err != nil {
-			return "", err
-		}
 	}
 	for _, sig := range p.Signatures {
 		sd := digest.FromBytes(sig)
@@ -164,7 +169,7 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 		return "", err
 	}
 	if tag != "" {
-		if err := m.repo.Tags().(*tagService).point(ctx, tag, dgst); err != nil {
+		if err := m.repo.pointTag(ctx, tag, dgst); err != nil {
 			return "", err
 		}
 	}
@@ -172,11 +177,38 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 	return dgst, nil
 }
 
+// putBlob stores a manifest's verified bytes as blob dgst. A blob that is
+// there already is checked first, bytes and all (a manifest is at most 4
+// MiB): verified bytes win, so a re-push heals a blob that was truncated
+// or damaged. PutContent replaces it atomically.
+func (m *manifestService) putBlob(ctx context.Context, dgst digest.Digest, content []byte) error {
+	s := m.repo.s
+	blobPath := mustPath(blobDataPathSpec{digest: dgst})
+	fi, err := s.driver.Stat(ctx, blobPath)
+	switch {
+	case isNotFound(err):
+	case err != nil:
+		return err
+	case !fi.IsDir && fi.Size == int64(len(content)):
+		stored, err := s.driver.GetContent(ctx, blobPath)
+		if err != nil && !isNotFound(err) {
+			return err
+		}
+		if err == nil && bytes.Equal(stored, content) {
+			return nil
+		}
+		fallthrough
+	default:
+		s.log.Warn("replacing a damaged manifest blob with verified bytes", "digest", dgst, "stored_size", fi.Size, "size", len(content))
+	}
+	return s.driver.PutContent(ctx, blobPath, content)
+}
+
 // checkReferences collects a problem for every blob the manifest needs that
 // is not linked here (or whose data is gone) and every child manifest that
 // is not a revision here. Only driver failures are returned as err.
 func (m *manifestService) checkReferences(ctx context.Context, p *parsedManifest) (problems []error, err error) {
-	layers := &layerService{repo: m.repo}
+	layers := m.repo.Layers()
 	seen := map[digest.Digest]bool{}
 	for _, b := range p.Blobs {
 		if seen[b] {
@@ -184,10 +216,13 @@ func (m *manifestService) checkReferences(ctx context.Context, p *parsedManifest
 		}
 		seen[b] = true
 		if _, err := layers.Stat(ctx, b); err != nil {
-			if !errors.Is(err, ErrBlobUnknown) && !isInvalidInput(err) {
+			// A link that stays corrupt links nothing: pushing the blob
+			// again rewrites it.
+			var bad *CorruptLinkError
+			if !errors.Is(err, ErrBlobUnknown) && !isInvalidInput(err) && !errors.As(err, &bad) {
 				return nil, err
 			}
-			problems = append(problems, &ErrManifestBlobUnknown{Digest: b})
+			problems = append(problems, &ManifestBlobUnknownError{Digest: b})
 		}
 	}
 	seen = map[digest.Digest]bool{}
@@ -199,13 +234,13 @@ func (m *manifestService) checkReferences(ctx context.Context, p *parsedManifest
 		ok, err := m.Exists(ctx, c)
 		if err != nil {
 			if isInvalidInput(err) {
-				problems = append(problems, &ErrManifestChildUnknown{Digest: c})
+				problems = append(problems, &ManifestChildUnknownError{Digest: c})
 				continue
 			}
 			return nil, err
 		}
 		if !ok {
-			problems = append(problems, &ErrManifestChildUnknown{Digest: c})
+			problems = append(problems, &ManifestChildUnknownError{Digest: c})
 		}
 	}
 	return problems, nil
@@ -228,7 +263,28 @@ func (m *manifestService) Delete(ctx context.Context, dgst digest.Digest) error 
 	if !ok {
 		return fmt.Errorf("%w: %s in %s", ErrManifestUnknown, dgst, m.repo.name)
 	}
-	tags := &tagService{repo: m.repo}
+	if err := m.untagRevision(ctx, dgst, true); err != nil {
+		return err
+	}
+	if err := s.driver.Delete(ctx, dir); err != nil && !isNotFound(err) {
+		return err
+	}
+	// A tag written since the scan above (pointTag checks the revision
+	// only after writing the tag) is caught here.
+	if err := m.untagRevision(ctx, dgst, false); err != nil {
+		return err
+	}
+	s.manifests.Remove(m.cacheKey(dgst))
+	s.log.Debug("manifest deleted", "repository", m.repo.name, "digest", dgst)
+	return nil
+}
+
+// untagRevision removes the tags pointing at dgst and, with cleanIndex, the
+// revision from the index of every other tag. A tag whose link stays
+// unreadable points at nothing: it is left alone (and logged).
+func (m *manifestService) untagRevision(ctx context.Context, dgst digest.Digest, cleanIndex bool) error {
+	s := m.repo.s
+	tags := m.repo.Tags()
 	names, err := tags.List(ctx)
 	if err != nil {
 		return err
@@ -241,19 +297,17 @@ func (m *manifestService) Delete(ctx context.Context, dgst digest.Digest) error 
 				return err
 			}
 			continue
-		case err != nil && !errors.Is(err, ErrTagUnknown):
+		case err != nil && !errors.Is(err, ErrTagUnknown) && !s.skipBadLink(err):
 			return err
+		}
+		if !cleanIndex {
+			continue
 		}
 		entry := mustPath(manifestTagIndexEntryPathSpec{name: m.repo.name, tag: t, revision: dgst})
 		if err := s.driver.Delete(ctx, entry); err != nil && !isNotFound(err) {
 			return err
 		}
 	}
-	if err := s.driver.Delete(ctx, dir); err != nil && !isNotFound(err) {
-		return err
-	}
-	s.manifests.Remove(m.cacheKey(dgst))
-	s.log.Debug("manifest deleted", "repository", m.repo.name, "digest", dgst)
 	return nil
 }
 

@@ -53,12 +53,12 @@ func setup(t *testing.T) (driver.StorageDriver, Store, Repository, digest.Digest
 	return d, s, r, cfg, []digest.Digest{l1, l2}
 }
 
-// verificationErrs returns the problems of an *ErrManifestVerification.
+// verificationErrs returns the problems of an *ManifestVerificationError.
 func verificationErrs(t *testing.T, err error) []error {
 	t.Helper()
-	var mv *ErrManifestVerification
+	var mv *ManifestVerificationError
 	if !errors.As(err, &mv) {
-		t.Fatalf("error %v (%T) is not an *ErrManifestVerification", err, err)
+		t.Fatalf("error %v (%T) is not an *ManifestVerificationError", err, err)
 	}
 	return mv.Errs
 }
@@ -73,7 +73,7 @@ func TestManifestPutMissingLayersNamed(t *testing.T) {
 	errs := verificationErrs(t, err)
 	var named []digest.Digest
 	for _, e := range errs {
-		var bu *ErrManifestBlobUnknown
+		var bu *ManifestBlobUnknownError
 		if !errors.As(e, &bu) {
 			t.Fatalf("unexpected problem %v", e)
 		}
@@ -124,30 +124,30 @@ func TestManifestPutRejections(t *testing.T) {
 		want    digest.Digest
 		check   check
 	}{
-		{"malformed JSON", []byte(`{"schemaVersion":2,`), "t", "", isA(new(*ErrManifestInvalid))},
-		{"unknown media type", []byte(`{"schemaVersion":2,"mediaType":"application/x-nonsense","config":{}}`), "t", "", isA(new(*ErrManifestInvalid))},
-		{"oversized", append(append([]byte(nil), good[:len(good)-1]...), append(bytes.Repeat([]byte(" "), MaxManifestSize), '}')...), "t", "", isA(new(*ErrManifestInvalid))},
+		{"malformed JSON", []byte(`{"schemaVersion":2,`), "t", "", isA(new(*ManifestInvalidError))},
+		{"unknown media type", []byte(`{"schemaVersion":2,"mediaType":"application/x-nonsense","config":{}}`), "t", "", isA(new(*ManifestInvalidError))},
+		{"oversized", append(append([]byte(nil), good[:len(good)-1]...), append(bytes.Repeat([]byte(" "), MaxManifestSize), '}')...), "t", "", isA(new(*ManifestInvalidError))},
 		{"digest mismatch", good, "t", digest.FromString("other"), func(t *testing.T, err error) {
-			var mm *ErrDigestMismatch
+			var mm *DigestMismatchError
 			if !errors.As(err, &mm) || mm.Actual != goodDigest || mm.Expected != digest.FromString("other") {
-				t.Fatalf("want *ErrDigestMismatch for %s, got %v", goodDigest, err)
+				t.Fatalf("want *DigestMismatchError for %s, got %v", goodDigest, err)
 			}
 		}},
-		{"blob linked only in another repository", schema2(cfg, foreign), "t", "", isA(new(*ErrManifestBlobUnknown))},
-		{"linked blob with data missing", schema2(cfg, gone), "t", "", isA(new(*ErrManifestBlobUnknown))},
+		{"blob linked only in another repository", schema2(cfg, foreign), "t", "", isA(new(*ManifestBlobUnknownError))},
+		{"linked blob with data missing", schema2(cfg, gone), "t", "", isA(new(*ManifestBlobUnknownError))},
 		{"index child unknown", ociIndex(unknownChild), "t", "", func(t *testing.T, err error) {
-			var cu *ErrManifestChildUnknown
+			var cu *ManifestChildUnknownError
 			if !errors.As(err, &cu) || cu.Digest != unknownChild || !errors.Is(err, ErrManifestUnknown) {
-				t.Fatalf("want *ErrManifestChildUnknown for %s, got %v", unknownChild, err)
+				t.Fatalf("want *ManifestChildUnknownError for %s, got %v", unknownChild, err)
 			}
 		}},
-		{"unsigned schema1", []byte(fmt.Sprintf(`{"schemaVersion":1,"name":"r","tag":"t","fsLayers":[{"blobSum":%q}],"history":[{"v1Compatibility":"{}"}]}`, layers[0])), "t", "", isA(new(*ErrManifestUnverified))},
+		{"unsigned schema1", []byte(fmt.Sprintf(`{"schemaVersion":1,"name":"r","tag":"t","fsLayers":[{"blobSum":%q}],"history":[{"v1Compatibility":"{}"}]}`, layers[0])), "t", "", isA(new(*ManifestUnverifiedError))},
 		{"several problems at once", schema2(digest.FromString("no config"), layers[0], foreign), "t", goodDigest, func(t *testing.T, err error) {
 			errs := verificationErrs(t, err)
 			var blobs, mismatches int
 			for _, e := range errs {
-				var bu *ErrManifestBlobUnknown
-				var mm *ErrDigestMismatch
+				var bu *ManifestBlobUnknownError
+				var mm *DigestMismatchError
 				switch {
 				case errors.As(e, &bu):
 					blobs++

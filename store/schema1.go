@@ -43,18 +43,18 @@ func parseSchema1(content []byte, repo, tag string) (*parsedManifest, []error) {
 	}
 	switch {
 	case err != nil:
-		sigProblem = &ErrManifestUnverified{Reason: "cannot read signatures: " + err.Error()}
+		sigProblem = &ManifestUnverifiedError{Reason: "cannot read signatures: " + err.Error()}
 	case len(sigs) == 0:
-		sigProblem = &ErrManifestUnverified{Reason: "manifest has no signatures"}
+		sigProblem = &ManifestUnverifiedError{Reason: "manifest has no signatures"}
 	default:
 		payload, perr := js.Payload()
 		if perr != nil {
-			sigProblem = &ErrManifestUnverified{Reason: "cannot decode signed payload: " + perr.Error()}
+			sigProblem = &ManifestUnverifiedError{Reason: "cannot decode signed payload: " + perr.Error()}
 			break
 		}
 		canonical = payload
 		if verr := verifyJWS(js); verr != nil {
-			sigProblem = &ErrManifestUnverified{Reason: verr.Error()}
+			sigProblem = &ManifestUnverifiedError{Reason: verr.Error()}
 		}
 	}
 	withSig := func(problems []error) []error {
@@ -67,35 +67,35 @@ func parseSchema1(content []byte, repo, tag string) (*parsedManifest, []error) {
 	h, err := parseManifestHeader(canonical)
 	if err != nil {
 		reason := err.Error()
-		var inv *ErrManifestInvalid
+		var inv *ManifestInvalidError
 		if errors.As(err, &inv) {
 			reason = inv.Reason
 		}
-		return nil, withSig([]error{&ErrManifestInvalid{Reason: "signed payload: " + reason}})
+		return nil, withSig([]error{&ManifestInvalidError{Reason: "signed payload: " + reason}})
 	}
 	if h.SchemaVersion == nil || *h.SchemaVersion != 1 ||
 		(h.MediaType != "" && h.MediaType != MediaTypeSchema1 && h.MediaType != MediaTypeSchema1Signed) {
-		return nil, withSig([]error{&ErrManifestInvalid{Reason: "signed payload is not a schema1 manifest"}})
+		return nil, withSig([]error{&ManifestInvalidError{Reason: "signed payload is not a schema1 manifest"}})
 	}
 	var m schema1Manifest
 	if err := json.Unmarshal(canonical, &m); err != nil {
-		return nil, withSig([]error{&ErrManifestInvalid{Reason: "malformed schema1 manifest: " + err.Error()}})
+		return nil, withSig([]error{&ManifestInvalidError{Reason: "malformed schema1 manifest: " + err.Error()}})
 	}
 
 	var problems []error
 	if m.Name != repo {
-		problems = append(problems, &ErrManifestInvalid{Reason: fmt.Sprintf(
+		problems = append(problems, &ManifestInvalidError{Reason: fmt.Sprintf(
 			"name %q does not match repository %q", m.Name, repo)})
 	}
 	if tag != "" && m.Tag != tag {
-		problems = append(problems, &ErrManifestInvalid{Reason: fmt.Sprintf(
+		problems = append(problems, &ManifestInvalidError{Reason: fmt.Sprintf(
 			"tag %q does not match tag %q", m.Tag, tag)})
 	}
 	switch {
 	case len(m.FSLayers) == 0:
-		problems = append(problems, &ErrManifestInvalid{Reason: "fsLayers is empty"})
+		problems = append(problems, &ManifestInvalidError{Reason: "fsLayers is empty"})
 	case len(m.FSLayers) != len(m.History):
-		problems = append(problems, &ErrManifestInvalid{Reason: fmt.Sprintf(
+		problems = append(problems, &ManifestInvalidError{Reason: fmt.Sprintf(
 			"fsLayers has %d entries but history has %d", len(m.FSLayers), len(m.History))})
 	}
 

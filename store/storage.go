@@ -8,6 +8,8 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/docker/libtrust"
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -41,12 +43,15 @@ const (
 // storage is the Store implementation. It holds only what is shared by every
 // per-use service value; it is safe for concurrent use.
 type storage struct {
-	// driver is calls wrapped around the driver New was given.
+	// driver is the driver New was given, its calls counted and its errors
+	// translated into the store's.
 	driver driver.StorageDriver
 	calls  *callCounter
-	cache  *cache.Cache
-	log    *slog.Logger
-	key    libtrust.PrivateKey
+	// badLinks counts the links found corrupt (Stats.BadLinks).
+	badLinks atomic.Int64
+	cache    *cache.Cache
+	log      *slog.Logger
+	key      libtrust.PrivateKey
 	// manifests caches Get results by repository and digest. Revisions are
 	// immutable, so entries never go stale; caching also keeps the
 	// signature of a re-signed schema1 manifest stable within the process.
@@ -65,7 +70,7 @@ func New(d driver.StorageDriver, opts Options) (Store, error) {
 		return nil, errors.New("store: nil driver")
 	}
 	counted := newCallCounter(d)
-	s := &storage{driver: counted, calls: counted, cache: opts.Cache, log: opts.Logger, key: opts.SigningKey}
+	s := &storage{driver: translated{counted}, calls: counted, cache: opts.Cache, log: opts.Logger, key: opts.SigningKey}
 	if s.cache == nil {
 		s.cache = cache.New(DefaultCacheBudget, DefaultCacheBlockSize)
 	}
@@ -272,9 +277,12 @@ func (s *storage) list(ctx context.Context, dir string) ([]string, error) {
 // directory that hold a link file, sorted. The registry deletes a layer or
 // a revision by removing only its link file and leaves the directory, so a
 // directory alone does not count. One Walk that stops below <hex>/ does it
-// without a Stat per entry.
+// without a Stat per entry. A link whose size is not a digest's is re-read
+// (it may be being rewritten); one that stays bad is skipped, logged and
+// counted, so it never hides the others.
 func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, error) {
 	var out []digest.Digest
+	var suspect []string
 	err := s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
 		rel := strings.TrimPrefix(fi.Path, dir+"/")
 		hex, rest, nested := strings.Cut(rel, "/")
@@ -287,6 +295,10 @@ func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, 
 				return driver.ErrSkipDir
 			}
 		case rest == linkFileName && !fi.IsDir:
+			if fi.Size != int64(linkSize) {
+				suspect = append(suspect, hex)
+				return nil
+			}
 			out = append(out, digest.NewDigestFromEncoded(digest.SHA256, hex))
 		case fi.IsDir:
 			return driver.ErrSkipDir // signatures/ and the like
@@ -296,22 +308,65 @@ func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, 
 	if err != nil && !isNotFound(err) {
 		return nil, err
 	}
+	for _, hex := range suspect {
+		_, err := s.readLink(ctx, dir+"/"+hex+"/"+linkFileName)
+		switch {
+		case err == nil:
+			out = append(out, digest.NewDigestFromEncoded(digest.SHA256, hex))
+		case isNotFound(err):
+		case s.skipBadLink(err):
+		default:
+			return nil, err
+		}
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out, nil
 }
 
+// skipBadLink tells whether err is a corrupt link that a listing leaves
+// out, and logs and counts it when it is.
+func (s *storage) skipBadLink(err error) bool {
+	var bad *CorruptLinkError
+	if !errors.As(err, &bad) {
+		return false
+	}
+	s.log.Warn("corrupt link left out of a listing", "path", bad.Path, "error", err)
+	return true
+}
+
+// linkRereads are the pauses between the reads of a link that is empty,
+// short or not a digest, before it is declared corrupt. The registry
+// rewrites a tag's link in place (truncate, then write), so a reader can
+// catch it empty for the moment between the two; 15 ms in all rides that
+// out many times over, and costs nothing for a link that reads well.
+var linkRereads = []time.Duration{time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond, 8 * time.Millisecond}
+
 // readLink reads a link file and parses the digest in it. A missing link is
-// returned as the driver's PathNotFoundError for the caller to translate.
+// a *StorageError of Kind ErrNotFound (isNotFound) for the caller to
+// translate. A link that stays empty, short or malformed over the re-reads
+// is a *CorruptLinkError, counted in Stats.BadLinks.
 func (s *storage) readLink(ctx context.Context, p string) (digest.Digest, error) {
-	b, err := s.driver.GetContent(ctx, p)
-	if err != nil {
-		return "", err
+	for i := 0; ; i++ {
+		b, err := s.driver.GetContent(ctx, p)
+		if err != nil {
+			return "", err
+		}
+		d := digest.Digest(b)
+		if checkStoredDigest(d) == nil {
+			return d, nil
+		}
+		if i == len(linkRereads) {
+			s.badLinks.Add(1)
+			return "", &CorruptLinkError{Path: p, Content: b}
+		}
+		t := time.NewTimer(linkRereads[i])
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return "", storageErr("GetContent", p, context.Cause(ctx))
+		}
 	}
-	d := digest.Digest(b)
-	if err := checkStoredDigest(d); err != nil {
-		return "", fmt.Errorf("store: corrupt link %s: %w", p, err)
-	}
-	return d, nil
 }
 
 // writeLink writes a link file: the digest string, 71 bytes, no newline.

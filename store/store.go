@@ -41,13 +41,26 @@ type Store interface {
 	// ErrRepositoryNotEmpty, and so is one holding a nested repository or a
 	// namespace holding repositories; a missing one ErrRepositoryUnknown.
 	RemoveRepository(ctx context.Context, name string) error
+}
 
-	// DriverCalls returns how many times the store has called each driver
-	// method ("List", "Walk", "Reader", ...) since New. What a listing or a
-	// lookup costs is a number of backend calls, each a round trip on a
-	// remote driver, so this is what .regfs/stats reports and the
-	// benchmark checks.
-	DriverCalls() map[string]int64
+// Stats are the counters of a store, for .regfs/stats.
+type Stats struct {
+	// DriverCalls is how many times the store has called each driver
+	// method ("List", "Walk", "Reader", ...) since New. What a listing or
+	// a lookup costs is a number of backend calls, each a round trip on a
+	// remote driver, so this is what the benchmark checks.
+	DriverCalls map[string]int64
+	// BadLinks counts the link files found unreadable (empty, short or not
+	// a digest) after re-reading them: each one a listing skipped or a
+	// read failed on.
+	BadLinks int64
+}
+
+// StatsReporter is implemented by a Store that counts what it does. The
+// counters are no part of the registry's semantics, so they are not in
+// Store: a caller that shows them asks whether the store has them.
+type StatsReporter interface {
+	Stats() Stats
 }
 
 // Repository is one named repository.
@@ -141,7 +154,7 @@ type Upload interface {
 	// Commit verifies size and digest against Expected. On a match the blob
 	// is stored (once, however many uploads carry it), linked into the
 	// repository and the upload removed. On a mismatch it returns
-	// ErrDigestMismatch and leaves the upload intact for more appends.
+	// DigestMismatchError and leaves the upload intact for more appends.
 	Commit(ctx context.Context) (Descriptor, error)
 	// Close flushes and releases the upload without committing it.
 	Close() error
@@ -171,9 +184,9 @@ type ManifestService interface {
 	// Exists tells whether the revision is in the repository.
 	Exists(ctx context.Context, dgst digest.Digest) (bool, error)
 	// Put verifies content (collecting every problem in one
-	// *ErrManifestVerification), stores it as a revision and returns its
+	// *ManifestVerificationError), stores it as a revision and returns its
 	// digest. With tag non-empty the tag is then pointed at it. With want
-	// non-empty the revision's digest must equal want (ErrDigestMismatch).
+	// non-empty the revision's digest must equal want (DigestMismatchError).
 	// A rejected put changes nothing in storage.
 	Put(ctx context.Context, content []byte, tag string, want digest.Digest) (digest.Digest, error)
 	// Delete removes the revision and every tag that points at it. Blob

@@ -46,6 +46,7 @@ func (u *uploadService) Create(ctx context.Context, expected digest.Digest) (Upl
 	s.log.Debug("upload created", "repository", name, "upload", id, "expected", expected)
 	return &upload{
 		repo:     u.repo,
+		ctx:      ctx,
 		id:       id,
 		expected: expected,
 		started:  started,
@@ -66,6 +67,7 @@ func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
 	s := u.repo.s
 	up := &upload{
 		repo:     u.repo,
+		ctx:      ctx,
 		id:       id,
 		expected: info.Expected,
 		started:  info.StartedAt,
@@ -78,10 +80,10 @@ func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
 		uerr := up.wb.hash().(encoding.BinaryUnmarshaler).UnmarshalBinary(state)
 		if uerr == nil {
 			up.savedAt = info.Size
+			up.stateUnverified = true
 			return up, nil
 		}
 		// A state the registry or a crash left half-written: start over.
-		up.wb.reset()
 		s.log.Warn("upload hash state unreadable, re-hashing", "repository", u.repo.name, "upload", id, "error", uerr)
 	case !isNotFound(err):
 		return nil, err
@@ -175,7 +177,11 @@ func (u *uploadService) Cancel(ctx context.Context, id string) error {
 
 // upload is one upload in progress. It is not safe for concurrent use.
 type upload struct {
-	repo     *repository
+	repo *repository
+	// ctx is the context the upload was created or resumed with: it
+	// bounds the writers the upload opens after that call returned (the
+	// caller's mount, so that unmounting stops them).
+	ctx      context.Context
 	id       string
 	expected digest.Digest
 	started  time.Time
@@ -195,7 +201,12 @@ type upload struct {
 	// savedAt is the size at which the hash state was last saved; -1 when
 	// none was saved by this value.
 	savedAt int64
-	done    bool
+	// stateUnverified is set when the hash continues from a state read
+	// from storage, which may be well-formed and still wrong (copied from
+	// another upload of the same size); a digest mismatch then re-hashes
+	// the stored bytes once before it is believed.
+	stateUnverified bool
+	done            bool
 }
 
 var errUploadClosed = errors.New("upload closed")
@@ -224,11 +235,11 @@ func (up *upload) WriteAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("%w: offset %d, upload %s has %d bytes", ErrInvalidOffset, off, up.id, up.size)
 	}
 	if up.fw == nil {
-		// The context of the call that opened the upload is gone by now;
-		// the writer's lifetime is the upload's, ended by Flush or Close.
-		fw, err := up.repo.s.driver.Writer(context.Background(), up.dataPath(), true)
+		// The writer's lifetime is the upload's, ended by Flush or Close,
+		// and bounded by the context the upload was opened with.
+		fw, err := up.repo.s.driver.Writer(up.ctx, up.dataPath(), true)
 		if isNotFound(err) && up.size == 0 {
-			fw, err = up.repo.s.driver.Writer(context.Background(), up.dataPath(), false)
+			fw, err = up.repo.s.driver.Writer(up.ctx, up.dataPath(), false)
 		}
 		if err != nil {
 			return 0, err
@@ -324,6 +335,8 @@ func (up *upload) saveHashState(ctx context.Context) error {
 // rehash feeds the hasher the upload's data from storage once; used when no
 // saved state matches the data's size.
 func (up *upload) rehash(ctx context.Context) error {
+	up.wb.reset()
+	up.stateUnverified = false
 	if up.size == 0 {
 		up.savedAt = -1
 		return nil
@@ -343,9 +356,10 @@ func (up *upload) rehash(ctx context.Context) error {
 	return nil
 }
 
-// Commit implements Upload. Verify (size and digest) -> move the data to the
-// blob store unless the blob is already there -> link -> remove the upload.
-// On a mismatch nothing moves and the upload stays resumable.
+// Commit implements Upload. Verify (size and digest) -> store the data as
+// the blob (moved there, or replacing a stored copy that is damaged) ->
+// link -> remove the upload. On a mismatch nothing moves and the upload
+// stays resumable.
 func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 	if err := up.Flush(ctx); err != nil {
 		return Descriptor{}, err
@@ -355,6 +369,19 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 		return Descriptor{}, fmt.Errorf("%w: upload %s has no expected digest", ErrInvalidDigest, up.id)
 	}
 	actual := digest.NewDigest(digest.SHA256, up.wb.hash())
+	if actual != up.expected && up.stateUnverified {
+		// The hash went on from a saved state; a wrong one (copied from
+		// another upload of the same size) would fail the upload forever.
+		// The stored bytes decide, and the state saved is theirs.
+		s.log.Warn("upload digest mismatch after a resumed hash state, re-hashing the stored data", "repository", up.repo.name, "upload", up.id, "got", actual)
+		if err := up.rehash(ctx); err != nil {
+			return Descriptor{}, err
+		}
+		if err := up.saveHashState(ctx); err != nil {
+			return Descriptor{}, err
+		}
+		actual = digest.NewDigest(digest.SHA256, up.wb.hash())
+	}
 	stored := up.size
 	if fi, err := s.driver.Stat(ctx, up.dataPath()); err == nil {
 		stored = fi.Size
@@ -373,11 +400,17 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 		}
 	}
 	if actual != up.expected || stored != up.size {
-		return Descriptor{}, &ErrDigestMismatch{Expected: up.expected, Actual: actual, Size: stored}
+		if up.lost != nil {
+			// The bytes are short because storing them failed (a full
+			// disk): that failure is the answer, not a bad upload. What
+			// was stored stays for the rest to be appended.
+			return Descriptor{}, up.lost
+		}
+		return Descriptor{}, &DigestMismatchError{Expected: up.expected, Actual: actual, Size: stored}
 	}
 	desc := Descriptor{Digest: actual, Size: up.size}
 	blobPath := mustPath(blobDataPathSpec{digest: actual})
-	blobExisted, err := s.exists(ctx, blobPath)
+	blobExisted, err := up.blobIntact(ctx, blobPath)
 	if err != nil {
 		return Descriptor{}, err
 	}
@@ -410,6 +443,64 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 	up.done = true
 	s.log.Debug("upload committed", "repository", up.repo.name, "upload", up.id, "digest", actual, "size", up.size, "deduplicated", blobExisted)
 	return desc, nil
+}
+
+// healHashLimit is the largest stored blob that a commit of the same
+// digest re-hashes when its size is right. Up to it the check costs about
+// as much as the upload itself did; beyond it only the size is checked.
+const healHashLimit = 4 << 20
+
+// blobIntact tells whether the blob at blobPath is stored and sound, so the
+// commit can keep it and drop its own copy of the bytes. A stored blob of
+// the wrong size, or a small one that does not hash to its name, is not:
+// the verified bytes of this upload replace it (content addressed storage
+// must heal, not trust, what it finds).
+func (up *upload) blobIntact(ctx context.Context, blobPath string) (bool, error) {
+	s := up.repo.s
+	fi, err := s.driver.Stat(ctx, blobPath)
+	if isNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	why := ""
+	switch {
+	case fi.IsDir:
+		return false, fmt.Errorf("store: blob data %s is a directory", blobPath)
+	case fi.Size != up.size:
+		why = fmt.Sprintf("stored size %d, verified upload %d bytes", fi.Size, up.size)
+	case fi.Size <= healHashLimit && fi.Size > 0:
+		got, err := s.hashBlob(ctx, blobPath)
+		if isNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if got != up.expected {
+			why = "stored bytes hash to " + got.String()
+		}
+	}
+	if why == "" {
+		return true, nil
+	}
+	s.log.Warn("replacing a damaged blob with the verified upload", "repository", up.repo.name, "upload", up.id, "digest", up.expected, "problem", why)
+	return false, nil
+}
+
+// hashBlob hashes the bytes stored at p.
+func (s *storage) hashBlob(ctx context.Context, p string) (digest.Digest, error) {
+	rc, err := s.driver.Reader(ctx, p, 0)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	dg := digest.SHA256.Digester()
+	if _, err := io.Copy(dg.Hash(), rc); err != nil {
+		return "", err
+	}
+	return dg.Digest(), nil
 }
 
 // Close implements Upload.

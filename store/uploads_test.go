@@ -160,7 +160,7 @@ func TestUploadMismatchThenRest(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err = up.Commit(ctx)
-		var mm *ErrDigestMismatch
+		var mm *DigestMismatchError
 		if !errors.As(err, &mm) || mm.Expected != dgst || mm.Actual != digest.FromBytes(content[:8000]) || mm.Size != 8000 {
 			t.Fatalf("Commit of a partial upload = %v", err)
 		}
