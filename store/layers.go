@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 
@@ -74,20 +76,34 @@ func (l *layerService) Open(ctx context.Context, dgst digest.Digest) (BlobReader
 }
 
 // openBlob returns a reader over the data of blob target through the shared
-// block cache, keyed by the digest: a blob's bytes are the same in every
-// repository.
+// block cache, keyed by the digest (a blob's bytes are the same in every
+// repository), the size and the times this store replaced a damaged copy
+// of it: blocks read from the damaged copy must not be served as blocks of
+// the verified one.
 func (s *storage) openBlob(desc Descriptor, target digest.Digest) BlobReader {
 	p := mustPath(blobDataPathSpec{digest: target})
 	d := s.driver
 	open := func(ctx context.Context, offset int64) (io.ReadCloser, error) {
 		return d.Reader(ctx, p, offset)
 	}
-	cr := s.cache.NewReader(target.String(), desc.Size, open)
+	key := target.String() + "@" + strconv.FormatInt(desc.Size, 10)
+	if g, ok := s.healed.Load(target); ok {
+		key += "#" + strconv.FormatInt(g.(*atomic.Int64).Load(), 10)
+	}
+	cr := s.cache.NewReader(key, desc.Size, open)
 	return &blobReader{
 		SectionReader: io.NewSectionReader(cr, 0, desc.Size),
 		cr:            cr,
 		desc:          desc,
 	}
+}
+
+// replaced records that the blob dgst was replaced by verified bytes, so
+// that readers opened from now on do not get blocks cached from the
+// damaged copy.
+func (s *storage) replaced(dgst digest.Digest) {
+	g, _ := s.healed.LoadOrStore(dgst, new(atomic.Int64))
+	g.(*atomic.Int64).Add(1)
 }
 
 // blobReader gives a cache.Reader the BlobReader interface. ReadAt goes

@@ -8,6 +8,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,9 +50,12 @@ type storage struct {
 	calls  *callCounter
 	// badLinks counts the links found corrupt (Stats.BadLinks).
 	badLinks atomic.Int64
-	cache    *cache.Cache
-	log      *slog.Logger
-	key      libtrust.PrivateKey
+	// healed counts, by digest, the damaged blobs replaced by verified
+	// bytes (a *atomic.Int64 each); part of the blob's cache key.
+	healed sync.Map
+	cache  *cache.Cache
+	log    *slog.Logger
+	key    libtrust.PrivateKey
 	// manifests caches Get results by repository and digest. Revisions are
 	// immutable, so entries never go stale; caching also keeps the
 	// signature of a re-signed schema1 manifest stable within the process.
@@ -323,14 +327,14 @@ func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, 
 	return out, nil
 }
 
-// skipBadLink tells whether err is a corrupt link that a listing leaves
-// out, and logs and counts it when it is.
+// skipBadLink tells whether err is a corrupt link, which a listing leaves
+// out, and logs it when it is (readLink counted it).
 func (s *storage) skipBadLink(err error) bool {
 	var bad *CorruptLinkError
 	if !errors.As(err, &bad) {
 		return false
 	}
-	s.log.Warn("corrupt link left out of a listing", "path", bad.Path, "error", err)
+	s.log.Warn("corrupt link skipped", "path", bad.Path, "error", err)
 	return true
 }
 

@@ -6,6 +6,18 @@
 // implementations behind them are unexported. Services are cheap values made
 // per use: Repository returns a fresh value every call and holds no state
 // beyond the name and the shared store.
+//
+// Every error the store returns is its own (errors.go): sentinels matched
+// with errors.Is, and types named ...Error matched with errors.As. A
+// failure of the storage driver comes back as a *StorageError whose Kind
+// says what the driver said (ErrNotFound, ErrInvalidPath, ...) and which
+// keeps the driver's error as its cause, errno included, so that callers
+// never read driver errors themselves.
+//
+// Other writers (a registry, another mount) share the storage. A link read
+// empty or short, as a registry rewriting it in place leaves it for a
+// moment, is read again before it is a *CorruptLinkError; listings skip
+// such links; a verified upload or manifest replaces a damaged stored blob.
 package store
 
 import (
@@ -120,10 +132,14 @@ type UploadInfo struct {
 
 // UploadService manages a repository's uploads.
 type UploadService interface {
-	// Create starts an upload that must hash to expected.
+	// Create starts an upload that must hash to expected. ctx also bounds
+	// the storage writers the upload opens later, for the writes after a
+	// Flush: give it a context that lives as long as the upload may (the
+	// mount's), so that ending it stops them.
 	Create(ctx context.Context, expected digest.Digest) (Upload, error)
 	// Resume reopens an upload by ID, from storage alone (also after a
-	// restart of the process), positioned at its current size.
+	// restart of the process), positioned at its current size. ctx is
+	// kept as Create keeps it.
 	Resume(ctx context.Context, id string) (Upload, error)
 	// List returns the uploads in progress, sorted by ID.
 	List(ctx context.Context) ([]UploadInfo, error)
@@ -153,10 +169,18 @@ type Upload interface {
 	Flush(ctx context.Context) error
 	// Commit verifies size and digest against Expected. On a match the blob
 	// is stored (once, however many uploads carry it), linked into the
-	// repository and the upload removed. On a mismatch it returns
-	// DigestMismatchError and leaves the upload intact for more appends.
+	// repository and the upload removed; a stored copy of the blob that
+	// has the wrong size (or, up to 4 MiB, the wrong bytes) is replaced by
+	// the verified one. On a mismatch it returns *DigestMismatchError and
+	// leaves the upload intact for more appends; when bytes are missing
+	// because storing them failed, it returns that failure instead (a
+	// *StorageError keeping its cause, e.g. ENOSPC). A hash state resumed
+	// from storage is not trusted with a mismatch: the stored bytes are
+	// re-hashed once first.
 	Commit(ctx context.Context) (Descriptor, error)
-	// Close flushes and releases the upload without committing it.
+	// Close flushes and releases the upload without committing it. It
+	// does so with a context of its own, so that an upload is saved also
+	// after the context it was opened with has ended.
 	Close() error
 	// Cancel removes the upload and its data.
 	Cancel(ctx context.Context) error
@@ -179,32 +203,41 @@ const MaxManifestSize = 4 << 20
 type ManifestService interface {
 	// Get returns a revision's bytes as a client would receive them (a
 	// schema1 manifest with its signatures attached) and its media type.
-	// ErrManifestUnknown when missing.
+	// ErrManifestUnknown when missing; a *CorruptBlobError when the stored
+	// bytes do not hash to the revision's link target.
 	Get(ctx context.Context, dgst digest.Digest) ([]byte, string, error)
 	// Exists tells whether the revision is in the repository.
 	Exists(ctx context.Context, dgst digest.Digest) (bool, error)
 	// Put verifies content (collecting every problem in one
 	// *ManifestVerificationError), stores it as a revision and returns its
-	// digest. With tag non-empty the tag is then pointed at it. With want
+	// digest. A stored blob of the same digest whose bytes differ is
+	// replaced by the verified ones. With tag non-empty the tag is then pointed at it. With want
 	// non-empty the revision's digest must equal want (DigestMismatchError).
 	// A rejected put changes nothing in storage.
 	Put(ctx context.Context, content []byte, tag string, want digest.Digest) (digest.Digest, error)
 	// Delete removes the revision and every tag that points at it. Blob
 	// data stays.
 	Delete(ctx context.Context, dgst digest.Digest) error
-	// List returns the repository's revisions, sorted.
+	// List returns the repository's revisions, sorted; like
+	// TagService.List, it leaves out a revision whose link stays
+	// unreadable.
 	List(ctx context.Context) ([]digest.Digest, error)
 }
 
 // TagService manages a repository's tags.
 type TagService interface {
 	// Get returns the digest a tag points at; ErrTagUnknown when missing.
+	// A link read empty or short (another writer rewriting it in place)
+	// is re-read; one that stays bad is a *CorruptLinkError.
 	Get(ctx context.Context, tag string) (digest.Digest, error)
 	// Tag points tag at an existing revision (ErrManifestUnknown otherwise),
-	// recording it in the tag's index.
+	// recording it in the tag's index. When another writer deletes the
+	// revision meanwhile, the tag is removed again and the result is
+	// ErrManifestUnknown.
 	Tag(ctx context.Context, tag string, dgst digest.Digest) error
 	// Untag removes a tag; the revision stays.
 	Untag(ctx context.Context, tag string) error
-	// List returns the repository's tags, sorted.
+	// List returns the repository's tags, sorted. A tag whose link stays
+	// unreadable is left out (and logged, and counted in Stats.BadLinks).
 	List(ctx context.Context) ([]string, error)
 }

@@ -148,7 +148,9 @@ func (u *uploadService) Stat(ctx context.Context, id string) (UploadInfo, error)
 	}
 	if d, err := s.readLink(ctx, mustPath(uploadExpectedPathSpec{name: u.repo.name, id: id})); err == nil {
 		info.Expected = d
-	} else if !isNotFound(err) {
+	} else if !isNotFound(err) && !s.skipBadLink(err) {
+		// A corrupt expected digest leaves an upload nobody can verify,
+		// like one the registry left: listed, never committed.
 		return UploadInfo{}, err
 	}
 	if dfi, err := s.driver.Stat(ctx, mustPath(uploadDataPathSpec{name: u.repo.name, id: id})); err == nil {
@@ -410,7 +412,7 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 	}
 	desc := Descriptor{Digest: actual, Size: up.size}
 	blobPath := mustPath(blobDataPathSpec{digest: actual})
-	blobExisted, err := up.blobIntact(ctx, blobPath)
+	blobExisted, damaged, err := up.storedBlob(ctx, blobPath)
 	if err != nil {
 		return Descriptor{}, err
 	}
@@ -433,6 +435,9 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 		if err != nil {
 			return Descriptor{}, err
 		}
+		if damaged {
+			s.replaced(actual)
+		}
 	}
 	if err := s.writeLink(ctx, mustPath(layerLinkPathSpec{name: up.repo.name, digest: actual}), actual); err != nil {
 		return Descriptor{}, err
@@ -450,43 +455,43 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 // as much as the upload itself did; beyond it only the size is checked.
 const healHashLimit = 4 << 20
 
-// blobIntact tells whether the blob at blobPath is stored and sound, so the
-// commit can keep it and drop its own copy of the bytes. A stored blob of
-// the wrong size, or a small one that does not hash to its name, is not:
-// the verified bytes of this upload replace it (content addressed storage
-// must heal, not trust, what it finds).
-func (up *upload) blobIntact(ctx context.Context, blobPath string) (bool, error) {
+// storedBlob tells whether the blob at blobPath is stored and sound (ok),
+// so the commit can keep it and drop its own copy of the bytes, or stored
+// and damaged: of the wrong size, or small and not hashing to its name.
+// The verified bytes of this upload replace a damaged one (content
+// addressed storage must heal, not trust, what it finds).
+func (up *upload) storedBlob(ctx context.Context, blobPath string) (ok, damaged bool, err error) {
 	s := up.repo.s
 	fi, err := s.driver.Stat(ctx, blobPath)
 	if isNotFound(err) {
-		return false, nil
+		return false, false, nil
 	}
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	why := ""
 	switch {
 	case fi.IsDir:
-		return false, fmt.Errorf("store: blob data %s is a directory", blobPath)
+		return false, false, fmt.Errorf("store: blob data %s is a directory", blobPath)
 	case fi.Size != up.size:
 		why = fmt.Sprintf("stored size %d, verified upload %d bytes", fi.Size, up.size)
 	case fi.Size <= healHashLimit && fi.Size > 0:
 		got, err := s.hashBlob(ctx, blobPath)
 		if isNotFound(err) {
-			return false, nil
+			return false, false, nil
 		}
 		if err != nil {
-			return false, err
+			return false, false, err
 		}
 		if got != up.expected {
 			why = "stored bytes hash to " + got.String()
 		}
 	}
 	if why == "" {
-		return true, nil
+		return true, false, nil
 	}
 	s.log.Warn("replacing a damaged blob with the verified upload", "repository", up.repo.name, "upload", up.id, "digest", up.expected, "problem", why)
-	return false, nil
+	return false, true, nil
 }
 
 // hashBlob hashes the bytes stored at p.
@@ -521,5 +526,5 @@ func (up *upload) Cancel(ctx context.Context) error {
 		up.fw = nil
 	}
 	up.done = true
-	return (&uploadService{repo: up.repo}).Cancel(ctx, up.id)
+	return up.repo.Uploads().Cancel(ctx, up.id)
 }
