@@ -140,3 +140,22 @@ func TestCorruptLinkIsEIO(t *testing.T) {
 		t.Errorf("BadLinks = %d, want 2 (the read and the listing)", n)
 	}
 }
+
+// TestCrashedTagLinkThroughMount: the zero-byte tag link a crash of the
+// registry leaves does not make `ls _manifests` fail; the other tags and
+// the revisions are listed, and reading the broken tag is EIO.
+func TestCrashedTagLinkThroughMount(t *testing.T) {
+	m := newMount(t, mountConfig{})
+	m.pushImage("app", "v1", 1)
+	_, d2, _ := m.pushImage("app", "v2", 2)
+	link := "/docker/registry/v2/repositories/app/_manifests/tags/v2/current/link"
+	if err := m.drv.PutContent(context.Background(), link, nil); err != nil {
+		t.Fatal(err)
+	}
+	names := m.readDir(m.path("app/_manifests"))
+	if !contains(names, "v1") || contains(names, "v2") || !contains(names, d2.String()) {
+		t.Errorf("ls _manifests beside an empty tag link = %v, want v1 and the revisions, not v2", names)
+	}
+	_, err := readFile(m.path("app/_manifests/v2"))
+	wantErrno(t, "cat of the tag with an empty link", err, syscall.EIO)
+}
