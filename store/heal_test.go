@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regfs/regfs/driver"
+	"github.com/regfs/regfs/driver/filesystem"
 )
 
 // storedBlob returns the bytes stored for blob d, read from the driver.
@@ -339,5 +342,43 @@ func TestDriverErrorsAreTranslated(t *testing.T) {
 	var se *StorageError
 	if !errors.As(err, &se) || !errors.Is(err, ErrNotFound) || !driver.IsNotFound(err) {
 		t.Errorf("reading a blob deleted under the reader = %v (%T), want a *StorageError of Kind ErrNotFound keeping its cause", err, err)
+	}
+}
+
+// BenchmarkCommitExistingBlob is the cost of committing an upload whose
+// blob is stored already, on the filesystem driver: up to healHashLimit the
+// stored copy is hashed, beyond it only its size is checked.
+func BenchmarkCommitExistingBlob(b *testing.B) {
+	for _, size := range []int{64 << 10, healHashLimit, healHashLimit + 1} {
+		b.Run(strconv.Itoa(size), func(b *testing.B) {
+			d, err := filesystem.New(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			s, err := New(d, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				b.Fatal(err)
+			}
+			r, _ := s.Repository("r")
+			content := randomBytes(1, size)
+			dgst := digest.FromBytes(content)
+			ctx := context.Background()
+			b.SetBytes(int64(size))
+			for i := 0; i <= b.N; i++ {
+				if i == 1 {
+					b.ResetTimer() // the first commit stores the blob
+				}
+				up, err := r.Uploads().Create(ctx, dgst)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := up.Write(content); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := up.Commit(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
