@@ -286,7 +286,11 @@ func (s *storage) list(ctx context.Context, dir string) ([]string, error) {
 // counted, so it never hides the others.
 func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, error) {
 	var out []digest.Digest
-	var suspect []string
+	type link struct {
+		path string
+		dgst digest.Digest
+	}
+	var suspect []link
 	err := s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
 		rel := strings.TrimPrefix(fi.Path, dir+"/")
 		hex, rest, nested := strings.Cut(rel, "/")
@@ -300,7 +304,7 @@ func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, 
 			}
 		case rest == linkFileName && !fi.IsDir:
 			if fi.Size != int64(linkSize) {
-				suspect = append(suspect, hex)
+				suspect = append(suspect, link{fi.Path, digest.NewDigestFromEncoded(digest.SHA256, hex)})
 				return nil
 			}
 			out = append(out, digest.NewDigestFromEncoded(digest.SHA256, hex))
@@ -312,11 +316,11 @@ func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, 
 	if err != nil && !isNotFound(err) {
 		return nil, err
 	}
-	for _, hex := range suspect {
-		_, err := s.readLink(ctx, dir+"/"+hex+"/"+linkFileName)
+	for _, l := range suspect {
+		_, err := s.readLink(ctx, l.path)
 		switch {
 		case err == nil:
-			out = append(out, digest.NewDigestFromEncoded(digest.SHA256, hex))
+			out = append(out, l.dgst)
 		case isNotFound(err):
 		case s.skipBadLink(err):
 		default:
