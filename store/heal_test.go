@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regfs/regfs/driver"
+	"github.com/regfs/regfs/driver/base"
 	"github.com/regfs/regfs/driver/filesystem"
 )
 
@@ -380,5 +381,33 @@ func BenchmarkCommitExistingBlob(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestUploadWriterBoundByItsContext: the writer an upload reopens for the
+// writes after a Flush runs under the context the upload was created with,
+// so that ending it (an unmount) stops the upload's storage calls.
+func TestUploadWriterBoundByItsContext(t *testing.T) {
+	s := newStore(t, base.New(drivers[0].new(t, "")))
+	content := randomBytes(11, 2_000)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	up, err := repo(t, s, "r").Uploads().Create(ctx, digest.FromBytes(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up.Write(content[:1_000]); err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	_, err = up.WriteAt(content[1_000:], 1_000)
+	if err == nil {
+		err = up.Flush(context.Background())
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("a write after the upload's context ended = %v, want context.Canceled", err)
 	}
 }
