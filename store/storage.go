@@ -292,26 +292,20 @@ func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, 
 	}
 	var suspect []link
 	err := s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
-		rel := strings.TrimPrefix(fi.Path, dir+"/")
-		hex, rest, nested := strings.Cut(rel, "/")
+		l, err := ParsePath(fi.Path)
 		switch {
-		case !nested:
-			if !fi.IsDir {
-				return nil
-			}
-			if checkStoredDigest(digest.NewDigestFromEncoded(digest.SHA256, hex)) != nil {
-				return driver.ErrSkipDir
-			}
-		case rest == linkFileName && !fi.IsDir:
+		case err != nil:
+			return skipIfDir(fi)
+		case l.Kind.IsLink() && !fi.IsDir:
 			if fi.Size != int64(linkSize) {
-				suspect = append(suspect, link{fi.Path, digest.NewDigestFromEncoded(digest.SHA256, hex)})
+				suspect = append(suspect, link{fi.Path, l.LinkTarget()})
 				return nil
 			}
-			out = append(out, digest.NewDigestFromEncoded(digest.SHA256, hex))
-		case fi.IsDir:
-			return driver.ErrSkipDir // signatures/ and the like
+			out = append(out, l.LinkTarget())
+		case fi.IsDir && (l.Kind == PathLayer || l.Kind == PathRevision || l.Kind == PathSignature):
+			return nil
 		}
-		return nil
+		return skipIfDir(fi) // signatures/ and the like
 	})
 	if err != nil && !isNotFound(err) {
 		return nil, err

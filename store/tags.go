@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -114,31 +113,21 @@ func (t *tagService) List(ctx context.Context) ([]string, error) {
 	s := t.repo.s
 	dir := mustPath(manifestTagsPathSpec{name: t.repo.name})
 	var out, suspect []string
-	// TODO(paths): parse fi.Path with the inverse of pathFor once paths.go has it.
 	err := s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
-		parts := strings.Split(strings.TrimPrefix(fi.Path, dir+"/"), "/")
-		switch len(parts) {
-		case 1:
-			if !fi.IsDir || checkTag(parts[0]) != nil {
-				return skipIfDir(fi)
-			}
-		case 2:
-			if parts[1] != "current" {
-				return skipIfDir(fi)
-			}
-		case 3:
-			if parts[2] == linkFileName && !fi.IsDir {
-				if fi.Size != int64(linkSize) {
-					suspect = append(suspect, parts[0])
-				} else {
-					out = append(out, parts[0])
-				}
-			}
+		l, err := ParsePath(fi.Path)
+		switch {
+		case err != nil:
 			return skipIfDir(fi)
-		default:
-			return skipIfDir(fi)
+		case l.Kind == PathTagCurrentLink && !fi.IsDir:
+			if fi.Size != int64(linkSize) {
+				suspect = append(suspect, l.Tag)
+			} else {
+				out = append(out, l.Tag)
+			}
+		case fi.IsDir && (l.Kind == PathTag || l.Kind == PathTagCurrent):
+			return nil
 		}
-		return nil
+		return skipIfDir(fi)
 	})
 	if err != nil && !isNotFound(err) {
 		return nil, err
