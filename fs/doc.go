@@ -26,6 +26,15 @@
 // shares its revision's inode), everything else hashes the parent's inode
 // with its own name.
 //
+// # Permissions
+//
+// Every node belongs to the daemon's user, and its mode says what a write
+// can do: directories that accept changes are rwxr-xr-x, tags and uploads
+// rw-r--r--, blobs, revisions and .regfs read-only, and a read-only mount
+// shows no write bit at all. regfs checks no permissions itself; with
+// --allow-other the kernel checks these modes (default_permissions, see
+// MountOptions), so other users may read but not change anything.
+//
 // # Errors
 //
 // The store returns typed errors; errno in errors.go is the one place that
@@ -38,9 +47,14 @@
 // # Caching
 //
 // Blobs and revisions are immutable: they are opened with OpenKeepCache and
-// their entries and attributes are valid for an hour. Tags, namespaces and
-// control files change: their validity is short (Options.EntryTTL and
-// AttrTTL), and when regfs itself moves or removes a tag, commits an upload
+// their attributes are valid for an hour. Their names are not: another
+// writer (the registry) may delete a blob's link or a revision, so their
+// entries, like every entry that names something in storage, are valid for
+// Options.EntryTTL only; a deleted name then fails the kernel's next
+// lookup, and the long attribute validity cannot bring it back (attributes
+// belong to the inode, which a lookup reaches only through its name).
+// Tags, namespaces and control files change: their validity is short
+// (Options.EntryTTL and AttrTTL), and when regfs itself moves or removes a tag, commits an upload
 // or stores a manifest it tells the kernel to drop the stale entries and
 // data. Uploads have zero validity, so the kernel's idea of their size (which
 // O_APPEND writes start from) is always fresh. File data is read through the

@@ -110,6 +110,9 @@ type FS struct {
 	stats   counters
 	errLog  errorLog
 	started time.Time
+	// uid and gid own every node: the daemon's user, the one whose writes
+	// it serves.
+	uid, gid uint32
 }
 
 // fileKey names a file in a repository's reserved directory.
@@ -141,7 +144,23 @@ func New(st store.Store, opts Options) *FS {
 		uploads: map[fileKey]*uploadState{},
 		stats:   counters{errnos: map[string]int64{}},
 		started: time.Now(),
+		uid:     uint32(os.Getuid()),
+		gid:     uint32(os.Getgid()),
 	}
+}
+
+// MountConfig says how regfs is mounted; MountOptions turns it into mount
+// options.
+type MountConfig struct {
+	// ReadOnly mounts with the kernel's ro option.
+	ReadOnly bool
+	// AllowOther lets other users use the mount. The kernel then checks
+	// every access against the modes regfs shows (default_permissions),
+	// unless NoDefaultPermissions.
+	AllowOther bool
+	// NoDefaultPermissions leaves permission checks out of an AllowOther
+	// mount: every user may then do what the daemon's user may.
+	NoDefaultPermissions bool
 }
 
 // MountOptions returns the options regfs mounts with, built in this one
@@ -150,7 +169,14 @@ func New(st store.Store, opts Options) *FS {
 // AsyncRead lets the kernel send concurrent reads of one file, which the
 // block cache serves in parallel; a larger MaxBackground keeps more of those
 // read-ahead requests in flight before the kernel throttles.
-func MountOptions(readOnly, allowOther bool) []fuse.MountOption {
+//
+// With AllowOther the kernel checks permissions (default_permissions):
+// regfs itself checks none, and the daemon usually runs as root, so
+// without the check any local user could delete what the modes say only
+// the owner may. Without AllowOther only the daemon's user reaches the
+// mount, and the check would add nothing.
+func MountOptions(c MountConfig) []fuse.MountOption {
+	readOnly, allowOther := c.ReadOnly, c.AllowOther
 	opts := []fuse.MountOption{
 		fuse.FSName("regfs"),
 		fuse.Subtype("regfs"),
@@ -164,6 +190,9 @@ func MountOptions(readOnly, allowOther bool) []fuse.MountOption {
 	}
 	if allowOther {
 		opts = append(opts, fuse.AllowOther())
+		if !c.NoDefaultPermissions {
+			opts = append(opts, fuse.DefaultPermissions())
+		}
 	}
 	return opts
 }
@@ -187,7 +216,7 @@ func (f *FS) Serve(conn *fuse.Conn) error {
 
 // Root implements fs.FS.
 func (f *FS) Root() (fs.Node, error) {
-	return rootDir{f: f}, nil
+	return newRootDir(f), nil
 }
 
 // Statfs implements fs.FSStatfser. Storage capacity is the backend's
@@ -331,12 +360,6 @@ func (f *FS) logNotify(err error) {
 	if err != nil && !errors.Is(err, fuse.ErrNotCached) {
 		f.log.Debug("kernel cache invalidation failed", "error", err)
 	}
-}
-
-// attrTimes fills the times of a node with the mount time: storage keeps no
-// times regfs could report consistently.
-func (f *FS) attrTimes(a *fuse.Attr) {
-	a.Atime, a.Mtime, a.Ctime = f.started, f.started, f.started
 }
 
 // processOf returns the process (thread group) id of the thread tid that

@@ -74,15 +74,15 @@ type tagFile struct {
 func (t tagFile) path() string { return joinPath(t.repo, reservedManifests+"/"+t.name) }
 
 func (t tagFile) dir() manifestsDir {
-	return manifestsDir{f: t.f, repo: t.repo, ino: childInode(pathInode(t.repo), reservedManifests)}
+	return newManifestsDir(t.f, t.repo)
 }
 
 // Attr implements fs.Node.
 func (t tagFile) Attr(ctx context.Context, a *fuse.Attr) error {
-	t.f.attrTimes(a)
+	t.f.baseAttr(a)
 	if w := t.f.pendingManifest(fileKey{t.repo, t.name}); w != nil {
 		a.Inode = childInode(t.dir().ino, t.name)
-		a.Mode = 0o644
+		a.Mode = t.f.mode(modeFile)
 		a.Size = uint64(w.size())
 		a.Valid = 0
 		return nil
@@ -96,9 +96,9 @@ func (t tagFile) Attr(ctx context.Context, a *fuse.Attr) error {
 		return t.f.errno("getattr", t.path(), err)
 	}
 	a.Inode = digestInode(dgst)
-	a.Mode = 0o644
+	a.Mode = t.f.mode(modeFile)
 	if dgst.String() == t.name {
-		a.Mode = 0o444
+		a.Mode = modeReadOnly
 	}
 	a.Size = uint64(len(content))
 	a.Blocks = blocks(int64(len(content)))

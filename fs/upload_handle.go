@@ -144,9 +144,7 @@ func (h *uploadHandle) commit(ctx context.Context) error {
 	h.f.forgetUpload(h.st)
 	h.f.stats.uploadsCommitted.Add(1)
 	h.f.invalidateEntry(h.node.dir, h.node.name)
-	repoIno := pathInode(h.node.dir.repo)
-	layers := layersDir{f: h.f, repo: h.node.dir.repo, ino: childInode(repoIno, reservedLayers)}
-	h.f.invalidateEntry(layers, desc.Digest.String())
+	h.f.invalidateEntry(newLayersDir(h.f, h.node.dir.repo), desc.Digest.String())
 	return nil
 }
 
