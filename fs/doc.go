@@ -67,7 +67,11 @@
 // (AsyncRead); bazil serves each in its own goroutine. Reads use ReadAt and
 // share no cursor. Writes to one upload are serialised by the upload's
 // mutex, which every handle on that upload shares; a commit holds it too.
-// The FS maps are guarded by FS.mu. Kernel invalidations are sent from their
+// Resolving an upload's name to a store upload (a listing, and a resume
+// that may re-hash the upload), restarting and cancelling it hold a lock
+// of that name only (keyLocks), never one for every upload: a slow backend
+// delays the one upload it is slow for. The FS maps are guarded by FS.mu,
+// which is never held across storage I/O. Kernel invalidations are sent from their
 // own goroutines: the kernel may hold the very directory lock a notification
 // needs while it waits for the reply to the request that caused it.
 package fs

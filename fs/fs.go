@@ -91,10 +91,11 @@ type FS struct {
 	// the last one.
 	notify sync.WaitGroup
 
-	// uploadOpen serialises the resolution of upload names to store
-	// uploads, so that two concurrent creates of one digest make one
-	// upload.
-	uploadOpen sync.Mutex
+	// uploadKeys serialises, per upload name, the resolution of the name
+	// to a store upload and its restart and cancel, so that two concurrent
+	// creates of one digest make one upload. It is held across storage
+	// I/O, which then delays that one name only.
+	uploadKeys keyLocks
 
 	mu sync.Mutex
 	// dirs holds the directories made by mkdir, by parent path then name;
