@@ -107,6 +107,8 @@ type FS struct {
 	pending map[fileKey]*manifestWriter
 	// uploads holds the open uploads, by repository and name. Guarded by mu.
 	uploads map[fileKey]*uploadState
+	// manifests shares the bytes of the revisions open for reading.
+	manifests manifestBuffers
 
 	stats   counters
 	errLog  errorLog

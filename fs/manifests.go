@@ -59,12 +59,12 @@ func (d manifestsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp 
 		return nil, d.f.errno("lookup", p, err)
 	}
 	if dgst, err := store.ParseDigest(req.Name); err == nil {
-		content, _, err := repo.Manifests().Get(ctx, dgst)
+		size, err := d.f.manifestSize(ctx, repo, dgst)
 		if err != nil {
 			return nil, d.f.errno("lookup", p, err)
 		}
 		resp.EntryValid = d.f.opts.EntryTTL
-		return revisionFile{f: d.f, repo: d.repo, dgst: dgst, size: int64(len(content))}, nil
+		return revisionFile{f: d.f, repo: d.repo, dgst: dgst, size: size}, nil
 	}
 	if store.ValidateTag(req.Name) != nil {
 		return nil, d.f.errno("lookup", p, errNotFound)
@@ -224,7 +224,7 @@ func (d manifestsDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.No
 		if err != nil {
 			return nil, d.f.errno("link", p, err)
 		}
-		if dgst, _, err = resolveManifest(ctx, r, src.name); err != nil {
+		if dgst, err = resolveManifest(ctx, r, src.name); err != nil {
 			return nil, d.f.errno("link", p, err)
 		}
 	default:
@@ -251,18 +251,25 @@ func (d manifestsDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.No
 	return n, nil
 }
 
-// resolveManifest returns the digest and bytes of the revision name (a
-// digest or a tag) refers to.
-func resolveManifest(ctx context.Context, repo store.Repository, name string) (digest.Digest, []byte, error) {
-	dgst, err := store.ParseDigest(name)
-	if err != nil {
-		if dgst, err = repo.Tags().Get(ctx, name); err != nil {
-			return "", nil, err
-		}
+// resolveName returns the digest of the revision name (a digest or a tag)
+// refers to; a digest is taken as it is.
+func resolveName(ctx context.Context, repo store.Repository, name string) (digest.Digest, error) {
+	if dgst, err := store.ParseDigest(name); err == nil {
+		return dgst, nil
 	}
-	content, _, err := repo.Manifests().Get(ctx, dgst)
+	return repo.Tags().Get(ctx, name)
+}
+
+// resolveManifest returns the digest of the revision name (a digest or a
+// tag) refers to, once the revision is seen to exist.
+func resolveManifest(ctx context.Context, repo store.Repository, name string) (digest.Digest, error) {
+	dgst, err := resolveName(ctx, repo, name)
 	if err != nil {
-		return "", nil, err
+		return "", err
 	}
-	return dgst, content, nil
+	ok, err := repo.Manifests().Exists(ctx, dgst)
+	if err != nil || !ok {
+		return "", manifestGone(err, repo, dgst)
+	}
+	return dgst, nil
 }

@@ -18,6 +18,10 @@ type counters struct {
 	uploadsRejected   atomic.Int64
 	manifestsStored   atomic.Int64
 	manifestsRejected atomic.Int64
+	// manifestLoads counts revisions read into a new shared buffer;
+	// manifestOpensRefused the opens refused for want of budget.
+	manifestLoads        atomic.Int64
+	manifestOpensRefused atomic.Int64
 
 	mu sync.Mutex
 	// errnos counts errors returned to the kernel by errno name. Guarded
@@ -33,19 +37,28 @@ func (c *counters) countErrno(e syscall.Errno) {
 
 // Stats is the content of .regfs/stats.
 type Stats struct {
-	UptimeSeconds     int64            `json:"uptime_seconds"`
-	ReadOnly          bool             `json:"read_only"`
-	BytesRead         int64            `json:"bytes_read"`
-	BytesWritten      int64            `json:"bytes_written"`
-	Reads             int64            `json:"reads"`
-	Writes            int64            `json:"writes"`
-	UploadsInFlight   int              `json:"uploads_in_flight"`
-	UploadsCommitted  int64            `json:"uploads_committed"`
-	UploadsRejected   int64            `json:"uploads_rejected"`
-	ManifestsStored   int64            `json:"manifests_stored"`
-	ManifestsRejected int64            `json:"manifests_rejected"`
-	ErrorsByErrno     map[string]int64 `json:"errors_by_errno"`
-	Cache             *CacheStats      `json:"cache,omitempty"`
+	UptimeSeconds     int64 `json:"uptime_seconds"`
+	ReadOnly          bool  `json:"read_only"`
+	BytesRead         int64 `json:"bytes_read"`
+	BytesWritten      int64 `json:"bytes_written"`
+	Reads             int64 `json:"reads"`
+	Writes            int64 `json:"writes"`
+	UploadsInFlight   int   `json:"uploads_in_flight"`
+	UploadsCommitted  int64 `json:"uploads_committed"`
+	UploadsRejected   int64 `json:"uploads_rejected"`
+	ManifestsStored   int64 `json:"manifests_stored"`
+	ManifestsRejected int64 `json:"manifests_rejected"`
+	// ManifestBuffers and ManifestBufferBytes are the revisions open for
+	// reading now, each held once however many descriptors read it, and
+	// their bytes (charged to the cache budget). ManifestLoads counts the
+	// buffers made, ManifestOpensRefused the opens refused (ENOMEM)
+	// because open manifests held their share of the budget.
+	ManifestBuffers      int              `json:"manifest_buffers"`
+	ManifestBufferBytes  int64            `json:"manifest_buffer_bytes"`
+	ManifestLoads        int64            `json:"manifest_loads"`
+	ManifestOpensRefused int64            `json:"manifest_opens_refused"`
+	ErrorsByErrno        map[string]int64 `json:"errors_by_errno"`
+	Cache                *CacheStats      `json:"cache,omitempty"`
 	// DriverCalls counts the storage driver calls by method: what the
 	// operations so far cost the backend.
 	DriverCalls map[string]int64 `json:"driver_calls"`
@@ -66,17 +79,19 @@ type CacheStats struct {
 // Stats returns the FS's counters now.
 func (f *FS) Stats() Stats {
 	s := Stats{
-		UptimeSeconds:     int64(time.Since(f.started).Seconds()),
-		ReadOnly:          f.opts.ReadOnly,
-		BytesRead:         f.stats.bytesRead.Load(),
-		BytesWritten:      f.stats.bytesWritten.Load(),
-		Reads:             f.stats.reads.Load(),
-		Writes:            f.stats.writes.Load(),
-		UploadsCommitted:  f.stats.uploadsCommitted.Load(),
-		UploadsRejected:   f.stats.uploadsRejected.Load(),
-		ManifestsStored:   f.stats.manifestsStored.Load(),
-		ManifestsRejected: f.stats.manifestsRejected.Load(),
-		ErrorsByErrno:     map[string]int64{},
+		UptimeSeconds:        int64(time.Since(f.started).Seconds()),
+		ReadOnly:             f.opts.ReadOnly,
+		BytesRead:            f.stats.bytesRead.Load(),
+		BytesWritten:         f.stats.bytesWritten.Load(),
+		Reads:                f.stats.reads.Load(),
+		Writes:               f.stats.writes.Load(),
+		UploadsCommitted:     f.stats.uploadsCommitted.Load(),
+		UploadsRejected:      f.stats.uploadsRejected.Load(),
+		ManifestsStored:      f.stats.manifestsStored.Load(),
+		ManifestsRejected:    f.stats.manifestsRejected.Load(),
+		ManifestLoads:        f.stats.manifestLoads.Load(),
+		ManifestOpensRefused: f.stats.manifestOpensRefused.Load(),
+		ErrorsByErrno:        map[string]int64{},
 	}
 	f.stats.mu.Lock()
 	for k, v := range f.stats.errnos {
@@ -86,6 +101,7 @@ func (f *FS) Stats() Stats {
 	f.mu.Lock()
 	s.UploadsInFlight = len(f.uploads)
 	f.mu.Unlock()
+	s.ManifestBuffers, s.ManifestBufferBytes = f.openManifestBuffers()
 	if f.st != nil {
 		s.DriverCalls = f.st.DriverCalls()
 	}
