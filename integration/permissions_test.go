@@ -22,8 +22,8 @@ func asNobody(t *testing.T, script string) (string, error) {
 	return string(out), err
 }
 
-// permissionMount mounts a filesystem root as root with --allow-other and
-// extra flags, with a fixture in it, and lets nobody reach the mountpoint.
+// permissionMount mounts a filesystem root as root with extra flags, with
+// a fixture in it, and lets nobody reach the mountpoint.
 func permissionMount(t *testing.T, extra ...string) (*mount, *hostileFixture) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -35,7 +35,7 @@ func permissionMount(t *testing.T, extra ...string) (*mount, *hostileFixture) {
 		}
 		t.Skip("setpriv is missing")
 	}
-	m := startMount(t, "filesystem", mountOpts{Extra: append([]string{"--allow-other"}, extra...)})
+	m := startMount(t, "filesystem", mountOpts{Extra: extra})
 	fx := newHostileFixture(t, m)
 	// t.TempDir makes the mountpoint's parent 0700.
 	if err := os.Chmod(filepath.Dir(m.Dir), 0o755); err != nil {
@@ -48,7 +48,7 @@ func permissionMount(t *testing.T, extra ...string) (*mount, *hostileFixture) {
 // manifests, and every change it tries is refused (EACCES or EPERM) with
 // storage unchanged.
 func TestPermissionsOtherUser(t *testing.T) {
-	m, fx := permissionMount(t)
+	m, fx := permissionMount(t, "--allow-other")
 	mnt := m.Dir
 	// A file nobody can read, to copy and link from.
 	srcDir, err := os.MkdirTemp("", "regfs-perm-")
@@ -138,11 +138,19 @@ func TestPermissionsOtherUser(t *testing.T) {
 // --no-default-permissions is the one way out of the checks: another user
 // then may change what the daemon's user may.
 func TestPermissionsOptOut(t *testing.T) {
-	m, _ := permissionMount(t, "--no-default-permissions")
+	m, _ := permissionMount(t, "--allow-other", "--no-default-permissions")
 	if out, err := asNobody(t, fmt.Sprintf("mkdir %q", m.path("evil"))); err != nil {
 		t.Fatalf("mkdir as nobody with --no-default-permissions: %v\n%s", err, out)
 	}
 	if !strings.Contains(m.log.String(), "no-default-permissions") {
 		t.Errorf("no warning in the log:\n%s", m.log)
+	}
+}
+
+// Without --allow-other, only the daemon's user reaches the mount.
+func TestPermissionsOwnerOnly(t *testing.T) {
+	m, _ := permissionMount(t)
+	if out, err := asNobody(t, fmt.Sprintf("ls %q", m.path("app/_manifests"))); err == nil || !strings.Contains(out, "Permission denied") {
+		t.Errorf("nobody listing a mount without --allow-other: %v\n%s", err, out)
 	}
 }
