@@ -19,7 +19,10 @@
 // so the same logical file is always the same bazil node without a node
 // cache, and the kernel cache of any node can be invalidated by building its
 // value again. State that outlives a request (directories made by mkdir,
-// manifests being written, open uploads) lives in maps on the FS.
+// manifests being written, open uploads, the shared bytes of open
+// manifests) lives in maps on the FS. Directories embed refusals, which
+// refuses once for all of them the changes a directory does not support;
+// each overrides only what it supports (node.go).
 //
 // Inode numbers are derived, never counted, so they are stable across
 // mounts: blobs and revisions take the first 8 bytes of their digest (a tag
@@ -59,7 +62,9 @@
 // data. Uploads have zero validity, so the kernel's idea of their size (which
 // O_APPEND writes start from) is always fresh. File data is read through the
 // store's global block cache (package cache); the read handler is a ReadAt
-// into the kernel's buffer.
+// into the kernel's buffer. Every descriptor of one revision reads one
+// shared buffer, charged to the same budget as the blocks (see
+// manifestBuffers): an open the budget has no room for is ENOMEM.
 //
 // # Concurrency
 //
