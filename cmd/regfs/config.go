@@ -126,7 +126,7 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	addStorageFlags(fs, &cfg.Storage, true)
 	fs.BoolVar(&cfg.ReadOnly, "read-only", false, "refuse every write with EROFS")
 	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users use the mount, as the modes allow: only the\ndaemon's user may write (needs user_allow_other in /etc/fuse.conf\nwhen not root)")
-	fs.BoolVar(&cfg.NoDefaultPermissions, "no-default-permissions", false, "with --allow-other, let every user do what the daemon's user\nmay: the kernel checks no modes (unsafe unless every local\nuser is trusted)")
+	fs.BoolVar(&cfg.NoDefaultPermissions, "no-default-permissions", false, "with --allow-other, let every user do what the daemon's user may:\nthe kernel checks no modes (unsafe unless every local user is trusted)")
 	fs.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "block cache budget `SIZE` in bytes, with K, M, G or T (default 256M)")
 	fs.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request and response")
 	return fs
@@ -140,7 +140,12 @@ func writeFlags(b *strings.Builder, fs *flag.FlagSet) {
 		if arg != "" {
 			name += " " + arg
 		}
-		text = strings.ReplaceAll(text, "\n", "\n"+strings.Repeat(" ", 24))
+		indent := strings.Repeat(" ", 24)
+		text = strings.ReplaceAll(text, "\n", "\n"+indent)
+		if len(name) > 20 { // the text goes below a long name
+			fmt.Fprintf(b, "  %s\n%s%s\n", name, indent, text)
+			return
+		}
 		fmt.Fprintf(b, "  %-20s  %s\n", name, text)
 	})
 }
