@@ -90,9 +90,12 @@ type Stats struct {
 	Evictions int64
 	// ReadAheads counts the loads started by read-ahead.
 	ReadAheads int64
-	// Bytes is what the cache holds now: cached blocks, loads in flight and
-	// evicted blocks still being copied from.
+	// Bytes is what the cache holds now: cached blocks, loads in flight,
+	// evicted blocks still being copied from, and bytes charged (Charged).
 	Bytes int64
+	// Charged is the part of Bytes held outside the cache and charged to
+	// its budget by Charge.
+	Charged int64
 	// MaxBytes is the high-water mark of Bytes; it never exceeds Budget.
 	MaxBytes int64
 	// Budget is the configured budget.
@@ -134,6 +137,8 @@ type Cache struct {
 	bytes int64
 	// loading is the part of bytes reserved by loads in flight; guarded by mu.
 	loading int64
+	// charged is the part of bytes charged by Charge; guarded by mu.
+	charged int64
 	// stats are the counters kept under mu; Bytes and Budget are filled in
 	// by Stats.
 	stats Stats
@@ -258,6 +263,7 @@ func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	s := c.stats
 	s.Bytes = c.bytes
+	s.Charged = c.charged
 	c.mu.Unlock()
 	s.Budget = c.budget
 	s.Opens = c.opens.Load()
@@ -359,11 +365,56 @@ func (c *Cache) startLoad(bk blockKey) *load {
 	return ld
 }
 
+// Charge counts n bytes that the caller holds outside the cache (regfs's
+// manifests being read) against the budget, evicting least recently used
+// blocks to make room, so that what the process holds stays within the
+// budget. Charges may take at most half the budget, so that blob reads
+// keep room for blocks. It reports false, charging nothing, when there is
+// no room; the caller then must not hold the bytes. Each successful Charge
+// is undone by an Uncharge of the same n once the bytes are let go.
+func (c *Cache) Charge(n int64) bool {
+	if n < 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.charged+n > c.budget/2 || !c.makeRoom(n) {
+		return false
+	}
+	c.bytes += n
+	c.charged += n
+	c.stats.MaxBytes = max(c.stats.MaxBytes, c.bytes)
+	return true
+}
+
+// Uncharge gives back n bytes of an earlier Charge.
+func (c *Cache) Uncharge(n int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.bytes -= n
+	c.charged -= n
+}
+
 // reserve makes room for n more bytes by evicting least recently used
 // blocks, and counts them as loading. It reports false, reserving nothing,
-// when loads in flight and pinned blocks leave no room; c.mu is held.
+// when loads in flight, charges and pinned blocks leave no room; c.mu is
+// held.
 func (c *Cache) reserve(n int64) bool {
-	if c.loading+n > c.budget {
+	if !c.makeRoom(n) {
+		return false
+	}
+	c.bytes += n
+	c.loading += n
+	c.stats.MaxBytes = max(c.stats.MaxBytes, c.bytes)
+	return true
+}
+
+// makeRoom evicts least recently used blocks until n more bytes fit in the
+// budget. It reports false when they cannot fit, evicting nothing when
+// the bytes that cannot be evicted (loads in flight, charges) leave no
+// room; c.mu is held.
+func (c *Cache) makeRoom(n int64) bool {
+	if c.loading+c.charged+n > c.budget {
 		return false
 	}
 	for c.bytes+n > c.budget {
@@ -379,9 +430,6 @@ func (c *Cache) reserve(n int64) bool {
 			b.evicted = true
 		}
 	}
-	c.bytes += n
-	c.loading += n
-	c.stats.MaxBytes = max(c.stats.MaxBytes, c.bytes)
 	return true
 }
 

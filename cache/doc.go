@@ -19,7 +19,9 @@
 // The cache holds at most Budget bytes, counted as: blocks in the LRU, plus
 // blocks being loaded (their bytes are reserved before the load starts),
 // plus blocks evicted while a reader still copies from them (pinned; their
-// bytes are released by the last unpin). Eviction is by bytes, least
+// bytes are released by the last unpin), plus bytes its user holds outside
+// it and charges to it (Charge: regfs's manifests being read, at most half
+// the budget), so that one budget bounds what the process holds. Eviction is by bytes, least
 // recently used first, on the hashicorp simplelru under one mutex, whose
 // entry limit is set out of reach. Stats.MaxBytes records the high-water
 // mark, which never exceeds the budget.

@@ -19,12 +19,24 @@
 // so the same logical file is always the same bazil node without a node
 // cache, and the kernel cache of any node can be invalidated by building its
 // value again. State that outlives a request (directories made by mkdir,
-// manifests being written, open uploads) lives in maps on the FS.
+// manifests being written, open uploads, the shared bytes of open
+// manifests) lives in maps on the FS. Directories embed refusals, which
+// refuses once for all of them the changes a directory does not support;
+// each overrides only what it supports (node.go).
 //
 // Inode numbers are derived, never counted, so they are stable across
 // mounts: blobs and revisions take the first 8 bytes of their digest (a tag
 // shares its revision's inode), everything else hashes the parent's inode
 // with its own name.
+//
+// # Permissions
+//
+// Every node belongs to the daemon's user, and its mode says what a write
+// can do: directories that accept changes are rwxr-xr-x, tags and uploads
+// rw-r--r--, blobs, revisions and .regfs read-only, and a read-only mount
+// shows no write bit at all. regfs checks no permissions itself; with
+// --allow-other the kernel checks these modes (default_permissions, see
+// MountOptions), so other users may read but not change anything.
 //
 // # Errors
 //
@@ -38,14 +50,21 @@
 // # Caching
 //
 // Blobs and revisions are immutable: they are opened with OpenKeepCache and
-// their entries and attributes are valid for an hour. Tags, namespaces and
-// control files change: their validity is short (Options.EntryTTL and
+// their attributes are valid for an hour. Their names are not: another
+// writer (the registry) may delete a blob's link or a revision, so their
+// entries, like every entry that names something in storage, are valid for
+// Options.EntryTTL only; a deleted name then fails the kernel's next lookup,
+// and the long attribute validity cannot bring it back (attributes belong to
+// the inode, which a lookup reaches only through its name). Tags, namespaces
+// and control files change: their validity is short (Options.EntryTTL and
 // AttrTTL), and when regfs itself moves or removes a tag, commits an upload
 // or stores a manifest it tells the kernel to drop the stale entries and
-// data. Uploads have zero validity, so the kernel's idea of their size (which
-// O_APPEND writes start from) is always fresh. File data is read through the
-// store's global block cache (package cache); the read handler is a ReadAt
-// into the kernel's buffer.
+// data. Uploads have zero validity, so the kernel's idea of their size
+// (which O_APPEND writes start from) is always fresh. File data is read
+// through the store's global block cache (package cache); the read handler
+// is a ReadAt into the kernel's buffer. Every descriptor of one revision
+// reads one shared buffer, charged to the same budget as the blocks (see
+// manifestBuffers): an open the budget has no room for is ENOMEM.
 //
 // # Concurrency
 //
@@ -53,7 +72,11 @@
 // (AsyncRead); bazil serves each in its own goroutine. Reads use ReadAt and
 // share no cursor. Writes to one upload are serialised by the upload's
 // mutex, which every handle on that upload shares; a commit holds it too.
-// The FS maps are guarded by FS.mu. Kernel invalidations are sent from their
+// Resolving an upload's name to a store upload (a listing, and a resume that
+// may re-hash the upload), restarting and cancelling it hold a lock of that
+// name only (keyLocks), never one for every upload: a slow backend delays
+// the one upload it is slow for. The FS maps are guarded by FS.mu, which is
+// never held across storage I/O. Kernel invalidations are sent from their
 // own goroutines: the kernel may hold the very directory lock a notification
 // needs while it waits for the reply to the request that caused it.
 package fs

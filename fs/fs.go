@@ -91,10 +91,11 @@ type FS struct {
 	// the last one.
 	notify sync.WaitGroup
 
-	// uploadOpen serialises the resolution of upload names to store
-	// uploads, so that two concurrent creates of one digest make one
-	// upload.
-	uploadOpen sync.Mutex
+	// uploadKeys serialises, per upload name, the resolution of the name
+	// to a store upload and its restart and cancel, so that two concurrent
+	// creates of one digest make one upload. It is held across storage
+	// I/O, which then delays that one name only.
+	uploadKeys keyLocks
 
 	mu sync.Mutex
 	// dirs holds the directories made by mkdir, by parent path then name;
@@ -106,10 +107,15 @@ type FS struct {
 	pending map[fileKey]*manifestWriter
 	// uploads holds the open uploads, by repository and name. Guarded by mu.
 	uploads map[fileKey]*uploadState
+	// manifests shares the bytes of the revisions open for reading.
+	manifests manifestBuffers
 
 	stats   counters
 	errLog  errorLog
 	started time.Time
+	// uid and gid own every node: the daemon's user, the one whose writes
+	// it serves.
+	uid, gid uint32
 }
 
 // fileKey names a file in a repository's reserved directory.
@@ -141,7 +147,23 @@ func New(st store.Store, opts Options) *FS {
 		uploads: map[fileKey]*uploadState{},
 		stats:   counters{errnos: map[string]int64{}},
 		started: time.Now(),
+		uid:     uint32(os.Getuid()),
+		gid:     uint32(os.Getgid()),
 	}
+}
+
+// MountConfig says how regfs is mounted; MountOptions turns it into mount
+// options.
+type MountConfig struct {
+	// ReadOnly mounts with the kernel's ro option.
+	ReadOnly bool
+	// AllowOther lets other users use the mount. The kernel then checks
+	// every access against the modes regfs shows (default_permissions),
+	// unless NoDefaultPermissions.
+	AllowOther bool
+	// NoDefaultPermissions leaves permission checks out of an AllowOther
+	// mount: every user may then do what the daemon's user may.
+	NoDefaultPermissions bool
 }
 
 // MountOptions returns the options regfs mounts with, built in this one
@@ -150,7 +172,14 @@ func New(st store.Store, opts Options) *FS {
 // AsyncRead lets the kernel send concurrent reads of one file, which the
 // block cache serves in parallel; a larger MaxBackground keeps more of those
 // read-ahead requests in flight before the kernel throttles.
-func MountOptions(readOnly, allowOther bool) []fuse.MountOption {
+//
+// With AllowOther the kernel checks permissions (default_permissions):
+// regfs itself checks none, and the daemon usually runs as root, so
+// without the check any local user could delete what the modes say only
+// the owner may. Without AllowOther only the daemon's user reaches the
+// mount, and the check would add nothing.
+func MountOptions(c MountConfig) []fuse.MountOption {
+	readOnly, allowOther := c.ReadOnly, c.AllowOther
 	opts := []fuse.MountOption{
 		fuse.FSName("regfs"),
 		fuse.Subtype("regfs"),
@@ -164,6 +193,9 @@ func MountOptions(readOnly, allowOther bool) []fuse.MountOption {
 	}
 	if allowOther {
 		opts = append(opts, fuse.AllowOther())
+		if !c.NoDefaultPermissions {
+			opts = append(opts, fuse.DefaultPermissions())
+		}
 	}
 	return opts
 }
@@ -187,7 +219,7 @@ func (f *FS) Serve(conn *fuse.Conn) error {
 
 // Root implements fs.FS.
 func (f *FS) Root() (fs.Node, error) {
-	return rootDir{f: f}, nil
+	return newRootDir(f), nil
 }
 
 // Statfs implements fs.FSStatfser. Storage capacity is the backend's
@@ -331,12 +363,6 @@ func (f *FS) logNotify(err error) {
 	if err != nil && !errors.Is(err, fuse.ErrNotCached) {
 		f.log.Debug("kernel cache invalidation failed", "error", err)
 	}
-}
-
-// attrTimes fills the times of a node with the mount time: storage keeps no
-// times regfs could report consistently.
-func (f *FS) attrTimes(a *fuse.Attr) {
-	a.Atime, a.Mtime, a.Ctime = f.started, f.started, f.started
 }
 
 // processOf returns the process (thread group) id of the thread tid that

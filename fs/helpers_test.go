@@ -73,7 +73,7 @@ func newMount(t *testing.T, mc mountConfig) *testMount {
 	}
 	f := New(st, opts)
 	dir := t.TempDir()
-	conn, err := fuse.Mount(dir, MountOptions(mc.mountRO, false)...)
+	conn, err := fuse.Mount(dir, MountOptions(MountConfig{ReadOnly: mc.mountRO})...)
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}

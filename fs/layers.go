@@ -16,35 +16,40 @@ var (
 	_ fs.HandleReadDirAller  = layersDir{}
 	_ fs.NodeRemover         = layersDir{}
 	_ fs.NodeLinker          = layersDir{}
-	_ fs.NodeCreater         = layersDir{}
-	_ fs.NodeMkdirer         = layersDir{}
-	_ fs.NodeSymlinker       = layersDir{}
-	_ fs.NodeRenamer         = layersDir{}
-	_ fs.NodeSetattrer       = layersDir{}
 
 	_ fs.Node          = layerFile{}
 	_ fs.NodeOpener    = layerFile{}
 	_ fs.NodeSetattrer = layerFile{}
 )
 
-// layersDir is a repository's _layers/: the blobs linked into it.
+// layersDir is a repository's _layers/: the blobs linked into it. Blobs
+// arrive through _uploads/ or by ln from another repository.
 type layersDir struct {
 	noXattr
-	f    *FS
+	refusals
 	repo string
 	ino  uint64
 }
 
-func (d layersDir) path(name string) string { return joinPath(d.repo, reservedLayers+"/"+name) }
+func newLayersDir(f *FS, repo string) layersDir {
+	return layersDir{
+		refusals: refusals{f: f, dir: joinPath(repo, reservedLayers)},
+		repo:     repo,
+		ino:      childInode(pathInode(repo), reservedLayers),
+	}
+}
 
 // Attr implements fs.Node.
 func (d layersDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	dirAttr(d.f, a, d.ino, immutableTTL)
+	d.f.dirAttr(a, d.ino, immutableTTL)
 	return nil
 }
 
 // Lookup implements fs.NodeRequestLookuper. Only the blob's link and size
-// are read, never its data.
+// are read, never its data. The entry is valid for the short entry
+// timeout: another writer (the registry) may unlink the blob, and its name
+// must then disappear soon; the attributes and the kernel's page cache
+// belong to the digest and stay valid.
 func (d layersDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.LookupResponse) (fs.Node, error) {
 	p := d.path(req.Name)
 	dgst, err := store.ParseDigest(req.Name)
@@ -59,7 +64,7 @@ func (d layersDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fu
 	if err != nil {
 		return nil, d.f.errno("lookup", p, err)
 	}
-	resp.EntryValid = immutableTTL
+	resp.EntryValid = d.f.opts.EntryTTL
 	return layerFile{f: d.f, repo: d.repo, dgst: dgst, size: desc.Size}, nil
 }
 
@@ -120,31 +125,6 @@ func (d layersDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.Node)
 	return layerFile{f: d.f, repo: d.repo, dgst: src.dgst, size: src.size}, nil
 }
 
-// Create implements fs.NodeCreater: blobs arrive through _uploads/.
-func (d layersDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *fuse.CreateResponse) (fs.Node, fs.Handle, error) {
-	return nil, nil, d.f.refuse("create", d.path(req.Name))
-}
-
-// Mkdir implements fs.NodeMkdirer.
-func (d layersDir) Mkdir(ctx context.Context, req *fuse.MkdirRequest) (fs.Node, error) {
-	return nil, d.f.refuse("mkdir", d.path(req.Name))
-}
-
-// Symlink implements fs.NodeSymlinker.
-func (d layersDir) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Node, error) {
-	return nil, d.f.refuse("symlink", d.path(req.NewName))
-}
-
-// Rename implements fs.NodeRenamer.
-func (d layersDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
-	return d.f.refuse("rename", d.path(req.OldName))
-}
-
-// Setattr implements fs.NodeSetattrer.
-func (d layersDir) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
-	return d.f.setattrFixed("setattr", d.path(""), req)
-}
-
 // layerFile is one blob linked into a repository. It never changes: its
 // size is part of its identity.
 type layerFile struct {
@@ -185,26 +165,3 @@ func (l layerFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.O
 func (l layerFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
 	return l.f.setattrFixed("setattr", l.path(), req)
 }
-
-// immutableAttr fills the attributes of a blob or a revision: content
-// addressed, so read-only, inode from the digest, valid for long.
-func (f *FS) immutableAttr(a *fuse.Attr, dgst digest.Digest, size int64) {
-	a.Inode = digestInode(dgst)
-	a.Mode = 0o444
-	a.Size = uint64(size)
-	a.Blocks = blocks(size)
-	a.Valid = immutableTTL
-	f.attrTimes(a)
-}
-
-// refuseWrite is the error for writing an immutable file: EROFS on a
-// read-only mount, EPERM otherwise.
-func (f *FS) refuseWrite(op, name string) error {
-	if err := f.readOnly(); err != nil {
-		return f.errno(op, name, err)
-	}
-	return f.errno(op, name, errImmutable)
-}
-
-// blocks is size in 512-byte units, for du.
-func blocks(size int64) uint64 { return uint64(size+511) / 512 }

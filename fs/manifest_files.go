@@ -48,12 +48,12 @@ func (r revisionFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fus
 	if err != nil {
 		return nil, r.f.errno("open", r.path(), err)
 	}
-	content, _, err := repo.Manifests().Get(ctx, r.dgst)
+	h, err := r.f.openManifest(ctx, repo, r.dgst, r.path())
 	if err != nil {
 		return nil, r.f.errno("open", r.path(), err)
 	}
 	resp.Flags |= fuse.OpenKeepCache
-	return &bytesHandle{f: r.f, path: r.path(), data: content}, nil
+	return h, nil
 }
 
 // Setattr implements fs.NodeSetattrer.
@@ -74,15 +74,15 @@ type tagFile struct {
 func (t tagFile) path() string { return joinPath(t.repo, reservedManifests+"/"+t.name) }
 
 func (t tagFile) dir() manifestsDir {
-	return manifestsDir{f: t.f, repo: t.repo, ino: childInode(pathInode(t.repo), reservedManifests)}
+	return newManifestsDir(t.f, t.repo)
 }
 
 // Attr implements fs.Node.
 func (t tagFile) Attr(ctx context.Context, a *fuse.Attr) error {
-	t.f.attrTimes(a)
+	t.f.baseAttr(a)
 	if w := t.f.pendingManifest(fileKey{t.repo, t.name}); w != nil {
 		a.Inode = childInode(t.dir().ino, t.name)
-		a.Mode = 0o644
+		a.Mode = t.f.mode(modeFile)
 		a.Size = uint64(w.size())
 		a.Valid = 0
 		return nil
@@ -91,17 +91,21 @@ func (t tagFile) Attr(ctx context.Context, a *fuse.Attr) error {
 	if err != nil {
 		return t.f.errno("getattr", t.path(), err)
 	}
-	dgst, content, err := resolveManifest(ctx, repo, t.name)
+	dgst, err := resolveName(ctx, repo, t.name)
+	if err != nil {
+		return t.f.errno("getattr", t.path(), err)
+	}
+	size, err := t.f.manifestSize(ctx, repo, dgst)
 	if err != nil {
 		return t.f.errno("getattr", t.path(), err)
 	}
 	a.Inode = digestInode(dgst)
-	a.Mode = 0o644
+	a.Mode = t.f.mode(modeFile)
 	if dgst.String() == t.name {
-		a.Mode = 0o444
+		a.Mode = modeReadOnly
 	}
-	a.Size = uint64(len(content))
-	a.Blocks = blocks(int64(len(content)))
+	a.Size = uint64(size)
+	a.Blocks = blocks(size)
 	a.Valid = t.f.opts.AttrTTL
 	return nil
 }
@@ -124,11 +128,15 @@ func (t tagFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Ope
 		if err != nil {
 			return nil, t.f.errno("open", t.path(), err)
 		}
-		_, content, err := resolveManifest(ctx, repo, t.name)
+		dgst, err := resolveName(ctx, repo, t.name)
 		if err != nil {
 			return nil, t.f.errno("open", t.path(), err)
 		}
-		return &bytesHandle{f: t.f, path: t.path(), data: content}, nil
+		h, err := t.f.openManifest(ctx, repo, dgst, t.path())
+		if err != nil {
+			return nil, t.f.errno("open", t.path(), err)
+		}
+		return h, nil
 	}
 	if err := t.f.readOnly(); err != nil {
 		return nil, t.f.errno("open", t.path(), err)

@@ -19,32 +19,35 @@ var (
 	_ fs.NodeCreater         = manifestsDir{}
 	_ fs.NodeRemover         = manifestsDir{}
 	_ fs.NodeLinker          = manifestsDir{}
-	_ fs.NodeMkdirer         = manifestsDir{}
-	_ fs.NodeSymlinker       = manifestsDir{}
-	_ fs.NodeRenamer         = manifestsDir{}
-	_ fs.NodeSetattrer       = manifestsDir{}
 )
 
 // manifestsDir is a repository's _manifests/: revisions by digest and tags
-// by name, and manifests being written.
+// by name, and manifests being written. A tag is re-pointed with ln and rm,
+// never renamed.
 type manifestsDir struct {
 	noXattr
-	f    *FS
+	refusals
 	repo string
 	ino  uint64
 }
 
-func (d manifestsDir) path(name string) string {
-	return joinPath(d.repo, reservedManifests+"/"+name)
+func newManifestsDir(f *FS, repo string) manifestsDir {
+	return manifestsDir{
+		refusals: refusals{f: f, dir: joinPath(repo, reservedManifests)},
+		repo:     repo,
+		ino:      childInode(pathInode(repo), reservedManifests),
+	}
 }
 
 // Attr implements fs.Node.
 func (d manifestsDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	dirAttr(d.f, a, d.ino, immutableTTL)
+	d.f.dirAttr(a, d.ino, immutableTTL)
 	return nil
 }
 
-// Lookup implements fs.NodeRequestLookuper.
+// Lookup implements fs.NodeRequestLookuper. Every entry is valid for the
+// short entry timeout, revisions included: another writer may delete a
+// revision, and its name must then disappear soon.
 func (d manifestsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.LookupResponse) (fs.Node, error) {
 	p := d.path(req.Name)
 	if d.f.pendingManifest(fileKey{d.repo, req.Name}) != nil {
@@ -56,12 +59,12 @@ func (d manifestsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp 
 		return nil, d.f.errno("lookup", p, err)
 	}
 	if dgst, err := store.ParseDigest(req.Name); err == nil {
-		content, _, err := repo.Manifests().Get(ctx, dgst)
+		size, err := d.f.manifestSize(ctx, repo, dgst)
 		if err != nil {
 			return nil, d.f.errno("lookup", p, err)
 		}
-		resp.EntryValid = immutableTTL
-		return revisionFile{f: d.f, repo: d.repo, dgst: dgst, size: int64(len(content))}, nil
+		resp.EntryValid = d.f.opts.EntryTTL
+		return revisionFile{f: d.f, repo: d.repo, dgst: dgst, size: size}, nil
 	}
 	if store.ValidateTag(req.Name) != nil {
 		return nil, d.f.errno("lookup", p, errNotFound)
@@ -221,7 +224,7 @@ func (d manifestsDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.No
 		if err != nil {
 			return nil, d.f.errno("link", p, err)
 		}
-		if dgst, _, err = resolveManifest(ctx, r, src.name); err != nil {
+		if dgst, err = resolveManifest(ctx, r, src.name); err != nil {
 			return nil, d.f.errno("link", p, err)
 		}
 	default:
@@ -248,38 +251,25 @@ func (d manifestsDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.No
 	return n, nil
 }
 
-// Mkdir implements fs.NodeMkdirer.
-func (d manifestsDir) Mkdir(ctx context.Context, req *fuse.MkdirRequest) (fs.Node, error) {
-	return nil, d.f.refuse("mkdir", d.path(req.Name))
-}
-
-// Symlink implements fs.NodeSymlinker.
-func (d manifestsDir) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Node, error) {
-	return nil, d.f.refuse("symlink", d.path(req.NewName))
-}
-
-// Rename implements fs.NodeRenamer: re-tag with ln and rm instead.
-func (d manifestsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
-	return d.f.refuse("rename", d.path(req.OldName))
-}
-
-// Setattr implements fs.NodeSetattrer.
-func (d manifestsDir) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
-	return d.f.setattrFixed("setattr", d.path(""), req)
-}
-
-// resolveManifest returns the digest and bytes of the revision name (a
-// digest or a tag) refers to.
-func resolveManifest(ctx context.Context, repo store.Repository, name string) (digest.Digest, []byte, error) {
-	dgst, err := store.ParseDigest(name)
-	if err != nil {
-		if dgst, err = repo.Tags().Get(ctx, name); err != nil {
-			return "", nil, err
-		}
+// resolveName returns the digest of the revision name (a digest or a tag)
+// refers to; a digest is taken as it is.
+func resolveName(ctx context.Context, repo store.Repository, name string) (digest.Digest, error) {
+	if dgst, err := store.ParseDigest(name); err == nil {
+		return dgst, nil
 	}
-	content, _, err := repo.Manifests().Get(ctx, dgst)
+	return repo.Tags().Get(ctx, name)
+}
+
+// resolveManifest returns the digest of the revision name (a digest or a
+// tag) refers to, once the revision is seen to exist.
+func resolveManifest(ctx context.Context, repo store.Repository, name string) (digest.Digest, error) {
+	dgst, err := resolveName(ctx, repo, name)
 	if err != nil {
-		return "", nil, err
+		return "", err
 	}
-	return dgst, content, nil
+	ok, err := repo.Manifests().Exists(ctx, dgst)
+	if err != nil || !ok {
+		return "", manifestGone(err, repo, dgst)
+	}
+	return dgst, nil
 }

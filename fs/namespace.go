@@ -2,11 +2,9 @@ package fs
 
 import (
 	"context"
-	"os"
 	"path"
 	"sort"
 	"strings"
-	"time"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
@@ -20,37 +18,26 @@ var (
 	_ fs.HandleReadDirAller  = nsDir{}
 	_ fs.NodeMkdirer         = nsDir{}
 	_ fs.NodeRemover         = nsDir{}
-	_ fs.NodeCreater         = nsDir{}
-	_ fs.NodeLinker          = nsDir{}
-	_ fs.NodeSymlinker       = nsDir{}
-	_ fs.NodeRenamer         = nsDir{}
-	_ fs.NodeSetattrer       = nsDir{}
 )
 
 // nsDir is a namespace directory below the root: a/, a/b/. Any of them may
 // be a repository, so each offers _layers, _manifests and _uploads besides
-// its sub-namespaces.
+// its sub-namespaces. It holds only directories. Its path (refusals.dir)
+// is the namespace's name.
 type nsDir struct {
 	noXattr
-	f    *FS
-	path string
-	ino  uint64
+	refusals
+	ino uint64
 }
 
-func newNSDir(f *FS, p string) nsDir { return nsDir{f: f, path: p, ino: pathInode(p)} }
+func newNSDir(f *FS, p string) nsDir {
+	return nsDir{refusals: refusals{f: f, dir: p}, ino: pathInode(p)}
+}
 
 // Attr implements fs.Node.
 func (d nsDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	dirAttr(d.f, a, d.ino, d.f.opts.AttrTTL)
+	d.f.dirAttr(a, d.ino, d.f.opts.AttrTTL)
 	return nil
-}
-
-func dirAttr(f *FS, a *fuse.Attr, ino uint64, valid time.Duration) {
-	a.Inode = ino
-	a.Mode = os.ModeDir | 0o755
-	a.Nlink = 2
-	a.Valid = valid
-	f.attrTimes(a)
 }
 
 // Lookup implements fs.NodeRequestLookuper.
@@ -58,20 +45,20 @@ func (d nsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.L
 	switch req.Name {
 	case reservedLayers:
 		resp.EntryValid = immutableTTL
-		return layersDir{f: d.f, repo: d.path, ino: childInode(d.ino, req.Name)}, nil
+		return newLayersDir(d.f, d.dir), nil
 	case reservedManifests:
 		resp.EntryValid = immutableTTL
-		return manifestsDir{f: d.f, repo: d.path, ino: childInode(d.ino, req.Name)}, nil
+		return newManifestsDir(d.f, d.dir), nil
 	case reservedUploads:
 		resp.EntryValid = immutableTTL
-		return uploadsDir{f: d.f, repo: d.path, ino: childInode(d.ino, req.Name)}, nil
+		return newUploadsDir(d.f, d.dir), nil
 	}
-	return d.f.lookupNamespace(ctx, d.path, req.Name, resp)
+	return d.f.lookupNamespace(ctx, d.dir, req.Name, resp)
 }
 
 // ReadDirAll implements fs.HandleReadDirAller.
 func (d nsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
-	out, err := d.f.readNamespace(ctx, d.path, d.ino)
+	out, err := d.f.readNamespace(ctx, d.dir, d.ino)
 	if err != nil {
 		return nil, err
 	}
@@ -83,41 +70,16 @@ func (d nsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 
 // Mkdir implements fs.NodeMkdirer.
 func (d nsDir) Mkdir(ctx context.Context, req *fuse.MkdirRequest) (fs.Node, error) {
-	return d.f.mkdir(ctx, d.path, req.Name)
+	return d.f.mkdir(ctx, d.dir, req.Name)
 }
 
 // Remove implements fs.NodeRemover: rmdir of a sub-namespace or repository.
 func (d nsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error {
 	switch req.Name {
 	case reservedLayers, reservedManifests, reservedUploads:
-		return d.f.refuse("rmdir", joinPath(d.path, req.Name))
+		return d.f.refuse("rmdir", d.path(req.Name))
 	}
-	return d.f.rmdir(ctx, d.path, req.Name)
-}
-
-// Create implements fs.NodeCreater: namespaces hold only directories.
-func (d nsDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *fuse.CreateResponse) (fs.Node, fs.Handle, error) {
-	return nil, nil, d.f.refuse("create", joinPath(d.path, req.Name))
-}
-
-// Link implements fs.NodeLinker: namespaces hold only directories.
-func (d nsDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.Node) (fs.Node, error) {
-	return nil, d.f.refuse("link", joinPath(d.path, req.NewName))
-}
-
-// Symlink implements fs.NodeSymlinker: regfs has no symbolic links.
-func (d nsDir) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Node, error) {
-	return nil, d.f.refuse("symlink", joinPath(d.path, req.NewName))
-}
-
-// Rename implements fs.NodeRenamer: storage cannot rename atomically.
-func (d nsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
-	return d.f.refuse("rename", joinPath(d.path, req.OldName))
-}
-
-// Setattr implements fs.NodeSetattrer.
-func (d nsDir) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
-	return d.f.setattrFixed("setattr", d.path, req)
+	return d.f.rmdir(ctx, d.dir, req.Name)
 }
 
 // lookupNamespace finds the sub-namespace name of parent: one made by mkdir,

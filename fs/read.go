@@ -50,8 +50,8 @@ func (f *FS) countRead(n int) {
 	f.stats.bytesRead.Add(int64(n))
 }
 
-// bytesHandle serves reads from bytes in memory: a manifest or a control
-// file's snapshot.
+// bytesHandle serves reads from bytes in memory: a control file's snapshot.
+// Manifests are read through manifestHandle, which shares its bytes.
 type bytesHandle struct {
 	noPoll
 	f    *FS

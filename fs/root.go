@@ -13,24 +13,21 @@ var (
 	_ fs.HandleReadDirAller  = rootDir{}
 	_ fs.NodeMkdirer         = rootDir{}
 	_ fs.NodeRemover         = rootDir{}
-	_ fs.NodeCreater         = rootDir{}
-	_ fs.NodeLinker          = rootDir{}
-	_ fs.NodeSymlinker       = rootDir{}
-	_ fs.NodeRenamer         = rootDir{}
-	_ fs.NodeSetattrer       = rootDir{}
 )
 
 // rootDir is the mount's root: the top-level namespaces and .regfs. It is
 // not a repository (a repository name has at least one component), so it
-// has no _layers, _manifests or _uploads.
+// has no _layers, _manifests or _uploads. It holds only directories.
 type rootDir struct {
 	noXattr
-	f *FS
+	refusals
 }
+
+func newRootDir(f *FS) rootDir { return rootDir{refusals: refusals{f: f}} }
 
 // Attr implements fs.Node.
 func (r rootDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	dirAttr(r.f, a, rootInode, r.f.opts.AttrTTL)
+	r.f.dirAttr(a, rootInode, r.f.opts.AttrTTL)
 	return nil
 }
 
@@ -38,7 +35,7 @@ func (r rootDir) Attr(ctx context.Context, a *fuse.Attr) error {
 func (r rootDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.LookupResponse) (fs.Node, error) {
 	if req.Name == controlDirName {
 		resp.EntryValid = immutableTTL
-		return controlDir{f: r.f}, nil
+		return newControlDir(r.f), nil
 	}
 	return r.f.lookupNamespace(ctx, "", req.Name, resp)
 }
@@ -49,7 +46,7 @@ func (r rootDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, err
 	}
-	dot := fuse.Dirent{Inode: controlDir{f: r.f}.ino(), Type: fuse.DT_Dir, Name: controlDirName}
+	dot := fuse.Dirent{Inode: controlInode, Type: fuse.DT_Dir, Name: controlDirName}
 	return append([]fuse.Dirent{dot}, out...), nil
 }
 
@@ -64,29 +61,4 @@ func (r rootDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error {
 		return r.f.refuse("rmdir", req.Name)
 	}
 	return r.f.rmdir(ctx, "", req.Name)
-}
-
-// Create implements fs.NodeCreater: the root holds only directories.
-func (r rootDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *fuse.CreateResponse) (fs.Node, fs.Handle, error) {
-	return nil, nil, r.f.refuse("create", req.Name)
-}
-
-// Link implements fs.NodeLinker: the root holds only directories.
-func (r rootDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.Node) (fs.Node, error) {
-	return nil, r.f.refuse("link", req.NewName)
-}
-
-// Symlink implements fs.NodeSymlinker: regfs has no symbolic links.
-func (r rootDir) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Node, error) {
-	return nil, r.f.refuse("symlink", req.NewName)
-}
-
-// Rename implements fs.NodeRenamer: storage cannot rename atomically.
-func (r rootDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
-	return r.f.refuse("rename", req.OldName)
-}
-
-// Setattr implements fs.NodeSetattrer.
-func (r rootDir) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
-	return r.f.setattrFixed("setattr", "", req)
 }

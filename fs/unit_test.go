@@ -163,11 +163,21 @@ func TestInodesAreDerived(t *testing.T) {
 }
 
 func TestMountOptions(t *testing.T) {
-	if n := len(MountOptions(false, false)); n != 6 {
-		t.Errorf("%d default options", n)
-	}
-	if n := len(MountOptions(true, true)); n != 8 {
-		t.Errorf("%d options with read-only and allow-other", n)
+	for _, c := range []struct {
+		cfg  MountConfig
+		want int
+	}{
+		{MountConfig{}, 6},
+		{MountConfig{ReadOnly: true}, 7},
+		// default_permissions comes with allow_other.
+		{MountConfig{AllowOther: true}, 8},
+		{MountConfig{ReadOnly: true, AllowOther: true}, 9},
+		{MountConfig{AllowOther: true, NoDefaultPermissions: true}, 7},
+		{MountConfig{NoDefaultPermissions: true}, 6},
+	} {
+		if n := len(MountOptions(c.cfg)); n != c.want {
+			t.Errorf("%+v: %d options, want %d", c.cfg, n, c.want)
+		}
 	}
 }
 
@@ -181,16 +191,16 @@ func TestNodesDirectly(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := New(st, Options{ReadOnly: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	root := rootDir{f: f}
+	root := newRootDir(f)
 	if _, err := root.Mkdir(ctx, &fuse.MkdirRequest{Name: "x"}); classify(err) != syscall.EROFS {
 		t.Errorf("mkdir: %v", err)
 	}
-	ups := uploadsDir{f: f, repo: "r", ino: childInode(pathInode("r"), reservedUploads)}
+	ups := newUploadsDir(f, "r")
 	_, _, err = ups.Create(ctx, &fuse.CreateRequest{Name: digest.FromString("x").String()}, &fuse.CreateResponse{})
 	if classify(err) != syscall.EROFS {
 		t.Errorf("create upload: %v", err)
 	}
-	mans := manifestsDir{f: f, repo: "r", ino: childInode(pathInode("r"), reservedManifests)}
+	mans := newManifestsDir(f, "r")
 	if err := mans.Remove(ctx, &fuse.RemoveRequest{Name: "v1"}); classify(err) != syscall.EROFS {
 		t.Errorf("untag: %v", err)
 	}
@@ -203,7 +213,8 @@ func TestNodesDirectly(t *testing.T) {
 		t.Errorf("open layer for writing on a read-only FS: %v", err)
 	}
 	var da fuse.Attr
-	if err := (nsDir{f: f, path: "a", ino: pathInode("a")}).Attr(ctx, &da); err != nil || da.Mode != os.ModeDir|0o755 || da.Inode != pathInode("a") {
+	// A read-only mount shows no write bits.
+	if err := newNSDir(f, "a").Attr(ctx, &da); err != nil || da.Mode != os.ModeDir|0o555 || da.Inode != pathInode("a") {
 		t.Errorf("dir attr: %v %v", da, err)
 	}
 }

@@ -144,9 +144,7 @@ func (h *uploadHandle) commit(ctx context.Context) error {
 	h.f.forgetUpload(h.st)
 	h.f.stats.uploadsCommitted.Add(1)
 	h.f.invalidateEntry(h.node.dir, h.node.name)
-	repoIno := pathInode(h.node.dir.repo)
-	layers := layersDir{f: h.f, repo: h.node.dir.repo, ino: childInode(repoIno, reservedLayers)}
-	h.f.invalidateEntry(layers, desc.Digest.String())
+	h.f.invalidateEntry(newLayersDir(h.f, h.node.dir.repo), desc.Digest.String())
 	return nil
 }
 
@@ -190,10 +188,10 @@ func (f *FS) uploadSize(ctx context.Context, k fileKey) (int64, error) {
 // acquireUpload returns the open upload named k, opening it from storage
 // (resuming it, also after a restart) or, with create, starting it.
 //
-// Lock order: uploadOpen, then an uploadState's mu, then FS.mu.
+// Lock order: the key's lock in uploadKeys, then an uploadState's mu, then
+// FS.mu.
 func (f *FS) acquireUpload(ctx context.Context, k fileKey, create bool) (*uploadState, error) {
-	f.uploadOpen.Lock()
-	defer f.uploadOpen.Unlock()
+	defer f.uploadKeys.lock(k)()
 	f.mu.Lock()
 	if st := f.uploads[k]; st != nil {
 		st.refs++
@@ -235,8 +233,7 @@ func (f *FS) acquireUpload(ctx context.Context, k fileKey, create bool) (*upload
 // releaseUpload drops a handle's reference; the last one closes the upload
 // (saving its data and hash state) unless it is already done.
 func (f *FS) releaseUpload(st *uploadState) {
-	f.uploadOpen.Lock()
-	defer f.uploadOpen.Unlock()
+	defer f.uploadKeys.lock(st.key)()
 	f.mu.Lock()
 	st.refs--
 	last := st.refs == 0
@@ -270,8 +267,7 @@ func (f *FS) forgetUpload(st *uploadState) {
 // restartUpload empties the upload named k: it is cancelled and created
 // again with the same expected digest.
 func (f *FS) restartUpload(ctx context.Context, k fileKey) error {
-	f.uploadOpen.Lock()
-	defer f.uploadOpen.Unlock()
+	defer f.uploadKeys.lock(k)()
 	repo, err := f.st.Repository(k.repo)
 	if err != nil {
 		return err
@@ -324,8 +320,7 @@ func (f *FS) restartUpload(ctx context.Context, k fileKey) error {
 
 // cancelUpload cancels the upload named k, open here or not.
 func (f *FS) cancelUpload(ctx context.Context, k fileKey) error {
-	f.uploadOpen.Lock()
-	defer f.uploadOpen.Unlock()
+	defer f.uploadKeys.lock(k)()
 	bg := context.WithoutCancel(ctx)
 	if st := f.openUpload(k); st != nil {
 		st.mu.Lock()

@@ -16,11 +16,6 @@ var (
 	_ fs.HandleReadDirAller  = uploadsDir{}
 	_ fs.NodeCreater         = uploadsDir{}
 	_ fs.NodeRemover         = uploadsDir{}
-	_ fs.NodeLinker          = uploadsDir{}
-	_ fs.NodeMkdirer         = uploadsDir{}
-	_ fs.NodeSymlinker       = uploadsDir{}
-	_ fs.NodeRenamer         = uploadsDir{}
-	_ fs.NodeSetattrer       = uploadsDir{}
 
 	_ fs.Node          = uploadFile{}
 	_ fs.NodeOpener    = uploadFile{}
@@ -30,19 +25,25 @@ var (
 
 // uploadsDir is a repository's _uploads/. Uploads regfs started are named
 // by the digest they must hash to; uploads another writer (the registry)
-// left are named by their ID.
+// left are named by their ID. Uploads are made by writing, never by ln.
 type uploadsDir struct {
 	noXattr
-	f    *FS
+	refusals
 	repo string
 	ino  uint64
 }
 
-func (d uploadsDir) path(name string) string { return joinPath(d.repo, reservedUploads+"/"+name) }
+func newUploadsDir(f *FS, repo string) uploadsDir {
+	return uploadsDir{
+		refusals: refusals{f: f, dir: joinPath(repo, reservedUploads)},
+		repo:     repo,
+		ino:      childInode(pathInode(repo), reservedUploads),
+	}
+}
 
 // Attr implements fs.Node.
 func (d uploadsDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	dirAttr(d.f, a, d.ino, immutableTTL)
+	d.f.dirAttr(a, d.ino, immutableTTL)
 	return nil
 }
 
@@ -128,31 +129,6 @@ func (d uploadsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error {
 	return d.f.errno("unlink", p, d.f.cancelUpload(ctx, fileKey{d.repo, req.Name}))
 }
 
-// Link implements fs.NodeLinker: uploads are made by writing.
-func (d uploadsDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.Node) (fs.Node, error) {
-	return nil, d.f.refuse("link", d.path(req.NewName))
-}
-
-// Mkdir implements fs.NodeMkdirer.
-func (d uploadsDir) Mkdir(ctx context.Context, req *fuse.MkdirRequest) (fs.Node, error) {
-	return nil, d.f.refuse("mkdir", d.path(req.Name))
-}
-
-// Symlink implements fs.NodeSymlinker.
-func (d uploadsDir) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Node, error) {
-	return nil, d.f.refuse("symlink", d.path(req.NewName))
-}
-
-// Rename implements fs.NodeRenamer.
-func (d uploadsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
-	return d.f.refuse("rename", d.path(req.OldName))
-}
-
-// Setattr implements fs.NodeSetattrer.
-func (d uploadsDir) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
-	return d.f.setattrFixed("setattr", d.path(""), req)
-}
-
 // uploadFile is one upload in progress. Its size is the bytes uploaded so
 // far; it only grows, by appending.
 type uploadFile struct {
@@ -167,10 +143,10 @@ func (u uploadFile) key() fileKey { return fileKey{u.dir.repo, u.name} }
 
 // Attr implements fs.Node. Never cached (see uploadsDir.Lookup).
 func (u uploadFile) Attr(ctx context.Context, a *fuse.Attr) error {
-	u.f.attrTimes(a)
+	u.f.baseAttr(a)
 	a.Inode = childInode(u.dir.ino, u.name)
 	a.Valid = 0
-	a.Mode = 0o644
+	a.Mode = u.f.mode(modeFile)
 	if st := u.f.openUpload(u.key()); st != nil {
 		st.mu.Lock()
 		a.Size = uint64(st.up.Size())
@@ -182,7 +158,7 @@ func (u uploadFile) Attr(ctx context.Context, a *fuse.Attr) error {
 		}
 		a.Size = uint64(info.Size)
 		if info.Expected == "" {
-			a.Mode = 0o444
+			a.Mode = modeReadOnly
 		}
 	}
 	a.Blocks = blocks(int64(a.Size))

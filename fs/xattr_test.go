@@ -18,9 +18,9 @@ func TestEveryNodeHasNoXattrs(t *testing.T) {
 	f := New(nil, Options{})
 	ctx := context.Background()
 	for _, n := range []fs.Node{
-		rootDir{f: f}, nsDir{f: f}, controlDir{f: f}, controlFile{f: f},
-		layersDir{f: f}, layerFile{f: f}, manifestsDir{f: f}, tagFile{f: f},
-		revisionFile{f: f}, uploadsDir{f: f}, uploadFile{f: f},
+		newRootDir(f), newNSDir(f, "a"), newControlDir(f), controlFile{f: f},
+		newLayersDir(f, "a"), layerFile{f: f}, newManifestsDir(f, "a"), tagFile{f: f},
+		revisionFile{f: f}, newUploadsDir(f, "a"), uploadFile{f: f},
 	} {
 		checks := map[string]error{}
 		if g, ok := n.(fs.NodeGetxattrer); ok {

@@ -50,7 +50,7 @@ func serveBare(mnt, dir string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// The options regfs mounts with, so that the ratio is regfs's own cost.
-	opts := regfsfs.MountOptions(false, false)
+	opts := regfsfs.MountOptions(regfsfs.MountConfig{})
 	if os.Getenv(bareEnvWriteback) != "" {
 		opts = append(opts, fuse.WritebackCache())
 	}

@@ -39,6 +39,9 @@ type Config struct {
 	Storage
 	ReadOnly   bool
 	AllowOther bool
+	// NoDefaultPermissions turns off the kernel's permission checks on an
+	// --allow-other mount.
+	NoDefaultPermissions bool
 	// CacheSize is the block cache budget in bytes.
 	CacheSize int64
 	Debug     bool
@@ -122,7 +125,8 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	cfg.CacheSize = defaultCacheSize
 	addStorageFlags(fs, &cfg.Storage, true)
 	fs.BoolVar(&cfg.ReadOnly, "read-only", false, "refuse every write with EROFS")
-	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users use the mount (needs user_allow_other in /etc/fuse.conf\nwhen not root)")
+	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users use the mount, as the modes allow: only the\ndaemon's user may write (needs user_allow_other in /etc/fuse.conf\nwhen not root)")
+	fs.BoolVar(&cfg.NoDefaultPermissions, "no-default-permissions", false, "with --allow-other, let every user do what the daemon's user may:\nthe kernel checks no modes (unsafe unless every local user is trusted)")
 	fs.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "block cache budget `SIZE` in bytes, with K, M, G or T (default 256M)")
 	fs.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request and response")
 	return fs
@@ -136,7 +140,12 @@ func writeFlags(b *strings.Builder, fs *flag.FlagSet) {
 		if arg != "" {
 			name += " " + arg
 		}
-		text = strings.ReplaceAll(text, "\n", "\n"+strings.Repeat(" ", 24))
+		indent := strings.Repeat(" ", 24)
+		text = strings.ReplaceAll(text, "\n", "\n"+indent)
+		if len(name) > 20 { // the text goes below a long name
+			fmt.Fprintf(b, "  %s\n%s%s\n", name, indent, text)
+			return
+		}
 		fmt.Fprintf(b, "  %-20s  %s\n", name, text)
 	})
 }
@@ -192,6 +201,9 @@ func parseMount(args []string, stdout, stderr io.Writer) (Config, error) {
 		cfg.Mountpoint = positional[0]
 	default:
 		return cfg, fmt.Errorf("one MOUNTPOINT expected, got %q", positional)
+	}
+	if cfg.NoDefaultPermissions && !cfg.AllowOther {
+		return cfg, errors.New("--no-default-permissions applies with --allow-other only")
 	}
 	return cfg, checkStorage(&cfg.Storage, true)
 }

@@ -33,6 +33,10 @@ func TestParseMount(t *testing.T) {
 	if cfg != want {
 		t.Errorf("flags: %+v, want %+v", cfg, want)
 	}
+	cfg, err = parseMount([]string{"--allow-other", "--no-default-permissions", "/m"}, io.Discard, io.Discard)
+	if err != nil || !cfg.AllowOther || !cfg.NoDefaultPermissions {
+		t.Errorf("--no-default-permissions: %+v %v", cfg, err)
+	}
 
 	t.Setenv("XDG_DATA_HOME", "")
 	t.Setenv("HOME", "/home/u")
@@ -60,6 +64,7 @@ func TestParseMount(t *testing.T) {
 		{"--s3-bucket", "b", "/m"},
 		{"--cache-size", "lots", "/m"},
 		{"--no-such-flag", "/m"},
+		{"--no-default-permissions", "/m"}, // meaningless without --allow-other
 	} {
 		if _, err := parseMount(bad, io.Discard, io.Discard); err == nil || errors.Is(err, flag.ErrHelp) {
 			t.Errorf("parseMount(%q): err = %v, want a usage error", bad, err)
@@ -69,7 +74,7 @@ func TestParseMount(t *testing.T) {
 	if _, err := parseMount([]string{"--help"}, &out, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("--help: %v", err)
 	}
-	for _, want := range []string{"Usage: regfs mount [flags] MOUNTPOINT", "--driver NAME", "--cache-size SIZE", "--read-only", "Examples:"} {
+	for _, want := range []string{"Usage: regfs mount [flags] MOUNTPOINT", "--driver NAME", "--cache-size SIZE", "--read-only", "--no-default-permissions", "Examples:"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("mount --help lacks %q:\n%s", want, out.String())
 		}

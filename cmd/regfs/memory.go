@@ -7,9 +7,10 @@ import (
 
 // memoryHeadroom is what regfs's Go memory limit allows beyond the block
 // cache's budget: FUSE request and response buffers (bazil allocates two of
-// up to 128 KiB per read, at most 64 reads in flight), upload backlogs (8
-// MiB each, store's maxUploadBacklog), the manifest cache and the runtime
-// itself.
+// up to 128 KiB per read, at most 64 reads in flight), upload hash backlogs
+// (8 MiB each, store's maxUploadBacklog), the store's manifest cache and
+// the runtime itself. Manifests open for reading are not in it: they are
+// charged to the cache budget (see fs's manifestBuffers).
 const memoryHeadroom = 48 << 20
 
 // setMemoryLimit caps the Go runtime's memory at the cache budget plus

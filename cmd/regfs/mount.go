@@ -60,7 +60,11 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	}
 	fsys := regfsfs.New(st, regfsfs.Options{ReadOnly: cfg.ReadOnly, Logger: log, Debug: cfg.Debug, Cache: c})
 
-	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(cfg.ReadOnly, cfg.AllowOther)...)
+	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(regfsfs.MountConfig{
+		ReadOnly:             cfg.ReadOnly,
+		AllowOther:           cfg.AllowOther,
+		NoDefaultPermissions: cfg.NoDefaultPermissions,
+	})...)
 	if err != nil {
 		return fmt.Errorf("mounting %s: %v", mnt, err)
 	}
@@ -82,6 +86,9 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	}
 	log.Info("mounted", "mountpoint", mnt, "driver", cfg.Driver, "root", cfg.Root,
 		"read_only", cfg.ReadOnly, "cache_size", size.Format(cfg.CacheSize))
+	if cfg.AllowOther && cfg.NoDefaultPermissions {
+		log.Warn("--no-default-permissions: every local user may write, rm and rmdir through the mount", "mountpoint", mnt)
+	}
 
 	select {
 	case <-ctx.Done():

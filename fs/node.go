@@ -1,0 +1,162 @@
+package fs
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"bazil.org/fuse"
+	"bazil.org/fuse/fs"
+	"github.com/opencontainers/go-digest"
+)
+
+var (
+	_ fs.NodeCreater   = refusals{}
+	_ fs.NodeLinker    = refusals{}
+	_ fs.NodeMkdirer   = refusals{}
+	_ fs.NodeSymlinker = refusals{}
+	_ fs.NodeRenamer   = refusals{}
+	_ fs.NodeRemover   = refusals{}
+	_ fs.NodeSetattrer = refusals{}
+)
+
+// refusals is embedded in every directory node and refuses, once for all
+// of them, the changes a directory does not support: EPERM, or EROFS on a
+// read-only mount. A node overrides only the methods it supports. It is a
+// small comparable value, like the nodes it is part of (see the package
+// documentation), and it carries the FS and the directory's path in the
+// mount, which the nodes use as their own.
+type refusals struct {
+	f *FS
+	// dir is the directory's path below the mountpoint ("" for the root),
+	// for errors and the log.
+	dir string
+}
+
+// path is the path of name in the directory.
+func (r refusals) path(name string) string { return joinPath(r.dir, name) }
+
+// Create implements fs.NodeCreater.
+func (r refusals) Create(ctx context.Context, req *fuse.CreateRequest, resp *fuse.CreateResponse) (fs.Node, fs.Handle, error) {
+	return nil, nil, r.f.refuse("create", r.path(req.Name))
+}
+
+// Link implements fs.NodeLinker.
+func (r refusals) Link(ctx context.Context, req *fuse.LinkRequest, old fs.Node) (fs.Node, error) {
+	return nil, r.f.refuse("link", r.path(req.NewName))
+}
+
+// Mkdir implements fs.NodeMkdirer.
+func (r refusals) Mkdir(ctx context.Context, req *fuse.MkdirRequest) (fs.Node, error) {
+	return nil, r.f.refuse("mkdir", r.path(req.Name))
+}
+
+// Symlink implements fs.NodeSymlinker: regfs has no symbolic links.
+func (r refusals) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Node, error) {
+	return nil, r.f.refuse("symlink", r.path(req.NewName))
+}
+
+// Rename implements fs.NodeRenamer: storage cannot rename atomically (a
+// tag is re-pointed with ln and rm).
+func (r refusals) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
+	return r.f.refuse("rename", r.path(req.OldName))
+}
+
+// Remove implements fs.NodeRemover.
+func (r refusals) Remove(ctx context.Context, req *fuse.RemoveRequest) error {
+	return r.f.refuse("remove", r.path(req.Name))
+}
+
+// Setattr implements fs.NodeSetattrer.
+func (r refusals) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
+	return r.f.setattrFixed("setattr", r.dir, req)
+}
+
+// refuse is the error for a change the tree does not support: EROFS on a
+// read-only mount (every write is), EPERM otherwise.
+func (f *FS) refuse(op, name string) error {
+	if err := f.readOnly(); err != nil {
+		return f.errno(op, name, err)
+	}
+	return f.errno(op, name, errNotSupported)
+}
+
+// refuseWrite is the error for writing an immutable file: EROFS on a
+// read-only mount, EPERM otherwise.
+func (f *FS) refuseWrite(op, name string) error {
+	if err := f.readOnly(); err != nil {
+		return f.errno(op, name, err)
+	}
+	return f.errno(op, name, errImmutable)
+}
+
+// setattrFixed handles Setattr on a node whose attributes cannot change:
+// times are accepted and ignored (cp -p, tar and touch set them, and
+// storage keeps none); mode, owner and size changes are refused.
+func (f *FS) setattrFixed(op, name string, req *fuse.SetattrRequest) error {
+	if err := f.readOnly(); err != nil {
+		return f.errno(op, name, err)
+	}
+	if req.Valid.Mode() || req.Valid.Uid() || req.Valid.Gid() {
+		return f.errno(op, name, errNotSupported)
+	}
+	if req.Valid.Size() {
+		return f.errno(op, name, errImmutable)
+	}
+	return nil
+}
+
+// Modes. They say what a write can do, because with --allow-other the
+// kernel checks them (default_permissions) before regfs sees a request:
+// only the daemon's user (the owner) may change anything, and on a
+// read-only mount nobody may.
+const (
+	modeDir      = os.ModeDir | 0o755
+	modeFile     = 0o644
+	modeReadOnly = 0o444
+	// noWrite clears the write bits.
+	noWrite = ^os.FileMode(0o222)
+)
+
+// mode returns m, without its write bits on a read-only mount.
+func (f *FS) mode(m os.FileMode) os.FileMode {
+	if f.opts.ReadOnly {
+		return m & noWrite
+	}
+	return m
+}
+
+// baseAttr fills what every node shares: the owner (the daemon's user,
+// whose writes regfs serves) and the times, the mount time, as storage
+// keeps no times regfs could report consistently.
+func (f *FS) baseAttr(a *fuse.Attr) {
+	a.Uid, a.Gid = f.uid, f.gid
+	a.Atime, a.Mtime, a.Ctime = f.started, f.started, f.started
+}
+
+// dirAttr fills the attributes of a directory that accepts writes from
+// its owner.
+func (f *FS) dirAttr(a *fuse.Attr, ino uint64, valid time.Duration) {
+	a.Inode = ino
+	a.Mode = f.mode(modeDir)
+	a.Nlink = 2
+	a.Valid = valid
+	f.baseAttr(a)
+}
+
+// immutableAttr fills the attributes of a blob or a revision: content
+// addressed, so read-only, inode from the digest. The attributes of a
+// digest never change, so they are valid for long; the name's entry is
+// not (see Lookup of layersDir and manifestsDir), so a blob or revision
+// another writer deletes disappears within the entry timeout.
+func (f *FS) immutableAttr(a *fuse.Attr, dgst digest.Digest, size int64) {
+	a.Inode = digestInode(dgst)
+	a.Mode = modeReadOnly
+	a.Size = uint64(size)
+	a.Blocks = blocks(size)
+	a.Valid = immutableTTL
+	f.baseAttr(a)
+}
+
+// blocks is size in 512-byte units, for du.
+func blocks(size int64) uint64 { return uint64(size+511) / 512 }
