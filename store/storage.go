@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/docker/libtrust"
-	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regfs/regfs/cache"
@@ -36,9 +35,6 @@ type Options struct {
 const (
 	DefaultCacheBudget    = 64 << 20
 	DefaultCacheBlockSize = 1 << 20
-	// manifestCacheEntries bounds the per-store cache of manifests as
-	// served by Get (at most 4 MiB each, usually a few KiB).
-	manifestCacheEntries = 64
 )
 
 // storage is the Store implementation. It holds only what is shared by every
@@ -59,12 +55,7 @@ type storage struct {
 	// manifests caches Get results by repository and digest. Revisions are
 	// immutable, so entries never go stale; caching also keeps the
 	// signature of a re-signed schema1 manifest stable within the process.
-	manifests *lru.Cache[string, cachedManifest]
-}
-
-type cachedManifest struct {
-	content   []byte
-	mediaType string
+	manifests *manifestCache
 }
 
 // New returns a Store on d in docker/distribution's v2 layout below
@@ -88,11 +79,7 @@ func New(d driver.StorageDriver, opts Options) (Store, error) {
 		}
 		s.key = k
 	}
-	m, err := lru.New[string, cachedManifest](manifestCacheEntries)
-	if err != nil {
-		return nil, fmt.Errorf("store: manifest cache: %w", err)
-	}
-	s.manifests = m
+	s.manifests = newManifestCache(manifestCacheBudget)
 	return s, nil
 }
 

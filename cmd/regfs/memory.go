@@ -8,7 +8,8 @@ import (
 // memoryHeadroom is what regfs's Go memory limit allows beyond the block
 // cache's budget: FUSE request and response buffers (bazil allocates two of
 // up to 128 KiB per read, at most 64 reads in flight), upload hash backlogs
-// (8 MiB each, store's maxUploadBacklog), the store's manifest cache and
+// (8 MiB each, store's maxUploadBacklog), the store's manifest cache (8 MiB,
+// store's manifestCacheBudget) and
 // the runtime itself. Manifests open for reading are not in it: they are
 // charged to the cache budget (see fs's manifestBuffers).
 const memoryHeadroom = 48 << 20
