@@ -212,8 +212,10 @@ func (f *FS) Serve(conn *fuse.Conn) error {
 	err := srv.Serve(f)
 	f.server.Store(nil)
 	f.notify.Wait()
-	f.cancel()
+	// Uploads are saved first, under the mount's context; cancelling it
+	// then stops whatever storage call is still running for them.
 	f.closeUploads()
+	f.cancel()
 	return err
 }
 

@@ -203,9 +203,10 @@ func (f *FS) acquireUpload(ctx context.Context, k fileKey, create bool) (*upload
 	if err != nil {
 		return nil, err
 	}
-	// The upload outlives this request: it is made with a context that
-	// the request's end does not cancel.
-	bg := context.WithoutCancel(ctx)
+	// The upload outlives this request: it is bound to the mount's
+	// context, which the request's end does not cancel but the end of
+	// serving does (after closeUploads saved what is open).
+	bg := f.ctx
 	var up store.Upload
 	info, err := f.findUpload(ctx, k)
 	switch {
