@@ -45,6 +45,26 @@ type Config struct {
 	// CacheSize is the block cache budget in bytes.
 	CacheSize int64
 	Debug     bool
+	Service
+}
+
+// Service is how regfs mount runs as a service and what it shows: the
+// mount helper form, daemon mode, logging, ownership and metrics.
+type Service struct {
+	// Source is the mount source as given (regfs SOURCE MOUNTPOINT), ""
+	// when the storage flags name the storage.
+	Source string
+	// Daemon runs the mount in the background once it is up.
+	Daemon bool
+	// LogFile is where the log goes: a file, "syslog", or "" for stderr
+	// (syslog with Daemon).
+	LogFile string
+	// UID and GID own every node; -1 means the daemon's. Umask clears
+	// mode bits from every node's.
+	UID, GID int
+	Umask    int
+	// MetricsAddr is where /metrics is served; "" serves none.
+	MetricsAddr string
 }
 
 // defaultRoot is where the filesystem driver keeps its data by default:
@@ -129,6 +149,7 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	fs.BoolVar(&cfg.NoDefaultPermissions, "no-default-permissions", false, "with --allow-other, let every user do what the daemon's user may:\nthe kernel checks no modes (unsafe unless every local user is trusted)")
 	fs.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "block cache budget `SIZE` in bytes, with K, M, G or T (default 256M)")
 	fs.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request and response")
+	addServiceFlags(fs, &cfg.Service)
 	return fs
 }
 
@@ -175,7 +196,9 @@ Examples:
 }
 
 // parseMount parses regfs mount's arguments; flags may come before or after
-// MOUNTPOINT. --help prints the usage to stdout and returns flag.ErrHelp.
+// the positional arguments, MOUNTPOINT or SOURCE MOUNTPOINT (the form
+// mount.fuse3 runs, see options.go). --help prints the usage to stdout and
+// returns flag.ErrHelp.
 func parseMount(args []string, stdout, stderr io.Writer) (Config, error) {
 	var cfg Config
 	fs := newMountFlags(&cfg)
@@ -194,16 +217,42 @@ func parseMount(args []string, stdout, stderr io.Writer) (Config, error) {
 		positional = append(positional, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
+	if err := applyOptions(fs, *fs.Lookup("o").Value.(optionsFlag).lists); err != nil {
+		return cfg, err
+	}
 	switch len(positional) {
 	case 0:
 		return cfg, errors.New("missing MOUNTPOINT")
 	case 1:
 		cfg.Mountpoint = positional[0]
+	case 2:
+		cfg.Source, cfg.Mountpoint = positional[0], positional[1]
+		if err := checkSourceAlone(fs); err != nil {
+			return cfg, err
+		}
+		if err := applySource(fs, cfg.Source); err != nil {
+			return cfg, err
+		}
 	default:
-		return cfg, fmt.Errorf("one MOUNTPOINT expected, got %q", positional)
+		return cfg, fmt.Errorf("MOUNTPOINT or SOURCE MOUNTPOINT expected, got %q", positional)
 	}
 	if cfg.NoDefaultPermissions && !cfg.AllowOther {
 		return cfg, errors.New("--no-default-permissions applies with --allow-other only")
 	}
 	return cfg, checkStorage(&cfg.Storage, true)
+}
+
+// checkSourceAlone refuses storage flags beside a SOURCE, which names the
+// storage itself; --s3-endpoint and --s3-region go with an s3:// source.
+func checkSourceAlone(fs *flag.FlagSet) error {
+	var err error
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "driver", "root", "s3-bucket", "s3-prefix":
+			if err == nil {
+				err = fmt.Errorf("--%s (%s) and a SOURCE both name the storage: use one", f.Name, strings.ReplaceAll(f.Name, "-", "_"))
+			}
+		}
+	})
+	return err
 }

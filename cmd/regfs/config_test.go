@@ -14,13 +14,16 @@ import (
 	"github.com/regfs/regfs/driver"
 )
 
+// defaultService is Service when no flag sets it.
+var defaultService = Service{UID: -1, GID: -1, Umask: defaultUmask}
+
 func TestParseMount(t *testing.T) {
 	t.Setenv("XDG_DATA_HOME", "/xdg")
 	cfg, err := parseMount([]string{"/mnt"}, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Mountpoint: "/mnt", Storage: Storage{Driver: "filesystem", Root: "/xdg/regfs"}, CacheSize: 256 << 20}
+	want := Config{Mountpoint: "/mnt", Storage: Storage{Driver: "filesystem", Root: "/xdg/regfs"}, CacheSize: 256 << 20, Service: defaultService}
 	if cfg != want {
 		t.Errorf("defaults: %+v, want %+v", cfg, want)
 	}
@@ -29,7 +32,7 @@ func TestParseMount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want = Config{Mountpoint: "/m", Storage: Storage{Driver: "inmemory"}, ReadOnly: true, AllowOther: true, CacheSize: 1 << 30, Debug: true}
+	want = Config{Mountpoint: "/m", Storage: Storage{Driver: "inmemory"}, ReadOnly: true, AllowOther: true, CacheSize: 1 << 30, Debug: true, Service: defaultService}
 	if cfg != want {
 		t.Errorf("flags: %+v, want %+v", cfg, want)
 	}
@@ -56,7 +59,7 @@ func TestParseMount(t *testing.T) {
 
 	for _, bad := range [][]string{
 		{},
-		{"/a", "/b"},
+		{"/a", "/b", "/c"},
 		{"--driver", "s4", "/m"},
 		{"--driver", "inmemory", "--root", "/x", "/m"},
 		{"--driver", "s3", "/m"},

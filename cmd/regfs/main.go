@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -35,21 +36,7 @@ func regfs(args []string, stdout, stderr io.Writer) int {
 	}
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "mount":
-		cfg, err := parseMount(rest, stdout, stderr)
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		if err != nil {
-			fmt.Fprintf(stderr, "regfs mount: %v\nRun 'regfs mount --help' for usage.\n", err)
-			return 2
-		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		if err := run(ctx, cfg, stderr); err != nil {
-			fmt.Fprintf(stderr, "regfs: %v\n", err)
-			return 1
-		}
-		return 0
+		return mountMain(rest, stdout, stderr)
 	case "fsck":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -69,9 +56,72 @@ func regfs(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
+		if isHelperForm(args) {
+			// mount.fuse3 runs regfs SOURCE MOUNTPOINT -o OPTIONS and waits:
+			// a daemon by default, which -o daemon=false turns off.
+			return mountMain(append([]string{"--daemon"}, args...), stdout, stderr)
+		}
 		fmt.Fprintf(stderr, "regfs: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
+}
+
+// defaultPath is PATH when mount(8) gives none: /bin/sh's default.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// isHelperForm tells whether args are the mount helper form, SOURCE
+// MOUNTPOINT [-o OPTIONS]: two arguments before any flag.
+func isHelperForm(args []string) bool {
+	return len(args) >= 2 && !strings.HasPrefix(args[0], "-") && !strings.HasPrefix(args[1], "-")
+}
+
+// mountMain runs regfs mount's arguments and returns the exit status.
+func mountMain(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseMount(args, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "regfs mount: %v\nRun 'regfs mount --help' for usage.\n", err)
+		return 2
+	}
+	if os.Getenv("PATH") == "" {
+		// mount(8) runs its helpers without PATH; bazil runs fusermount3
+		// (for the unmount too) by name.
+		os.Setenv("PATH", defaultPath)
+	}
+	report := daemonChild()
+	if err := checkSource(cfg); err != nil {
+		report.failed(err)
+		fmt.Fprintf(stderr, "regfs: %v\n", err)
+		return 1
+	}
+	if cfg.Daemon && report.f == nil {
+		if err := startDaemon(append([]string{"mount"}, args...)); err != nil {
+			fmt.Fprintf(stderr, "%v\n", err)
+			return 1
+		}
+		return 0
+	}
+	fail := func(err error) int {
+		report.failed(err)
+		fmt.Fprintf(stderr, "regfs: %v\n", err)
+		return 1
+	}
+	logw, closeLog, err := openLog(cfg.Service, stderr)
+	if err != nil {
+		return fail(err)
+	}
+	defer closeLog()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, newLogger(logw, cfg.Debug), report.ready); err != nil {
+		if logw != stderr {
+			newLogger(logw, false).Error("regfs mount failed", "error", err)
+		}
+		return fail(err)
+	}
+	return 0
 }
 
 const usage = `regfs mounts a container registry's storage as a directory tree.

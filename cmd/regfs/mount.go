@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -36,16 +35,14 @@ const (
 )
 
 // run mounts the storage cfg describes and serves it until ctx is done (a
-// signal) or the mount goes away (fusermount3 -u from outside).
-func run(ctx context.Context, cfg Config, stderr io.Writer) error {
-	level := slog.LevelInfo
-	if cfg.Debug {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-
+// signal) or the mount goes away (fusermount3 -u from outside). ready is
+// called once the mount answers, after systemd has been told (READY=1).
+func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error {
 	mnt, err := checkMountpoint(cfg.Mountpoint)
 	if err != nil {
+		return err
+	}
+	if err := checkSource(cfg); err != nil {
 		return err
 	}
 	d, err := openDriver(ctx, cfg.Storage)
@@ -84,14 +81,17 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err := regfsfs.SetReadAhead(mnt); err != nil {
 		log.Debug("kernel read-ahead left at its default", "error", err)
 	}
-	log.Info("mounted", "mountpoint", mnt, "driver", cfg.Driver, "root", cfg.Root,
-		"read_only", cfg.ReadOnly, "cache_size", size.Format(cfg.CacheSize))
+	log.Info("mounted", append([]any{"mountpoint", mnt, "pid", os.Getpid(), "driver", cfg.Driver}, append(storageAttrs(cfg.Storage),
+		"read_only", cfg.ReadOnly, "cache_size", size.Format(cfg.CacheSize))...)...)
+	notifySystemd(log, "READY=1\nSTATUS=mounted "+mnt)
+	ready()
 	if cfg.AllowOther && cfg.NoDefaultPermissions {
 		log.Warn("--no-default-permissions: every local user may write, rm and rmdir through the mount", "mountpoint", mnt)
 	}
 
 	select {
 	case <-ctx.Done():
+		notifySystemd(log, "STOPPING=1")
 		log.Info("unmounting", "mountpoint", mnt)
 		if unmount(log, mnt, served) {
 			conn.Close()
@@ -162,6 +162,38 @@ func openDriver(ctx context.Context, st Storage) (driver.StorageDriver, error) {
 		return d, nil
 	}
 	return nil, fmt.Errorf("unknown driver %q", st.Driver)
+}
+
+// storageAttrs are the log attributes that say which storage is mounted.
+func storageAttrs(st Storage) []any {
+	switch st.Driver {
+	case driverFilesystem:
+		return []any{"root", st.Root}
+	case driverS3:
+		attrs := []any{"bucket", st.S3Bucket, "prefix", st.S3Prefix}
+		if st.S3Endpoint != "" {
+			attrs = append(attrs, "endpoint", st.S3Endpoint)
+		}
+		return attrs
+	}
+	return nil
+}
+
+// checkSource refuses a filesystem SOURCE that is not a directory: the
+// driver would create it, and a mistyped fstab line should not make a new,
+// empty registry.
+func checkSource(cfg Config) error {
+	if cfg.Source == "" || cfg.Driver != driverFilesystem {
+		return nil
+	}
+	fi, err := os.Stat(cfg.Root)
+	if err != nil {
+		return fmt.Errorf("mount source %s: %v", cfg.Source, errors.Unwrap(err))
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("mount source %s is not a directory", cfg.Source)
+	}
+	return nil
 }
 
 // waitReady returns once the kernel answers a stat through the mount, so

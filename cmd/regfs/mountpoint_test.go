@@ -78,7 +78,7 @@ func TestRunMountsAndUnmounts(t *testing.T) {
 	var log syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, Config{Mountpoint: mnt, Storage: Storage{Driver: driverInmemory}, CacheSize: 1 << 20}, &log)
+		done <- run(ctx, Config{Mountpoint: mnt, Storage: Storage{Driver: driverInmemory}, CacheSize: 1 << 20, Service: Service{UID: -1, GID: -1, Umask: defaultUmask}}, newLogger(&log, false), func() {})
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(log.String(), "msg=mounted") {

@@ -1,0 +1,236 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// serviceFixture pushes an image (app:v1) into a new filesystem root
+// through a mount, stops the mount and returns the root and the manifest.
+func serviceFixture(t *testing.T) (root string, manifest []byte) {
+	t.Helper()
+	m := startMount(t, "filesystem", mountOpts{})
+	manifest = pushImage(t, m, "app", "v1", 1)
+	m.stop()
+	return m.Root, manifest
+}
+
+// mountedPid reads the daemon's pid from its "mounted" log line.
+func mountedPid(t *testing.T, logFile string) int {
+	t.Helper()
+	b, _ := os.ReadFile(logFile)
+	m := regexp.MustCompile(`msg=mounted .*pid=(\d+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no mounted line with a pid in the log:\n%s", b)
+	}
+	pid, _ := strconv.Atoi(string(m[1]))
+	return pid
+}
+
+// waitExit waits for the process pid to go away; it fails the test after
+// 20 seconds and SIGKILLs it.
+func waitExit(t *testing.T, pid int, logFile string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); strings.Contains(string(b), ") Z ") {
+			return // a zombie: it has exited
+		}
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			b, _ := os.ReadFile(logFile)
+			t.Fatalf("daemon %d still running 20s after the unmount\n%s", pid, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkLog fails on a race report or an error record in a daemon's log.
+func checkLog(t *testing.T, logFile string) {
+	t.Helper()
+	b, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte("WARNING: DATA RACE")) || bytes.Contains(b, []byte("level=ERROR")) {
+		t.Errorf("daemon log has a race report or an error:\n%s", b)
+	}
+}
+
+// The fstab path: `mount -t fuse.regfs SOURCE MNT -o OPTIONS` runs
+// mount.fuse3, which runs `regfs SOURCE MNT -o OPTIONS` from the default
+// PATH (/usr/local/sbin first) and waits; regfs returns once the mount
+// answers, and `umount` ends the daemon. It runs in a mount namespace of
+// its own, where the binary under test is bound over /usr/local/sbin.
+func TestServiceFstab(t *testing.T) {
+	if _, err := exec.LookPath("mount.fuse3"); err != nil {
+		t.Skip("mount.fuse3 (fuse3) is missing")
+	}
+	root, mf := serviceFixture(t)
+	bin := t.TempDir()
+	if out, err := exec.Command("cp", regfsBin, filepath.Join(bin, "regfs")).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	mnt := t.TempDir()
+	logFile := filepath.Join(t.TempDir(), "regfs.log")
+	script := fmt.Sprintf(`
+set -e
+trap 'umount -l %[2]s 2>/dev/null || true' EXIT
+mount --bind %[1]s /usr/local/sbin
+# As an fstab line would have it.
+mount -t fuse.regfs %[3]s %[2]s -o ro,allow_other,cache_size=64M,noauto,_netdev,nofail,x-systemd.automount,log_file=%[4]s
+# Usable as soon as mount returns, read-only as asked.
+grep " %[2]s " /proc/self/mountinfo
+cat %[2]s/app/_manifests/v1 | sha256sum
+if touch %[2]s/app/_manifests/x 2>/dev/null; then echo "write allowed"; exit 1; fi
+umount %[2]s
+echo unmounted
+# What does not come up fails mount, with regfs's message.
+if mount -t fuse.regfs %[3]s/missing %[2]s 2>&1; then echo "mounted a missing source"; exit 1; fi
+if mount -t fuse.regfs %[3]s %[2]s -o frobnicate 2>&1; then echo "mounted with an unknown option"; exit 1; fi
+`, bin, mnt, root, logFile)
+	out, err := exec.Command("unshare", "--mount", "--propagation", "private", "bash", "-c", script).CombinedOutput()
+	b, _ := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatalf("fstab path: %v\n%s\nlog:\n%s", err, out, b)
+	}
+	for _, want := range []string{
+		"fuse.regfs", "ro,", strings.TrimPrefix(sha(mf), "sha256:"), "unmounted",
+		"mount source " + root + "/missing: no such file or directory",
+		`unknown mount option "frobnicate"`,
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("fstab path: output lacks %q:\n%s", want, out)
+		}
+	}
+	waitExit(t, mountedPid(t, logFile), logFile)
+	if b, _ := os.ReadFile(logFile); !bytes.Contains(b, []byte("unmounted from outside")) {
+		t.Errorf("the daemon did not see the umount:\n%s", b)
+	}
+	checkLog(t, logFile)
+}
+
+// regfs mount --daemon returns once the mount answers, with the mount
+// usable at once; a mount that cannot come up makes it exit 1 with the
+// error.
+func TestServiceDaemon(t *testing.T) {
+	root, mf := serviceFixture(t)
+	mnt := t.TempDir()
+	logFile := filepath.Join(t.TempDir(), "regfs.log")
+	t.Cleanup(func() {
+		if isMounted(mnt) {
+			_ = exec.Command("fusermount3", "-u", "-z", mnt).Run()
+		}
+	})
+	out, err := exec.Command(regfsBin, "mount", "--daemon", "--log-file", logFile, "--root", root, mnt).CombinedOutput()
+	if err != nil {
+		b, _ := os.ReadFile(logFile)
+		t.Fatalf("regfs mount --daemon: %v\n%s\nlog:\n%s", err, out, b)
+	}
+	// No wait: the mount is up when the command returns.
+	got, err := os.ReadFile(filepath.Join(mnt, "app/_manifests/v1"))
+	if err != nil || !bytes.Equal(got, mf) {
+		t.Fatalf("reading through the daemon's mount: %v", err)
+	}
+	pid := mountedPid(t, logFile)
+	if out, err := exec.Command("fusermount3", "-u", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("fusermount3 -u: %v: %s", err, out)
+	}
+	waitExit(t, pid, logFile)
+	checkLog(t, logFile)
+
+	// A mountpoint that is not empty: the daemon cannot mount, and the
+	// command says why.
+	full := t.TempDir()
+	if err := os.WriteFile(filepath.Join(full, "f"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(regfsBin, "mount", "--daemon", "--log-file", logFile, "--root", root, full).CombinedOutput()
+	var ee *exec.ExitError
+	if !errorsAs(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "is not empty") {
+		t.Errorf("daemon on a non-empty mountpoint: %v\n%s", err, out)
+	}
+}
+
+// Under systemd (Type=notify) readiness goes to NOTIFY_SOCKET: READY=1
+// only once the mount answers, STOPPING=1 on SIGTERM, then a clean exit.
+func TestServiceNotify(t *testing.T) {
+	dir, err := os.MkdirTemp("", "regfs-notify-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	m := &mount{t: t, Driver: "inmemory", Dir: t.TempDir(), bin: regfsBin,
+		args: []string{"mount", "--driver", "inmemory"}, env: []string{"NOTIFY_SOCKET=" + sock}}
+	m.args = append(m.args, m.Dir)
+	m.log = &bytes.Buffer{}
+	m.cmd = exec.Command(m.bin, m.args...)
+	m.cmd.Env = append(os.Environ(), m.env...)
+	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	m.done = make(chan error, 1)
+	go func() { m.done <- m.cmd.Wait() }()
+	t.Cleanup(m.stop)
+
+	read := func() string {
+		t.Helper()
+		buf := make([]byte, 4096)
+		_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v\n%s", err, m.log)
+		}
+		return string(buf[:n])
+	}
+	msg := read()
+	if !strings.Contains(msg, "READY=1") {
+		t.Fatalf("first notification %q, want READY=1", msg)
+	}
+	// Checked as soon as READY=1 arrives, with no retry.
+	if !isMounted(m.Dir) {
+		t.Fatal("READY=1 before the mount is in the mount table")
+	}
+	if _, err := os.ReadFile(filepath.Join(m.Dir, ".regfs/stats")); err != nil {
+		t.Fatalf("READY=1 before the mount answers: %v", err)
+	}
+	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if msg := read(); !strings.Contains(msg, "STOPPING=1") {
+		t.Errorf("notification on SIGTERM %q, want STOPPING=1", msg)
+	}
+	select {
+	case err := <-m.done:
+		m.done <- err
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v\n%s", err, m.log)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no exit 20s after SIGTERM\n%s", m.log)
+	}
+	if isMounted(m.Dir) {
+		t.Error("still mounted after SIGTERM")
+	}
+	if strings.Contains(m.log.String(), "DATA RACE") {
+		t.Errorf("race report:\n%s", m.log)
+	}
+}
