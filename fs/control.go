@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"os"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
@@ -41,7 +40,7 @@ func newControlDir(f *FS) controlDir {
 // Attr implements fs.Node.
 func (d controlDir) Attr(ctx context.Context, a *fuse.Attr) error {
 	a.Inode = controlInode
-	a.Mode = os.ModeDir | 0o555
+	a.Mode = d.f.mode(modeControlDir)
 	a.Valid = immutableTTL
 	d.f.baseAttr(a)
 	return nil
@@ -78,7 +77,7 @@ type controlFile struct {
 // at any time, so it is never cached.
 func (c controlFile) Attr(ctx context.Context, a *fuse.Attr) error {
 	a.Inode = childInode(controlInode, c.name)
-	a.Mode = modeReadOnly
+	a.Mode = c.f.mode(modeReadOnly)
 	a.Size = uint64(len(c.content()))
 	a.Valid = 0
 	c.f.baseAttr(a)

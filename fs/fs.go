@@ -72,6 +72,9 @@ type Options struct {
 	// DefaultAttrTTL when zero.
 	EntryTTL time.Duration
 	AttrTTL  time.Duration
+	// Owner owns every node and masks its modes; nil means the daemon's
+	// user and group with DefaultUmask.
+	Owner *Owner
 }
 
 // FS is the regfs file system. It serves one FUSE connection.
@@ -114,8 +117,10 @@ type FS struct {
 	errLog  errorLog
 	started time.Time
 	// uid and gid own every node: the daemon's user, the one whose writes
-	// it serves.
+	// it serves, unless Options.Owner names another; umask clears mode
+	// bits from every node.
 	uid, gid uint32
+	umask    os.FileMode
 }
 
 // fileKey names a file in a repository's reserved directory.
@@ -135,6 +140,10 @@ func New(st store.Store, opts Options) *FS {
 	if opts.AttrTTL <= 0 {
 		opts.AttrTTL = DefaultAttrTTL
 	}
+	owner := Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Umask: DefaultUmask}
+	if opts.Owner != nil {
+		owner = *opts.Owner
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &FS{
 		st:      st,
@@ -147,8 +156,9 @@ func New(st store.Store, opts Options) *FS {
 		uploads: map[fileKey]*uploadState{},
 		stats:   counters{errnos: map[string]int64{}},
 		started: time.Now(),
-		uid:     uint32(os.Getuid()),
-		gid:     uint32(os.Getgid()),
+		uid:     owner.UID,
+		gid:     owner.GID,
+		umask:   owner.Umask & os.ModePerm,
 	}
 }
 

@@ -102,7 +102,7 @@ func (t tagFile) Attr(ctx context.Context, a *fuse.Attr) error {
 	a.Inode = digestInode(dgst)
 	a.Mode = t.f.mode(modeFile)
 	if dgst.String() == t.name {
-		a.Mode = modeReadOnly
+		a.Mode = t.f.mode(modeReadOnly)
 	}
 	a.Size = uint64(size)
 	a.Blocks = blocks(size)

@@ -108,18 +108,34 @@ func (f *FS) setattrFixed(op, name string, req *fuse.SetattrRequest) error {
 
 // Modes. They say what a write can do, because with --allow-other the
 // kernel checks them (default_permissions) before regfs sees a request:
-// only the daemon's user (the owner) may change anything, and on a
-// read-only mount nobody may.
+// the owner (the daemon's user, or Options.Owner) may change what is
+// writable, others as the umask allows, and on a read-only mount nobody
+// may. Every mode is one of these with the umask cleared.
 const (
-	modeDir      = os.ModeDir | 0o755
-	modeFile     = 0o644
+	modeDir      = os.ModeDir | 0o777
+	modeFile     = 0o666
 	modeReadOnly = 0o444
+	// modeControlDir is .regfs/, which nothing may change.
+	modeControlDir = os.ModeDir | 0o555
 	// noWrite clears the write bits.
 	noWrite = ^os.FileMode(0o222)
 )
 
-// mode returns m, without its write bits on a read-only mount.
+// DefaultUmask is the umask when Options.Owner is nil: directories 0755,
+// writable files 0644, immutable ones 0444.
+const DefaultUmask os.FileMode = 0o022
+
+// Owner says who owns every node and which mode bits are cleared.
+type Owner struct {
+	UID, GID uint32
+	// Umask clears permission bits from every mode.
+	Umask os.FileMode
+}
+
+// mode returns m with the umask cleared, and without its write bits on a
+// read-only mount.
 func (f *FS) mode(m os.FileMode) os.FileMode {
+	m &^= f.umask
 	if f.opts.ReadOnly {
 		return m & noWrite
 	}
@@ -151,7 +167,7 @@ func (f *FS) dirAttr(a *fuse.Attr, ino uint64, valid time.Duration) {
 // another writer deletes disappears within the entry timeout.
 func (f *FS) immutableAttr(a *fuse.Attr, dgst digest.Digest, size int64) {
 	a.Inode = digestInode(dgst)
-	a.Mode = modeReadOnly
+	a.Mode = f.mode(modeReadOnly)
 	a.Size = uint64(size)
 	a.Blocks = blocks(size)
 	a.Valid = immutableTTL

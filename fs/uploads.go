@@ -158,7 +158,7 @@ func (u uploadFile) Attr(ctx context.Context, a *fuse.Attr) error {
 		}
 		a.Size = uint64(info.Size)
 		if info.Expected == "" {
-			a.Mode = modeReadOnly
+			a.Mode = u.f.mode(modeReadOnly)
 		}
 	}
 	a.Blocks = blocks(int64(a.Size))

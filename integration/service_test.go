@@ -234,3 +234,122 @@ func TestServiceNotify(t *testing.T) {
 		t.Errorf("race report:\n%s", m.log)
 	}
 }
+
+// asUser runs a shell script as uid and gid 65534 with the supplementary
+// groups given (none when empty) and returns its combined output and error.
+func asUser(t *testing.T, groups, script string) (string, error) {
+	t.Helper()
+	args := []string{"--reuid=" + nobody, "--regid=" + nobody}
+	if groups == "" {
+		args = append(args, "--clear-groups")
+	} else {
+		args = append(args, "--groups="+groups)
+	}
+	cmd := exec.Command("setpriv", append(args, "sh", "-c", script)...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// --uid, --gid and --umask: a root mount with --allow-other serves a group
+// of operators, the modes showing a write bit only where the kernel
+// (default_permissions) lets a write through and regfs then does it.
+func TestServiceOwnership(t *testing.T) {
+	const ops = "4242"
+	root, mf := serviceFixture(t)
+	mfd := sha(mf)
+	statAs := func(m *mount, rel string) string {
+		t.Helper()
+		out, err := asUser(t, ops, fmt.Sprintf("stat -c '%%A %%u:%%g' %q", m.path(rel)))
+		if err != nil {
+			t.Fatalf("stat %s as a group member: %v\n%s", rel, err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+	t.Run("group reads", func(t *testing.T) {
+		m, _ := ownershipMount(t, root, "--allow-other", "--gid", ops, "--umask", "027")
+		for rel, want := range map[string]string{
+			"":                      "drwxr-x--- 0:" + ops,
+			"app/_manifests":        "drwxr-x--- 0:" + ops,
+			"app/_manifests/v1":     "-rw-r----- 0:" + ops,
+			"app/_manifests/" + mfd: "-r--r----- 0:" + ops,
+			".regfs":                "dr-xr-x--- 0:" + ops,
+		} {
+			if got := statAs(m, rel); got != want {
+				t.Errorf("%s: %s, want %s", rel, got, want)
+			}
+		}
+		out, err := asUser(t, ops, fmt.Sprintf("cat %q | sha256sum", m.path("app/_manifests/v1")))
+		if err != nil || !strings.Contains(out, strings.TrimPrefix(mfd, "sha256:")) {
+			t.Errorf("a group member reads a manifest: %v\n%s", err, out)
+		}
+		// No group write bit: the kernel refuses, storage is unchanged.
+		out, err = asUser(t, ops, fmt.Sprintf("mkdir %q", m.path("newrepo")))
+		if err == nil || !strings.Contains(out, "Permission denied") {
+			t.Errorf("mkdir by a group member without w: %v\n%s", err, out)
+		}
+		// Not in the group: nothing.
+		out, err = asUser(t, "", fmt.Sprintf("ls %q", m.Dir))
+		if err == nil || !strings.Contains(out, "Permission denied") {
+			t.Errorf("ls by another user: %v\n%s", err, out)
+		}
+	})
+	t.Run("group writes", func(t *testing.T) {
+		m, _ := ownershipMount(t, root, "--allow-other", "--gid", ops, "--umask", "007")
+		if got, want := statAs(m, "app/_uploads"), "drwxrwx--- 0:"+ops; got != want {
+			t.Errorf("_uploads: %s, want %s", got, want)
+		}
+		if got, want := statAs(m, "app/_manifests/"+mfd), "-r--r----- 0:"+ops; got != want {
+			t.Errorf("a revision: %s, want %s", got, want)
+		}
+		content := []byte("a layer pushed by an operator\n")
+		src := filepath.Join(t.TempDir(), "layer")
+		if err := os.WriteFile(src, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Dir(src), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		out, err := asUser(t, ops, fmt.Sprintf("cp %q %q", src, m.path("app/_uploads", sha(content))))
+		if err != nil {
+			t.Fatalf("push by a group member with w: %v\n%s", err, out)
+		}
+		if got := readFile(t, m.path("app/_layers", sha(content))); !bytes.Equal(got, content) {
+			t.Errorf("pushed layer reads back %q", got)
+		}
+	})
+	t.Run("read-only", func(t *testing.T) {
+		m, _ := ownershipMount(t, root, "--allow-other", "--read-only", "--uid", nobody, "--gid", ops, "--umask", "002")
+		for rel, want := range map[string]string{
+			"":                  "dr-xr-xr-x " + nobody + ":" + ops,
+			"app/_uploads":      "dr-xr-xr-x " + nobody + ":" + ops,
+			"app/_manifests/v1": "-r--r--r-- " + nobody + ":" + ops,
+		} {
+			if got := statAs(m, rel); got != want {
+				t.Errorf("%s: %s, want %s", rel, got, want)
+			}
+		}
+		// The owner cannot write either.
+		out, err := asUser(t, "", fmt.Sprintf("mkdir %q", m.path("x")))
+		if err == nil {
+			t.Errorf("mkdir by the owner of a read-only mount succeeded\n%s", out)
+		}
+	})
+}
+
+// ownershipMount mounts root as root with flags and lets everyone reach
+// the mountpoint's parent.
+func ownershipMount(t *testing.T, root string, extra ...string) (*mount, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the ownership tests mount as root and act as another user")
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv is missing")
+	}
+	m := startMount(t, "filesystem", mountOpts{Root: root, Extra: extra})
+	if err := os.Chmod(filepath.Dir(m.Dir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return m, m.Dir
+}

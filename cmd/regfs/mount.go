@@ -55,7 +55,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 	if err != nil {
 		return err
 	}
-	fsys := regfsfs.New(st, regfsfs.Options{ReadOnly: cfg.ReadOnly, Logger: log, Debug: cfg.Debug, Cache: c})
+	fsys := regfsfs.New(st, regfsfs.Options{ReadOnly: cfg.ReadOnly, Logger: log, Debug: cfg.Debug, Cache: c, Owner: owner(cfg.Service)})
 
 	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(regfsfs.MountConfig{
 		ReadOnly:             cfg.ReadOnly,
@@ -162,6 +162,18 @@ func openDriver(ctx context.Context, st Storage) (driver.StorageDriver, error) {
 		return d, nil
 	}
 	return nil, fmt.Errorf("unknown driver %q", st.Driver)
+}
+
+// owner is who owns the tree, from --uid, --gid and --umask.
+func owner(s Service) *regfsfs.Owner {
+	o := &regfsfs.Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Umask: os.FileMode(s.Umask)}
+	if s.UID >= 0 {
+		o.UID = uint32(s.UID)
+	}
+	if s.GID >= 0 {
+		o.GID = uint32(s.GID)
+	}
+	return o
 }
 
 // storageAttrs are the log attributes that say which storage is mounted.
