@@ -75,6 +75,9 @@ type Options struct {
 	// Owner owns every node and masks its modes; nil means the daemon's
 	// user and group with DefaultUmask.
 	Owner *Owner
+	// Version and Driver say which regfs and storage driver serve the
+	// mount, for .regfs/stats and the metrics.
+	Version, Driver string
 }
 
 // FS is the regfs file system. It serves one FUSE connection.
@@ -114,7 +117,11 @@ type FS struct {
 	manifests manifestBuffers
 
 	stats   counters
-	errLog  errorLog
+	ops     *opTimer
+	// protocol is the FUSE protocol version the kernel negotiated, once
+	// Serve has the connection.
+	protocol atomic.Pointer[string]
+	errLog   errorLog
 	started time.Time
 	// uid and gid own every node: the daemon's user, the one whose writes
 	// it serves, unless Options.Owner names another; umask clears mode
@@ -155,6 +162,7 @@ func New(st store.Store, opts Options) *FS {
 		pending: map[fileKey]*manifestWriter{},
 		uploads: map[fileKey]*uploadState{},
 		stats:   counters{errnos: map[string]int64{}},
+		ops:     newOpTimer(),
 		started: time.Now(),
 		uid:     owner.UID,
 		gid:     owner.GID,
@@ -213,10 +221,15 @@ func MountOptions(c MountConfig) []fuse.MountOption {
 // Serve serves conn until it is closed (the file system is unmounted). An
 // FS serves one connection; after Serve returns it is done.
 func (f *FS) Serve(conn *fuse.Conn) error {
-	cfg := &fs.Config{Debug: func(any) {}}
+	cfg := &fs.Config{Debug: f.ops.observe}
 	if f.opts.Debug {
-		cfg.Debug = func(msg any) { f.log.Debug("fuse", "msg", fmt.Sprint(msg)) }
+		cfg.Debug = func(msg any) {
+			f.ops.observe(msg)
+			f.log.Debug("fuse", "msg", fmt.Sprint(msg))
+		}
 	}
+	proto := conn.Protocol().String()
+	f.protocol.Store(&proto)
 	srv := fs.New(conn, cfg)
 	f.server.Store(srv)
 	err := srv.Serve(f)

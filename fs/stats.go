@@ -2,6 +2,7 @@ package fs
 
 import (
 	"encoding/json"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,17 +40,23 @@ func (c *counters) countErrno(e syscall.Errno) {
 
 // Stats is the content of .regfs/stats.
 type Stats struct {
-	UptimeSeconds     int64 `json:"uptime_seconds"`
-	ReadOnly          bool  `json:"read_only"`
-	BytesRead         int64 `json:"bytes_read"`
-	BytesWritten      int64 `json:"bytes_written"`
-	Reads             int64 `json:"reads"`
-	Writes            int64 `json:"writes"`
-	UploadsInFlight   int   `json:"uploads_in_flight"`
-	UploadsCommitted  int64 `json:"uploads_committed"`
-	UploadsRejected   int64 `json:"uploads_rejected"`
-	ManifestsStored   int64 `json:"manifests_stored"`
-	ManifestsRejected int64 `json:"manifests_rejected"`
+	// Version is regfs's, GoVersion the Go it was built with,
+	// FuseProtocol the FUSE protocol version the kernel negotiated.
+	Version           string `json:"version,omitempty"`
+	GoVersion         string `json:"go_version"`
+	FuseProtocol      string `json:"fuse_protocol,omitempty"`
+	Driver            string `json:"driver,omitempty"`
+	UptimeSeconds     int64  `json:"uptime_seconds"`
+	ReadOnly          bool   `json:"read_only"`
+	BytesRead         int64  `json:"bytes_read"`
+	BytesWritten      int64  `json:"bytes_written"`
+	Reads             int64  `json:"reads"`
+	Writes            int64  `json:"writes"`
+	UploadsInFlight   int    `json:"uploads_in_flight"`
+	UploadsCommitted  int64  `json:"uploads_committed"`
+	UploadsRejected   int64  `json:"uploads_rejected"`
+	ManifestsStored   int64  `json:"manifests_stored"`
+	ManifestsRejected int64  `json:"manifests_rejected"`
 	// ManifestBuffers and ManifestBufferBytes are the revisions open for
 	// reading now, each held once however many descriptors read it, and
 	// their bytes (charged to the cache budget). ManifestLoads counts the
@@ -68,6 +75,10 @@ type Stats struct {
 	// after their re-reads (another writer's crash, tampering): each was
 	// left out of its listing and logged with its path.
 	BadLinks int64 `json:"bad_links"`
+	// FuseOps counts the FUSE requests served by operation (Lookup,
+	// Getattr, Read, ...), those answered with an error, and the seconds
+	// spent on them.
+	FuseOps map[string]OpStats `json:"fuse_ops"`
 }
 
 // CacheStats is the block cache part of Stats.
@@ -85,6 +96,10 @@ type CacheStats struct {
 // Stats returns the FS's counters now.
 func (f *FS) Stats() Stats {
 	s := Stats{
+		Version:              f.opts.Version,
+		GoVersion:            runtime.Version(),
+		Driver:               f.opts.Driver,
+		FuseOps:              f.ops.ops(),
 		UptimeSeconds:        int64(time.Since(f.started).Seconds()),
 		ReadOnly:             f.opts.ReadOnly,
 		BytesRead:            f.stats.bytesRead.Load(),
@@ -98,6 +113,9 @@ func (f *FS) Stats() Stats {
 		ManifestLoads:        f.stats.manifestLoads.Load(),
 		ManifestOpensRefused: f.stats.manifestOpensRefused.Load(),
 		ErrorsByErrno:        map[string]int64{},
+	}
+	if p := f.protocol.Load(); p != nil {
+		s.FuseProtocol = *p
 	}
 	f.stats.mu.Lock()
 	for k, v := range f.stats.errnos {

@@ -2,8 +2,10 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // serviceFixture pushes an image (app:v1) into a new filesystem root
@@ -352,4 +358,137 @@ func ownershipMount(t *testing.T, root string, extra ...string) (*mount, string)
 		t.Fatal(err)
 	}
 	return m, m.Dir
+}
+
+// --metrics-addr serves Prometheus text at /metrics, read while the mount
+// is in use and parsed with Prometheus's own parser; its counters are
+// those of .regfs/stats.
+func TestServiceMetrics(t *testing.T) {
+	logFile := filepath.Join(t.TempDir(), "regfs.log")
+	m := startMount(t, "filesystem", mountOpts{Extra: []string{"--metrics-addr", "127.0.0.1:0", "--log-file", logFile}})
+	mf := pushImage(t, m, "app", "v1", 1)
+	if got := readFile(t, m.path("app/_manifests/v1")); !bytes.Equal(got, mf) {
+		t.Fatal("manifest reads back wrong")
+	}
+	_, _ = os.Stat(m.path("app/_manifests/nope"))
+
+	log, _ := os.ReadFile(logFile)
+	addr := regexp.MustCompile(`msg="serving metrics" addr=(http://\S+/metrics)`).FindSubmatch(log)
+	if addr == nil {
+		t.Fatalf("no metrics address in the log:\n%s", log)
+	}
+	resp, err := http.Get(string(addr[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s", resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics is not Prometheus text: %v", err)
+	}
+	var stats struct {
+		UploadsCommitted int64            `json:"uploads_committed"`
+		ManifestsStored  int64            `json:"manifests_stored"`
+		ErrorsByErrno    map[string]int64 `json:"errors_by_errno"`
+	}
+	if err := json.Unmarshal(readFile(t, m.path(".regfs/stats")), &stats); err != nil {
+		t.Fatal(err)
+	}
+	value := func(name string, labels map[string]string) float64 {
+		t.Helper()
+		f := families[name]
+		if f == nil {
+			t.Errorf("no %s in /metrics", name)
+			return -1
+		}
+	next:
+		for _, mt := range f.GetMetric() {
+			for k, v := range labels {
+				found := false
+				for _, l := range mt.GetLabel() {
+					found = found || (l.GetName() == k && l.GetValue() == v)
+				}
+				if !found {
+					continue next
+				}
+			}
+			switch f.GetType() {
+			case dto.MetricType_HISTOGRAM:
+				return float64(mt.GetHistogram().GetSampleCount())
+			case dto.MetricType_COUNTER:
+				return mt.GetCounter().GetValue()
+			default:
+				return mt.GetGauge().GetValue()
+			}
+		}
+		t.Errorf("no %s%v in /metrics", name, labels)
+		return -1
+	}
+	// Nothing was written between the scrape and the stats read.
+	if got := value("regfs_uploads_committed_total", nil); got != float64(stats.UploadsCommitted) || got < 2 {
+		t.Errorf("regfs_uploads_committed_total %v, stats %d", got, stats.UploadsCommitted)
+	}
+	if got := value("regfs_manifests_stored_total", nil); got != float64(stats.ManifestsStored) || got != 1 {
+		t.Errorf("regfs_manifests_stored_total %v, stats %d", got, stats.ManifestsStored)
+	}
+	if got := value("regfs_errors_total", map[string]string{"errno": "ENOENT"}); got < 1 || got != float64(stats.ErrorsByErrno["ENOENT"]) {
+		t.Errorf("regfs_errors_total{errno=ENOENT} %v, stats %v", got, stats.ErrorsByErrno)
+	}
+	for _, op := range []string{"Lookup", "Read", "Write", "Create"} {
+		if got := value("regfs_fuse_request_duration_seconds", map[string]string{"op": op}); got < 1 {
+			t.Errorf("%s requests: %v", op, got)
+		}
+	}
+	if got := value("regfs_fuse_bytes_total", map[string]string{"op": "write"}); got < float64(len(mf)) {
+		t.Errorf("bytes written: %v", got)
+	}
+	if got := value("regfs_driver_calls_total", map[string]string{"driver": "filesystem", "method": "Writer"}); got < 1 {
+		t.Errorf("driver Writer calls: %v", got)
+	}
+	for _, name := range []string{"regfs_cache_misses_total", "regfs_cache_hits_total", "regfs_cache_evictions_total",
+		"regfs_cache_bytes", "regfs_uploads_in_flight", "regfs_uploads_rejected_total", "regfs_manifests_rejected_total",
+		"go_goroutines", "process_resident_memory_bytes"} {
+		if families[name] == nil {
+			t.Errorf("no %s in /metrics", name)
+		}
+	}
+	if got := value("regfs_info", map[string]string{"driver": "filesystem"}); got != 1 {
+		t.Errorf("regfs_info: %v", got)
+	}
+}
+
+// Without --metrics-addr nothing listens.
+func TestServiceMetricsOff(t *testing.T) {
+	m := startMount(t, "inmemory", mountOpts{})
+	pid := m.cmd.Process.Pid
+	defer func() {
+		m.stop()
+		if strings.Contains(m.log.String(), "serving metrics") {
+			t.Errorf("metrics served without --metrics-addr:\n%s", m.log)
+		}
+	}()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Skip(err)
+	}
+	// The daemon's sockets: none of them a TCP listener.
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		inode, ok := strings.CutPrefix(target, "socket:[")
+		if !ok {
+			continue
+		}
+		inode = strings.TrimSuffix(inode, "]")
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 9 && f[9] == inode && f[3] == "0A" {
+				t.Errorf("the daemon listens on TCP: %s", line)
+			}
+		}
+	}
 }

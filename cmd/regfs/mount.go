@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"time"
@@ -45,6 +46,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 	if err := checkSource(cfg); err != nil {
 		return err
 	}
+	var metricsLn net.Listener
+	if cfg.MetricsAddr != "" {
+		if metricsLn, err = listenMetrics(cfg.MetricsAddr); err != nil {
+			return err
+		}
+		defer metricsLn.Close()
+	}
 	d, err := openDriver(ctx, cfg.Storage)
 	if err != nil {
 		return err
@@ -55,7 +63,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 	if err != nil {
 		return err
 	}
-	fsys := regfsfs.New(st, regfsfs.Options{ReadOnly: cfg.ReadOnly, Logger: log, Debug: cfg.Debug, Cache: c, Owner: owner(cfg.Service)})
+	fsys := regfsfs.New(st, regfsfs.Options{ReadOnly: cfg.ReadOnly, Logger: log, Debug: cfg.Debug, Cache: c, Owner: owner(cfg.Service),
+		Version: version, Driver: cfg.Driver})
 
 	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(regfsfs.MountConfig{
 		ReadOnly:             cfg.ReadOnly,
@@ -77,6 +86,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 			conn.Close()
 		}
 		return err
+	}
+	if metricsLn != nil {
+		defer serveMetrics(log, metricsLn, fsys).stop()
 	}
 	if err := regfsfs.SetReadAhead(mnt); err != nil {
 		log.Debug("kernel read-ahead left at its default", "error", err)
