@@ -116,13 +116,13 @@ type FS struct {
 	// manifests shares the bytes of the revisions open for reading.
 	manifests manifestBuffers
 
-	stats   counters
-	ops     *opTimer
+	stats counters
+	ops   *opTimer
 	// protocol is the FUSE protocol version the kernel negotiated, once
 	// Serve has the connection.
 	protocol atomic.Pointer[string]
 	errLog   errorLog
-	started time.Time
+	started  time.Time
 	// uid and gid own every node: the daemon's user, the one whose writes
 	// it serves, unless Options.Owner names another; umask clears mode
 	// bits from every node.
