@@ -78,7 +78,8 @@ On a terminal, a progress line goes to stderr while blobs are hashed.
 
 Exit status: 0 no problems (stale uploads are listed, not counted),
 1 problems found (also when --repair fixed them all: run again to
-confirm), 2 usage error, 3 the storage could not be checked to the end.
+confirm), 2 usage error (a --root that is not a directory too), 3 the
+storage could not be checked to the end.
 With --json, a report is printed for every exit status.
 
 Flags:
@@ -153,9 +154,16 @@ func runFsck(ctx context.Context, cfg FsckConfig, stdout, stderr io.Writer, prog
 	}
 	if cfg.Driver == driverFilesystem {
 		// The filesystem driver creates a missing root; a check must not.
+		// A --root that is not a directory is a usage error, like any
+		// argument naming nothing to check.
 		fi, err := os.Stat(cfg.Root)
 		if err != nil || !fi.IsDir() {
-			return fail(fmt.Errorf("storage root %s is not a directory", cfg.Root))
+			err := fmt.Errorf("storage root %s is not a directory", cfg.Root)
+			fmt.Fprintf(stderr, "regfs fsck: %v\nRun 'regfs fsck --help' for usage.\n", err)
+			if cfg.JSON {
+				writeFsckJSON(stdout, stderr, cfg, nil, err, fsckExitUsage)
+			}
+			return fsckExitUsage
 		}
 	}
 	d, err := openDriver(ctx, cfg.Storage)

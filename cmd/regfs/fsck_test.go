@@ -287,8 +287,8 @@ func TestFsckCommandJSONEveryOutcome(t *testing.T) {
 		{"clean", []string{"--root", fr.root}, 0, true, ""},
 		{"problems", []string{"--root", broken.root}, 1, true, ""},
 		{"usage", []string{"--root", fr.root, "--workers", "0"}, 2, false, "--workers"},
-		{"missing root", []string{"--root", filepath.Join(t.TempDir(), "nothing-here")}, 3, false, "is not a directory"},
-		{"root is a file", []string{"--root", broken.blobFile(broken.layer)}, 3, false, "is not a directory"},
+		{"missing root", []string{"--root", filepath.Join(t.TempDir(), "nothing-here")}, 2, false, "is not a directory"},
+		{"root is a file", []string{"--root", broken.blobFile(broken.layer)}, 2, false, "is not a directory"},
 	} {
 		code, out, _ := fsckCmd(t, append(c.args, "--json")...)
 		var rep struct {
@@ -339,7 +339,7 @@ func TestFsckCommandUsageAndStorageErrors(t *testing.T) {
 		{[]string{"--root", t.TempDir(), "--stale-after", "0s"}, 2, "--stale-after"},
 		{[]string{"--root", t.TempDir(), "--workers", "0"}, 2, "--workers"},
 		{[]string{"--driver", "s3"}, 2, "--s3-bucket"},
-		{[]string{"--root", missingRoot}, 3, "is not a directory"},
+		{[]string{"--root", missingRoot}, 2, "is not a directory"},
 	} {
 		code, _, errOut := fsckCmd(t, c.args...)
 		if code != c.code || !strings.Contains(errOut, c.want) {
