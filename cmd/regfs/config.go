@@ -145,7 +145,7 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	cfg.CacheSize = defaultCacheSize
 	addStorageFlags(fs, &cfg.Storage, true)
 	fs.BoolVar(&cfg.ReadOnly, "read-only", false, "refuse every write with EROFS")
-	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users use the mount, as the modes allow: only the\ndaemon's user may write (needs user_allow_other in /etc/fuse.conf\nwhen not root)")
+	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users use the mount, as the modes allow (the kernel\nchecks them; see --uid, --gid, --umask; needs user_allow_other in\n/etc/fuse.conf when not root)")
 	fs.BoolVar(&cfg.NoDefaultPermissions, "no-default-permissions", false, "with --allow-other, let every user do what the daemon's user may:\nthe kernel checks no modes (unsafe unless every local user is trusted)")
 	fs.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "block cache budget `SIZE` in bytes, with K, M, G or T (default 256M)")
 	fs.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request and response")
@@ -158,6 +158,9 @@ func writeFlags(b *strings.Builder, fs *flag.FlagSet) {
 	fs.VisitAll(func(f *flag.Flag) {
 		arg, text := flag.UnquoteUsage(f)
 		name := "--" + f.Name
+		if len(f.Name) == 1 { // -o, as mount spells it
+			name = "-" + f.Name
+		}
 		if arg != "" {
 			name += " " + arg
 		}
@@ -174,12 +177,27 @@ func writeFlags(b *strings.Builder, fs *flag.FlagSet) {
 // mountUsage is regfs mount --help.
 func mountUsage(fs *flag.FlagSet) string {
 	var b strings.Builder
-	b.WriteString(`Usage: regfs mount [flags] MOUNTPOINT
+	b.WriteString(`Usage: regfs mount [flags] [SOURCE] MOUNTPOINT
+       regfs SOURCE MOUNTPOINT [-o OPTIONS]
 
 Mount a container registry's storage at MOUNTPOINT and serve it in the
-foreground; Ctrl-C or SIGTERM unmounts. MOUNTPOINT must be an empty directory
-that is not already a mount point. The log goes to stderr; the line
-"msg=mounted" says the mount is ready.
+foreground (or, with --daemon, in the background once the mount is up);
+Ctrl-C or SIGTERM unmounts. MOUNTPOINT must be an empty directory that is
+not already a mount point. The log goes to stderr (--log-file); the line
+"msg=mounted" says the mount is ready, and under systemd (Type=notify)
+READY=1 is sent then.
+
+SOURCE names the storage instead of --driver and --root or --s3-*: a
+directory (the filesystem driver's root, which must exist),
+s3://BUCKET/PREFIX (the s3 driver; --s3-endpoint and --s3-region as
+flags or options), or inmemory. The second form is what mount -t fuse.regfs
+and an fstab line run (through mount.fuse3); it is a daemon unless
+-o daemon=false.
+
+Every flag is also a mount option, spelt with _ for - (cache_size=2G,
+read_only); ro, rw and allow_other are too, and mount's own options
+(noauto, _netdev, nofail, user, x-*, nodev, nosuid, noexec, noatime, ...)
+are accepted and ignored. An unknown option is an error.
 
 Flags:
 `)
@@ -189,6 +207,9 @@ Examples:
   regfs mount ./mnt
   regfs mount --root /var/lib/docker-registry --read-only /mnt/registry
   regfs mount --driver inmemory --cache-size 1G /tmp/scratch
+  regfs mount --daemon --log-file /var/log/regfs.log -o ro,allow_other,gid=1001 \
+      /var/lib/docker-registry /srv/registry
+  mount -t fuse.regfs -o ro,allow_other,cache_size=2G s3://registry/prefix /srv/registry
   AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... regfs mount --driver s3 \
       --s3-bucket registry --s3-endpoint http://127.0.0.1:7070 --s3-region us-east-1 ./mnt
 `)

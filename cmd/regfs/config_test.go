@@ -77,7 +77,7 @@ func TestParseMount(t *testing.T) {
 	if _, err := parseMount([]string{"--help"}, &out, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("--help: %v", err)
 	}
-	for _, want := range []string{"Usage: regfs mount [flags] MOUNTPOINT", "--driver NAME", "--cache-size SIZE", "--read-only", "--no-default-permissions", "Examples:"} {
+	for _, want := range []string{"Usage: regfs mount [flags] [SOURCE] MOUNTPOINT", "-o OPTIONS", "--driver NAME", "--cache-size SIZE", "--read-only", "--no-default-permissions", "Examples:"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("mount --help lacks %q:\n%s", want, out.String())
 		}

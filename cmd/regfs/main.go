@@ -1,8 +1,9 @@
 // Command regfs mounts a container registry's storage as a directory tree.
 //
-//	regfs mount [flags] MOUNTPOINT
+//	regfs mount [flags] [SOURCE] MOUNTPOINT
+//	regfs SOURCE MOUNTPOINT -o OPTIONS   (mount.fuse3's form)
 //	regfs fsck [flags]
-//	regfs version
+//	regfs version [MOUNTPOINT]
 //
 // main only parses the command line into a Config and hands it to run; see
 // mount.go for what mounting does.
@@ -42,8 +43,7 @@ func regfs(args []string, stdout, stderr io.Writer) int {
 		defer stop()
 		return fsckMain(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "regfs %s\n", version)
-		return 0
+		return versionMain(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		if len(rest) > 0 && rest[0] == "mount" {
 			fmt.Fprint(stdout, mountUsage(newMountFlags(&Config{})))
@@ -128,8 +128,9 @@ const usage = `regfs mounts a container registry's storage as a directory tree.
 
 Usage:
   regfs mount [flags] MOUNTPOINT   mount the storage at MOUNTPOINT, in the foreground
+  regfs SOURCE MOUNTPOINT -o OPTS  the same for mount -t fuse.regfs and fstab (a daemon)
   regfs fsck [flags]               check the storage: re-hash blobs, check links and tags
-  regfs version                    print the version
+  regfs version [MOUNTPOINT]       print the version (and a mount's FUSE protocol)
   regfs help [mount|fsck]          show this help, or a command's
 
 The storage is docker/distribution's own layout (a registry's rootdirectory), so
