@@ -218,6 +218,11 @@ func TestServiceNotify(t *testing.T) {
 	if _, err := os.ReadFile(filepath.Join(m.Dir, ".regfs/stats")); err != nil {
 		t.Fatalf("READY=1 before the mount answers: %v", err)
 	}
+	// regfs version asks the mount which FUSE protocol it negotiated.
+	out, err := exec.Command(regfsBin, "version", m.Dir).CombinedOutput()
+	if err != nil || !regexp.MustCompile(`mount \S+: regfs dev, go go1\.\S+, FUSE protocol 7\.\d+`).Match(out) {
+		t.Errorf("regfs version MOUNTPOINT: %v\n%s", err, out)
+	}
 	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

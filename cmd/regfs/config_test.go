@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -92,12 +93,19 @@ func TestCommandLine(t *testing.T) {
 	}{
 		{[]string{"version"}, 0, "regfs " + version + "\n", ""},
 		{[]string{"--help"}, 0, "Usage:\n  regfs mount", ""},
-		{[]string{"help", "mount"}, 0, "Usage: regfs mount [flags] MOUNTPOINT", ""},
+		{[]string{"help", "mount"}, 0, "Usage: regfs mount [flags] [SOURCE] MOUNTPOINT", ""},
 		{[]string{"mount", "--help"}, 0, "--allow-other", ""},
 		{nil, 2, "", "Usage:"},
 		{[]string{"frobnicate"}, 2, "", "unknown command \"frobnicate\""},
 		{[]string{"mount"}, 2, "", "missing MOUNTPOINT"},
 		{[]string{"mount", "/no/such/dir"}, 1, "", "regfs: mountpoint /no/such/dir does not exist"},
+		{[]string{"version"}, 0, "go " + runtime.Version(), ""},
+		{[]string{"version"}, 0, "fuse library bazil.org/fuse", ""},
+		{[]string{"version", "/no/such/dir"}, 1, "", "/no/such/dir is not a regfs mount"},
+		{[]string{"version", "--bogus"}, 2, "", "Usage: regfs version [MOUNTPOINT]"},
+		// The helper form: a missing SOURCE directory is not created.
+		{[]string{"/no/such/source", "/no/such/dir"}, 1, "", "regfs: mount source /no/such/source: no such file or directory"},
+		{[]string{"inmemory", "/m", "-o", "bogus"}, 2, "", `unknown mount option "bogus"`},
 	} {
 		var out, errOut bytes.Buffer
 		code := regfs(c.args, &out, &errOut)
