@@ -456,6 +456,9 @@ func TestServiceMetrics(t *testing.T) {
 	}
 	for _, name := range []string{"regfs_cache_misses_total", "regfs_cache_hits_total", "regfs_cache_evictions_total",
 		"regfs_cache_bytes", "regfs_uploads_in_flight", "regfs_uploads_rejected_total", "regfs_manifests_rejected_total",
+		"regfs_cache_loads_total", "regfs_cache_read_aheads_total", "regfs_cache_budget_bytes",
+		"regfs_fuse_request_errors_total", "regfs_manifest_buffers", "regfs_manifest_buffer_bytes",
+		"regfs_manifest_opens_refused_total", "regfs_bad_links_total", "regfs_start_time_seconds",
 		"go_goroutines", "process_resident_memory_bytes"} {
 		if families[name] == nil {
 			t.Errorf("no %s in /metrics", name)

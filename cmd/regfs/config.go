@@ -90,11 +90,11 @@ func addStorageFlags(fs *flag.FlagSet, st *Storage, inmemory bool) {
 	fs.StringVar(&st.Driver, "driver", st.Driver, "storage driver `NAME`: "+drivers)
 	rootHelp := "filesystem driver root `DIR`, the directory holding docker/registry/v2"
 	if inmemory { // regfs mount: a fresh root is a new, empty registry
-		rootHelp += ";\ncreated if missing"
+		rootHelp += ";\ncreated if missing "
 	} else {
 		rootHelp += "\n"
 	}
-	fs.StringVar(&st.Root, "root", "", rootHelp+" (default $XDG_DATA_HOME/regfs or ~/.local/share/regfs)")
+	fs.StringVar(&st.Root, "root", "", rootHelp+"(default $XDG_DATA_HOME/regfs or ~/.local/share/regfs)")
 	fs.StringVar(&st.S3Bucket, "s3-bucket", "", "s3 driver: `BUCKET` holding the registry (required with --driver s3)")
 	fs.StringVar(&st.S3Endpoint, "s3-endpoint", "", "s3 driver: endpoint `URL` of an S3-compatible server (default AWS)")
 	fs.StringVar(&st.S3Region, "s3-region", "", "s3 driver: `REGION` (default from the AWS config, else us-east-1)")

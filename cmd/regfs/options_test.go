@@ -3,6 +3,8 @@ package main
 import (
 	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -102,5 +104,30 @@ func TestIsHelperForm(t *testing.T) {
 		if got := isHelperForm(c.args); got != c.want {
 			t.Errorf("isHelperForm(%q) = %v", c.args, got)
 		}
+	}
+}
+
+// A daemon logs to syslog when no --log-file is given, and refuses to
+// start when syslog is not reachable rather than log nowhere.
+func TestDaemonLog(t *testing.T) {
+	_, closeLog, err := openLog(Service{Daemon: true}, io.Discard)
+	if _, statErr := os.Stat("/dev/log"); statErr != nil {
+		if err == nil || !strings.Contains(err.Error(), "give --log-file FILE") {
+			t.Errorf("no syslog: %v, want a refusal naming --log-file", err)
+		}
+	} else if err != nil {
+		t.Errorf("syslog at /dev/log: %v", err)
+	} else {
+		closeLog()
+	}
+	p := filepath.Join(t.TempDir(), "log")
+	w, closeLog, err := openLog(Service{Daemon: true, LogFile: p}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newLogger(w, false).Info("hello")
+	closeLog()
+	if b, _ := os.ReadFile(p); !strings.Contains(string(b), "msg=hello") {
+		t.Errorf("log file holds %q", b)
 	}
 }
