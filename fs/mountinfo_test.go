@@ -1,47 +1,48 @@
 package fs
 
 import (
-	"slices"
-	"strings"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
 	"testing"
 )
 
-func TestParseMountinfo(t *testing.T) {
-	table := `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-42 27 0:39 / /tmp/with\040space rw,nosuid - fuse.regfs regfs rw
-43 27 0:40 / /tmp/back\134slash rw - tmpfs none rw
-`
-	mounts, err := parseMountinfo(strings.NewReader(table))
-	if err != nil {
+// MountAt finds a mount point whose name mountinfo escapes (a space, a
+// backslash), with its device, and nothing at a directory that is not one.
+func TestMountAt(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("bind mounts need root")
+	}
+	if m, ok, err := MountAt("/"); err != nil || !ok || m.Point != "/" {
+		t.Fatalf("MountAt(/) = %+v %v %v", m, ok, err)
+	}
+	dir := filepath.Join(t.TempDir(), `with space\and backslash`)
+	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	has := func(p string) bool {
-		return slices.ContainsFunc(mounts, func(m Mount) bool { return m.Point == p })
+	if _, ok, err := MountAt(dir); ok || err != nil {
+		t.Fatalf("a plain directory listed as a mount: %v %v", ok, err)
 	}
-	for _, c := range []struct {
-		p    string
-		want bool
-	}{
-		{"/", true}, {"/tmp/with space", true}, {`/tmp/back\slash`, true}, {"/tmp", false}, {"/tmp/with", false},
-	} {
-		if got := has(c.p); got != c.want {
-			t.Errorf("mount point %q listed: %v, want %v", c.p, got, c.want)
-		}
+	src := t.TempDir()
+	if out, err := exec.Command("mount", "--bind", src, dir).CombinedOutput(); err != nil {
+		t.Skipf("mount --bind: %v: %s", err, out)
 	}
-	if want := (Mount{Point: "/tmp/with space", Dev: "0:39"}); mounts[1] != want {
-		t.Errorf("second line parsed as %+v, want %+v", mounts[1], want)
+	defer exec.Command("umount", dir).Run()
+	m, ok, err := MountAt(dir)
+	if err != nil || !ok {
+		t.Fatalf("MountAt(%q) = %v %v", dir, ok, err)
 	}
-}
-
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{
-		`/tmp/a\040b`: "/tmp/a b",
-		`/plain`:      "/plain",
-		`/x\134y`:     `/x\y`,
-		`/short\04`:   `/short\04`,
-	} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
-		}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("%d:%d", st.Dev>>8&0xfff, st.Dev&0xff|(st.Dev>>12)&0xfff00); m.Dev != want {
+		t.Errorf("device %s, want %s", m.Dev, want)
+	}
+	all, err := Mounts()
+	if err != nil || len(all) < 2 {
+		t.Errorf("Mounts: %d, %v", len(all), err)
 	}
 }

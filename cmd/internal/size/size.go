@@ -1,54 +1,42 @@
 // Package size parses and prints byte counts with binary suffixes, for the
-// command-line flags of regfs and regfs-bench ("256M", "1G").
+// command-line flags of regfs and regfs-bench ("256M", "1G"). The parsing
+// and printing are docker/go-units' (RAMInBytes, BytesSize); this package
+// adds what the flags need on top: sizes must be positive and bounded, and
+// a printed size parses back to the same number.
 package size
 
 import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	units "github.com/docker/go-units"
 )
 
-// Parse parses "1048576", "512K", "256M", "2G", "1T" (powers of 1024; "KB",
-// "KiB" and lower case also accepted). The size must be positive.
+// maxSize bounds a size well below int64's range, where go-units' float
+// arithmetic would wrap.
+const maxSize = 1 << 62
+
+// Parse parses "1048576", "512K", "256M", "2G", "1T", "1.5G" (powers of
+// 1024; "KB", "KiB" and lower case also accepted). The size must be
+// positive.
 func Parse(s string) (int64, error) {
-	t := strings.ToUpper(strings.TrimSpace(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
-	mult := int64(1)
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
+	n, err := units.RAMInBytes(strings.TrimSpace(s))
+	if err != nil || n <= 0 || n > maxSize {
+		if err == nil && n > 0 {
+			return 0, fmt.Errorf("invalid size %q: too large", s)
 		}
-		if mult != 1 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("invalid size %q: want a positive number of bytes, optionally with K, M, G or T", s)
 	}
-	if n > (1<<62)/mult {
-		return 0, fmt.Errorf("invalid size %q: too large", s)
-	}
-	return n * mult, nil
+	return n, nil
 }
 
-// Format prints n with the largest exact suffix, so that Parse(Format(n))
-// is n.
+// Format prints n as go-units does ("256MiB", "1.5GiB") when that parses
+// back to n, else as a plain number of bytes.
 func Format(n int64) string {
-	for _, u := range []struct {
-		suffix string
-		size   int64
-	}{{"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}} {
-		if n >= u.size && n%u.size == 0 {
-			return strconv.FormatInt(n/u.size, 10) + u.suffix
-		}
+	s := units.BytesSize(float64(n))
+	if back, err := Parse(s); err == nil && back == n {
+		return s
 	}
 	return strconv.FormatInt(n, 10)
 }
