@@ -77,12 +77,54 @@ func checkLog(t *testing.T, logFile string) {
 // mount.fuse3, which runs `regfs SOURCE MNT -o OPTIONS` from the default
 // PATH (/usr/local/sbin first) and waits; regfs returns once the mount
 // answers, and `umount` ends the daemon. It runs in a mount namespace of
-// its own, where the binary under test is bound over /usr/local/sbin.
+// its own, where the binary under test is bound over /usr/local/sbin. On
+// the filesystem driver the SOURCE is the root directory, on s3
+// s3://BUCKET/PREFIX.
 func TestServiceFstab(t *testing.T) {
 	if _, err := exec.LookPath("mount.fuse3"); err != nil {
 		t.Skip("mount.fuse3 (fuse3) is missing")
 	}
-	root, mf := serviceFixture(t)
+	t.Run("filesystem", func(t *testing.T) {
+		root, mf := serviceFixture(t)
+		out, logFile := fstabMount(t, root, "", nil, fmt.Sprintf(`
+# What does not come up fails mount, with regfs's message.
+if mount -t fuse.regfs %[1]s/missing "$MNT" 2>&1; then echo "mounted a missing source"; exit 1; fi
+if mount -t fuse.regfs %[1]s "$MNT" -o frobnicate 2>&1; then echo "mounted with an unknown option"; exit 1; fi
+`, root))
+		for _, want := range []string{
+			strings.TrimPrefix(sha(mf), "sha256:"),
+			"mount source " + root + "/missing: no such file or directory",
+			`unknown mount option "frobnicate"`,
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("fstab path: output lacks %q:\n%s", want, out)
+			}
+		}
+		if b, _ := os.ReadFile(logFile); !bytes.Contains(b, []byte("root="+root)) {
+			t.Errorf("mounted line without the root:\n%s", b)
+		}
+	})
+	t.Run("s3", func(t *testing.T) {
+		m := startMount(t, "s3", mountOpts{Prefix: "reg/istry"})
+		mf := pushImage(t, m, "app", "v1", 1)
+		m.stop()
+		out, logFile := fstabMount(t, "s3://"+m.Bucket+"/reg/istry", fmt.Sprintf(",s3_endpoint=%s,s3_region=%s", m.S3.Endpoint, m.S3.Region), m.S3.Env(), "")
+		if !strings.Contains(out, strings.TrimPrefix(sha(mf), "sha256:")) {
+			t.Errorf("fstab path on s3: the manifest does not read back:\n%s", out)
+		}
+		if b, _ := os.ReadFile(logFile); !bytes.Contains(b, []byte("driver=s3 bucket="+m.Bucket+" prefix=reg/istry")) {
+			t.Errorf("mounted line without the bucket and prefix:\n%s", b)
+		}
+	})
+}
+
+// fstabMount mounts source with mount -t fuse.regfs, read-only with the
+// options of an fstab line and extra, reads app/_manifests/v1 through it,
+// checks that writes are refused, unmounts with umount, runs more (a
+// script with $MNT set) and returns the output and the daemon's log file,
+// once the daemon has exited.
+func fstabMount(t *testing.T, source, extra string, env []string, more string) (string, string) {
+	t.Helper()
 	bin := t.TempDir()
 	if out, err := exec.Command("cp", regfsBin, filepath.Join(bin, "regfs")).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
@@ -91,30 +133,26 @@ func TestServiceFstab(t *testing.T) {
 	logFile := filepath.Join(t.TempDir(), "regfs.log")
 	script := fmt.Sprintf(`
 set -e
-trap 'umount -l %[2]s 2>/dev/null || true' EXIT
+MNT=%[2]s
+trap 'umount -l "$MNT" 2>/dev/null || true' EXIT
 mount --bind %[1]s /usr/local/sbin
 # As an fstab line would have it.
-mount -t fuse.regfs %[3]s %[2]s -o ro,allow_other,cache_size=64M,noauto,_netdev,nofail,x-systemd.automount,log_file=%[4]s
+mount -t fuse.regfs %[3]s "$MNT" -o ro,allow_other,cache_size=64M,noauto,_netdev,nofail,x-systemd.automount,log_file=%[4]s%[5]s
 # Usable as soon as mount returns, read-only as asked.
-grep " %[2]s " /proc/self/mountinfo
-cat %[2]s/app/_manifests/v1 | sha256sum
-if touch %[2]s/app/_manifests/x 2>/dev/null; then echo "write allowed"; exit 1; fi
-umount %[2]s
+grep " $MNT " /proc/self/mountinfo
+cat "$MNT"/app/_manifests/v1 | sha256sum
+if touch "$MNT"/app/_manifests/x 2>/dev/null; then echo "write allowed"; exit 1; fi
+umount "$MNT"
 echo unmounted
-# What does not come up fails mount, with regfs's message.
-if mount -t fuse.regfs %[3]s/missing %[2]s 2>&1; then echo "mounted a missing source"; exit 1; fi
-if mount -t fuse.regfs %[3]s %[2]s -o frobnicate 2>&1; then echo "mounted with an unknown option"; exit 1; fi
-`, bin, mnt, root, logFile)
-	out, err := exec.Command("unshare", "--mount", "--propagation", "private", "bash", "-c", script).CombinedOutput()
+%[6]s`, bin, mnt, source, logFile, extra, more)
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "bash", "-c", script)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
 	b, _ := os.ReadFile(logFile)
 	if err != nil {
 		t.Fatalf("fstab path: %v\n%s\nlog:\n%s", err, out, b)
 	}
-	for _, want := range []string{
-		"fuse.regfs", "ro,", strings.TrimPrefix(sha(mf), "sha256:"), "unmounted",
-		"mount source " + root + "/missing: no such file or directory",
-		`unknown mount option "frobnicate"`,
-	} {
+	for _, want := range []string{"fuse.regfs", "ro,", "unmounted"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("fstab path: output lacks %q:\n%s", want, out)
 		}
@@ -124,6 +162,7 @@ if mount -t fuse.regfs %[3]s %[2]s -o frobnicate 2>&1; then echo "mounted with a
 		t.Errorf("the daemon did not see the umount:\n%s", b)
 	}
 	checkLog(t, logFile)
+	return string(out), logFile
 }
 
 // regfs mount --daemon returns once the mount answers, with the mount
