@@ -47,6 +47,11 @@ func TestMountOptions(t *testing.T) {
 			t.Errorf("%q: %+v read-only %v, %v; want %+v", c.args, cfg.Storage, cfg.ReadOnly, err, c.want)
 		}
 	}
+	// Owners by name.
+	cfg, err = parseMount([]string{"--uid", "root", "-o", "gid=root", "inmemory", "/m"}, io.Discard, io.Discard)
+	if err != nil || cfg.UID != 0 || cfg.GID != 0 {
+		t.Errorf("uid and gid by name: %d:%d, %v", cfg.UID, cfg.GID, err)
+	}
 	cfg, err = parseMount([]string{"--daemon", "inmemory", "/m", "-o", "daemon=false"}, io.Discard, io.Discard)
 	if err != nil || cfg.Daemon {
 		t.Errorf("-o daemon=false: daemon %v, %v", cfg.Daemon, err)
@@ -64,6 +69,7 @@ func TestMountOptions(t *testing.T) {
 		{[]string{"inmemory", "/m", "-o", "ro=1"}, `"ro" takes no value`},
 		{[]string{"inmemory", "/m", "-o", "umask=8"}, "invalid umask"},
 		{[]string{"inmemory", "/m", "-o", "uid=-1"}, "invalid id"},
+		{[]string{"inmemory", "/m", "-o", "gid=no-such-group-here"}, `unknown group "no-such-group-here"`},
 		{[]string{"--root", "/x", "/y", "/m"}, "--root (root) and a SOURCE"},
 		{[]string{"/y", "/m", "-o", "driver=s3"}, "--driver (driver) and a SOURCE"},
 		{[]string{"ftp://h/x", "/m"}, "unknown scheme"},
