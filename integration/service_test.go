@@ -177,7 +177,10 @@ func TestServiceDaemon(t *testing.T) {
 			_ = exec.Command("fusermount3", "-u", "-z", mnt).Run()
 		}
 	})
-	out, err := exec.Command(regfsBin, "mount", "--daemon", "--log-file", logFile, "--root", root, mnt).CombinedOutput()
+	// Relative paths, from the directory above the mountpoint.
+	cmd := exec.Command(regfsBin, "mount", "--daemon", "--log-file", logFile, "--root", root, filepath.Base(mnt))
+	cmd.Dir = filepath.Dir(mnt)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		b, _ := os.ReadFile(logFile)
 		t.Fatalf("regfs mount --daemon: %v\n%s\nlog:\n%s", err, out, b)
@@ -188,6 +191,10 @@ func TestServiceDaemon(t *testing.T) {
 		t.Fatalf("reading through the daemon's mount: %v", err)
 	}
 	pid := mountedPid(t, logFile)
+	// The daemon does not hold the directory it was started in.
+	if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err != nil || cwd != "/" {
+		t.Errorf("daemon's working directory %q, %v; want /", cwd, err)
+	}
 	if out, err := exec.Command("fusermount3", "-u", mnt).CombinedOutput(); err != nil {
 		t.Fatalf("fusermount3 -u: %v: %s", err, out)
 	}

@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 )
@@ -66,6 +67,22 @@ func regfs(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
+// leaveWorkingDir makes cfg's paths absolute and moves a daemon to /, so
+// that it does not keep the directory it was started in busy.
+func leaveWorkingDir(cfg *Config) error {
+	for _, p := range []*string{&cfg.Mountpoint, &cfg.Root, &cfg.LogFile} {
+		if *p == "" || (p == &cfg.LogFile && *p == "syslog") {
+			continue
+		}
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return err
+		}
+		*p = abs
+	}
+	return os.Chdir("/")
+}
+
 // defaultPath is PATH when mount(8) gives none: /bin/sh's default.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -107,6 +124,11 @@ func mountMain(args []string, stdout, stderr io.Writer) int {
 		report.failed(err)
 		fmt.Fprintf(stderr, "regfs: %v\n", err)
 		return 1
+	}
+	if report.f != nil {
+		if err := leaveWorkingDir(&cfg); err != nil {
+			return fail(err)
+		}
 	}
 	logw, closeLog, err := openLog(cfg.Service, stderr)
 	if err != nil {
