@@ -31,6 +31,7 @@ var controlInode = childInode(rootInode, controlDirName)
 // be changed.
 type controlDir struct {
 	noXattr
+	synced
 	refusals
 }
 
@@ -70,6 +71,7 @@ func (d controlDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 // whatever size the kernel last saw.
 type controlFile struct {
 	noXattr
+	synced
 	f    *FS
 	name string
 }

@@ -26,6 +26,7 @@ var (
 // arrive through _uploads/ or by ln from another repository.
 type layersDir struct {
 	noXattr
+	synced
 	refusals
 	repo string
 	ino  uint64
@@ -129,6 +130,7 @@ func (d layersDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.Node)
 // size is part of its identity.
 type layerFile struct {
 	noXattr
+	synced
 	f    *FS
 	repo string
 	dgst digest.Digest

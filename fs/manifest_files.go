@@ -23,6 +23,7 @@ var (
 // are what a registry client receives (schema1 with its signatures).
 type revisionFile struct {
 	noXattr
+	synced
 	f    *FS
 	repo string
 	dgst digest.Digest
@@ -66,6 +67,7 @@ func (r revisionFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, res
 // to now and shares its inode.
 type tagFile struct {
 	noXattr
+	synced
 	f    *FS
 	repo string
 	name string

@@ -26,6 +26,7 @@ var (
 // never renamed.
 type manifestsDir struct {
 	noXattr
+	synced
 	refusals
 	repo string
 	ino  uint64

@@ -26,6 +26,7 @@ var (
 // is the namespace's name.
 type nsDir struct {
 	noXattr
+	synced
 	refusals
 	ino uint64
 }

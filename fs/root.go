@@ -20,6 +20,7 @@ var (
 // has no _layers, _manifests or _uploads. It holds only directories.
 type rootDir struct {
 	noXattr
+	synced
 	refusals
 }
 

@@ -28,6 +28,7 @@ var (
 // left are named by their ID. Uploads are made by writing, never by ln.
 type uploadsDir struct {
 	noXattr
+	synced
 	refusals
 	repo string
 	ino  uint64
