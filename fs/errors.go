@@ -17,8 +17,9 @@ var (
 	// errImmutable: writing, truncating or re-creating a blob, a revision
 	// or a control file (EPERM, like a file marked immutable).
 	errImmutable = errors.New("immutable file")
-	// errNotSupported: an operation the tree has no meaning for (rename,
-	// symlink, chmod, chown, mkdir in a reserved directory, rmdir of one).
+	// errNotSupported: an operation the tree has no meaning for (symlink,
+	// rename of a layer or a directory, a setuid mode, mkdir in a
+	// reserved directory).
 	errNotSupported = errors.New("operation not supported by regfs")
 	// errNotReadable: reading an upload in progress (EACCES).
 	errNotReadable = errors.New("uploads in progress cannot be read")

@@ -587,8 +587,7 @@ func TestOtherOperationsRefused(t *testing.T) {
 		{"rename a tag", func() error { return os.Rename(m.path("app/_manifests/v1"), m.path("app/_manifests/v2")) }, syscall.EPERM},
 		{"rename a directory", func() error { return os.Rename(m.path("app"), m.path("app2")) }, syscall.EPERM},
 		{"symlink", func() error { return os.Symlink("x", m.path("app/_manifests/s")) }, syscall.EPERM},
-		{"chmod", func() error { return os.Chmod(layer, 0o777) }, syscall.EPERM},
-		{"chown", func() error { return os.Chown(m.path("app"), 1, 1) }, syscall.EPERM},
+		{"chmod setuid", func() error { return os.Chmod(layer, 0o777|os.ModeSetuid) }, syscall.EPERM},
 		{"open a layer for writing", func() error { return openClose(layer, os.O_WRONLY) }, syscall.EPERM},
 		{"open a layer read-write", func() error { return openClose(layer, os.O_RDWR) }, syscall.EPERM},
 		{"truncate a layer", func() error { return os.Truncate(layer, 0) }, syscall.EPERM},
@@ -602,9 +601,18 @@ func TestOtherOperationsRefused(t *testing.T) {
 	for _, c := range cases {
 		wantErrno(t, c.what, m.do(c.fn), c.want)
 	}
-	// Times are accepted and ignored.
+	// Times, permission bits and owners are accepted and ignored.
 	if err := m.do(func() error { return os.Chtimes(layer, timeZero, timeZero) }); err != nil {
 		t.Errorf("touch a layer: %v", err)
+	}
+	if err := m.do(func() error { return os.Chmod(layer, 0o600) }); err != nil {
+		t.Errorf("chmod a layer: %v", err)
+	}
+	if err := m.do(func() error { return os.Chown(m.path("app"), 1, 1) }); err != nil {
+		t.Errorf("chown a repository: %v", err)
+	}
+	if fi, err := os.Stat(layer); err != nil || fi.Mode() != 0o444 {
+		t.Errorf("layer after chmod: %v %v", fi.Mode(), err)
 	}
 	if got := m.readFile(layer); !bytes.Equal(got, layers[0]) {
 		t.Error("layer changed")

@@ -161,8 +161,8 @@ func (t tagFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fu
 	if err := t.f.readOnly(); err != nil {
 		return t.f.errno("setattr", p, err)
 	}
-	if req.Valid.Mode() || req.Valid.Uid() || req.Valid.Gid() {
-		return t.f.errno("setattr", p, errNotSupported)
+	if err := ignoredAttrs(req); err != nil {
+		return t.f.errno("setattr", p, err)
 	}
 	if !req.Valid.Size() {
 		return nil

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"time"
 
@@ -90,18 +91,31 @@ func (f *FS) refuseWrite(op, name string) error {
 	return f.errno(op, name, errImmutable)
 }
 
-// setattrFixed handles Setattr on a node whose attributes cannot change:
-// times are accepted and ignored (cp -p, tar and touch set them, and
-// storage keeps none); mode, owner and size changes are refused.
+// setattrFixed handles Setattr on a node whose attributes cannot change.
+// Storage keeps no modes, owners or times, so chmod, chown and utimes are
+// accepted and change nothing (ignoredAttrs): cp -p, install -m, rsync -a,
+// tar and touch set them after writing, and would otherwise fail a copy
+// that stored everything. Size changes are refused.
 func (f *FS) setattrFixed(op, name string, req *fuse.SetattrRequest) error {
 	if err := f.readOnly(); err != nil {
 		return f.errno(op, name, err)
 	}
-	if req.Valid.Mode() || req.Valid.Uid() || req.Valid.Gid() {
-		return f.errno(op, name, errNotSupported)
+	if err := ignoredAttrs(req); err != nil {
+		return f.errno(op, name, err)
 	}
 	if req.Valid.Size() {
 		return f.errno(op, name, errImmutable)
+	}
+	return nil
+}
+
+// ignoredAttrs checks the attributes of a Setattr that regfs accepts and
+// ignores: permission bits, owner, group and times. A mode with setuid,
+// setgid or sticky bits, or of another file type, is refused: accepting it
+// would pretend to grant what regfs never shows.
+func ignoredAttrs(req *fuse.SetattrRequest) error {
+	if req.Valid.Mode() && req.Mode&^os.ModePerm != req.Mode&os.ModeDir {
+		return fmt.Errorf("%w: mode %v", errNotSupported, req.Mode)
 	}
 	return nil
 }

@@ -200,8 +200,8 @@ func (u uploadFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp 
 	if err := u.f.readOnly(); err != nil {
 		return u.f.errno("setattr", p, err)
 	}
-	if req.Valid.Mode() || req.Valid.Uid() || req.Valid.Gid() {
-		return u.f.errno("setattr", p, errNotSupported)
+	if err := ignoredAttrs(req); err != nil {
+		return u.f.errno("setattr", p, err)
 	}
 	if !req.Valid.Size() {
 		return nil

@@ -11,6 +11,7 @@ import (
 func TestHabits(t *testing.T) {
 	habits := []scenario{
 		{"Fsync", testHabitFsync},
+		{"PreservingCopies", testHabitPreservingCopies},
 	}
 	for _, d := range []string{"filesystem", "inmemory"} {
 		t.Run(d, func(t *testing.T) {
@@ -62,4 +63,34 @@ func testHabitFsync(t *testing.T, m *mount) {
 	bsrc := writeFile(t, blob)
 	sh(t, fmt.Sprintf("dd if=%q of=%q bs=4096 conv=fsync status=none", bsrc, m.path("r/_uploads", sha(blob))))
 	sh(t, fmt.Sprintf("test -f %q", m.path("r/_layers", sha(blob))))
+}
+
+// testHabitPreservingCopies: cp -p, and chmod, chown and touch of
+// uploads, layers and tags succeed and change nothing.
+func testHabitPreservingCopies(t *testing.T, m *mount) {
+	mf := pushImage(t, m, "r", "v1", 0)
+	a, b := randomBytes(t, 5000), randomBytes(t, 6000)
+	srcA, srcB := writeFile(t, a), writeFile(t, b)
+	sh(t, fmt.Sprintf("chmod 600 %q && touch -d 2001-01-01 %q", srcA, srcA))
+	sh(t, fmt.Sprintf("cp -p %q %q", srcA, m.path("r/_uploads", sha(a))))
+	sh(t, fmt.Sprintf("cp -p %q %q", srcB, m.path("r/_uploads", sha(b))))
+	for _, d := range []string{sha(a), sha(b)} {
+		p := m.path("r/_layers", d)
+		if got := sh(t, fmt.Sprintf("stat -c %%a %q", p)); strings.TrimSpace(got) != "444" {
+			t.Errorf("mode of %s: %s", d, got)
+		}
+		sh(t, fmt.Sprintf("chmod 600 %q && chown %d %q && touch %q", p, 0, p, p))
+	}
+	tag := m.path("r/_manifests/v1")
+	sh(t, fmt.Sprintf("chmod 600 %q && touch %q && chmod 755 %q", tag, tag, m.path("r")))
+	if got := readFile(t, tag); string(got) != string(mf) {
+		t.Errorf("v1 after chmod reads %q", got)
+	}
+	if string(readFile(t, m.path("r/_layers", sha(a)))) != string(a) {
+		t.Error("layer a changed")
+	}
+	if got := sh(t, fmt.Sprintf("stat -c %%a %q", tag)); strings.TrimSpace(got) != "644" {
+		t.Errorf("mode of v1 after chmod 600: %s", got)
+	}
+	wantFail(t, fmt.Sprintf("chmod u+s %q", tag), "Operation not permitted")
 }
