@@ -39,6 +39,14 @@ var (
 	errNotEmpty = errors.New("directory not empty")
 	// errExists: mkdir or create of a name that exists (EEXIST).
 	errExists = errors.New("file exists")
+	// errAppend: opening a stored tag with O_APPEND (EPERM): a manifest is
+	// replaced whole, and the kernel would start the append past bytes the
+	// writer does not have.
+	errAppend = errors.New("a stored manifest cannot be appended to: write the whole manifest (> not >>)")
+	// errEmptyManifest: setting the times of a manifest name created but
+	// never written, what touch does (EINVAL): an empty manifest is not a
+	// push.
+	errEmptyManifest = errors.New("an empty manifest is not a push: write a manifest to the name")
 	// errStale: a write through a handle whose upload was committed or
 	// cancelled (ESTALE).
 	errStale = errors.New("upload already committed or cancelled")
@@ -93,7 +101,7 @@ func classify(err error) syscall.Errno {
 		return syscall.EBADMSG
 	case errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrInvalidDigest),
 		errors.Is(err, store.ErrInvalidOffset), errors.Is(err, store.ErrInvalidPath),
-		errors.Is(err, errWrongKind):
+		errors.Is(err, errWrongKind), errors.Is(err, errEmptyManifest):
 		return syscall.EINVAL
 	case errors.Is(err, store.ErrRepositoryNotEmpty), errors.Is(err, errNotEmpty):
 		return syscall.ENOTEMPTY
@@ -103,7 +111,7 @@ func classify(err error) syscall.Errno {
 		errors.Is(err, errNotFound):
 		return syscall.ENOENT
 	case errors.Is(err, errImmutable), errors.Is(err, errNotSupported),
-		errors.Is(err, errForeignUpload):
+		errors.Is(err, errForeignUpload), errors.Is(err, errAppend):
 		return syscall.EPERM
 	case errors.Is(err, errNotReadable):
 		return syscall.EACCES

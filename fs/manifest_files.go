@@ -150,10 +150,16 @@ func (t tagFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Ope
 		// A revision in storage: its bytes are fixed by its name.
 		return nil, t.f.errno("open", t.path(), errImmutable)
 	}
+	if req.Flags&fuse.OpenAppend != 0 {
+		t.f.reject(t.path(), errAppend)
+		return nil, t.f.errno("open", t.path(), errAppend)
+	}
 	return &manifestWriter{f: t.f, dir: t.dir(), name: t.name, opener: processOf(req.Pid)}, nil
 }
 
-// Setattr implements fs.NodeSetattrer. Truncating to 0 is accepted, as
+// Setattr implements fs.NodeSetattrer. Setting the times of a name created
+// but never written (touch _manifests/new) is EINVAL: an empty manifest is
+// not a push, and succeeding would leave nothing. Truncating to 0 is accepted, as
 // every open with O_TRUNC does it first: the manifest written next replaces
 // the tag whole. A manifest being written can be truncated to any size.
 func (t tagFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
@@ -164,10 +170,15 @@ func (t tagFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fu
 	if err := ignoredAttrs(req); err != nil {
 		return t.f.errno("setattr", p, err)
 	}
+	w := t.f.pendingManifest(fileKey{t.repo, t.name})
+	if w != nil && !req.Valid.Size() && (req.Valid.Mtime() || req.Valid.MtimeNow()) && w.untouched() {
+		t.f.reject(p, errEmptyManifest)
+		return t.f.errno("setattr", p, errEmptyManifest)
+	}
 	if !req.Valid.Size() {
 		return nil
 	}
-	if w := t.f.pendingManifest(fileKey{t.repo, t.name}); w != nil {
+	if w != nil {
 		return t.f.errno("setattr", p, w.truncate(int64(req.Size)))
 	}
 	if req.Size != 0 {

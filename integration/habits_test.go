@@ -12,6 +12,7 @@ func TestHabits(t *testing.T) {
 	habits := []scenario{
 		{"Fsync", testHabitFsync},
 		{"PreservingCopies", testHabitPreservingCopies},
+		{"AppendAndTouchOfTags", testHabitAppendTouch},
 	}
 	for _, d := range []string{"filesystem", "inmemory"} {
 		t.Run(d, func(t *testing.T) {
@@ -93,4 +94,28 @@ func testHabitPreservingCopies(t *testing.T, m *mount) {
 		t.Errorf("mode of v1 after chmod 600: %s", got)
 	}
 	wantFail(t, fmt.Sprintf("chmod u+s %q", tag), "Operation not permitted")
+}
+
+// testHabitAppendTouch: >> to a tag is EPERM at open, a write past the end
+// of a manifest being written is EBADMSG (never NUL padding), touch of a new
+// name is EINVAL; each is a line in .regfs/errors and changes nothing.
+func testHabitAppendTouch(t *testing.T, m *mount) {
+	mf := pushImage(t, m, "r", "v1", 0)
+	tag := m.path("r/_manifests/v1")
+	wantFail(t, fmt.Sprintf("echo x >> %q", tag), "Operation not permitted")
+	if got := readFile(t, tag); string(got) != string(mf) {
+		t.Errorf("v1 after >> reads %q", got)
+	}
+	wantFail(t, fmt.Sprintf("echo '{}' | dd of=%q bs=1 seek=10 status=none", m.path("r/_manifests/holey")), "Bad message")
+	wantFail(t, fmt.Sprintf("touch %q", m.path("r/_manifests/newname")), "Invalid argument")
+	sh(t, fmt.Sprintf("touch %q", tag))
+	if got := sh(t, "ls "+m.path("r/_manifests")); strings.Contains(got, "newname") || strings.Contains(got, "holey") {
+		t.Errorf("_manifests after the refusals:\n%s", got)
+	}
+	errs := sh(t, "cat "+m.path(".regfs/errors"))
+	for _, want := range []string{"r/_manifests/v1", "cannot be appended", "r/_manifests/holey", "leaves a hole", "r/_manifests/newname", "empty manifest is not a push"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf(".regfs/errors does not say %q:\n%s", want, errs)
+		}
+	}
 }
