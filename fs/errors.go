@@ -47,6 +47,9 @@ var (
 	// never written, what touch does (EINVAL): an empty manifest is not a
 	// push.
 	errEmptyManifest = errors.New("an empty manifest is not a push: write a manifest to the name")
+	// errBusy: renaming a manifest name still open for writing, or over
+	// one (EBUSY): it is stored when closed.
+	errBusy = errors.New("manifest still open for writing: close it first")
 	// errStale: a write through a handle whose upload was committed or
 	// cancelled (ESTALE).
 	errStale = errors.New("upload already committed or cancelled")
@@ -121,6 +124,8 @@ func classify(err error) syscall.Errno {
 		return syscall.EXDEV
 	case errors.Is(err, errExists):
 		return syscall.EEXIST
+	case errors.Is(err, errBusy):
+		return syscall.EBUSY
 	case errors.Is(err, errStale):
 		return syscall.ESTALE
 	case errors.Is(err, store.ErrUnsupported):
@@ -151,6 +156,7 @@ var errnoNames = map[syscall.Errno]string{
 	syscall.EXDEV:     "EXDEV",
 	syscall.EEXIST:    "EEXIST",
 	syscall.ESTALE:    "ESTALE",
+	syscall.EBUSY:     "EBUSY",
 	syscall.ENOTSUP:   "ENOTSUP",
 	syscall.ENOSPC:    "ENOSPC",
 	syscall.EDQUOT:    "EDQUOT",

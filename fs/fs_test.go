@@ -584,7 +584,10 @@ func TestOtherOperationsRefused(t *testing.T) {
 		fn   func() error
 		want syscall.Errno
 	}{
-		{"rename a tag", func() error { return os.Rename(m.path("app/_manifests/v1"), m.path("app/_manifests/v2")) }, syscall.EPERM},
+		{"rename a revision", func() error { return os.Rename(rev, m.path("app/_manifests/v2")) }, syscall.EPERM},
+		{"rename a tag to a digest", func() error {
+			return os.Rename(m.path("app/_manifests/v1"), m.path("app/_manifests", digest.FromString("x").String()))
+		}, syscall.EINVAL},
 		{"rename a directory", func() error { return os.Rename(m.path("app"), m.path("app2")) }, syscall.EPERM},
 		{"symlink", func() error { return os.Symlink("x", m.path("app/_manifests/s")) }, syscall.EPERM},
 		{"chmod setuid", func() error { return os.Chmod(layer, 0o777|os.ModeSetuid) }, syscall.EPERM},

@@ -19,11 +19,12 @@ var (
 	_ fs.NodeCreater         = manifestsDir{}
 	_ fs.NodeRemover         = manifestsDir{}
 	_ fs.NodeLinker          = manifestsDir{}
+	_ fs.NodeRenamer         = manifestsDir{}
 )
 
 // manifestsDir is a repository's _manifests/: revisions by digest and tags
-// by name, and manifests being written. A tag is re-pointed with ln and rm,
-// never renamed.
+// by name, and manifests being written. A tag is re-pointed with ln, or
+// moved with mv (Rename).
 type manifestsDir struct {
 	noXattr
 	synced
@@ -273,4 +274,66 @@ func resolveManifest(ctx context.Context, repo store.Repository, name string) (d
 		return "", manifestGone(err, repo, dgst)
 	}
 	return dgst, nil
+}
+
+// Rename implements fs.NodeRenamer: mv _manifests/a _manifests/b moves the
+// tag: b is pointed at a's revision, then a is untagged. Through the mount
+// b never disappears (it is re-pointed before a goes), and both name the
+// revision for the moment between; a registry sees the same. This is also
+// how editors and sed -i save a tag: they write a temporary name, which is
+// stored (verified) as a tag when closed, then rename it over the tag.
+// Revisions are named by their content and cannot move; a name still open
+// for writing is EBUSY (it is stored at close).
+func (d manifestsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
+	p := d.path(req.OldName)
+	if err := d.f.readOnly(); err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	to, ok := newDir.(manifestsDir)
+	if !ok {
+		return d.f.errno("rename", p, errNotSupported)
+	}
+	if to.repo != d.repo {
+		return d.f.errno("rename", p, errCrossRepository)
+	}
+	if d.f.pendingManifest(fileKey{d.repo, req.OldName}) != nil || d.f.pendingManifest(fileKey{d.repo, req.NewName}) != nil {
+		return d.f.errno("rename", p, errBusy)
+	}
+	if _, err := store.ParseDigest(req.OldName); err == nil {
+		return d.f.errno("rename", p, errImmutable)
+	}
+	if _, err := store.ParseDigest(req.NewName); err == nil {
+		return d.f.errno("rename", p, errWrongKind)
+	}
+	if store.ValidateTag(req.OldName) != nil {
+		return d.f.errno("rename", p, errNotFound)
+	}
+	if err := store.ValidateTag(req.NewName); err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	if req.OldName == req.NewName {
+		return nil
+	}
+	repo, err := d.f.st.Repository(d.repo)
+	if err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	dgst, err := repo.Tags().Get(ctx, req.OldName)
+	if err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	if err := repo.Tags().Tag(ctx, req.NewName, dgst); err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	d.f.invalidateNode(tagFile{f: d.f, repo: d.repo, name: req.NewName})
+	if err := repo.Tags().Untag(ctx, req.OldName); err != nil && !isNotFoundErr(err) {
+		return d.f.errno("rename", p, err)
+	}
+	// The kernel moves the old name's entry, and with it the node of the
+	// old tag, to the new name; dropping it makes the next access look
+	// the new name up. The notification waits for the rename to finish
+	// (the kernel holds the directory until then), so it lands before
+	// any later call of the renaming process.
+	d.f.invalidateEntry(d, req.NewName)
+	return nil
 }

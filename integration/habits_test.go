@@ -13,6 +13,8 @@ func TestHabits(t *testing.T) {
 		{"Fsync", testHabitFsync},
 		{"PreservingCopies", testHabitPreservingCopies},
 		{"AppendAndTouchOfTags", testHabitAppendTouch},
+		{"MvRetags", testHabitMv},
+		{"EditTagInPlace", testHabitEdit},
 	}
 	for _, d := range []string{"filesystem", "inmemory"} {
 		t.Run(d, func(t *testing.T) {
@@ -118,4 +120,75 @@ func testHabitAppendTouch(t *testing.T, m *mount) {
 			t.Errorf(".regfs/errors does not say %q:\n%s", want, errs)
 		}
 	}
+}
+
+// testHabitMv: mv of a tag re-tags; a revision cannot move.
+func testHabitMv(t *testing.T, m *mount) {
+	mf := pushImage(t, m, "r", "a", 0)
+	other := pushImage(t, m, "r", "b", 0)
+	dir := m.path("r/_manifests")
+	sh(t, fmt.Sprintf("cd %q && mv a c", dir))
+	got := sh(t, fmt.Sprintf("cd %q && ls", dir))
+	if strings.Contains(got, "a\n") || !strings.Contains(got, "c\n") {
+		t.Errorf("_manifests after mv a c:\n%s", got)
+	}
+	// Over an existing tag: b now names a's revision.
+	sh(t, fmt.Sprintf("cd %q && mv c b", dir))
+	if b := readFile(t, m.path("r/_manifests/b")); string(b) != string(mf) {
+		t.Errorf("b after mv c b reads %q", b)
+	}
+	if _, err := shErr(t, fmt.Sprintf("test -e %q", m.path("r/_manifests/c"))); err == nil {
+		t.Error("c still exists after mv c b")
+	}
+	// The revision b named before stays; revisions do not move.
+	sh(t, fmt.Sprintf("test -f %q", m.path("r/_manifests", sha(other))))
+	wantFail(t, fmt.Sprintf("cd %q && mv %s d", dir, sha(mf)), "Operation not permitted")
+	wantFail(t, fmt.Sprintf("mv %q %q", m.path("r/_manifests/b"), m.path("r/_layers/b")), "Operation not permitted")
+	// In storage: the tag b points at a's revision and no tag a or c is left.
+	if m.Root != "" {
+		tags := m.Root + "/docker/registry/v2/repositories/r/_manifests/tags"
+		got := sh(t, fmt.Sprintf("ls %q && cat %q", tags, tags+"/b/current/link"))
+		if got != "b\n"+sha(mf) {
+			t.Errorf("tags in storage:\n%s", got)
+		}
+	}
+}
+
+// testHabitEdit: sed -i, cp to a temporary name then mv over the tag, and a
+// vim save push the edited manifest as the tag; no temporary name is left.
+func testHabitEdit(t *testing.T, m *mount) {
+	mf := pushImage(t, m, "r", "v1", 1)
+	dir := m.path("r/_manifests")
+	tag := dir + "/v1"
+	check := func(what string, want []byte) {
+		t.Helper()
+		if got := readFile(t, tag); string(got) != string(want) {
+			t.Errorf("%s: v1 reads\n%s\nwant\n%s", what, got, want)
+		}
+		if got := lines(sh(t, fmt.Sprintf("cd %q && ls | grep -v ^sha256:", dir))); len(got) != 1 || got[0] != "v1" {
+			t.Errorf("%s: tags %v, want [v1]", what, got)
+		}
+	}
+	// sed -i
+	sh(t, fmt.Sprintf("sed -i 's/\"schemaVersion\": 2/\"schemaVersion\":  2/' %q", tag))
+	edited := []byte(strings.Replace(string(mf), `"schemaVersion": 2`, `"schemaVersion":  2`, 1))
+	check("sed -i", edited)
+	sh(t, fmt.Sprintf("test -f %q", m.path("r/_manifests", sha(edited))))
+
+	// cp to a temporary name, then mv over the tag.
+	src := writeFile(t, mf)
+	sh(t, fmt.Sprintf("cp %q %q && mv %q %q", src, dir+"/v1.tmp", dir+"/v1.tmp", tag))
+	check("cp + mv", mf)
+
+	// A rejected edit changes nothing and leaves no temporary name.
+	wantFail(t, fmt.Sprintf("sed -i 's/schemaVersion/schemaVersio/' %q", tag), "")
+	check("rejected sed -i", mf)
+
+	// vim: ex mode, the default settings (a backup while writing, fsync).
+	if _, err := shErr(t, "command -v vim"); err != nil {
+		t.Log("vim is not installed: skipping the vim save")
+		return
+	}
+	sh(t, fmt.Sprintf("cd %q && HOME=%q vim -Nu NONE -es -c '%%s/\"schemaVersion\": 2/\"schemaVersion\":  2/' -c wq v1", dir, t.TempDir()))
+	check("vim", append(edited, '\n')) // vim ends the last line
 }
