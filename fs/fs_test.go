@@ -568,7 +568,9 @@ func TestMkdirRmdir(t *testing.T) {
 		wantErrno(t, "mkdir "+name, m.do(func() error { return os.Mkdir(m.path(name), 0o755) }), syscall.EINVAL)
 	}
 	m.must("mkdir r", func() error { return os.Mkdir(m.path("r"), 0o755) })
-	wantErrno(t, "rmdir _layers", m.do(func() error { return os.Remove(m.path("r/_layers")) }), syscall.EPERM)
+	if err := m.do(func() error { return os.Remove(m.path("r/_layers")) }); err != nil {
+		t.Errorf("rmdir of an empty _layers: %v", err)
+	}
 	wantErrno(t, "mkdir in _layers", m.do(func() error { return os.Mkdir(m.path("r/_layers/x"), 0o755) }), syscall.EPERM)
 	wantErrno(t, "mkdir of an existing one", m.do(func() error { return os.Mkdir(m.path("r"), 0o755) }), syscall.EEXIST)
 }

@@ -78,9 +78,54 @@ func (d nsDir) Mkdir(ctx context.Context, req *fuse.MkdirRequest) (fs.Node, erro
 func (d nsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error {
 	switch req.Name {
 	case reservedLayers, reservedManifests, reservedUploads:
-		return d.f.refuse("rmdir", d.path(req.Name))
+		return d.f.rmdirReserved(ctx, d.dir, req.Name)
 	}
 	return d.f.rmdir(ctx, d.dir, req.Name)
+}
+
+// rmdirReserved is rmdir of a repository's _layers, _manifests or
+// _uploads: ENOTEMPTY while it holds anything, else success without a
+// change, as the directory is part of the repository for as long as the
+// repository exists. This is the step of rm -rf of a repository between
+// emptying these directories and removing the repository.
+func (f *FS) rmdirReserved(ctx context.Context, repoName, name string) error {
+	p := joinPath(repoName, name)
+	if err := f.readOnly(); err != nil {
+		return f.errno("rmdir", p, err)
+	}
+	repo, err := f.st.Repository(repoName)
+	if err != nil {
+		return f.errno("rmdir", p, err)
+	}
+	var n int
+	switch name {
+	case reservedLayers:
+		l, err := repo.Layers().List(ctx)
+		if err != nil {
+			return f.errno("rmdir", p, err)
+		}
+		n = len(l)
+	case reservedManifests:
+		revs, err := repo.Manifests().List(ctx)
+		if err != nil {
+			return f.errno("rmdir", p, err)
+		}
+		tags, err := repo.Tags().List(ctx)
+		if err != nil {
+			return f.errno("rmdir", p, err)
+		}
+		n = len(revs) + len(tags) + len(f.pendingNames(repoName))
+	case reservedUploads:
+		l, err := repo.Uploads().List(ctx)
+		if err != nil {
+			return f.errno("rmdir", p, err)
+		}
+		n = len(l)
+	}
+	if n > 0 {
+		return f.errno("rmdir", p, errNotEmpty)
+	}
+	return nil
 }
 
 // lookupNamespace finds the sub-namespace name of parent: one made by mkdir,

@@ -15,6 +15,7 @@ func TestHabits(t *testing.T) {
 		{"AppendAndTouchOfTags", testHabitAppendTouch},
 		{"MvRetags", testHabitMv},
 		{"EditTagInPlace", testHabitEdit},
+		{"RmRfRepository", testHabitRmRf},
 	}
 	for _, d := range []string{"filesystem", "inmemory"} {
 		t.Run(d, func(t *testing.T) {
@@ -191,4 +192,43 @@ func testHabitEdit(t *testing.T, m *mount) {
 	}
 	sh(t, fmt.Sprintf("cd %q && HOME=%q vim -Nu NONE -es -c '%%s/\"schemaVersion\": 2/\"schemaVersion\":  2/' -c wq v1", dir, t.TempDir()))
 	check("vim", append(edited, '\n')) // vim ends the last line
+}
+
+// testHabitRmRf: rm -rf of a repository deletes its tags, revisions, layer
+// links and uploads and the directory; blob data stays for gc. rmdir of the
+// namespace it leaves empty removes that too.
+func testHabitRmRf(t *testing.T, m *mount) {
+	mf := pushImage(t, m, "ns/app", "v1", 2)
+	keep := pushImage(t, m, "ns/keep", "v1", 1)
+	sh(t, fmt.Sprintf("cd %q && ln %s v2", m.path("ns/app/_manifests"), sha(mf)))
+	// An upload in progress.
+	sh(t, fmt.Sprintf("printf abc > %q", m.path("ns/app/_uploads", sha([]byte("abcdef")))))
+	sh(t, "rm -rf "+m.path("ns/app"))
+	if got := sh(t, "ls "+m.path("ns")); strings.TrimSpace(got) != "_layers\n_manifests\n_uploads\nkeep" {
+		t.Errorf("ls ns after rm -rf ns/app:\n%s", got)
+	}
+	if _, err := shErr(t, "test -e "+m.path("ns/app")); err == nil {
+		t.Error("ns/app still exists")
+	}
+	if got := readFile(t, m.path("ns/keep/_manifests/v1")); string(got) != string(keep) {
+		t.Error("ns/keep changed")
+	}
+	if m.Root != "" {
+		v2 := m.Root + "/docker/registry/v2"
+		if _, err := shErr(t, fmt.Sprintf("test -e %q", v2+"/repositories/ns/app")); err == nil {
+			t.Error("ns/app is still in storage")
+		}
+		// The blobs stay for gc.
+		sh(t, fmt.Sprintf("test -f %q", v2+"/blobs/sha256/"+sha(mf)[7:9]+"/"+sha(mf)[7:]+"/data"))
+	}
+	// rm -rf of the whole namespace, then nothing is left.
+	sh(t, "rm -rf "+m.path("ns"))
+	if got := sh(t, "ls "+m.Dir); strings.TrimSpace(got) != "" {
+		t.Errorf("ls of the mount after rm -rf ns:\n%s", got)
+	}
+	if m.Root != "" {
+		if got := sh(t, "ls "+m.Root+"/docker/registry/v2/repositories"); strings.TrimSpace(got) != "" {
+			t.Errorf("repositories in storage after rm -rf ns:\n%s", got)
+		}
+	}
 }

@@ -227,6 +227,32 @@ func TestRemoveRepositoryOnDisk(t *testing.T) {
 	}
 }
 
+// TestRemoveRepositoryEmptyNamespace: a namespace directory left empty by
+// removing its last repository is removed, and no longer listed.
+func TestRemoveRepositoryEmptyNamespace(t *testing.T) {
+	ctx := context.Background()
+	td := drivers[1].new(t, "")
+	s := newStore(t, td)
+	if err := mkdirAll(td.root, "docker/registry/v2/repositories/ns/app/_layers/sha256"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveRepository(ctx, "ns/app"); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := s.Children(ctx, ""); err != nil || len(c) != 1 {
+		t.Fatalf("Children before removing ns = %v, %v", c, err)
+	}
+	if err := s.RemoveRepository(ctx, "ns"); err != nil {
+		t.Fatalf("removing the empty namespace ns: %v", err)
+	}
+	if c, err := s.Children(ctx, ""); err != nil || len(c) != 0 {
+		t.Fatalf("Children = %v, %v", c, err)
+	}
+	if err := s.RemoveRepository(ctx, "ns"); !errors.Is(err, ErrRepositoryUnknown) {
+		t.Fatalf("removing ns again: %v", err)
+	}
+}
+
 func mkdirAll(root, rel string) error {
 	return os.MkdirAll(filepath.Join(root, filepath.FromSlash(rel)), 0o755)
 }

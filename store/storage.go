@@ -221,6 +221,14 @@ func (s *storage) RemoveRepository(ctx context.Context, name string) error {
 		}
 		return err
 	}
+	if len(entries) == 0 {
+		// A directory holding nothing: a namespace whose last repository
+		// was removed, on a driver that keeps directories. It goes too.
+		if err := s.driver.Delete(ctx, dir); err != nil && !isNotFound(err) {
+			return err
+		}
+		return nil
+	}
 	isRepo := false
 	for _, e := range entries {
 		base := path.Base(e)

@@ -52,6 +52,8 @@ type Store interface {
 	// tags or uploads) and its directory. A non-empty one is
 	// ErrRepositoryNotEmpty, and so is one holding a nested repository or a
 	// namespace holding repositories; a missing one ErrRepositoryUnknown.
+	// An empty directory (a namespace whose last repository was removed,
+	// on drivers that keep directories) is removed as well.
 	RemoveRepository(ctx context.Context, name string) error
 }
 
