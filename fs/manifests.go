@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 
 	"bazil.org/fuse"
@@ -104,6 +105,9 @@ func (d manifestsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 		if isNotFoundErr(err) {
 			continue // untagged since the listing
 		}
+		if skipBadLink(d.f, d.path(t), err) {
+			continue
+		}
 		if err != nil {
 			return nil, d.f.errno("readdir", d.path(t), err)
 		}
@@ -167,7 +171,7 @@ func (d manifestsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error
 		return d.f.errno("unlink", p, err)
 	}
 	if dgst, err := store.ParseDigest(req.Name); err == nil {
-		tags, err := tagsOf(ctx, repo, dgst)
+		tags, err := d.f.tagsOf(ctx, repo, dgst)
 		if err != nil {
 			return d.f.errno("unlink", p, err)
 		}
@@ -186,8 +190,9 @@ func (d manifestsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error
 	return d.f.errno("unlink", p, repo.Tags().Untag(ctx, req.Name))
 }
 
-// tagsOf lists the tags of repo pointing at dgst.
-func tagsOf(ctx context.Context, repo store.Repository, dgst digest.Digest) ([]string, error) {
+// tagsOf lists the tags of repo pointing at dgst. A tag whose link is
+// unreadable points nowhere known, and is left out.
+func (f *FS) tagsOf(ctx context.Context, repo store.Repository, dgst digest.Digest) ([]string, error) {
 	tags, err := repo.Tags().List(ctx)
 	if err != nil {
 		return nil, err
@@ -195,7 +200,7 @@ func tagsOf(ctx context.Context, repo store.Repository, dgst digest.Digest) ([]s
 	var out []string
 	for _, t := range tags {
 		dg, err := repo.Tags().Get(ctx, t)
-		if isNotFoundErr(err) {
+		if isNotFoundErr(err) || skipBadLink(f, joinPath(repo.Name(), reservedManifests+"/"+t), err) {
 			continue
 		}
 		if err != nil {
@@ -336,4 +341,17 @@ func (d manifestsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDi
 	// any later call of the renaming process.
 	d.f.invalidateEntry(d, req.NewName)
 	return nil
+}
+
+// skipBadLink tells whether err is a link that stayed unreadable
+// (*store.CorruptLinkError, which the store has counted in
+// Stats.BadLinks), for a walk over many names to log and leave out, so
+// that one bad tag never hides the others.
+func skipBadLink(f *FS, name string, err error) bool {
+	var bad *store.CorruptLinkError
+	if !errors.As(err, &bad) {
+		return false
+	}
+	f.log.Warn("skipping unreadable link", "path", name, "error", err)
+	return true
 }
