@@ -79,9 +79,9 @@ func (d layersDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
-	out := make([]fuse.Dirent, len(ds))
-	for i, dg := range ds {
-		out[i] = fuse.Dirent{Inode: digestInode(dg), Type: fuse.DT_File, Name: dg.String()}
+	out := dots(d.ino, pathInode(d.repo))
+	for _, dg := range ds {
+		out = append(out, fuse.Dirent{Inode: digestInode(dg), Type: fuse.DT_File, Name: dg.String()})
 	}
 	return out, nil
 }

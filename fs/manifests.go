@@ -94,7 +94,7 @@ func (d manifestsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
-	out := make([]fuse.Dirent, 0, len(revs)+len(tags))
+	out := dots(d.ino, pathInode(d.repo))
 	seen := map[string]bool{}
 	for _, r := range revs {
 		seen[r.String()] = true

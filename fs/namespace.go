@@ -66,7 +66,7 @@ func (d nsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	for _, n := range []string{reservedLayers, reservedManifests, reservedUploads} {
 		out = append(out, fuse.Dirent{Inode: childInode(d.ino, n), Type: fuse.DT_Dir, Name: n})
 	}
-	return out, nil
+	return append(dots(d.ino, pathInode(path.Dir("/" + d.dir)[1:])), out...), nil
 }
 
 // Mkdir implements fs.NodeMkdirer.

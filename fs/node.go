@@ -174,3 +174,14 @@ func (f *FS) immutableAttr(a *fuse.Attr, dgst digest.Digest, size int64) {
 
 // blocks is size in 512-byte units, for du.
 func blocks(size int64) uint64 { return uint64(size+511) / 512 }
+
+// dots returns the entries "." (the directory, inode ino) and ".." (its
+// parent) followed by rest. FUSE passes a directory's entries to readdir
+// as the file system gives them, so without these ls -a would not show
+// them, as it does on every other file system.
+func dots(ino, parent uint64, rest ...fuse.Dirent) []fuse.Dirent {
+	return append([]fuse.Dirent{
+		{Inode: ino, Type: fuse.DT_Dir, Name: "."},
+		{Inode: parent, Type: fuse.DT_Dir, Name: ".."},
+	}, rest...)
+}

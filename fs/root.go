@@ -47,8 +47,8 @@ func (r rootDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, err
 	}
-	dot := fuse.Dirent{Inode: controlInode, Type: fuse.DT_Dir, Name: controlDirName}
-	return append([]fuse.Dirent{dot}, out...), nil
+	ctl := fuse.Dirent{Inode: controlInode, Type: fuse.DT_Dir, Name: controlDirName}
+	return append(dots(rootInode, rootInode, ctl), out...), nil
 }
 
 // Mkdir implements fs.NodeMkdirer.

@@ -73,7 +73,7 @@ func (d uploadsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
-	var out []fuse.Dirent
+	out := dots(d.ino, pathInode(d.repo))
 	seen := map[string]bool{}
 	for _, in := range infos {
 		n := uploadName(in)

@@ -16,6 +16,7 @@ func TestHabits(t *testing.T) {
 		{"MvRetags", testHabitMv},
 		{"EditTagInPlace", testHabitEdit},
 		{"RmRfRepository", testHabitRmRf},
+		{"LsShowsDots", testHabitDots},
 	}
 	for _, d := range []string{"filesystem", "inmemory"} {
 		t.Run(d, func(t *testing.T) {
@@ -229,6 +230,21 @@ func testHabitRmRf(t *testing.T, m *mount) {
 	if m.Root != "" {
 		if got := sh(t, "ls "+m.Root+"/docker/registry/v2/repositories"); strings.TrimSpace(got) != "" {
 			t.Errorf("repositories in storage after rm -rf ns:\n%s", got)
+		}
+	}
+}
+
+// testHabitDots: ls -a lists . and .. in every directory, with the inodes
+// stat reports for the directory and its parent.
+func testHabitDots(t *testing.T, m *mount) {
+	pushImage(t, m, "ns/app", "v1", 1)
+	sh(t, fmt.Sprintf("printf abc > %q", m.path("ns/app/_uploads", sha([]byte("abcdef")))))
+	for _, d := range []string{"", ".regfs", "ns", "ns/app", "ns/app/_layers", "ns/app/_manifests", "ns/app/_uploads"} {
+		p := m.path(d)
+		got := sh(t, fmt.Sprintf("ls -ai %q | awk '$2==\".\"||$2==\"..\"{print $1, $2}'", p))
+		want := sh(t, fmt.Sprintf("stat -c '%%i .' %q && stat -c '%%i ..' %q", p, p+"/.."))
+		if got != want {
+			t.Errorf("ls -ai %s: dots\n%swant\n%s", d, got, want)
 		}
 	}
 }
