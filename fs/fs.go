@@ -222,12 +222,33 @@ func (f *FS) Root() (fs.Node, error) {
 	return newRootDir(f), nil
 }
 
-// Statfs implements fs.FSStatfser. Storage capacity is the backend's
-// business; df gets sane block and name sizes.
+// nominalSpace is the size and free space df shows for a backend that has
+// no size (S3, memory): 1 PiB, large enough that no tool refuses to write
+// for want of space, and round enough to read as nominal (rclone mount
+// does the same for remotes without a quota).
+const nominalSpace = 1 << 50
+
+// statfsBlock is the block size df counts in.
+const statfsBlock = 4096
+
+// Statfs implements fs.FSStatfser: the backend's size and free space (the
+// filesystem driver's root's file system), or nominalSpace for a backend
+// without a size.
 func (f *FS) Statfs(ctx context.Context, req *fuse.StatfsRequest, resp *fuse.StatfsResponse) error {
-	resp.Bsize = 4096
-	resp.Frsize = 4096
+	resp.Bsize = statfsBlock
+	resp.Frsize = statfsBlock
 	resp.Namelen = 255
+	u, err := f.st.Usage(ctx)
+	if errors.Is(err, store.ErrUnsupported) {
+		u = store.Usage{Total: nominalSpace, Free: nominalSpace, Avail: nominalSpace}
+	} else if err != nil {
+		return f.errno("statfs", "", err)
+	}
+	resp.Blocks = u.Total / statfsBlock
+	resp.Bfree = u.Free / statfsBlock
+	resp.Bavail = u.Avail / statfsBlock
+	resp.Files = u.Files
+	resp.Ffree = u.FreeFiles
 	return nil
 }
 

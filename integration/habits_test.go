@@ -17,6 +17,7 @@ func TestHabits(t *testing.T) {
 		{"EditTagInPlace", testHabitEdit},
 		{"RmRfRepository", testHabitRmRf},
 		{"LsShowsDots", testHabitDots},
+		{"Df", testHabitDf},
 	}
 	for _, d := range []string{"filesystem", "inmemory"} {
 		t.Run(d, func(t *testing.T) {
@@ -246,5 +247,23 @@ func testHabitDots(t *testing.T, m *mount) {
 		if got != want {
 			t.Errorf("ls -ai %s: dots\n%swant\n%s", d, got, want)
 		}
+	}
+}
+
+// testHabitDf: df of the mount shows the backend's size: the file system of
+// the filesystem driver's root, 1 PiB for memory (and S3).
+func testHabitDf(t *testing.T, m *mount) {
+	size := func(p string) string {
+		return strings.TrimSpace(sh(t, fmt.Sprintf("df -B1 --output=size %q | tail -1", p)))
+	}
+	want := "1125899906842624"
+	if m.Root != "" {
+		want = size(m.Root)
+	}
+	if got := size(m.Dir); got != want {
+		t.Errorf("df size of the mount = %s, want %s", got, want)
+	}
+	if avail := strings.TrimSpace(sh(t, fmt.Sprintf("df -B1 --output=avail %q | tail -1", m.Dir))); avail == "0" {
+		t.Error("df shows no space available")
 	}
 }

@@ -268,6 +268,21 @@ func (s *storage) RemoveRepository(ctx context.Context, name string) error {
 	return nil
 }
 
+// Usage implements Store. The driver the store was given is asked
+// directly: the wrappers around it (counting, error translation) do not
+// carry optional interfaces.
+func (s *storage) Usage(ctx context.Context) (Usage, error) {
+	u, ok := s.calls.StorageDriver.(driver.UsageReporter)
+	if !ok {
+		return Usage{}, fmt.Errorf("%w: usage", ErrUnsupported)
+	}
+	du, err := u.Usage(ctx)
+	if err != nil {
+		return Usage{}, storageErr("Usage", "/", err)
+	}
+	return Usage(du), nil
+}
+
 // list returns the base names of a directory's children; a missing
 // directory has none.
 func (s *storage) list(ctx context.Context, dir string) ([]string, error) {

@@ -55,6 +55,21 @@ type Store interface {
 	// An empty directory (a namespace whose last repository was removed,
 	// on drivers that keep directories) is removed as well.
 	RemoveRepository(ctx context.Context, name string) error
+
+	// Usage returns the space of the backend, for df: the filesystem
+	// driver's is its root's file system's. ErrUnsupported when the
+	// driver cannot tell (an object store has no size; memory has none
+	// worth reporting).
+	Usage(ctx context.Context) (Usage, error)
+}
+
+// Usage is the space of a store's backend; see driver.Usage.
+type Usage struct {
+	// Total, Free and Avail are bytes; Avail is what an unprivileged
+	// writer may use.
+	Total, Free, Avail uint64
+	// Files and FreeFiles count inodes, where the backend has them.
+	Files, FreeFiles uint64
 }
 
 // Stats are the counters of a store, for .regfs/stats.
