@@ -107,6 +107,9 @@ type FS struct {
 	pending map[fileKey]*manifestWriter
 	// uploads holds the open uploads, by repository and name. Guarded by mu.
 	uploads map[fileKey]*uploadState
+	// dirTimes holds the newest link time seen below each directory, by
+	// path below the mountpoint (noteTime). Guarded by mu.
+	dirTimes map[string]time.Time
 	// manifests shares the bytes of the revisions open for reading.
 	manifests manifestBuffers
 
@@ -137,18 +140,19 @@ func New(st store.Store, opts Options) *FS {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &FS{
-		st:      st,
-		opts:    opts,
-		log:     opts.Logger,
-		ctx:     ctx,
-		cancel:  cancel,
-		dirs:    map[string]map[string]bool{},
-		pending: map[fileKey]*manifestWriter{},
-		uploads: map[fileKey]*uploadState{},
-		stats:   counters{errnos: map[string]int64{}},
-		started: time.Now(),
-		uid:     uint32(os.Getuid()),
-		gid:     uint32(os.Getgid()),
+		st:       st,
+		opts:     opts,
+		log:      opts.Logger,
+		ctx:      ctx,
+		cancel:   cancel,
+		dirs:     map[string]map[string]bool{},
+		pending:  map[fileKey]*manifestWriter{},
+		uploads:  map[fileKey]*uploadState{},
+		dirTimes: map[string]time.Time{},
+		stats:    counters{errnos: map[string]int64{}},
+		started:  time.Now(),
+		uid:      uint32(os.Getuid()),
+		gid:      uint32(os.Getgid()),
 	}
 }
 

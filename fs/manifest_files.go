@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"time"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
@@ -28,6 +29,8 @@ type revisionFile struct {
 	repo string
 	dgst digest.Digest
 	size int64
+	// mtime is the revision link's modification time: when it was pushed.
+	mtime time.Time
 }
 
 func (r revisionFile) path() string {
@@ -36,7 +39,7 @@ func (r revisionFile) path() string {
 
 // Attr implements fs.Node.
 func (r revisionFile) Attr(ctx context.Context, a *fuse.Attr) error {
-	r.f.immutableAttr(a, r.dgst, r.size)
+	r.f.immutableAttr(a, r.dgst, r.size, r.mtime)
 	return nil
 }
 
@@ -101,6 +104,20 @@ func (t tagFile) Attr(ctx context.Context, a *fuse.Attr) error {
 	if err != nil {
 		return t.f.errno("getattr", t.path(), err)
 	}
+	// A tag's time is its current link's (when it was last pointed); a
+	// revision's name read through tagFile (a digest being written) has
+	// its revision link's.
+	var mtime time.Time
+	if dgst.String() == t.name {
+		mtime, err = repo.Manifests().LinkTime(ctx, dgst)
+	} else {
+		mtime, err = repo.Tags().LinkTime(ctx, t.name)
+	}
+	if err != nil {
+		return t.f.errno("getattr", t.path(), err)
+	}
+	setTimes(a, mtime)
+	t.f.noteTime(t.dir().dir, mtime)
 	a.Inode = digestInode(dgst)
 	a.Mode = t.f.mode(modeFile)
 	if dgst.String() == t.name {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
@@ -44,7 +45,7 @@ func newManifestsDir(f *FS, repo string) manifestsDir {
 
 // Attr implements fs.Node.
 func (d manifestsDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	d.f.dirAttr(a, d.ino, immutableTTL)
+	d.f.dirAttr(a, d.dir, d.ino, immutableTTL)
 	return nil
 }
 
@@ -66,8 +67,13 @@ func (d manifestsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp 
 		if err != nil {
 			return nil, d.f.errno("lookup", p, err)
 		}
+		mtime, err := repo.Manifests().LinkTime(ctx, dgst)
+		if err != nil {
+			return nil, d.f.errno("lookup", p, err)
+		}
+		d.f.noteTime(d.dir, mtime)
 		resp.EntryValid = d.f.opts.EntryTTL
-		return revisionFile{f: d.f, repo: d.repo, dgst: dgst, size: size}, nil
+		return revisionFile{f: d.f, repo: d.repo, dgst: dgst, size: size, mtime: mtime}, nil
 	}
 	if store.ValidateTag(req.Name) != nil {
 		return nil, d.f.errno("lookup", p, errNotFound)
@@ -86,7 +92,7 @@ func (d manifestsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
-	revs, err := repo.Manifests().List(ctx)
+	revs, err := repo.Manifests().Linked(ctx)
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
@@ -96,9 +102,16 @@ func (d manifestsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	}
 	out := dots(d.ino, pathInode(d.repo))
 	seen := map[string]bool{}
+	var newest time.Time
 	for _, r := range revs {
-		seen[r.String()] = true
-		out = append(out, fuse.Dirent{Inode: digestInode(r), Type: fuse.DT_File, Name: r.String()})
+		if r.ModTime.After(newest) {
+			newest = r.ModTime
+		}
+		seen[r.Digest.String()] = true
+		out = append(out, fuse.Dirent{Inode: digestInode(r.Digest), Type: fuse.DT_File, Name: r.Digest.String()})
+	}
+	if d.f.noteTime(d.dir, newest) {
+		d.f.invalidateNode(d) // see layersDir.ReadDirAll
 	}
 	for _, t := range tags {
 		dg, err := repo.Tags().Get(ctx, t)

@@ -37,7 +37,7 @@ func newNSDir(f *FS, p string) nsDir {
 
 // Attr implements fs.Node.
 func (d nsDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	d.f.dirAttr(a, d.ino, d.f.opts.AttrTTL)
+	d.f.dirAttr(a, d.dir, d.ino, d.f.opts.AttrTTL)
 	return nil
 }
 

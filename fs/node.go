@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"bazil.org/fuse"
@@ -141,21 +142,66 @@ func (f *FS) mode(m os.FileMode) os.FileMode {
 }
 
 // baseAttr fills what every node shares: the owner (the daemon's user,
-// whose writes regfs serves) and the times, the mount time, as storage
-// keeps no times regfs could report consistently.
+// whose writes regfs serves) and the times, the mount time until the node
+// sets its own (setTimes).
 func (f *FS) baseAttr(a *fuse.Attr) {
 	a.Uid, a.Gid = f.uid, f.gid
 	a.Atime, a.Mtime, a.Ctime = f.started, f.started, f.started
 }
 
-// dirAttr fills the attributes of a directory that accepts writes from
-// its owner.
-func (f *FS) dirAttr(a *fuse.Attr, ino uint64, valid time.Duration) {
+// setTimes sets a node's times to t, its link's modification time in
+// storage; a zero t (a driver without times) leaves the mount time.
+func setTimes(a *fuse.Attr, t time.Time) {
+	if !t.IsZero() {
+		a.Atime, a.Mtime, a.Ctime = t, t, t
+	}
+}
+
+// dirAttr fills the attributes of the directory at path p (below the
+// mountpoint) that accepts writes from its owner. Its times are those of
+// the newest child regfs has seen below it (dirTime).
+func (f *FS) dirAttr(a *fuse.Attr, p string, ino uint64, valid time.Duration) {
 	a.Inode = ino
 	a.Mode = f.mode(modeDir)
 	a.Nlink = 2
 	a.Valid = valid
 	f.baseAttr(a)
+	setTimes(a, f.dirTime(p))
+}
+
+// noteTime records t, the link time of something in the directory p, as
+// p's time and that of every directory above it, where it is newer. It is
+// what regfs learns without a call of its own: from listings, which carry
+// times, and from the lookups of files. It tells whether p's own time
+// moved.
+func (f *FS) noteTime(p string, t time.Time) bool {
+	if t.IsZero() {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	moved := t.After(f.dirTimes[p])
+	for {
+		if t.After(f.dirTimes[p]) {
+			f.dirTimes[p] = t
+		}
+		if p == "" {
+			return moved
+		}
+		i := strings.LastIndexByte(p, '/')
+		if i < 0 {
+			p = ""
+		} else {
+			p = p[:i]
+		}
+	}
+}
+
+// dirTime is the newest time noteTime recorded for p; zero if none.
+func (f *FS) dirTime(p string) time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dirTimes[p]
 }
 
 // immutableAttr fills the attributes of a blob or a revision: content
@@ -163,13 +209,14 @@ func (f *FS) dirAttr(a *fuse.Attr, ino uint64, valid time.Duration) {
 // digest never change, so they are valid for long; the name's entry is
 // not (see Lookup of layersDir and manifestsDir), so a blob or revision
 // another writer deletes disappears within the entry timeout.
-func (f *FS) immutableAttr(a *fuse.Attr, dgst digest.Digest, size int64) {
+func (f *FS) immutableAttr(a *fuse.Attr, dgst digest.Digest, size int64, mtime time.Time) {
 	a.Inode = digestInode(dgst)
 	a.Mode = modeReadOnly
 	a.Size = uint64(size)
 	a.Blocks = blocks(size)
 	a.Valid = immutableTTL
 	f.baseAttr(a)
+	setTimes(a, mtime)
 }
 
 // blocks is size in 512-byte units, for du.

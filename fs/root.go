@@ -28,7 +28,7 @@ func newRootDir(f *FS) rootDir { return rootDir{refusals: refusals{f: f}} }
 
 // Attr implements fs.Node.
 func (r rootDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	r.f.dirAttr(a, rootInode, r.f.opts.AttrTTL)
+	r.f.dirAttr(a, "", rootInode, r.f.opts.AttrTTL)
 	return nil
 }
 

@@ -44,7 +44,7 @@ func newUploadsDir(f *FS, repo string) uploadsDir {
 
 // Attr implements fs.Node.
 func (d uploadsDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	d.f.dirAttr(a, d.ino, immutableTTL)
+	d.f.dirAttr(a, d.dir, d.ino, immutableTTL)
 	return nil
 }
 

@@ -18,6 +18,7 @@ func TestHabits(t *testing.T) {
 		{"RmRfRepository", testHabitRmRf},
 		{"LsShowsDots", testHabitDots},
 		{"Df", testHabitDf},
+		{"TimesFromStorage", testHabitTimes},
 	}
 	for _, d := range []string{"filesystem", "inmemory"} {
 		t.Run(d, func(t *testing.T) {
@@ -265,5 +266,47 @@ func testHabitDf(t *testing.T, m *mount) {
 	}
 	if avail := strings.TrimSpace(sh(t, fmt.Sprintf("df -B1 --output=avail %q | tail -1", m.Dir))); avail == "0" {
 		t.Error("df shows no space available")
+	}
+}
+
+// testHabitTimes: a layer's mtime is its link's in storage, a revision's
+// its revision link's, a tag's its current link's; a directory's is the
+// newest of its children regfs has seen.
+func testHabitTimes(t *testing.T, m *mount) {
+	if m.Root == "" {
+		t.Skip("sets link times in the filesystem driver's root")
+	}
+	mf := pushImage(t, m, "r", "v1", 1)
+	layer := strings.TrimSpace(sh(t, fmt.Sprintf("ls %q | head -1", m.path("r/_layers"))))
+	repo := m.Root + "/docker/registry/v2/repositories/r"
+	links := map[string]string{
+		"r/_layers/" + layer:      repo + "/_layers/sha256/" + layer[7:] + "/link",
+		"r/_manifests/" + sha(mf): repo + "/_manifests/revisions/sha256/" + sha(mf)[7:] + "/link",
+		"r/_manifests/v1":         repo + "/_manifests/tags/v1/current/link",
+	}
+	m.stop()
+	stamps := []string{"2001-02-03 04:05:06", "2002-02-03 04:05:06", "2003-02-03 04:05:06"}
+	i := 0
+	for _, link := range links {
+		sh(t, fmt.Sprintf("touch -d %q %q", stamps[i], link))
+		i++
+	}
+	m.restart()
+	stat := func(p string) string { return strings.TrimSpace(sh(t, "stat -c %Y "+p)) }
+	for name, link := range links {
+		if got, want := stat(m.path(name)), stat(link); got != want {
+			t.Errorf("mtime of %s = %s, want its link's %s", name, got, want)
+		}
+	}
+	// Listed, a directory shows its newest child's time.
+	sh(t, "ls -l "+m.path("r/_layers")+" "+m.path("r/_manifests"))
+	newestLink := strings.TrimSpace(sh(t, fmt.Sprintf("find %q -name link -printf '%%Ts\\n' | sort -n | tail -1", repo+"/_layers")))
+	if got := stat(m.path("r/_layers")); got != newestLink {
+		t.Errorf("mtime of r/_layers = %s, want its newest link's %s", got, newestLink)
+	}
+	// ls -t orders by push time: the tag was pointed last (2003 at most).
+	newest := stat(links["r/_manifests/v1"])
+	if got := stat(m.path("r/_manifests/v1")); got != newest {
+		t.Errorf("tag mtime %s, want %s", got, newest)
 	}
 }

@@ -133,6 +133,19 @@ type LayerService interface {
 	Link(ctx context.Context, dgst digest.Digest) error
 	// Unlink removes the repository's link; the blob's data stays until gc.
 	Unlink(ctx context.Context, dgst digest.Digest) error
+	// Linked is List with each link's modification time, from the same
+	// listing (no call per entry).
+	Linked(ctx context.Context) ([]Linked, error)
+	// LinkTime returns the modification time of the blob's link in this
+	// repository (when it was linked); ErrBlobUnknown when not linked.
+	LinkTime(ctx context.Context, dgst digest.Digest) (time.Time, error)
+}
+
+// Linked is a digest linked into a repository and its link's modification
+// time: when it was pushed or linked. Zero when the driver has no times.
+type Linked struct {
+	Digest  digest.Digest
+	ModTime time.Time
 }
 
 // UploadInfo describes an upload in progress.
@@ -239,6 +252,12 @@ type ManifestService interface {
 	// TagService.List, it leaves out a revision whose link stays
 	// unreadable.
 	List(ctx context.Context) ([]digest.Digest, error)
+	// Linked is List with each revision link's modification time, from
+	// the same listing.
+	Linked(ctx context.Context) ([]Linked, error)
+	// LinkTime returns the modification time of the revision's link (when
+	// it was pushed); ErrManifestUnknown when missing.
+	LinkTime(ctx context.Context, dgst digest.Digest) (time.Time, error)
 }
 
 // TagService manages a repository's tags.
@@ -257,4 +276,8 @@ type TagService interface {
 	// List returns the repository's tags, sorted. A tag whose link stays
 	// unreadable is left out (and logged, and counted in Stats.BadLinks).
 	List(ctx context.Context) ([]string, error)
+	// LinkTime returns the modification time of the tag's current link:
+	// when it was last pointed (pushed or re-tagged). ErrTagUnknown when
+	// missing.
+	LinkTime(ctx context.Context, tag string) (time.Time, error)
 }
