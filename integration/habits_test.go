@@ -19,6 +19,7 @@ func TestHabits(t *testing.T) {
 		{"LsShowsDots", testHabitDots},
 		{"Df", testHabitDf},
 		{"TimesFromStorage", testHabitTimes},
+		{"TwoCpOfOneDigest", testHabitTwoCp},
 	}
 	for _, d := range []string{"filesystem", "inmemory"} {
 		t.Run(d, func(t *testing.T) {
@@ -308,5 +309,40 @@ func testHabitTimes(t *testing.T, m *mount) {
 	newest := stat(links["r/_manifests/v1"])
 	if got := stat(m.path("r/_manifests/v1")); got != newest {
 		t.Errorf("tag mtime %s, want %s", got, newest)
+	}
+}
+
+// testHabitTwoCp: a second cp of a blob into _uploads while a first
+// writer is part way through the same digest succeeds, and so does the
+// first; the blob is stored once and no upload is left.
+func testHabitTwoCp(t *testing.T, m *mount) {
+	blob := randomBytes(t, 8<<20)
+	src := writeFile(t, blob)
+	dst := m.path("r/_uploads", sha(blob))
+	sh(t, "mkdir -p "+m.path("r"))
+	// The first writer holds the upload open on fd 3 and writes 1 MiB;
+	// cp runs whole meanwhile; then the first writes the rest and closes.
+	sh(t, fmt.Sprintf(`exec 3>%[1]q && head -c 1048576 %[2]q >&3 && cp %[2]q %[1]q && tail -c +1048577 %[2]q >&3 && exec 3>&-`, dst, src))
+	if got := readFile(t, m.path("r/_layers", sha(blob))); string(got) != string(blob) {
+		t.Fatal("the layer differs from the blob")
+	}
+	if ls := strings.TrimSpace(sh(t, "ls "+m.path("r/_uploads"))); ls != "" {
+		t.Errorf("_uploads after both writers: %q", ls)
+	}
+	if m.Root != "" {
+		if got := sh(t, "ls "+m.Root+"/docker/registry/v2/repositories/r/_uploads | wc -l"); strings.TrimSpace(got) != "0" {
+			t.Errorf("uploads left in storage: %s", got)
+		}
+	}
+	// Two cp at once, each of which may find the other's upload.
+	for i := 0; i < 3; i++ {
+		sh(t, "rm "+m.path("r/_layers", sha(blob)))
+		out, err := shErr(t, fmt.Sprintf("cp %q %q & a=$!; cp %q %q & b=$!; wait $a; x=$?; wait $b; exit $((x|$?))", src, dst, src, dst))
+		if err != nil && !strings.Contains(out, "File exists") {
+			t.Errorf("two cp at once: %v\n%s", err, out)
+		}
+		if got := readFile(t, m.path("r/_layers", sha(blob))); string(got) != string(blob) {
+			t.Fatal("the layer differs from the blob")
+		}
 	}
 }
