@@ -107,6 +107,10 @@ type FS struct {
 	pending map[fileKey]*manifestWriter
 	// uploads holds the open uploads, by repository and name. Guarded by mu.
 	uploads map[fileKey]*uploadState
+	// renamed maps a tag's node, by repository and the name it was made
+	// for, to the name mv moved it to, while the kernel may still reach
+	// it there (see manifestsDir.Rename). Guarded by mu.
+	renamed map[fileKey]string
 	// dirTimes holds the newest link time seen below each directory, by
 	// path below the mountpoint (noteTime). Guarded by mu.
 	dirTimes map[string]time.Time
@@ -149,6 +153,7 @@ func New(st store.Store, opts Options) *FS {
 		pending:  map[fileKey]*manifestWriter{},
 		uploads:  map[fileKey]*uploadState{},
 		dirTimes: map[string]time.Time{},
+		renamed:  map[fileKey]string{},
 		stats:    counters{errnos: map[string]int64{}},
 		started:  time.Now(),
 		uid:      uint32(os.Getuid()),

@@ -18,6 +18,7 @@ var (
 	_ fs.Node          = tagFile{}
 	_ fs.NodeOpener    = tagFile{}
 	_ fs.NodeSetattrer = tagFile{}
+	_ fs.NodeForgetter = tagFile{}
 )
 
 // revisionFile is a manifest revision, _manifests/sha256:<hex>. Its bytes
@@ -78,12 +79,29 @@ type tagFile struct {
 
 func (t tagFile) path() string { return joinPath(t.repo, reservedManifests+"/"+t.name) }
 
+// moved returns t under the name mv gave it: the kernel moves the node of
+// a renamed name to the new name, and the node's value keeps the old one
+// (see manifestsDir.Rename).
+func (t tagFile) moved() tagFile {
+	t.f.mu.Lock()
+	defer t.f.mu.Unlock()
+	if n, ok := t.f.renamed[fileKey{t.repo, t.name}]; ok {
+		t.name = n
+	}
+	return t
+}
+
+// Forget implements fs.NodeForgetter: once the kernel has dropped the
+// node, no entry can reach it under the name mv gave it.
+func (t tagFile) Forget() { t.f.forgetRename(t.repo, t.name) }
+
 func (t tagFile) dir() manifestsDir {
 	return newManifestsDir(t.f, t.repo)
 }
 
 // Attr implements fs.Node.
 func (t tagFile) Attr(ctx context.Context, a *fuse.Attr) error {
+	t = t.moved()
 	t.f.baseAttr(a)
 	if w := t.f.pendingManifest(fileKey{t.repo, t.name}); w != nil {
 		a.Inode = childInode(t.dir().ino, t.name)
@@ -141,6 +159,7 @@ func (t tagFile) Attr(ctx context.Context, a *fuse.Attr) error {
 // one's until the tag is stored). Tags are small; reading them through
 // the daemon every time costs little.
 func (t tagFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fs.Handle, error) {
+	t = t.moved()
 	resp.Flags |= fuse.OpenDirectIO
 	if req.Flags.IsReadOnly() {
 		repo, err := t.f.st.Repository(t.repo)
@@ -180,6 +199,7 @@ func (t tagFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Ope
 // every open with O_TRUNC does it first: the manifest written next replaces
 // the tag whole. A manifest being written can be truncated to any size.
 func (t tagFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
+	t = t.moved()
 	p := t.path()
 	if err := t.f.readOnly(); err != nil {
 		return t.f.errno("setattr", p, err)

@@ -81,6 +81,7 @@ func (d manifestsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp 
 	if _, err := repo.Tags().Get(ctx, req.Name); err != nil {
 		return nil, d.f.errno("lookup", p, err)
 	}
+	d.f.forgetRename(d.repo, req.Name)
 	resp.EntryValid = d.f.opts.EntryTTL
 	return tagFile{f: d.f, repo: d.repo, name: req.Name}, nil
 }
@@ -153,6 +154,7 @@ func (d manifestsDir) Create(ctx context.Context, req *fuse.CreateRequest, resp 
 		return nil, nil, d.f.errno("create", p, errExists)
 	}
 	d.f.pending[key] = w
+	delete(d.f.renamed, key)
 	d.f.mu.Unlock()
 	resp.EntryValid = 0
 	return tagFile{f: d.f, repo: d.repo, name: req.Name}, w, nil
@@ -266,6 +268,7 @@ func (d manifestsDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.No
 	if err := repo.Tags().Tag(ctx, req.NewName, dgst); err != nil {
 		return nil, d.f.errno("link", p, err)
 	}
+	d.f.forgetRename(d.repo, req.NewName)
 	n := tagFile{f: d.f, repo: d.repo, name: req.NewName}
 	d.f.invalidateNode(n)
 	return n, nil
@@ -347,11 +350,11 @@ func (d manifestsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDi
 	if err := repo.Tags().Untag(ctx, req.OldName); err != nil && !isNotFoundErr(err) {
 		return d.f.errno("rename", p, err)
 	}
-	// The kernel moves the old name's entry, and with it the node of the
-	// old tag, to the new name; dropping it makes the next access look
-	// the new name up. The notification waits for the rename to finish
-	// (the kernel holds the directory until then), so it lands before
-	// any later call of the renaming process.
+	// The kernel moves the old name's entry, and with it the node made
+	// for the old tag, to the new name. The node answers for the new
+	// name from now on (tagFile.moved); the entry is also dropped, so the
+	// next path walk looks the new name up afresh.
+	d.f.noteRename(d.repo, req.OldName, req.NewName)
 	d.f.invalidateEntry(d, req.NewName)
 	return nil
 }
@@ -367,4 +370,37 @@ func skipBadLink(f *FS, name string, err error) bool {
 	}
 	f.log.Warn("skipping unreadable link", "path", name, "error", err)
 	return true
+}
+
+// noteRename records that the kernel's entry old, with the node it holds,
+// is now called new: the node made for the name that answers for old now
+// answers for new. A node that answered for new stays with its own name.
+func (f *FS) noteRename(repo, old, new string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	made := old
+	for k, n := range f.renamed {
+		if k.repo == repo && n == old {
+			made = k.name
+			break
+		}
+	}
+	for k, n := range f.renamed {
+		if k.repo == repo && n == new {
+			delete(f.renamed, k) // unlinked by the kernel: its own name again
+		}
+	}
+	if made == new {
+		delete(f.renamed, fileKey{repo, made})
+	} else {
+		f.renamed[fileKey{repo, made}] = new
+	}
+}
+
+// forgetRename drops a record of noteRename for the name n, which is now
+// made anew (looked up, created, linked): a node for n answers for n again.
+func (f *FS) forgetRename(repo, n string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.renamed, fileKey{repo, n})
 }
