@@ -151,6 +151,9 @@ func testHabitMv(t *testing.T, m *mount) {
 	sh(t, fmt.Sprintf("test -f %q", m.path("r/_manifests", sha(other))))
 	wantFail(t, fmt.Sprintf("cd %q && mv %s d", dir, sha(mf)), "Operation not permitted")
 	wantFail(t, fmt.Sprintf("mv %q %q", m.path("r/_manifests/b"), m.path("r/_layers/b")), "Operation not permitted")
+	// A name still being written cannot move, nor be moved over.
+	wantFail(t, fmt.Sprintf("cd %q && exec 3>new && mv new x", dir), "Device or resource busy")
+	wantFail(t, fmt.Sprintf("cd %q && exec 3>new && mv b new", dir), "Device or resource busy")
 	// In storage: the tag b points at a's revision and no tag a or c is left.
 	if m.Root != "" {
 		tags := m.Root + "/docker/registry/v2/repositories/r/_manifests/tags"
@@ -158,6 +161,16 @@ func testHabitMv(t *testing.T, m *mount) {
 		if got != "b\n"+sha(mf) {
 			t.Errorf("tags in storage:\n%s", got)
 		}
+	}
+	// To another repository: EXDEV, so mv copies (a verified push there)
+	// and removes the tag here.
+	sh(t, fmt.Sprintf("mkdir %q && ln %q/* %q", m.path("o"), m.path("r/_layers"), m.path("o/_layers/")))
+	sh(t, fmt.Sprintf("mv %q %q", m.path("r/_manifests/b"), m.path("o/_manifests/b")))
+	if got := readFile(t, m.path("o/_manifests/b")); string(got) != string(mf) {
+		t.Errorf("o's b after mv across repositories reads %q", got)
+	}
+	if _, err := shErr(t, "test -e "+m.path("r/_manifests/b")); err == nil {
+		t.Error("r's b still exists after mv to o")
 	}
 }
 
@@ -186,6 +199,17 @@ func testHabitEdit(t *testing.T, m *mount) {
 	src := writeFile(t, mf)
 	sh(t, fmt.Sprintf("cp %q %q && mv %q %q", src, dir+"/v1.tmp", dir+"/v1.tmp", tag))
 	check("cp + mv", mf)
+
+	// Same revision under both names: mv itself refuses ("same file",
+	// as a tag shares its revision's inode); rm of the copy is the way.
+	sh(t, fmt.Sprintf("cp %q %q", src, dir+"/v1.tmp"))
+	wantFail(t, fmt.Sprintf("mv %q %q", dir+"/v1.tmp", tag), "are the same file")
+	sh(t, "rm "+dir+"/v1.tmp")
+	check("same file", mf)
+
+	// Editors' swap and backup names are not tags.
+	wantFail(t, fmt.Sprintf("cd %q && : > .v1.swp", dir), "Invalid argument")
+	wantFail(t, fmt.Sprintf("cd %q && : > v1~", dir), "Invalid argument")
 
 	// A rejected edit changes nothing and leaves no temporary name.
 	wantFail(t, fmt.Sprintf("sed -i 's/schemaVersion/schemaVersio/' %q", tag), "")
@@ -270,6 +294,11 @@ func testHabitDf(t *testing.T, m *mount) {
 	if avail := strings.TrimSpace(sh(t, fmt.Sprintf("df -B1 --output=avail %q | tail -1", m.Dir))); avail == "0" {
 		t.Error("df shows no space available")
 	}
+}
+
+// TestHabitsDfS3: on S3, df shows the nominal 1 PiB.
+func TestHabitsDfS3(t *testing.T) {
+	testHabitDf(t, startMount(t, "s3", mountOpts{}))
 }
 
 // testHabitTimes: a layer's mtime is its link's in storage, a revision's
