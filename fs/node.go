@@ -58,8 +58,9 @@ func (r refusals) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Nod
 	return nil, r.f.refuse("symlink", r.path(req.NewName))
 }
 
-// Rename implements fs.NodeRenamer: storage cannot rename atomically (a
-// tag is re-pointed with ln and rm).
+// Rename implements fs.NodeRenamer for the directories whose entries
+// cannot move: a directory, a layer or an upload has no name of its own in
+// storage to change (tags move: see manifestsDir.Rename).
 func (r refusals) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
 	return r.f.refuse("rename", r.path(req.OldName))
 }
