@@ -111,6 +111,13 @@ type FS struct {
 	// for, to the name mv moved it to, while the kernel may still reach
 	// it there (see manifestsDir.Rename). Guarded by mu.
 	renamed map[fileKey]string
+	// listed holds the link times the last listings of _layers and
+	// _manifests directories carried, by directory path, for the lookups
+	// that follow a listing (ls -l): with them a name's time costs no
+	// driver call of its own. At most listedDirs directories, the oldest
+	// listing dropped first (listedOrder). Guarded by mu.
+	listed      map[string]map[digest.Digest]time.Time
+	listedOrder []string
 	// dirTimes holds the newest link time seen below each directory, by
 	// path below the mountpoint (noteTime). Guarded by mu.
 	dirTimes map[string]time.Time
@@ -154,6 +161,7 @@ func New(st store.Store, opts Options) *FS {
 		uploads:  map[fileKey]*uploadState{},
 		dirTimes: map[string]time.Time{},
 		renamed:  map[fileKey]string{},
+		listed:   map[string]map[digest.Digest]time.Time{},
 		stats:    counters{errnos: map[string]int64{}},
 		started:  time.Now(),
 		uid:      uint32(os.Getuid()),

@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/driver/inmemory"
+	"github.com/regfs/regfs/store"
 )
 
 const (
@@ -889,4 +892,39 @@ func TestRetagIsSeenAtOnce(t *testing.T) {
 		fi, err := m.stat(tag)
 		return err == nil && fi.Sys().(*syscall.Stat_t).Ino == digestInode(d1)
 	})
+}
+
+// TestLsLTimesCostNoCall: ls -l of _layers shows each layer's link time and
+// costs no driver call per entry beyond those before times were shown
+// (the link read and the data's stat): the listing's walk carries them.
+func TestLsLTimesCostNoCall(t *testing.T) {
+	d := inmemory.New()
+	first := newMount(t, mountConfig{drv: d})
+	_, _, layers := first.pushImage("app", "v1", 5)
+	m := newMount(t, mountConfig{drv: d})
+	calls := func() int64 { return m.st.(store.StatsReporter).Stats().DriverCalls["Stat"] }
+	before := calls()
+	names := m.readDir(m.path("app/_layers"))
+	if len(names) != len(layers)+1 {
+		t.Fatalf("ls _layers = %v", names)
+	}
+	repo, err := m.st.Repository("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		fi, err := m.stat(m.path("app/_layers", n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := repo.Layers().LinkTime(context.Background(), digest.Digest(n))
+		if err != nil || !fi.ModTime().Equal(want) {
+			t.Errorf("mtime of %s = %v, want its link's %v (%v)", n, fi.ModTime(), want, err)
+		}
+	}
+	// One Stat per entry (the data's) for ls -l, then the test's own
+	// LinkTime calls.
+	if got := calls() - before; got != int64(2*len(names)) {
+		t.Errorf("%d driver Stats for ls -l of %d layers and %d LinkTime calls, want %d", got, len(names), len(names), 2*len(names))
+	}
 }

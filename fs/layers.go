@@ -66,7 +66,7 @@ func (d layersDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fu
 	if err != nil {
 		return nil, d.f.errno("lookup", p, err)
 	}
-	mtime, err := repo.Layers().LinkTime(ctx, dgst)
+	mtime, err := d.f.linkTime(ctx, d.dir, dgst, repo.Layers().LinkTime)
 	if err != nil {
 		return nil, d.f.errno("lookup", p, err)
 	}
@@ -86,6 +86,7 @@ func (d layersDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
 	out := dots(d.ino, pathInode(d.repo))
+	d.f.rememberListing(d.dir, ds)
 	var newest time.Time
 	for _, l := range ds {
 		if l.ModTime.After(newest) {
@@ -116,6 +117,7 @@ func (d layersDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error {
 	if err != nil {
 		return d.f.errno("unlink", p, err)
 	}
+	d.f.forgetListed(d.dir, dgst)
 	return d.f.errno("unlink", p, repo.Layers().Unlink(ctx, dgst))
 }
 
@@ -135,6 +137,7 @@ func (d layersDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.Node)
 	if err != nil {
 		return nil, d.f.errno("link", p, err)
 	}
+	d.f.forgetListed(d.dir, src.dgst)
 	if err := repo.Layers().Link(ctx, src.dgst); err != nil {
 		return nil, d.f.errno("link", p, err)
 	}

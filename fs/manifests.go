@@ -67,7 +67,7 @@ func (d manifestsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp 
 		if err != nil {
 			return nil, d.f.errno("lookup", p, err)
 		}
-		mtime, err := repo.Manifests().LinkTime(ctx, dgst)
+		mtime, err := d.f.linkTime(ctx, d.dir, dgst, repo.Manifests().LinkTime)
 		if err != nil {
 			return nil, d.f.errno("lookup", p, err)
 		}
@@ -103,6 +103,7 @@ func (d manifestsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	}
 	out := dots(d.ino, pathInode(d.repo))
 	seen := map[string]bool{}
+	d.f.rememberListing(d.dir, revs)
 	var newest time.Time
 	for _, r := range revs {
 		if r.ModTime.After(newest) {
@@ -190,6 +191,7 @@ func (d manifestsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error
 		if err != nil {
 			return d.f.errno("unlink", p, err)
 		}
+		d.f.forgetListed(d.dir, dgst)
 		if err := repo.Manifests().Delete(ctx, dgst); err != nil {
 			return d.f.errno("unlink", p, err)
 		}

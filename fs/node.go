@@ -10,6 +10,8 @@ import (
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/store"
 )
 
 var (
@@ -232,4 +234,49 @@ func dots(ino, parent uint64, rest ...fuse.Dirent) []fuse.Dirent {
 		{Inode: ino, Type: fuse.DT_Dir, Name: "."},
 		{Inode: parent, Type: fuse.DT_Dir, Name: ".."},
 	}, rest...)
+}
+
+// listedDirs bounds FS.listed: the listings of this many directories are
+// kept for the lookups that follow them.
+const listedDirs = 64
+
+// rememberListing keeps the link times a listing of the directory p
+// carried (see FS.listed).
+func (f *FS) rememberListing(p string, ls []store.Linked) {
+	m := make(map[digest.Digest]time.Time, len(ls))
+	for _, l := range ls {
+		if !l.ModTime.IsZero() {
+			m[l.Digest] = l.ModTime
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.listed[p]; !ok {
+		f.listedOrder = append(f.listedOrder, p)
+		if len(f.listedOrder) > listedDirs {
+			delete(f.listed, f.listedOrder[0])
+			f.listedOrder = f.listedOrder[1:]
+		}
+	}
+	f.listed[p] = m
+}
+
+// linkTime returns the link time of dgst in the directory p from its last
+// listing, or else from storage with get (one driver call).
+func (f *FS) linkTime(ctx context.Context, p string, dgst digest.Digest, get func(context.Context, digest.Digest) (time.Time, error)) (time.Time, error) {
+	f.mu.Lock()
+	t, ok := f.listed[p][dgst]
+	f.mu.Unlock()
+	if ok {
+		return t, nil
+	}
+	return get(ctx, dgst)
+}
+
+// forgetListed drops dgst from the listing kept for p, when regfs removes
+// or re-links it.
+func (f *FS) forgetListed(p string, dgst digest.Digest) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.listed[p], dgst)
 }
