@@ -107,6 +107,10 @@ type FS struct {
 	pending map[fileKey]*manifestWriter
 	// uploads holds the open uploads, by repository and name. Guarded by mu.
 	uploads map[fileKey]*uploadState
+	// committed holds the uploads committed lately, by repository and
+	// name, for the process that committed each (see committedFile).
+	// Guarded by mu.
+	committed map[fileKey]committedUpload
 	// renamed maps a tag's node, by repository and the name it was made
 	// for, to the name mv moved it to, while the kernel may still reach
 	// it there (see manifestsDir.Rename). Guarded by mu.
@@ -151,21 +155,22 @@ func New(st store.Store, opts Options) *FS {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &FS{
-		st:       st,
-		opts:     opts,
-		log:      opts.Logger,
-		ctx:      ctx,
-		cancel:   cancel,
-		dirs:     map[string]map[string]bool{},
-		pending:  map[fileKey]*manifestWriter{},
-		uploads:  map[fileKey]*uploadState{},
-		dirTimes: map[string]time.Time{},
-		renamed:  map[fileKey]string{},
-		listed:   map[string]map[digest.Digest]time.Time{},
-		stats:    counters{errnos: map[string]int64{}},
-		started:  time.Now(),
-		uid:      uint32(os.Getuid()),
-		gid:      uint32(os.Getgid()),
+		st:        st,
+		opts:      opts,
+		log:       opts.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		dirs:      map[string]map[string]bool{},
+		pending:   map[fileKey]*manifestWriter{},
+		uploads:   map[fileKey]*uploadState{},
+		dirTimes:  map[string]time.Time{},
+		renamed:   map[fileKey]string{},
+		committed: map[fileKey]committedUpload{},
+		listed:    map[string]map[digest.Digest]time.Time{},
+		stats:     counters{errnos: map[string]int64{}},
+		started:   time.Now(),
+		uid:       uint32(os.Getuid()),
+		gid:       uint32(os.Getgid()),
 	}
 }
 

@@ -208,6 +208,7 @@ func (h *uploadHandle) commit(ctx context.Context) error {
 	}
 	st.done = true
 	h.f.forgetUpload(st)
+	h.f.noteCommitted(st.key, h.opener, desc.Size)
 	h.f.stats.uploadsCommitted.Add(1)
 	h.f.invalidateEntry(h.node.dir, h.node.name)
 	h.f.invalidateEntry(newLayersDir(h.f, h.node.dir.repo), desc.Digest.String())

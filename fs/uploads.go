@@ -55,6 +55,10 @@ func (d uploadsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *f
 	p := d.path(req.Name)
 	key := fileKey{d.repo, req.Name}
 	if d.f.openUpload(key) == nil {
+		if c, ok := d.f.committedFor(key, req.Pid); ok {
+			resp.EntryValid = 0
+			return committedFile{f: d.f, dir: d, name: req.Name, size: c.size}, nil
+		}
 		if _, err := d.f.findUpload(ctx, key); err != nil {
 			return nil, d.f.errno("lookup", p, err)
 		}

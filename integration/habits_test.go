@@ -406,13 +406,38 @@ func testHabitPushBlobsDir(t *testing.T, m *mount) {
 }
 
 // testHabitInstall: install sets the mode by name after closing, when the
-// upload has already moved to _layers: the layer is stored and install
-// reports the chmod it could not do (a known limit; cp -p works).
+// upload has already moved to _layers: the process that committed it still
+// finds the name, so install succeeds; any other process finds it gone.
 func testHabitInstall(t *testing.T, m *mount) {
 	b := randomBytes(t, 5000)
 	sh(t, "mkdir -p "+m.path("r"))
-	wantFail(t, fmt.Sprintf("install -m 644 %q %q", writeFile(t, b), m.path("r/_uploads", sha(b))), "No such file or directory")
+	up := m.path("r/_uploads", sha(b))
+	sh(t, fmt.Sprintf("install -m 600 %q %q", writeFile(t, b), up))
 	if got := readFile(t, m.path("r/_layers", sha(b))); string(got) != string(b) {
 		t.Error("the layer install stored differs")
+	}
+	if _, err := shErr(t, "test -e "+up); err == nil {
+		t.Error("another process finds the committed upload's name")
+	}
+	if got := strings.TrimSpace(sh(t, "ls "+m.path("r/_uploads"))); got != "" {
+		t.Errorf("_uploads lists %q after the commit", got)
+	}
+	// Again, and by one program that pushes the blob twice and sets its
+	// mode by name after each: the second open of the name starts a new
+	// upload.
+	sh(t, fmt.Sprintf("install -m 600 %q %q", writeFile(t, b), up))
+	if _, err := shErr(t, "command -v python3"); err != nil {
+		t.Log("python3 is not installed: skipping the program that pushes twice")
+		return
+	}
+	sh(t, fmt.Sprintf(`python3 -c '
+import os, sys
+for mode in (0o644, 0o600):
+    with open(sys.argv[1], "wb") as f:
+        f.write(open(sys.argv[2], "rb").read())
+    os.chmod(sys.argv[1], mode)
+' %q %q`, up, writeFile(t, b)))
+	if got := readFile(t, m.path("r/_layers", sha(b))); string(got) != string(b) {
+		t.Error("the layer differs after the second push")
 	}
 }
