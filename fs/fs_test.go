@@ -153,8 +153,13 @@ func TestUploadCommitOnClose(t *testing.T) {
 	if err := m.writeClose(up, wo, content); err != nil {
 		t.Fatalf("upload: %v", err)
 	}
-	if _, err := m.stat(up); !os.IsNotExist(err) {
-		t.Errorf("committed upload still in _uploads: %v", err)
+	// Gone for every other process (this one, which committed it, may
+	// still set its attributes by name: committedFile).
+	if err := m.do(func() error { return exec.Command("test", "-e", up).Run() }); err == nil {
+		t.Error("committed upload still in _uploads for another process")
+	}
+	if fi, err := m.stat(up); err != nil || fi.Size() != int64(len(content)) {
+		t.Errorf("the committing process's stat of its upload: %v", err)
 	}
 	if got := m.readDir(m.path("a/b/_uploads")); len(got) != 0 {
 		t.Errorf("_uploads lists %v after commit", got)
