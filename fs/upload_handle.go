@@ -281,7 +281,7 @@ func (f *FS) acquireUpload(ctx context.Context, k fileKey, create bool) (*upload
 	case err == nil:
 		up, err = repo.Uploads().Resume(bg, info.ID)
 	case errors.Is(err, store.ErrUploadUnknown) && create:
-		dgst, perr := store.ParseDigest(k.name)
+		dgst, perr := uploadDigest(k.name)
 		if perr != nil {
 			return nil, perr
 		}

@@ -22,6 +22,7 @@ func TestHabits(t *testing.T) {
 		{"TwoCpOfOneDigest", testHabitTwoCp},
 		{"PushDirectoryOfBlobs", testHabitPushBlobsDir},
 		{"InstallAfterCommit", testHabitInstall},
+		{"RsyncIntoUploads", testHabitRsync},
 	}
 	for _, d := range []string{"filesystem", "inmemory"} {
 		t.Run(d, func(t *testing.T) {
@@ -440,4 +441,42 @@ for mode in (0o644, 0o600):
 	if got := readFile(t, m.path("r/_layers", sha(b))); string(got) != string(b) {
 		t.Error("the layer differs after the second push")
 	}
+}
+
+// testHabitRsync: rsync -a of a directory of blobs named by digest into
+// _uploads pushes them (its temporary names are uploads of the digest they
+// carry, and the rename after the commit has nothing left to do), and so
+// does rsync -a --inplace; every mode and time rsync sets changes nothing.
+func testHabitRsync(t *testing.T, m *mount) {
+	if _, err := shErr(t, "command -v rsync"); err != nil {
+		t.Skip("rsync is not installed")
+	}
+	src := t.TempDir()
+	var blobs [][]byte
+	for i := 0; i < 3; i++ {
+		b := randomBytes(t, 1000+i*300000)
+		blobs = append(blobs, b)
+		sh(t, fmt.Sprintf("cp %q %q", writeFile(t, b), src+"/"+sha(b)))
+	}
+	sh(t, fmt.Sprintf("chmod 600 %q/* && mkdir -p %q", src, m.path("r")))
+	sh(t, fmt.Sprintf("rsync -a %q/ %q/", src, m.path("r/_uploads")))
+	check := func(what string) {
+		t.Helper()
+		for _, b := range blobs {
+			if got := readFile(t, m.path("r/_layers", sha(b))); string(got) != string(b) {
+				t.Errorf("%s: layer %s differs", what, sha(b))
+			}
+		}
+		if got := strings.TrimSpace(sh(t, "ls -a "+m.path("r/_uploads"))); got != ".\n.." {
+			t.Errorf("%s: _uploads lists %q", what, got)
+		}
+	}
+	check("rsync -a")
+	for _, b := range blobs {
+		sh(t, "rm "+m.path("r/_layers", sha(b)))
+	}
+	sh(t, fmt.Sprintf("rsync -a --inplace %q/ %q/", src, m.path("r/_uploads")))
+	check("rsync -a --inplace")
+	// A temporary name of anything but a digest is still refused.
+	wantFail(t, fmt.Sprintf(": > %q", m.path("r/_uploads/.notadigest.AbC123")), "Invalid argument")
 }
