@@ -477,6 +477,10 @@ func testHabitRsync(t *testing.T, m *mount) {
 	}
 	sh(t, fmt.Sprintf("rsync -a --inplace %q/ %q/", src, m.path("r/_uploads")))
 	check("rsync -a --inplace")
+	// While the temporary name is still open, it cannot move.
+	b := randomBytes(t, 100)
+	tmp := m.path("r/_uploads", "."+sha(b)+".AbC123")
+	wantFail(t, fmt.Sprintf("exec 3>%q && mv %q %q", tmp, tmp, m.path("r/_uploads", sha(b))), "Device or resource busy")
 	// A temporary name of anything but a digest is still refused.
 	wantFail(t, fmt.Sprintf(": > %q", m.path("r/_uploads/.notadigest.AbC123")), "Invalid argument")
 }
