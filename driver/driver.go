@@ -101,6 +101,22 @@ type Janitor interface {
 	Clean(ctx context.Context) error
 }
 
+// Usage is the space of a driver's backend, for df.
+type Usage struct {
+	// Total, Free and Avail are bytes: the backend's size, what is free,
+	// and what is free to an unprivileged writer.
+	Total, Free, Avail uint64
+	// Files and FreeFiles count inodes, where the backend has them.
+	Files, FreeFiles uint64
+}
+
+// UsageReporter is implemented by drivers that can tell how much space
+// their backend has (the filesystem driver: statfs(2) of its root). An
+// object store has no such number; its drivers do not implement it.
+type UsageReporter interface {
+	Usage(ctx context.Context) (Usage, error)
+}
+
 // WalkFn is called by Walk for each entry.
 type WalkFn func(fi FileInfo) error
 

@@ -30,6 +30,7 @@ var controlInode = childInode(rootInode, controlDirName)
 // be changed.
 type controlDir struct {
 	noXattr
+	synced
 	refusals
 }
 
@@ -58,10 +59,10 @@ func (d controlDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *f
 
 // ReadDirAll implements fs.HandleReadDirAller.
 func (d controlDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
-	return []fuse.Dirent{
-		{Inode: childInode(controlInode, controlErrors), Type: fuse.DT_File, Name: controlErrors},
-		{Inode: childInode(controlInode, controlStats), Type: fuse.DT_File, Name: controlStats},
-	}, nil
+	return dots(controlInode, rootInode,
+		fuse.Dirent{Inode: childInode(controlInode, controlErrors), Type: fuse.DT_File, Name: controlErrors},
+		fuse.Dirent{Inode: childInode(controlInode, controlStats), Type: fuse.DT_File, Name: controlStats},
+	), nil
 }
 
 // controlFile is .regfs/errors or .regfs/stats. Its content is made at open
@@ -69,6 +70,7 @@ func (d controlDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 // whatever size the kernel last saw.
 type controlFile struct {
 	noXattr
+	synced
 	f    *FS
 	name string
 }

@@ -17,8 +17,9 @@ var (
 	// errImmutable: writing, truncating or re-creating a blob, a revision
 	// or a control file (EPERM, like a file marked immutable).
 	errImmutable = errors.New("immutable file")
-	// errNotSupported: an operation the tree has no meaning for (rename,
-	// symlink, chmod, chown, mkdir in a reserved directory, rmdir of one).
+	// errNotSupported: an operation the tree has no meaning for (symlink,
+	// rename of a layer or a directory, a setuid mode, mkdir in a
+	// reserved directory).
 	errNotSupported = errors.New("operation not supported by regfs")
 	// errNotReadable: reading an upload in progress (EACCES).
 	errNotReadable = errors.New("uploads in progress cannot be read")
@@ -38,6 +39,17 @@ var (
 	errNotEmpty = errors.New("directory not empty")
 	// errExists: mkdir or create of a name that exists (EEXIST).
 	errExists = errors.New("file exists")
+	// errAppend: opening a stored tag with O_APPEND (EPERM): a manifest is
+	// replaced whole, and the kernel would start the append past bytes the
+	// writer does not have.
+	errAppend = errors.New("a stored manifest cannot be appended to: write the whole manifest (> not >>)")
+	// errEmptyManifest: setting the times of a manifest name created but
+	// never written, what touch does (EINVAL): an empty manifest is not a
+	// push.
+	errEmptyManifest = errors.New("an empty manifest is not a push: write a manifest to the name")
+	// errBusy: renaming a manifest name still open for writing, or over
+	// one (EBUSY): it is stored when closed.
+	errBusy = errors.New("manifest still open for writing: close it first")
 	// errStale: a write through a handle whose upload was committed or
 	// cancelled (ESTALE).
 	errStale = errors.New("upload already committed or cancelled")
@@ -92,7 +104,7 @@ func classify(err error) syscall.Errno {
 		return syscall.EBADMSG
 	case errors.Is(err, store.ErrInvalidName), errors.Is(err, store.ErrInvalidDigest),
 		errors.Is(err, store.ErrInvalidOffset), errors.Is(err, store.ErrInvalidPath),
-		errors.Is(err, errWrongKind):
+		errors.Is(err, errWrongKind), errors.Is(err, errEmptyManifest):
 		return syscall.EINVAL
 	case errors.Is(err, store.ErrRepositoryNotEmpty), errors.Is(err, errNotEmpty):
 		return syscall.ENOTEMPTY
@@ -102,7 +114,7 @@ func classify(err error) syscall.Errno {
 		errors.Is(err, errNotFound):
 		return syscall.ENOENT
 	case errors.Is(err, errImmutable), errors.Is(err, errNotSupported),
-		errors.Is(err, errForeignUpload):
+		errors.Is(err, errForeignUpload), errors.Is(err, errAppend):
 		return syscall.EPERM
 	case errors.Is(err, errNotReadable):
 		return syscall.EACCES
@@ -112,6 +124,8 @@ func classify(err error) syscall.Errno {
 		return syscall.EXDEV
 	case errors.Is(err, errExists):
 		return syscall.EEXIST
+	case errors.Is(err, errBusy):
+		return syscall.EBUSY
 	case errors.Is(err, errStale):
 		return syscall.ESTALE
 	case errors.Is(err, store.ErrUnsupported):
@@ -142,6 +156,7 @@ var errnoNames = map[syscall.Errno]string{
 	syscall.EXDEV:     "EXDEV",
 	syscall.EEXIST:    "EEXIST",
 	syscall.ESTALE:    "ESTALE",
+	syscall.EBUSY:     "EBUSY",
 	syscall.ENOTSUP:   "ENOTSUP",
 	syscall.ENOSPC:    "ENOSPC",
 	syscall.EDQUOT:    "EDQUOT",

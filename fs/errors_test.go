@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -158,4 +159,37 @@ func TestCrashedTagLinkThroughMount(t *testing.T) {
 	}
 	_, err := readFile(m.path("app/_manifests/v2"))
 	wantErrno(t, "cat of the tag with an empty link", err, syscall.EIO)
+}
+
+// TestGarbageTagLinkThroughMount: a tag link of a digest's length that is
+// not a digest (71 bytes of garbage) is skipped by ls _manifests, which
+// lists the other tags, and by rm of a revision, which deletes it and its
+// good tags; reading the bad tag is EIO.
+func TestGarbageTagLinkThroughMount(t *testing.T) {
+	m := newMount(t, mountConfig{})
+	m.pushImage("app", "v1", 1)
+	_, d2, _ := m.pushImage("app", "v2", 2)
+	if err := os.Link(m.path("app/_manifests", d2.String()), m.path("app/_manifests/v3")); err != nil {
+		t.Fatal(err)
+	}
+	link := "/docker/registry/v2/repositories/app/_manifests/tags/v2/current/link"
+	garbage := []byte("sha256:" + strings.Repeat("zz", 32))
+	if len(garbage) != 71 {
+		t.Fatalf("garbage is %d bytes", len(garbage))
+	}
+	if err := m.drv.PutContent(context.Background(), link, garbage); err != nil {
+		t.Fatal(err)
+	}
+	names := m.readDir(m.path("app/_manifests"))
+	if !contains(names, "v1") || !contains(names, "v3") || contains(names, "v2") || !contains(names, d2.String()) {
+		t.Errorf("ls _manifests beside a garbage tag link = %v, want v1, v3 and the revisions, not v2", names)
+	}
+	_, err := readFile(m.path("app/_manifests/v2"))
+	wantErrno(t, "cat of the tag with a garbage link", err, syscall.EIO)
+	if err := m.do(func() error { return os.Remove(m.path("app/_manifests", d2.String())) }); err != nil {
+		t.Fatalf("rm of a revision beside a garbage tag link: %v", err)
+	}
+	if names := m.readDir(m.path("app/_manifests")); contains(names, "v3") || contains(names, d2.String()) {
+		t.Errorf("ls _manifests after rm of the revision = %v", names)
+	}
 }

@@ -113,6 +113,24 @@ type FS struct {
 	pending map[fileKey]*manifestWriter
 	// uploads holds the open uploads, by repository and name. Guarded by mu.
 	uploads map[fileKey]*uploadState
+	// committed holds the uploads committed lately, by repository and
+	// name, for the process that committed each (see committedFile).
+	// Guarded by mu.
+	committed map[fileKey]committedUpload
+	// renamed maps a tag's node, by repository and the name it was made
+	// for, to the name mv moved it to, while the kernel may still reach
+	// it there (see manifestsDir.Rename). Guarded by mu.
+	renamed map[fileKey]string
+	// listed holds the link times the last listings of _layers and
+	// _manifests directories carried, by directory path, for the lookups
+	// that follow a listing (ls -l): with them a name's time costs no
+	// driver call of its own. At most listedDirs directories, the oldest
+	// listing dropped first (listedOrder). Guarded by mu.
+	listed      map[string]map[digest.Digest]time.Time
+	listedOrder []string
+	// dirTimes holds the newest link time seen below each directory, by
+	// path below the mountpoint (noteTime). Guarded by mu.
+	dirTimes map[string]time.Time
 	// manifests shares the bytes of the revisions open for reading.
 	manifests manifestBuffers
 
@@ -153,20 +171,24 @@ func New(st store.Store, opts Options) *FS {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &FS{
-		st:      st,
-		opts:    opts,
-		log:     opts.Logger,
-		ctx:     ctx,
-		cancel:  cancel,
-		dirs:    map[string]map[string]bool{},
-		pending: map[fileKey]*manifestWriter{},
-		uploads: map[fileKey]*uploadState{},
-		stats:   counters{errnos: map[string]int64{}},
-		ops:     newOpTimer(),
-		started: time.Now(),
-		uid:     owner.UID,
-		gid:     owner.GID,
-		umask:   owner.Umask & os.ModePerm,
+		st:        st,
+		opts:      opts,
+		log:       opts.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		dirs:      map[string]map[string]bool{},
+		pending:   map[fileKey]*manifestWriter{},
+		uploads:   map[fileKey]*uploadState{},
+		dirTimes:  map[string]time.Time{},
+		renamed:   map[fileKey]string{},
+		committed: map[fileKey]committedUpload{},
+		listed:    map[string]map[digest.Digest]time.Time{},
+		stats:     counters{errnos: map[string]int64{}},
+		ops:       newOpTimer(),
+		started:   time.Now(),
+		uid:       owner.UID,
+		gid:       owner.GID,
+		umask:     owner.Umask & os.ModePerm,
 	}
 }
 
@@ -247,12 +269,33 @@ func (f *FS) Root() (fs.Node, error) {
 	return newRootDir(f), nil
 }
 
-// Statfs implements fs.FSStatfser. Storage capacity is the backend's
-// business; df gets sane block and name sizes.
+// nominalSpace is the size and free space df shows for a backend that has
+// no size (S3, memory): 1 PiB, large enough that no tool refuses to write
+// for want of space, and round enough to read as nominal (rclone mount
+// does the same for remotes without a quota).
+const nominalSpace = 1 << 50
+
+// statfsBlock is the block size df counts in.
+const statfsBlock = 4096
+
+// Statfs implements fs.FSStatfser: the backend's size and free space (the
+// filesystem driver's root's file system), or nominalSpace for a backend
+// without a size.
 func (f *FS) Statfs(ctx context.Context, req *fuse.StatfsRequest, resp *fuse.StatfsResponse) error {
-	resp.Bsize = 4096
-	resp.Frsize = 4096
+	resp.Bsize = statfsBlock
+	resp.Frsize = statfsBlock
 	resp.Namelen = 255
+	u, err := f.st.Usage(ctx)
+	if errors.Is(err, store.ErrUnsupported) {
+		u = store.Usage{Total: nominalSpace, Free: nominalSpace, Avail: nominalSpace}
+	} else if err != nil {
+		return f.errno("statfs", "", err)
+	}
+	resp.Blocks = u.Total / statfsBlock
+	resp.Bfree = u.Free / statfsBlock
+	resp.Bavail = u.Avail / statfsBlock
+	resp.Files = u.Files
+	resp.Ffree = u.FreeFiles
 	return nil
 }
 

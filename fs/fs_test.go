@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/driver/inmemory"
+	"github.com/regfs/regfs/store"
 )
 
 const (
@@ -150,8 +153,13 @@ func TestUploadCommitOnClose(t *testing.T) {
 	if err := m.writeClose(up, wo, content); err != nil {
 		t.Fatalf("upload: %v", err)
 	}
-	if _, err := m.stat(up); !os.IsNotExist(err) {
-		t.Errorf("committed upload still in _uploads: %v", err)
+	// Gone for every other process (this one, which committed it, may
+	// still set its attributes by name: committedFile).
+	if err := m.do(func() error { return exec.Command("test", "-e", up).Run() }); err == nil {
+		t.Error("committed upload still in _uploads for another process")
+	}
+	if fi, err := m.stat(up); err != nil || fi.Size() != int64(len(content)) {
+		t.Errorf("the committing process's stat of its upload: %v", err)
 	}
 	if got := m.readDir(m.path("a/b/_uploads")); len(got) != 0 {
 		t.Errorf("_uploads lists %v after commit", got)
@@ -568,7 +576,9 @@ func TestMkdirRmdir(t *testing.T) {
 		wantErrno(t, "mkdir "+name, m.do(func() error { return os.Mkdir(m.path(name), 0o755) }), syscall.EINVAL)
 	}
 	m.must("mkdir r", func() error { return os.Mkdir(m.path("r"), 0o755) })
-	wantErrno(t, "rmdir _layers", m.do(func() error { return os.Remove(m.path("r/_layers")) }), syscall.EPERM)
+	if err := m.do(func() error { return os.Remove(m.path("r/_layers")) }); err != nil {
+		t.Errorf("rmdir of an empty _layers: %v", err)
+	}
 	wantErrno(t, "mkdir in _layers", m.do(func() error { return os.Mkdir(m.path("r/_layers/x"), 0o755) }), syscall.EPERM)
 	wantErrno(t, "mkdir of an existing one", m.do(func() error { return os.Mkdir(m.path("r"), 0o755) }), syscall.EEXIST)
 }
@@ -584,11 +594,13 @@ func TestOtherOperationsRefused(t *testing.T) {
 		fn   func() error
 		want syscall.Errno
 	}{
-		{"rename a tag", func() error { return os.Rename(m.path("app/_manifests/v1"), m.path("app/_manifests/v2")) }, syscall.EPERM},
+		{"rename a revision", func() error { return os.Rename(rev, m.path("app/_manifests/v2")) }, syscall.EPERM},
+		{"rename a tag to a digest", func() error {
+			return os.Rename(m.path("app/_manifests/v1"), m.path("app/_manifests", digest.FromString("x").String()))
+		}, syscall.EINVAL},
 		{"rename a directory", func() error { return os.Rename(m.path("app"), m.path("app2")) }, syscall.EPERM},
 		{"symlink", func() error { return os.Symlink("x", m.path("app/_manifests/s")) }, syscall.EPERM},
-		{"chmod", func() error { return os.Chmod(layer, 0o777) }, syscall.EPERM},
-		{"chown", func() error { return os.Chown(m.path("app"), 1, 1) }, syscall.EPERM},
+		{"chmod setuid", func() error { return os.Chmod(layer, 0o777|os.ModeSetuid) }, syscall.EPERM},
 		{"open a layer for writing", func() error { return openClose(layer, os.O_WRONLY) }, syscall.EPERM},
 		{"open a layer read-write", func() error { return openClose(layer, os.O_RDWR) }, syscall.EPERM},
 		{"truncate a layer", func() error { return os.Truncate(layer, 0) }, syscall.EPERM},
@@ -602,9 +614,18 @@ func TestOtherOperationsRefused(t *testing.T) {
 	for _, c := range cases {
 		wantErrno(t, c.what, m.do(c.fn), c.want)
 	}
-	// Times are accepted and ignored.
+	// Times, permission bits and owners are accepted and ignored.
 	if err := m.do(func() error { return os.Chtimes(layer, timeZero, timeZero) }); err != nil {
 		t.Errorf("touch a layer: %v", err)
+	}
+	if err := m.do(func() error { return os.Chmod(layer, 0o600) }); err != nil {
+		t.Errorf("chmod a layer: %v", err)
+	}
+	if err := m.do(func() error { return os.Chown(m.path("app"), 1, 1) }); err != nil {
+		t.Errorf("chown a repository: %v", err)
+	}
+	if fi, err := os.Stat(layer); err != nil || fi.Mode() != 0o444 {
+		t.Errorf("layer after chmod: %v %v", fi.Mode(), err)
 	}
 	if got := m.readFile(layer); !bytes.Equal(got, layers[0]) {
 		t.Error("layer changed")
@@ -876,4 +897,39 @@ func TestRetagIsSeenAtOnce(t *testing.T) {
 		fi, err := m.stat(tag)
 		return err == nil && fi.Sys().(*syscall.Stat_t).Ino == digestInode(d1)
 	})
+}
+
+// TestLsLTimesCostNoCall: ls -l of _layers shows each layer's link time and
+// costs no driver call per entry beyond those before times were shown
+// (the link read and the data's stat): the listing's walk carries them.
+func TestLsLTimesCostNoCall(t *testing.T) {
+	d := inmemory.New()
+	first := newMount(t, mountConfig{drv: d})
+	_, _, layers := first.pushImage("app", "v1", 5)
+	m := newMount(t, mountConfig{drv: d})
+	calls := func() int64 { return m.st.(store.StatsReporter).Stats().DriverCalls["Stat"] }
+	before := calls()
+	names := m.readDir(m.path("app/_layers"))
+	if len(names) != len(layers)+1 {
+		t.Fatalf("ls _layers = %v", names)
+	}
+	repo, err := m.st.Repository("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		fi, err := m.stat(m.path("app/_layers", n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := repo.Layers().LinkTime(context.Background(), digest.Digest(n))
+		if err != nil || !fi.ModTime().Equal(want) {
+			t.Errorf("mtime of %s = %v, want its link's %v (%v)", n, fi.ModTime(), want, err)
+		}
+	}
+	// One Stat per entry (the data's) for ls -l, then the test's own
+	// LinkTime calls.
+	if got := calls() - before; got != int64(2*len(names)) {
+		t.Errorf("%d driver Stats for ls -l of %d layers and %d LinkTime calls, want %d", got, len(names), len(names), 2*len(names))
+	}
 }

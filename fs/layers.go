@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"time"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
@@ -26,6 +27,7 @@ var (
 // arrive through _uploads/ or by ln from another repository.
 type layersDir struct {
 	noXattr
+	synced
 	refusals
 	repo string
 	ino  uint64
@@ -41,7 +43,7 @@ func newLayersDir(f *FS, repo string) layersDir {
 
 // Attr implements fs.Node.
 func (d layersDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	d.f.dirAttr(a, d.ino, immutableTTL)
+	d.f.dirAttr(a, d.dir, d.ino, immutableTTL)
 	return nil
 }
 
@@ -64,8 +66,13 @@ func (d layersDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fu
 	if err != nil {
 		return nil, d.f.errno("lookup", p, err)
 	}
+	mtime, err := d.f.linkTime(ctx, d.dir, dgst, repo.Layers().LinkTime)
+	if err != nil {
+		return nil, d.f.errno("lookup", p, err)
+	}
+	d.f.noteTime(d.dir, mtime)
 	resp.EntryValid = d.f.opts.EntryTTL
-	return layerFile{f: d.f, repo: d.repo, dgst: dgst, size: desc.Size}, nil
+	return layerFile{f: d.f, repo: d.repo, dgst: dgst, size: desc.Size, mtime: mtime}, nil
 }
 
 // ReadDirAll implements fs.HandleReadDirAller.
@@ -74,13 +81,23 @@ func (d layersDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
-	ds, err := repo.Layers().List(ctx)
+	ds, err := repo.Layers().Linked(ctx)
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
-	out := make([]fuse.Dirent, len(ds))
-	for i, dg := range ds {
-		out[i] = fuse.Dirent{Inode: digestInode(dg), Type: fuse.DT_File, Name: dg.String()}
+	out := dots(d.ino, pathInode(d.repo))
+	d.f.rememberListing(d.dir, ds)
+	var newest time.Time
+	for _, l := range ds {
+		if l.ModTime.After(newest) {
+			newest = l.ModTime
+		}
+		out = append(out, fuse.Dirent{Inode: digestInode(l.Digest), Type: fuse.DT_File, Name: l.Digest.String()})
+	}
+	if d.f.noteTime(d.dir, newest) {
+		// The kernel keeps a directory's attributes for long; a newer
+		// child's time replaces the one it has.
+		d.f.invalidateNode(d)
 	}
 	return out, nil
 }
@@ -100,6 +117,7 @@ func (d layersDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error {
 	if err != nil {
 		return d.f.errno("unlink", p, err)
 	}
+	d.f.forgetListed(d.dir, dgst)
 	return d.f.errno("unlink", p, repo.Layers().Unlink(ctx, dgst))
 }
 
@@ -119,27 +137,36 @@ func (d layersDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.Node)
 	if err != nil {
 		return nil, d.f.errno("link", p, err)
 	}
+	d.f.forgetListed(d.dir, src.dgst)
 	if err := repo.Layers().Link(ctx, src.dgst); err != nil {
 		return nil, d.f.errno("link", p, err)
 	}
-	return layerFile{f: d.f, repo: d.repo, dgst: src.dgst, size: src.size}, nil
+	mtime, err := repo.Layers().LinkTime(ctx, src.dgst)
+	if err != nil {
+		return nil, d.f.errno("link", p, err)
+	}
+	d.f.noteTime(d.dir, mtime)
+	return layerFile{f: d.f, repo: d.repo, dgst: src.dgst, size: src.size, mtime: mtime}, nil
 }
 
 // layerFile is one blob linked into a repository. It never changes: its
 // size is part of its identity.
 type layerFile struct {
 	noXattr
+	synced
 	f    *FS
 	repo string
 	dgst digest.Digest
 	size int64
+	// mtime is the link's modification time: when it was linked here.
+	mtime time.Time
 }
 
 func (l layerFile) path() string { return joinPath(l.repo, reservedLayers+"/"+l.dgst.String()) }
 
 // Attr implements fs.Node.
 func (l layerFile) Attr(ctx context.Context, a *fuse.Attr) error {
-	l.f.immutableAttr(a, l.dgst, l.size)
+	l.f.immutableAttr(a, l.dgst, l.size, l.mtime)
 	return nil
 }
 

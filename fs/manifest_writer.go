@@ -59,13 +59,27 @@ func (w *manifestWriter) size() int64 {
 	return int64(len(w.buf))
 }
 
+// untouched tells whether nothing was written or truncated since the name
+// was created.
+func (w *manifestWriter) untouched() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.dirty && len(w.buf) == 0
+}
+
 func (w *manifestWriter) truncate(n int64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if n > store.MaxManifestSize+1 {
 		return errTooLarge
 	}
-	w.buf = resize(w.buf, int(n))
+	if n > int64(len(w.buf)) {
+		err := &store.ManifestInvalidError{Reason: fmt.Sprintf("truncate to %d bytes leaves a hole after the %d bytes written", n, len(w.buf))}
+		w.f.stats.manifestsRejected.Add(1)
+		w.f.reject(w.path(), err)
+		return err
+	}
+	w.buf = w.buf[:n]
 	w.malformed = nil
 	w.dirty = true
 	return nil
@@ -91,6 +105,15 @@ func (w *manifestWriter) Write(ctx context.Context, req *fuse.WriteRequest, resp
 	end := req.Offset + int64(len(req.Data))
 	if req.Offset < 0 || end > store.MaxManifestSize+1 {
 		return w.f.errno("write", w.path(), errTooLarge)
+	}
+	if req.Offset > int64(len(w.buf)) {
+		// A hole would read as NULs, which no manifest holds: the write
+		// started past what this writer has (an append to a tag opened
+		// without O_APPEND's offset, a seek).
+		err := &store.ManifestInvalidError{Reason: fmt.Sprintf("write at offset %d leaves a hole after the %d bytes written", req.Offset, len(w.buf))}
+		w.f.stats.manifestsRejected.Add(1)
+		w.f.reject(w.path(), err)
+		return w.f.errno("write", w.path(), err)
 	}
 	appended := req.Offset == int64(len(w.buf))
 	if int(end) > len(w.buf) {

@@ -3,7 +3,9 @@ package fs
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
@@ -19,13 +21,15 @@ var (
 	_ fs.NodeCreater         = manifestsDir{}
 	_ fs.NodeRemover         = manifestsDir{}
 	_ fs.NodeLinker          = manifestsDir{}
+	_ fs.NodeRenamer         = manifestsDir{}
 )
 
 // manifestsDir is a repository's _manifests/: revisions by digest and tags
-// by name, and manifests being written. A tag is re-pointed with ln and rm,
-// never renamed.
+// by name, and manifests being written. A tag is re-pointed with ln, or
+// moved with mv (Rename).
 type manifestsDir struct {
 	noXattr
+	synced
 	refusals
 	repo string
 	ino  uint64
@@ -41,7 +45,7 @@ func newManifestsDir(f *FS, repo string) manifestsDir {
 
 // Attr implements fs.Node.
 func (d manifestsDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	d.f.dirAttr(a, d.ino, immutableTTL)
+	d.f.dirAttr(a, d.dir, d.ino, immutableTTL)
 	return nil
 }
 
@@ -63,8 +67,13 @@ func (d manifestsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp 
 		if err != nil {
 			return nil, d.f.errno("lookup", p, err)
 		}
+		mtime, err := d.f.linkTime(ctx, d.dir, dgst, repo.Manifests().LinkTime)
+		if err != nil {
+			return nil, d.f.errno("lookup", p, err)
+		}
+		d.f.noteTime(d.dir, mtime)
 		resp.EntryValid = d.f.opts.EntryTTL
-		return revisionFile{f: d.f, repo: d.repo, dgst: dgst, size: size}, nil
+		return revisionFile{f: d.f, repo: d.repo, dgst: dgst, size: size, mtime: mtime}, nil
 	}
 	if store.ValidateTag(req.Name) != nil {
 		return nil, d.f.errno("lookup", p, errNotFound)
@@ -72,6 +81,7 @@ func (d manifestsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp 
 	if _, err := repo.Tags().Get(ctx, req.Name); err != nil {
 		return nil, d.f.errno("lookup", p, err)
 	}
+	d.f.forgetRename(d.repo, req.Name)
 	resp.EntryValid = d.f.opts.EntryTTL
 	return tagFile{f: d.f, repo: d.repo, name: req.Name}, nil
 }
@@ -83,7 +93,7 @@ func (d manifestsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
-	revs, err := repo.Manifests().List(ctx)
+	revs, err := repo.Manifests().Linked(ctx)
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
@@ -91,16 +101,27 @@ func (d manifestsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
-	out := make([]fuse.Dirent, 0, len(revs)+len(tags))
+	out := dots(d.ino, pathInode(d.repo))
 	seen := map[string]bool{}
+	d.f.rememberListing(d.dir, revs)
+	var newest time.Time
 	for _, r := range revs {
-		seen[r.String()] = true
-		out = append(out, fuse.Dirent{Inode: digestInode(r), Type: fuse.DT_File, Name: r.String()})
+		if r.ModTime.After(newest) {
+			newest = r.ModTime
+		}
+		seen[r.Digest.String()] = true
+		out = append(out, fuse.Dirent{Inode: digestInode(r.Digest), Type: fuse.DT_File, Name: r.Digest.String()})
+	}
+	if d.f.noteTime(d.dir, newest) {
+		d.f.invalidateNode(d) // see layersDir.ReadDirAll
 	}
 	for _, t := range tags {
 		dg, err := repo.Tags().Get(ctx, t)
 		if isNotFoundErr(err) {
 			continue // untagged since the listing
+		}
+		if skipBadLink(d.f, d.path(t), err) {
+			continue
 		}
 		if err != nil {
 			return nil, d.f.errno("readdir", d.path(t), err)
@@ -134,6 +155,7 @@ func (d manifestsDir) Create(ctx context.Context, req *fuse.CreateRequest, resp 
 		return nil, nil, d.f.errno("create", p, errExists)
 	}
 	d.f.pending[key] = w
+	delete(d.f.renamed, key)
 	d.f.mu.Unlock()
 	resp.EntryValid = 0
 	return tagFile{f: d.f, repo: d.repo, name: req.Name}, w, nil
@@ -165,10 +187,11 @@ func (d manifestsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error
 		return d.f.errno("unlink", p, err)
 	}
 	if dgst, err := store.ParseDigest(req.Name); err == nil {
-		tags, err := tagsOf(ctx, repo, dgst)
+		tags, err := d.f.tagsOf(ctx, repo, dgst)
 		if err != nil {
 			return d.f.errno("unlink", p, err)
 		}
+		d.f.forgetListed(d.dir, dgst)
 		if err := repo.Manifests().Delete(ctx, dgst); err != nil {
 			return d.f.errno("unlink", p, err)
 		}
@@ -184,8 +207,9 @@ func (d manifestsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error
 	return d.f.errno("unlink", p, repo.Tags().Untag(ctx, req.Name))
 }
 
-// tagsOf lists the tags of repo pointing at dgst.
-func tagsOf(ctx context.Context, repo store.Repository, dgst digest.Digest) ([]string, error) {
+// tagsOf lists the tags of repo pointing at dgst. A tag whose link is
+// unreadable points nowhere known, and is left out.
+func (f *FS) tagsOf(ctx context.Context, repo store.Repository, dgst digest.Digest) ([]string, error) {
 	tags, err := repo.Tags().List(ctx)
 	if err != nil {
 		return nil, err
@@ -193,7 +217,7 @@ func tagsOf(ctx context.Context, repo store.Repository, dgst digest.Digest) ([]s
 	var out []string
 	for _, t := range tags {
 		dg, err := repo.Tags().Get(ctx, t)
-		if isNotFoundErr(err) {
+		if isNotFoundErr(err) || skipBadLink(f, joinPath(repo.Name(), reservedManifests+"/"+t), err) {
 			continue
 		}
 		if err != nil {
@@ -246,6 +270,7 @@ func (d manifestsDir) Link(ctx context.Context, req *fuse.LinkRequest, old fs.No
 	if err := repo.Tags().Tag(ctx, req.NewName, dgst); err != nil {
 		return nil, d.f.errno("link", p, err)
 	}
+	d.f.forgetRename(d.repo, req.NewName)
 	n := tagFile{f: d.f, repo: d.repo, name: req.NewName}
 	d.f.invalidateNode(n)
 	return n, nil
@@ -272,4 +297,112 @@ func resolveManifest(ctx context.Context, repo store.Repository, name string) (d
 		return "", manifestGone(err, repo, dgst)
 	}
 	return dgst, nil
+}
+
+// Rename implements fs.NodeRenamer: mv _manifests/a _manifests/b moves the
+// tag: b is pointed at a's revision, then a is untagged. Through the mount
+// b never disappears (it is re-pointed before a goes), and both name the
+// revision for the moment between; a registry sees the same. This is also
+// how editors and sed -i save a tag: they write a temporary name, which is
+// stored (verified) as a tag when closed, then rename it over the tag.
+// Revisions are named by their content and cannot move; a name still open
+// for writing is EBUSY (it is stored at close).
+func (d manifestsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
+	p := d.path(req.OldName)
+	if err := d.f.readOnly(); err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	to, ok := newDir.(manifestsDir)
+	if !ok {
+		return d.f.errno("rename", p, errNotSupported)
+	}
+	if to.repo != d.repo {
+		return d.f.errno("rename", p, errCrossRepository)
+	}
+	if d.f.pendingManifest(fileKey{d.repo, req.OldName}) != nil || d.f.pendingManifest(fileKey{d.repo, req.NewName}) != nil {
+		return d.f.errno("rename", p, errBusy)
+	}
+	if _, err := store.ParseDigest(req.OldName); err == nil {
+		return d.f.errno("rename", p, errImmutable)
+	}
+	if _, err := store.ParseDigest(req.NewName); err == nil {
+		return d.f.errno("rename", p, errWrongKind)
+	}
+	if store.ValidateTag(req.OldName) != nil {
+		return d.f.errno("rename", p, errNotFound)
+	}
+	if err := store.ValidateTag(req.NewName); err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	if req.OldName == req.NewName {
+		return nil
+	}
+	repo, err := d.f.st.Repository(d.repo)
+	if err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	dgst, err := repo.Tags().Get(ctx, req.OldName)
+	if err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	if err := repo.Tags().Tag(ctx, req.NewName, dgst); err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	d.f.invalidateNode(tagFile{f: d.f, repo: d.repo, name: req.NewName})
+	if err := repo.Tags().Untag(ctx, req.OldName); err != nil && !isNotFoundErr(err) {
+		return d.f.errno("rename", p, err)
+	}
+	// The kernel moves the old name's entry, and with it the node made
+	// for the old tag, to the new name. The node answers for the new
+	// name from now on (tagFile.moved); the entry is also dropped, so the
+	// next path walk looks the new name up afresh.
+	d.f.noteRename(d.repo, req.OldName, req.NewName)
+	d.f.invalidateEntry(d, req.NewName)
+	return nil
+}
+
+// skipBadLink tells whether err is a link that stayed unreadable
+// (*store.CorruptLinkError, which the store has counted in
+// Stats.BadLinks), for a walk over many names to log and leave out, so
+// that one bad tag never hides the others.
+func skipBadLink(f *FS, name string, err error) bool {
+	var bad *store.CorruptLinkError
+	if !errors.As(err, &bad) {
+		return false
+	}
+	f.log.Warn("skipping unreadable link", "path", name, "error", err)
+	return true
+}
+
+// noteRename records that the kernel's entry old, with the node it holds,
+// is now called new: the node made for the name that answers for old now
+// answers for new. A node that answered for new stays with its own name.
+func (f *FS) noteRename(repo, old, new string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	made := old
+	for k, n := range f.renamed {
+		if k.repo == repo && n == old {
+			made = k.name
+			break
+		}
+	}
+	for k, n := range f.renamed {
+		if k.repo == repo && n == new {
+			delete(f.renamed, k) // unlinked by the kernel: its own name again
+		}
+	}
+	if made == new {
+		delete(f.renamed, fileKey{repo, made})
+	} else {
+		f.renamed[fileKey{repo, made}] = new
+	}
+}
+
+// forgetRename drops a record of noteRename for the name n, which is now
+// made anew (looked up, created, linked): a node for n answers for n again.
+func (f *FS) forgetRename(repo, n string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.renamed, fileKey{repo, n})
 }

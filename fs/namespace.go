@@ -26,6 +26,7 @@ var (
 // is the namespace's name.
 type nsDir struct {
 	noXattr
+	synced
 	refusals
 	ino uint64
 }
@@ -36,7 +37,7 @@ func newNSDir(f *FS, p string) nsDir {
 
 // Attr implements fs.Node.
 func (d nsDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	d.f.dirAttr(a, d.ino, d.f.opts.AttrTTL)
+	d.f.dirAttr(a, d.dir, d.ino, d.f.opts.AttrTTL)
 	return nil
 }
 
@@ -65,7 +66,7 @@ func (d nsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	for _, n := range []string{reservedLayers, reservedManifests, reservedUploads} {
 		out = append(out, fuse.Dirent{Inode: childInode(d.ino, n), Type: fuse.DT_Dir, Name: n})
 	}
-	return out, nil
+	return append(dots(d.ino, pathInode(path.Dir("/" + d.dir)[1:])), out...), nil
 }
 
 // Mkdir implements fs.NodeMkdirer.
@@ -77,9 +78,54 @@ func (d nsDir) Mkdir(ctx context.Context, req *fuse.MkdirRequest) (fs.Node, erro
 func (d nsDir) Remove(ctx context.Context, req *fuse.RemoveRequest) error {
 	switch req.Name {
 	case reservedLayers, reservedManifests, reservedUploads:
-		return d.f.refuse("rmdir", d.path(req.Name))
+		return d.f.rmdirReserved(ctx, d.dir, req.Name)
 	}
 	return d.f.rmdir(ctx, d.dir, req.Name)
+}
+
+// rmdirReserved is rmdir of a repository's _layers, _manifests or
+// _uploads: ENOTEMPTY while it holds anything, else success without a
+// change, as the directory is part of the repository for as long as the
+// repository exists. This is the step of rm -rf of a repository between
+// emptying these directories and removing the repository.
+func (f *FS) rmdirReserved(ctx context.Context, repoName, name string) error {
+	p := joinPath(repoName, name)
+	if err := f.readOnly(); err != nil {
+		return f.errno("rmdir", p, err)
+	}
+	repo, err := f.st.Repository(repoName)
+	if err != nil {
+		return f.errno("rmdir", p, err)
+	}
+	var n int
+	switch name {
+	case reservedLayers:
+		l, err := repo.Layers().List(ctx)
+		if err != nil {
+			return f.errno("rmdir", p, err)
+		}
+		n = len(l)
+	case reservedManifests:
+		revs, err := repo.Manifests().List(ctx)
+		if err != nil {
+			return f.errno("rmdir", p, err)
+		}
+		tags, err := repo.Tags().List(ctx)
+		if err != nil {
+			return f.errno("rmdir", p, err)
+		}
+		n = len(revs) + len(tags) + len(f.pendingNames(repoName))
+	case reservedUploads:
+		l, err := repo.Uploads().List(ctx)
+		if err != nil {
+			return f.errno("rmdir", p, err)
+		}
+		n = len(l)
+	}
+	if n > 0 {
+		return f.errno("rmdir", p, errNotEmpty)
+	}
+	return nil
 }
 
 // lookupNamespace finds the sub-namespace name of parent: one made by mkdir,

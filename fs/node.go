@@ -2,12 +2,16 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/store"
 )
 
 var (
@@ -56,8 +60,9 @@ func (r refusals) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Nod
 	return nil, r.f.refuse("symlink", r.path(req.NewName))
 }
 
-// Rename implements fs.NodeRenamer: storage cannot rename atomically (a
-// tag is re-pointed with ln and rm).
+// Rename implements fs.NodeRenamer for the directories whose entries
+// cannot move: a directory, a layer or an upload has no name of its own in
+// storage to change (tags move: see manifestsDir.Rename).
 func (r refusals) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
 	return r.f.refuse("rename", r.path(req.OldName))
 }
@@ -90,18 +95,31 @@ func (f *FS) refuseWrite(op, name string) error {
 	return f.errno(op, name, errImmutable)
 }
 
-// setattrFixed handles Setattr on a node whose attributes cannot change:
-// times are accepted and ignored (cp -p, tar and touch set them, and
-// storage keeps none); mode, owner and size changes are refused.
+// setattrFixed handles Setattr on a node whose attributes cannot change.
+// Storage keeps no modes, owners or times, so chmod, chown and utimes are
+// accepted and change nothing (ignoredAttrs): cp -p, install -m, rsync -a,
+// tar and touch set them after writing, and would otherwise fail a copy
+// that stored everything. Size changes are refused.
 func (f *FS) setattrFixed(op, name string, req *fuse.SetattrRequest) error {
 	if err := f.readOnly(); err != nil {
 		return f.errno(op, name, err)
 	}
-	if req.Valid.Mode() || req.Valid.Uid() || req.Valid.Gid() {
-		return f.errno(op, name, errNotSupported)
+	if err := ignoredAttrs(req); err != nil {
+		return f.errno(op, name, err)
 	}
 	if req.Valid.Size() {
 		return f.errno(op, name, errImmutable)
+	}
+	return nil
+}
+
+// ignoredAttrs checks the attributes of a Setattr that regfs accepts and
+// ignores: permission bits, owner, group and times. A mode with setuid,
+// setgid or sticky bits, or of another file type, is refused: accepting it
+// would pretend to grant what regfs never shows.
+func ignoredAttrs(req *fuse.SetattrRequest) error {
+	if req.Valid.Mode() && req.Mode&^os.ModePerm != req.Mode&os.ModeDir {
+		return fmt.Errorf("%w: mode %v", errNotSupported, req.Mode)
 	}
 	return nil
 }
@@ -143,21 +161,66 @@ func (f *FS) mode(m os.FileMode) os.FileMode {
 }
 
 // baseAttr fills what every node shares: the owner (the daemon's user,
-// whose writes regfs serves) and the times, the mount time, as storage
-// keeps no times regfs could report consistently.
+// whose writes regfs serves) and the times, the mount time until the node
+// sets its own (setTimes).
 func (f *FS) baseAttr(a *fuse.Attr) {
 	a.Uid, a.Gid = f.uid, f.gid
 	a.Atime, a.Mtime, a.Ctime = f.started, f.started, f.started
 }
 
-// dirAttr fills the attributes of a directory that accepts writes from
-// its owner.
-func (f *FS) dirAttr(a *fuse.Attr, ino uint64, valid time.Duration) {
+// setTimes sets a node's times to t, its link's modification time in
+// storage; a zero t (a driver without times) leaves the mount time.
+func setTimes(a *fuse.Attr, t time.Time) {
+	if !t.IsZero() {
+		a.Atime, a.Mtime, a.Ctime = t, t, t
+	}
+}
+
+// dirAttr fills the attributes of the directory at path p (below the
+// mountpoint) that accepts writes from its owner. Its times are those of
+// the newest child regfs has seen below it (dirTime).
+func (f *FS) dirAttr(a *fuse.Attr, p string, ino uint64, valid time.Duration) {
 	a.Inode = ino
 	a.Mode = f.mode(modeDir)
 	a.Nlink = 2
 	a.Valid = valid
 	f.baseAttr(a)
+	setTimes(a, f.dirTime(p))
+}
+
+// noteTime records t, the link time of something in the directory p, as
+// p's time and that of every directory above it, where it is newer. It is
+// what regfs learns without a call of its own: from listings, which carry
+// times, and from the lookups of files. It tells whether p's own time
+// moved.
+func (f *FS) noteTime(p string, t time.Time) bool {
+	if t.IsZero() {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	moved := t.After(f.dirTimes[p])
+	for {
+		if t.After(f.dirTimes[p]) {
+			f.dirTimes[p] = t
+		}
+		if p == "" {
+			return moved
+		}
+		i := strings.LastIndexByte(p, '/')
+		if i < 0 {
+			p = ""
+		} else {
+			p = p[:i]
+		}
+	}
+}
+
+// dirTime is the newest time noteTime recorded for p; zero if none.
+func (f *FS) dirTime(p string) time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dirTimes[p]
 }
 
 // immutableAttr fills the attributes of a blob or a revision: content
@@ -165,14 +228,71 @@ func (f *FS) dirAttr(a *fuse.Attr, ino uint64, valid time.Duration) {
 // digest never change, so they are valid for long; the name's entry is
 // not (see Lookup of layersDir and manifestsDir), so a blob or revision
 // another writer deletes disappears within the entry timeout.
-func (f *FS) immutableAttr(a *fuse.Attr, dgst digest.Digest, size int64) {
+func (f *FS) immutableAttr(a *fuse.Attr, dgst digest.Digest, size int64, mtime time.Time) {
 	a.Inode = digestInode(dgst)
 	a.Mode = f.mode(modeReadOnly)
 	a.Size = uint64(size)
 	a.Blocks = blocks(size)
 	a.Valid = immutableTTL
 	f.baseAttr(a)
+	setTimes(a, mtime)
 }
 
 // blocks is size in 512-byte units, for du.
 func blocks(size int64) uint64 { return uint64(size+511) / 512 }
+
+// dots returns the entries "." (the directory, inode ino) and ".." (its
+// parent) followed by rest. FUSE passes a directory's entries to readdir
+// as the file system gives them, so without these ls -a would not show
+// them, as it does on every other file system.
+func dots(ino, parent uint64, rest ...fuse.Dirent) []fuse.Dirent {
+	return append([]fuse.Dirent{
+		{Inode: ino, Type: fuse.DT_Dir, Name: "."},
+		{Inode: parent, Type: fuse.DT_Dir, Name: ".."},
+	}, rest...)
+}
+
+// listedDirs bounds FS.listed: the listings of this many directories are
+// kept for the lookups that follow them.
+const listedDirs = 64
+
+// rememberListing keeps the link times a listing of the directory p
+// carried (see FS.listed).
+func (f *FS) rememberListing(p string, ls []store.Linked) {
+	m := make(map[digest.Digest]time.Time, len(ls))
+	for _, l := range ls {
+		if !l.ModTime.IsZero() {
+			m[l.Digest] = l.ModTime
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.listed[p]; !ok {
+		f.listedOrder = append(f.listedOrder, p)
+		if len(f.listedOrder) > listedDirs {
+			delete(f.listed, f.listedOrder[0])
+			f.listedOrder = f.listedOrder[1:]
+		}
+	}
+	f.listed[p] = m
+}
+
+// linkTime returns the link time of dgst in the directory p from its last
+// listing, or else from storage with get (one driver call).
+func (f *FS) linkTime(ctx context.Context, p string, dgst digest.Digest, get func(context.Context, digest.Digest) (time.Time, error)) (time.Time, error) {
+	f.mu.Lock()
+	t, ok := f.listed[p][dgst]
+	f.mu.Unlock()
+	if ok {
+		return t, nil
+	}
+	return get(ctx, dgst)
+}
+
+// forgetListed drops dgst from the listing kept for p, when regfs removes
+// or re-links it.
+func (f *FS) forgetListed(p string, dgst digest.Digest) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.listed[p], dgst)
+}

@@ -20,6 +20,7 @@ var (
 // has no _layers, _manifests or _uploads. It holds only directories.
 type rootDir struct {
 	noXattr
+	synced
 	refusals
 }
 
@@ -27,7 +28,7 @@ func newRootDir(f *FS) rootDir { return rootDir{refusals: refusals{f: f}} }
 
 // Attr implements fs.Node.
 func (r rootDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	r.f.dirAttr(a, rootInode, r.f.opts.AttrTTL)
+	r.f.dirAttr(a, "", rootInode, r.f.opts.AttrTTL)
 	return nil
 }
 
@@ -46,8 +47,8 @@ func (r rootDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, err
 	}
-	dot := fuse.Dirent{Inode: controlInode, Type: fuse.DT_Dir, Name: controlDirName}
-	return append([]fuse.Dirent{dot}, out...), nil
+	ctl := fuse.Dirent{Inode: controlInode, Type: fuse.DT_Dir, Name: controlDirName}
+	return append(dots(rootInode, rootInode, ctl), out...), nil
 }
 
 // Mkdir implements fs.NodeMkdirer.

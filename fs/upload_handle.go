@@ -35,6 +35,10 @@ type uploadState struct {
 	up store.Upload
 	// done is set once up is committed, cancelled or closed.
 	done bool
+	// private is set for an upload one handle has to itself (see
+	// detachUpload): it is not in FS.uploads, and is cancelled, not kept,
+	// when its handle goes without committing it.
+	private bool
 }
 
 // uploadHandle is one open file descriptor on an upload.
@@ -42,7 +46,11 @@ type uploadHandle struct {
 	noPoll
 	f    *FS
 	node uploadFile
-	st   *uploadState
+
+	// smu guards st, which a write switches to a private upload (see
+	// detachUpload).
+	smu sync.Mutex
+	st  *uploadState
 	// wrote is set by a write and cleared by each commit attempt, so close
 	// commits only what this handle changed. Guarded by st.mu.
 	wrote bool
@@ -67,12 +75,27 @@ func (h *uploadHandle) Write(ctx context.Context, req *fuse.WriteRequest, resp *
 	if err := h.f.readOnly(); err != nil {
 		return h.f.errno("write", p, err)
 	}
-	h.st.mu.Lock()
-	defer h.st.mu.Unlock()
-	if h.st.done {
+	st := h.state()
+	st.mu.Lock()
+	if !st.done && req.Offset == 0 && !h.wrote && st.up.Size() > 0 && h.f.sharedUpload(st) {
+		// A second writer of the same digest (two cp at once) starts
+		// from the beginning while the first is part way: it gets an
+		// upload of its own, and whichever commits second finds the
+		// blob stored.
+		ps, err := h.f.detachUpload(ctx, st)
+		st.mu.Unlock()
+		if err != nil {
+			return h.f.errno("write", p, err)
+		}
+		h.setState(ps)
+		st = ps
+		st.mu.Lock()
+	}
+	defer st.mu.Unlock()
+	if st.done {
 		return h.f.errno("write", p, errStale)
 	}
-	n, err := h.st.up.WriteAt(req.Data, req.Offset)
+	n, err := st.up.WriteAt(req.Data, req.Offset)
 	if errors.Is(err, store.ErrInvalidOffset) {
 		h.f.reject(p, err)
 		return h.f.errno("write", p, err)
@@ -107,8 +130,50 @@ func (h *uploadHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) er
 	if err := h.commit(h.f.ctx); err != nil && !isRejection(err) {
 		h.f.log.Error("committing upload at release", "path", h.node.path(), "error", err)
 	}
-	h.f.releaseUpload(h.st)
+	h.f.releaseUpload(h.state())
 	return nil
+}
+
+// state returns the upload the handle writes to.
+func (h *uploadHandle) state() *uploadState {
+	h.smu.Lock()
+	defer h.smu.Unlock()
+	return h.st
+}
+
+func (h *uploadHandle) setState(st *uploadState) {
+	h.smu.Lock()
+	defer h.smu.Unlock()
+	h.st = st
+}
+
+// sharedUpload tells whether another handle than the caller's has st open.
+func (f *FS) sharedUpload(st *uploadState) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return st.refs > 1 && !st.private
+}
+
+// detachUpload starts an upload of st's digest for one of st's handles
+// alone, and drops that handle's reference to st (not the last one: st is
+// shared). The caller holds st.mu.
+func (f *FS) detachUpload(ctx context.Context, st *uploadState) (*uploadState, error) {
+	expected := st.up.Expected()
+	if expected == "" {
+		return nil, errForeignUpload
+	}
+	repo, err := f.st.Repository(st.key.repo)
+	if err != nil {
+		return nil, err
+	}
+	up, err := repo.Uploads().Create(context.WithoutCancel(ctx), expected)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	st.refs--
+	f.mu.Unlock()
+	return &uploadState{key: st.key, refs: 1, up: up, private: true}, nil
 }
 
 // commit commits the upload. After a handle that wrote to it since the
@@ -118,17 +183,18 @@ func (h *uploadHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) er
 // but an upload whose bytes are all there is committed, because a crash
 // between the last write and the commit leaves no rest to append.
 func (h *uploadHandle) commit(ctx context.Context) error {
-	h.st.mu.Lock()
-	defer h.st.mu.Unlock()
-	if h.st.done {
+	st := h.state()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
 		return nil
 	}
-	quiet := !(h.wrote || h.created && h.st.up.Expected() == emptyDigest)
-	if quiet && h.st.up.Size() == 0 && h.st.up.Expected() != emptyDigest {
+	quiet := !(h.wrote || h.created && st.up.Expected() == emptyDigest)
+	if quiet && st.up.Size() == 0 && st.up.Expected() != emptyDigest {
 		return nil // nothing to commit yet, and nothing to flush
 	}
 	h.wrote, h.created = false, false
-	desc, err := h.st.up.Commit(ctx)
+	desc, err := st.up.Commit(ctx)
 	if err != nil {
 		var mismatch *store.DigestMismatchError
 		if errors.As(err, &mismatch) && quiet {
@@ -140,8 +206,9 @@ func (h *uploadHandle) commit(ctx context.Context) error {
 		}
 		return err
 	}
-	h.st.done = true
-	h.f.forgetUpload(h.st)
+	st.done = true
+	h.f.forgetUpload(st)
+	h.f.noteCommitted(st.key, h.opener, desc.Size)
 	h.f.stats.uploadsCommitted.Add(1)
 	h.f.invalidateEntry(h.node.dir, h.node.name)
 	h.f.invalidateEntry(newLayersDir(h.f, h.node.dir.repo), desc.Digest.String())
@@ -215,7 +282,7 @@ func (f *FS) acquireUpload(ctx context.Context, k fileKey, create bool) (*upload
 	case err == nil:
 		up, err = repo.Uploads().Resume(bg, info.ID)
 	case errors.Is(err, store.ErrUploadUnknown) && create:
-		dgst, perr := store.ParseDigest(k.name)
+		dgst, perr := uploadDigest(k.name)
 		if perr != nil {
 			return nil, perr
 		}
@@ -247,6 +314,14 @@ func (f *FS) releaseUpload(st *uploadState) {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if !st.done && st.private {
+		// A duplicate of a shared upload: nobody can reach it by name.
+		st.done = true
+		if err := st.up.Cancel(f.ctx); err != nil {
+			f.log.Error("cancelling a second writer's upload", "repository", st.key.repo, "upload", st.key.name, "error", err)
+		}
+		return
+	}
 	if !st.done {
 		st.done = true
 		if err := st.up.Close(); err != nil {
@@ -281,6 +356,11 @@ func (f *FS) restartUpload(ctx context.Context, k fileKey) error {
 			return errStale
 		}
 		if st.up.Size() == 0 {
+			return nil
+		}
+		if f.sharedUpload(st) {
+			// Another handle is writing it: the truncating writer gets
+			// an upload of its own at its first write (detachUpload).
 			return nil
 		}
 		expected := st.up.Expected()

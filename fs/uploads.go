@@ -6,6 +6,7 @@ import (
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/regfs/regfs/store"
 )
@@ -16,6 +17,7 @@ var (
 	_ fs.HandleReadDirAller  = uploadsDir{}
 	_ fs.NodeCreater         = uploadsDir{}
 	_ fs.NodeRemover         = uploadsDir{}
+	_ fs.NodeRenamer         = uploadsDir{}
 
 	_ fs.Node          = uploadFile{}
 	_ fs.NodeOpener    = uploadFile{}
@@ -28,6 +30,7 @@ var (
 // left are named by their ID. Uploads are made by writing, never by ln.
 type uploadsDir struct {
 	noXattr
+	synced
 	refusals
 	repo string
 	ino  uint64
@@ -43,7 +46,7 @@ func newUploadsDir(f *FS, repo string) uploadsDir {
 
 // Attr implements fs.Node.
 func (d uploadsDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	d.f.dirAttr(a, d.ino, immutableTTL)
+	d.f.dirAttr(a, d.dir, d.ino, immutableTTL)
 	return nil
 }
 
@@ -54,6 +57,10 @@ func (d uploadsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *f
 	p := d.path(req.Name)
 	key := fileKey{d.repo, req.Name}
 	if d.f.openUpload(key) == nil {
+		if c, ok := d.f.committedFor(key, req.Pid); ok {
+			resp.EntryValid = 0
+			return committedFile{f: d.f, dir: d, name: req.Name, size: c.size}, nil
+		}
 		if _, err := d.f.findUpload(ctx, key); err != nil {
 			return nil, d.f.errno("lookup", p, err)
 		}
@@ -72,7 +79,7 @@ func (d uploadsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	if err != nil {
 		return nil, d.f.errno("readdir", d.path(""), err)
 	}
-	var out []fuse.Dirent
+	out := dots(d.ino, pathInode(d.repo))
 	seen := map[string]bool{}
 	for _, in := range infos {
 		n := uploadName(in)
@@ -100,7 +107,7 @@ func (d uploadsDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *f
 	if err := d.f.readOnly(); err != nil {
 		return nil, nil, d.f.errno("create", p, err)
 	}
-	if _, err := store.ParseDigest(req.Name); err != nil {
+	if _, err := uploadDigest(req.Name); err != nil {
 		return nil, nil, d.f.errno("create", p, err)
 	}
 	key := fileKey{d.repo, req.Name}
@@ -199,8 +206,8 @@ func (u uploadFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp 
 	if err := u.f.readOnly(); err != nil {
 		return u.f.errno("setattr", p, err)
 	}
-	if req.Valid.Mode() || req.Valid.Uid() || req.Valid.Gid() {
-		return u.f.errno("setattr", p, errNotSupported)
+	if err := ignoredAttrs(req); err != nil {
+		return u.f.errno("setattr", p, err)
 	}
 	if !req.Valid.Size() {
 		return nil
@@ -230,4 +237,70 @@ func (u uploadFile) Fsync(ctx context.Context, req *fuse.FsyncRequest) error {
 		return nil
 	}
 	return u.f.errno("fsync", u.path(), st.up.Flush(context.WithoutCancel(ctx)))
+}
+
+// uploadDigest returns the digest an upload named name must hash to: the
+// name itself, or the digest in an rsync temporary name (see tempUpload).
+func uploadDigest(name string) (digest.Digest, error) {
+	if d, ok := tempUpload(name); ok {
+		return d, nil
+	}
+	return store.ParseDigest(name)
+}
+
+// tempUpload tells whether name is the temporary name rsync writes a file
+// to before renaming it into place (".<name>.XXXXXX"), for a name that is a
+// digest, and returns that digest. Such a file is an upload of the digest
+// like any other: it commits at close, and the rename that follows
+// (Rename) has nothing left to do.
+func tempUpload(name string) (digest.Digest, bool) {
+	if len(name) < 2+7 || name[0] != '.' || name[len(name)-7] != '.' {
+		return "", false
+	}
+	for _, c := range name[len(name)-6:] {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return "", false
+		}
+	}
+	d, err := store.ParseDigest(name[1 : len(name)-7])
+	return d, err == nil
+}
+
+// Rename implements fs.NodeRenamer: only rsync's rename of its temporary
+// name to the digest it names (tempUpload), once the upload under it was
+// committed at close: the layer is stored already, so there is nothing to
+// move. Any other rename in _uploads is EPERM; of a temporary name whose
+// upload is still open, EBUSY; of one whose upload did not commit, ENOENT.
+func (d uploadsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
+	p := d.path(req.OldName)
+	if err := d.f.readOnly(); err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	to, ok := newDir.(uploadsDir)
+	dgst, temp := tempUpload(req.OldName)
+	if !ok || to.repo != d.repo || !temp || dgst.String() != req.NewName {
+		return d.f.errno("rename", p, errNotSupported)
+	}
+	old := fileKey{d.repo, req.OldName}
+	if d.f.openUpload(old) != nil {
+		return d.f.errno("rename", p, errBusy)
+	}
+	d.f.mu.Lock()
+	c, ok := d.f.committed[old]
+	if ok {
+		delete(d.f.committed, old)
+		d.f.committed[fileKey{d.repo, req.NewName}] = c
+	}
+	d.f.mu.Unlock()
+	if ok {
+		return nil
+	}
+	repo, err := d.f.st.Repository(d.repo)
+	if err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	if _, err := repo.Layers().Stat(ctx, dgst); err != nil {
+		return d.f.errno("rename", p, err)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -64,6 +65,24 @@ func (s *storage) blobSize(ctx context.Context, dgst digest.Digest) (int64, erro
 		return 0, fmt.Errorf("%w: data of %s is a directory", ErrBlobUnknown, dgst)
 	}
 	return fi.Size, nil
+}
+
+// Linked implements LayerService.
+func (l *layerService) Linked(ctx context.Context) ([]Linked, error) {
+	return l.repo.s.listLinkedTimes(ctx, mustPath(layersPathSpec{name: l.repo.name}))
+}
+
+// LinkTime implements LayerService.
+func (l *layerService) LinkTime(ctx context.Context, dgst digest.Digest) (time.Time, error) {
+	p, err := pathFor(layerLinkPathSpec{name: l.repo.name, digest: dgst})
+	if err != nil {
+		return time.Time{}, err
+	}
+	t, err := l.repo.s.linkTime(ctx, p)
+	if isNotFound(err) {
+		return t, fmt.Errorf("%w: %s not linked in %s", ErrBlobUnknown, dgst, l.repo.name)
+	}
+	return t, err
 }
 
 // Open implements LayerService.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -227,6 +228,93 @@ func TestRemoveRepositoryOnDisk(t *testing.T) {
 	}
 }
 
+// TestRemoveRepositoryEmptyNamespace: a namespace directory left empty by
+// removing its last repository is removed, and no longer listed.
+func TestRemoveRepositoryEmptyNamespace(t *testing.T) {
+	ctx := context.Background()
+	td := drivers[1].new(t, "")
+	s := newStore(t, td)
+	if err := mkdirAll(td.root, "docker/registry/v2/repositories/ns/app/_layers/sha256"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveRepository(ctx, "ns/app"); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := s.Children(ctx, ""); err != nil || len(c) != 1 {
+		t.Fatalf("Children before removing ns = %v, %v", c, err)
+	}
+	if err := s.RemoveRepository(ctx, "ns"); err != nil {
+		t.Fatalf("removing the empty namespace ns: %v", err)
+	}
+	if c, err := s.Children(ctx, ""); err != nil || len(c) != 0 {
+		t.Fatalf("Children = %v, %v", c, err)
+	}
+	if err := s.RemoveRepository(ctx, "ns"); !errors.Is(err, ErrRepositoryUnknown) {
+		t.Fatalf("removing ns again: %v", err)
+	}
+}
+
 func mkdirAll(root, rel string) error {
 	return os.MkdirAll(filepath.Join(root, filepath.FromSlash(rel)), 0o755)
+}
+
+// TestLinkTimes: LinkTime of a layer, a revision and a tag is its link's
+// modification time, and Linked lists the same times as List's digests.
+func TestLinkTimes(t *testing.T) {
+	for _, dc := range drivers {
+		t.Run(dc.name, func(t *testing.T) {
+			ctx := context.Background()
+			td := dc.new(t, "")
+			s := newStore(t, td)
+			r := repo(t, s, "r")
+			cfg := pushBlob(t, r, []byte(`{"architecture":"amd64","os":"linux"}`))
+			l1 := pushBlob(t, r, []byte("layer one"))
+			a, _ := twoRevisions(t, r, cfg, []digest.Digest{l1, l1})
+			if err := r.Tags().Tag(ctx, "v1", a); err != nil {
+				t.Fatal(err)
+			}
+			linkTime := func(p string) time.Time {
+				fi, err := td.Stat(ctx, p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return fi.ModTime
+			}
+			lt, err := r.Layers().LinkTime(ctx, l1)
+			if want := linkTime(mustPath(layerLinkPathSpec{name: "r", digest: l1})); err != nil || !lt.Equal(want) || lt.IsZero() {
+				t.Errorf("layer LinkTime = %v, %v; want %v", lt, err, want)
+			}
+			rt, err := r.Manifests().LinkTime(ctx, a)
+			if want := linkTime(mustPath(manifestRevisionLinkPathSpec{name: "r", revision: a})); err != nil || !rt.Equal(want) {
+				t.Errorf("revision LinkTime = %v, %v; want %v", rt, err, want)
+			}
+			tt, err := r.Tags().LinkTime(ctx, "v1")
+			if want := linkTime(mustPath(manifestTagCurrentLinkPathSpec{name: "r", tag: "v1"})); err != nil || !tt.Equal(want) {
+				t.Errorf("tag LinkTime = %v, %v; want %v", tt, err, want)
+			}
+			if _, err := r.Tags().LinkTime(ctx, "nope"); !errors.Is(err, ErrTagUnknown) {
+				t.Errorf("LinkTime of a missing tag: %v", err)
+			}
+			if _, err := r.Layers().LinkTime(ctx, digest.FromString("x")); !errors.Is(err, ErrBlobUnknown) {
+				t.Errorf("LinkTime of a missing layer: %v", err)
+			}
+			linked, err := r.Layers().Linked(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range linked {
+				want, err := r.Layers().LinkTime(ctx, l.Digest)
+				if err != nil || !l.ModTime.Equal(want) {
+					t.Errorf("Linked time of %s = %v, LinkTime %v, %v", l.Digest, l.ModTime, want, err)
+				}
+			}
+			if len(linked) != 2 {
+				t.Errorf("Linked = %v, want the config and the layer", linked)
+			}
+			revs, err := r.Manifests().Linked(ctx)
+			if err != nil || len(revs) != 1 || revs[0].ModTime.IsZero() {
+				t.Errorf("Manifests().Linked = %v, %v", revs, err)
+			}
+		})
+	}
 }

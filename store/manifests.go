@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -314,4 +315,22 @@ func (m *manifestService) untagRevision(ctx context.Context, dgst digest.Digest,
 // List implements ManifestService.
 func (m *manifestService) List(ctx context.Context) ([]digest.Digest, error) {
 	return m.repo.s.listLinked(ctx, mustPath(manifestRevisionsPathSpec{name: m.repo.name}))
+}
+
+// Linked implements ManifestService.
+func (m *manifestService) Linked(ctx context.Context) ([]Linked, error) {
+	return m.repo.s.listLinkedTimes(ctx, mustPath(manifestRevisionsPathSpec{name: m.repo.name}))
+}
+
+// LinkTime implements ManifestService.
+func (m *manifestService) LinkTime(ctx context.Context, dgst digest.Digest) (time.Time, error) {
+	p, err := pathFor(manifestRevisionLinkPathSpec{name: m.repo.name, revision: dgst})
+	if err != nil {
+		return time.Time{}, err
+	}
+	t, err := m.repo.s.linkTime(ctx, p)
+	if isNotFound(err) {
+		return t, fmt.Errorf("%w: %s in %s", ErrManifestUnknown, dgst, m.repo.name)
+	}
+	return t, err
 }

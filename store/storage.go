@@ -208,6 +208,14 @@ func (s *storage) RemoveRepository(ctx context.Context, name string) error {
 		}
 		return err
 	}
+	if len(entries) == 0 {
+		// A directory holding nothing: a namespace whose last repository
+		// was removed, on a driver that keeps directories. It goes too.
+		if err := s.driver.Delete(ctx, dir); err != nil && !isNotFound(err) {
+			return err
+		}
+		return nil
+	}
 	isRepo := false
 	for _, e := range entries {
 		base := path.Base(e)
@@ -247,6 +255,21 @@ func (s *storage) RemoveRepository(ctx context.Context, name string) error {
 	return nil
 }
 
+// Usage implements Store. The driver the store was given is asked
+// directly: the wrappers around it (counting, error translation) do not
+// carry optional interfaces.
+func (s *storage) Usage(ctx context.Context) (Usage, error) {
+	u, ok := s.calls.StorageDriver.(driver.UsageReporter)
+	if !ok {
+		return Usage{}, fmt.Errorf("%w: usage", ErrUnsupported)
+	}
+	du, err := u.Usage(ctx)
+	if err != nil {
+		return Usage{}, storageErr("Usage", "/", err)
+	}
+	return Usage(du), nil
+}
+
 // list returns the base names of a directory's children; a missing
 // directory has none.
 func (s *storage) list(ctx context.Context, dir string) ([]string, error) {
@@ -272,10 +295,25 @@ func (s *storage) list(ctx context.Context, dir string) ([]string, error) {
 // (it may be being rewritten); one that stays bad is skipped, logged and
 // counted, so it never hides the others.
 func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, error) {
-	var out []digest.Digest
+	ls, err := s.listLinkedTimes(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]digest.Digest, len(ls))
+	for i, l := range ls {
+		out[i] = l.Digest
+	}
+	return out, nil
+}
+
+// listLinkedTimes is listLinked with each link's modification time, which
+// the walk's FileInfo carries: no driver call per entry.
+func (s *storage) listLinkedTimes(ctx context.Context, dir string) ([]Linked, error) {
+	var out []Linked
 	type link struct {
-		path string
-		dgst digest.Digest
+		path  string
+		dgst  digest.Digest
+		mtime time.Time
 	}
 	var suspect []link
 	err := s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
@@ -285,10 +323,10 @@ func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, 
 			return skipIfDir(fi)
 		case l.Kind.IsLink() && !fi.IsDir:
 			if fi.Size != int64(linkSize) {
-				suspect = append(suspect, link{fi.Path, l.LinkTarget()})
+				suspect = append(suspect, link{fi.Path, l.LinkTarget(), fi.ModTime})
 				return nil
 			}
-			out = append(out, l.LinkTarget())
+			out = append(out, Linked{Digest: l.LinkTarget(), ModTime: fi.ModTime})
 		case fi.IsDir && (l.Kind == PathLayer || l.Kind == PathRevision || l.Kind == PathSignature):
 			return nil
 		}
@@ -301,15 +339,27 @@ func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, 
 		_, err := s.readLink(ctx, l.path)
 		switch {
 		case err == nil:
-			out = append(out, l.dgst)
+			out = append(out, Linked{Digest: l.dgst, ModTime: l.mtime})
 		case isNotFound(err):
 		case s.skipBadLink(err):
 		default:
 			return nil, err
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	sort.Slice(out, func(i, j int) bool { return out[i].Digest < out[j].Digest })
 	return out, nil
+}
+
+// linkTime returns the modification time of the link file p (when it was
+// written: a link is never changed in place by regfs, and the registry
+// rewrites a tag's current link on every push), with one driver Stat.
+// A missing link is a *StorageError of Kind ErrNotFound.
+func (s *storage) linkTime(ctx context.Context, p string) (time.Time, error) {
+	fi, err := s.driver.Stat(ctx, p)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return fi.ModTime, nil
 }
 
 // skipBadLink tells whether err is a corrupt link, which a listing leaves

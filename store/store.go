@@ -52,7 +52,24 @@ type Store interface {
 	// tags or uploads) and its directory. A non-empty one is
 	// ErrRepositoryNotEmpty, and so is one holding a nested repository or a
 	// namespace holding repositories; a missing one ErrRepositoryUnknown.
+	// An empty directory (a namespace whose last repository was removed,
+	// on drivers that keep directories) is removed as well.
 	RemoveRepository(ctx context.Context, name string) error
+
+	// Usage returns the space of the backend, for df: the filesystem
+	// driver's is its root's file system's. ErrUnsupported when the
+	// driver cannot tell (an object store has no size; memory has none
+	// worth reporting).
+	Usage(ctx context.Context) (Usage, error)
+}
+
+// Usage is the space of a store's backend; see driver.Usage.
+type Usage struct {
+	// Total, Free and Avail are bytes; Avail is what an unprivileged
+	// writer may use.
+	Total, Free, Avail uint64
+	// Files and FreeFiles count inodes, where the backend has them.
+	Files, FreeFiles uint64
 }
 
 // Stats are the counters of a store, for .regfs/stats.
@@ -116,6 +133,19 @@ type LayerService interface {
 	Link(ctx context.Context, dgst digest.Digest) error
 	// Unlink removes the repository's link; the blob's data stays until gc.
 	Unlink(ctx context.Context, dgst digest.Digest) error
+	// Linked is List with each link's modification time, from the same
+	// listing (no call per entry).
+	Linked(ctx context.Context) ([]Linked, error)
+	// LinkTime returns the modification time of the blob's link in this
+	// repository (when it was linked); ErrBlobUnknown when not linked.
+	LinkTime(ctx context.Context, dgst digest.Digest) (time.Time, error)
+}
+
+// Linked is a digest linked into a repository and its link's modification
+// time: when it was pushed or linked. Zero when the driver has no times.
+type Linked struct {
+	Digest  digest.Digest
+	ModTime time.Time
 }
 
 // UploadInfo describes an upload in progress.
@@ -222,6 +252,12 @@ type ManifestService interface {
 	// TagService.List, it leaves out a revision whose link stays
 	// unreadable.
 	List(ctx context.Context) ([]digest.Digest, error)
+	// Linked is List with each revision link's modification time, from
+	// the same listing.
+	Linked(ctx context.Context) ([]Linked, error)
+	// LinkTime returns the modification time of the revision's link (when
+	// it was pushed); ErrManifestUnknown when missing.
+	LinkTime(ctx context.Context, dgst digest.Digest) (time.Time, error)
 }
 
 // TagService manages a repository's tags.
@@ -240,4 +276,8 @@ type TagService interface {
 	// List returns the repository's tags, sorted. A tag whose link stays
 	// unreadable is left out (and logged, and counted in Stats.BadLinks).
 	List(ctx context.Context) ([]string, error)
+	// LinkTime returns the modification time of the tag's current link:
+	// when it was last pointed (pushed or re-tagged). ErrTagUnknown when
+	// missing.
+	LinkTime(ctx context.Context, tag string) (time.Time, error)
 }

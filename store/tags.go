@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -31,6 +32,19 @@ func (t *tagService) Get(ctx context.Context, tag string) (digest.Digest, error)
 		return "", err
 	}
 	return d, nil
+}
+
+// LinkTime implements TagService.
+func (t *tagService) LinkTime(ctx context.Context, tag string) (time.Time, error) {
+	p, err := pathFor(manifestTagCurrentLinkPathSpec{name: t.repo.name, tag: tag})
+	if err != nil {
+		return time.Time{}, err
+	}
+	mt, err := t.repo.s.linkTime(ctx, p)
+	if isNotFound(err) {
+		return mt, fmt.Errorf("%w: %s:%s", ErrTagUnknown, t.repo.name, tag)
+	}
+	return mt, err
 }
 
 // Tag implements TagService.

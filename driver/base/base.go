@@ -110,6 +110,22 @@ func NewWithOptions(impl driver.StorageDriver, o Options) *Base {
 	return b
 }
 
+// Usage implements driver.UsageReporter for a driver that does; for any
+// other it is an UnsupportedMethodError.
+func (b *Base) Usage(ctx context.Context) (driver.Usage, error) {
+	u, ok := b.impl.(driver.UsageReporter)
+	if !ok {
+		return driver.Usage{}, driver.UnsupportedMethodError{Method: "Usage", Driver: b.name}
+	}
+	callCtx, cancel := b.deadline(ctx)
+	defer cancel()
+	out, err := u.Usage(callCtx)
+	if err != nil {
+		return driver.Usage{}, b.finish(ctx, callCtx, "Usage", "/", err)
+	}
+	return out, nil
+}
+
 // deadline returns ctx bounded by the call timeout, and the function to
 // release it. When ctx already ends sooner no context is made.
 func (b *Base) deadline(ctx context.Context) (context.Context, context.CancelFunc) {

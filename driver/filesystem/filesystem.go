@@ -21,6 +21,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/base"
 )
@@ -431,4 +433,19 @@ func (w *writer) Cancel(context.Context) error {
 		return err
 	}
 	return nil
+}
+
+var _ driver.UsageReporter = (*impl)(nil)
+
+// Usage implements driver.UsageReporter: statfs(2) of the root.
+func (d *impl) Usage(ctx context.Context) (driver.Usage, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(d.root, &st); err != nil {
+		return driver.Usage{}, &driver.Error{Driver: Name, Op: "Usage", Path: "/", Err: err}
+	}
+	bs := uint64(st.Bsize)
+	return driver.Usage{
+		Total: st.Blocks * bs, Free: st.Bfree * bs, Avail: st.Bavail * bs,
+		Files: st.Files, FreeFiles: st.Ffree,
+	}, nil
 }
