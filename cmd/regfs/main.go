@@ -2,6 +2,7 @@
 //
 //	regfs mount [flags] MOUNTPOINT
 //	regfs fsck [flags]
+//	regfs gc [flags]
 //	regfs version
 //
 // main only parses the command line into a Config and hands it to run; see
@@ -54,6 +55,10 @@ func regfs(args []string, stdout, stderr io.Writer) int {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		return fsckMain(ctx, rest, stdout, stderr)
+	case "gc":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return gcMain(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "regfs %s\n", version)
 		return 0
@@ -64,6 +69,10 @@ func regfs(args []string, stdout, stderr io.Writer) int {
 		}
 		if len(rest) > 0 && rest[0] == "fsck" {
 			fmt.Fprint(stdout, fsckUsage(newFsckFlags(&FsckConfig{})))
+			return 0
+		}
+		if len(rest) > 0 && rest[0] == "gc" {
+			fmt.Fprint(stdout, gcUsage(newGCFlags(&GCConfig{})))
 			return 0
 		}
 		fmt.Fprint(stdout, usage)
@@ -79,8 +88,9 @@ const usage = `regfs mounts a container registry's storage as a directory tree.
 Usage:
   regfs mount [flags] MOUNTPOINT   mount the storage at MOUNTPOINT, in the foreground
   regfs fsck [flags]               check the storage: re-hash blobs, check links and tags
+  regfs gc [flags]                 delete what nothing needs: unlinked blobs, old uploads
   regfs version                    print the version
-  regfs help [mount|fsck]          show this help, or a command's
+  regfs help [mount|fsck|gc]       show this help, or a command's
 
 The storage is docker/distribution's own layout (a registry's rootdirectory), so
 a registry and regfs can share it. Browse with ls, read with cat and cp, push
@@ -91,5 +101,5 @@ Example:
   regfs mount ./mnt                                   (storage in ~/.local/share/regfs)
   regfs mount --root /var/lib/docker-registry /mnt/registry
 
-Run 'regfs mount --help' or 'regfs fsck --help' for their flags.
+Run 'regfs mount --help', 'regfs fsck --help' or 'regfs gc --help' for their flags.
 `
