@@ -30,6 +30,10 @@ type FileInfo struct {
 	ModTime time.Time
 	// IsDir tells a directory (prefix) from an object.
 	IsDir bool
+	// Symlink is set for a symbolic link met in the tree (only the
+	// filesystem driver has them). Walk reports it and never descends or
+	// follows it; IsDir is false.
+	Symlink bool
 }
 
 // StorageDriver stores objects under paths. Every method is safe for
@@ -82,6 +86,19 @@ type StorageDriver interface {
 	// children, siblings in sorted order. fn returning ErrSkipDir skips a
 	// directory's children; any other error stops the walk and is returned.
 	Walk(ctx context.Context, path string, fn WalkFn) error
+}
+
+// Janitor is implemented by drivers that can leave their own leftovers
+// behind after a crash (trash of deletes not yet emptied, staging files of
+// writes not yet renamed into place). Leftovers are hidden from every other
+// method; fsck reports them and its repair empties them.
+type Janitor interface {
+	// Leftovers returns the driver paths (or, for what lives outside the
+	// tree, names the driver's errors would use) of the leftovers now.
+	Leftovers(ctx context.Context) ([]string, error)
+	// Clean removes every leftover. It must be safe beside live writers:
+	// it only removes what no write in progress can still need.
+	Clean(ctx context.Context) error
 }
 
 // WalkFn is called by Walk for each entry.

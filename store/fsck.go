@@ -464,7 +464,7 @@ func (f *fsck) checkLink(ctx context.Context, repo, p string, want digest.Digest
 		return "", linkGone, nil
 	}
 	f.rep.Links++
-	target, wellFormed := parseLink(b)
+	target, wellFormed := ParseLink(b)
 	if !wellFormed {
 		f.problem(FsckProblem{Kind: FsckMalformedLink, Path: p, Repository: repo, Digest: want,
 			Detail: fmt.Sprintf("content %s is not sha256:<64 lowercase hex> (%d bytes, want %d)", quoteShort(b), len(b), linkSize)})
@@ -490,22 +490,6 @@ func (f *fsck) checkLink(ctx context.Context, repo, p string, want digest.Digest
 	return target, linkOK, nil
 }
 
-// linkSize is the length of a well-formed link file.
-const linkSize = len("sha256:") + 64
-
-// parseLink returns the digest in a link file's content when it is exactly
-// "sha256:<64 lowercase hex>".
-func parseLink(b []byte) (digest.Digest, bool) {
-	if len(b) != linkSize {
-		return "", false
-	}
-	d := digest.Digest(b)
-	if checkStoredDigest(d) != nil {
-		return "", false
-	}
-	return d, true
-}
-
 // quoteShort quotes b for a message, cut to a readable length.
 func quoteShort(b []byte) string {
 	const max = 80
@@ -513,15 +497,6 @@ func quoteShort(b []byte) string {
 		return fmt.Sprintf("%q...", b[:max])
 	}
 	return fmt.Sprintf("%q", b)
-}
-
-func isLowerHex(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if !('0' <= s[i] && s[i] <= '9' || 'a' <= s[i] && s[i] <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // hexDigest parses a directory name that must be a sha256 hex digest.
@@ -688,7 +663,7 @@ func (f *fsck) checkTags(ctx context.Context, name string, revisions map[digest.
 		// revisions were walked (the revision link is written before the
 		// tag).
 		if b, err := f.d.GetContent(ctx, mustPath(manifestRevisionLinkPathSpec{name: name, revision: c.target})); err == nil {
-			if _, ok := parseLink(b); ok {
+			if _, ok := ParseLink(b); ok {
 				continue
 			}
 		} else if !isNotFound(err) {
@@ -753,7 +728,7 @@ func (f *fsck) listUploads(ctx context.Context, name string) error {
 			if err != nil {
 				return f.uploadReadFailed(ctx, name, p, err)
 			}
-			d, ok := parseLink(b)
+			d, ok := ParseLink(b)
 			if !ok {
 				f.problem(FsckProblem{Kind: FsckMalformedUpload, Path: p, Repository: name,
 					Detail: fmt.Sprintf("expected digest %s is not sha256:<64 lowercase hex>", quoteShort(b))})
@@ -836,7 +811,7 @@ func (f *fsck) stillBroken(ctx context.Context, p string) (bool, error) {
 		}
 		return false, err
 	}
-	d, ok := parseLink(b)
+	d, ok := ParseLink(b)
 	if !ok {
 		return true, nil
 	}

@@ -276,22 +276,16 @@ func (s *storage) list(ctx context.Context, dir string) ([]string, error) {
 func (s *storage) listLinked(ctx context.Context, dir string) ([]digest.Digest, error) {
 	var out []digest.Digest
 	err := s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
-		rel := strings.TrimPrefix(fi.Path, dir+"/")
-		hex, rest, nested := strings.Cut(rel, "/")
+		l, err := ParsePath(fi.Path)
 		switch {
-		case !nested:
-			if !fi.IsDir {
-				return nil
-			}
-			if checkStoredDigest(digest.NewDigestFromEncoded(digest.SHA256, hex)) != nil {
-				return driver.ErrSkipDir
-			}
-		case rest == linkFileName && !fi.IsDir:
-			out = append(out, digest.NewDigestFromEncoded(digest.SHA256, hex))
-		case fi.IsDir:
-			return driver.ErrSkipDir // signatures/ and the like
+		case err != nil:
+			return skipIfDir(fi)
+		case l.Kind.IsLink() && !fi.IsDir:
+			out = append(out, l.LinkTarget())
+		case fi.IsDir && (l.Kind == PathLayer || l.Kind == PathRevision || l.Kind == PathSignature):
+			return nil
 		}
-		return nil
+		return skipIfDir(fi) // signatures/ and the like
 	})
 	if err != nil && !isNotFound(err) {
 		return nil, err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -86,25 +85,16 @@ func (t *tagService) List(ctx context.Context) ([]string, error) {
 	dir := mustPath(manifestTagsPathSpec{name: t.repo.name})
 	var out []string
 	err := t.repo.s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
-		parts := strings.Split(strings.TrimPrefix(fi.Path, dir+"/"), "/")
-		switch len(parts) {
-		case 1:
-			if !fi.IsDir || checkTag(parts[0]) != nil {
-				return skipIfDir(fi)
-			}
-		case 2:
-			if parts[1] != "current" {
-				return skipIfDir(fi)
-			}
-		case 3:
-			if parts[2] == linkFileName && !fi.IsDir {
-				out = append(out, parts[0])
-			}
+		l, err := ParsePath(fi.Path)
+		switch {
+		case err != nil:
 			return skipIfDir(fi)
-		default:
-			return skipIfDir(fi)
+		case l.Kind == PathTagCurrentLink && !fi.IsDir:
+			out = append(out, l.Tag)
+		case fi.IsDir && (l.Kind == PathTag || l.Kind == PathTagCurrent):
+			return nil
 		}
-		return nil
+		return skipIfDir(fi)
 	})
 	if err != nil && !isNotFound(err) {
 		return nil, err
