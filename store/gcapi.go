@@ -1,71 +1,19 @@
 package store
 
-// This file is what a garbage collector outside the package (store/gc)
-// needs from the layout and the manifest formats: the paths it stats and
-// deletes, built by pathFor like every other path, and the references of a
-// stored manifest. Everything else gc does goes through the Store's
-// services (Manifests().Delete, Layers().Unlink, Uploads().Cancel,
+// This file is what a garbage collector (store/gc) needs from the manifest
+// formats beyond what a write checks: every reference a stored manifest
+// holds. Paths come from Location.Path and the walk from WalkRepositories
+// and WalkBlobs; everything gc deletes other than blobs goes through the
+// Store's services (Manifests().Delete, Layers().Unlink, Uploads().Cancel,
 // RemoveRepository), so their invariants hold for gc too.
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"path"
 
 	"github.com/opencontainers/go-digest"
 )
-
-// RepositoriesPath is the driver path of repositories/, the root a scan of
-// every repository walks.
-func RepositoriesPath() string { return mustPath(repositoriesRootPathSpec{}) }
-
-// BlobsPath is the driver path of blobs/sha256/, the root of every blob.
-func BlobsPath() string { return mustPath(blobsPathSpec{}) }
-
-// BlobPath is the driver path of a blob's directory, blobs/sha256/<hh>/<hex>:
-// what deleting the blob removes (its data and the directory).
-func BlobPath(d digest.Digest) (string, error) {
-	p, err := pathFor(blobDataPathSpec{digest: d})
-	if err != nil {
-		return "", err
-	}
-	return path.Dir(p), nil
-}
-
-// BlobDataPath is the driver path of a blob's data.
-func BlobDataPath(d digest.Digest) (string, error) {
-	return pathFor(blobDataPathSpec{digest: d})
-}
-
-// LayerLinkPath is the driver path of repo's _layers link to d.
-func LayerLinkPath(repo string, d digest.Digest) (string, error) {
-	return pathFor(layerLinkPathSpec{name: repo, digest: d})
-}
-
-// RevisionLinkPath is the driver path of repo's revision link for d.
-func RevisionLinkPath(repo string, d digest.Digest) (string, error) {
-	return pathFor(manifestRevisionLinkPathSpec{name: repo, revision: d})
-}
-
-// TagCurrentLinkPath is the driver path of repo's tag's current link.
-func TagCurrentLinkPath(repo, tag string) (string, error) {
-	return pathFor(manifestTagCurrentLinkPathSpec{name: repo, tag: tag})
-}
-
-// UploadDataPath is the driver path of an upload's data.
-func UploadDataPath(repo, id string) (string, error) {
-	return pathFor(uploadDataPathSpec{name: repo, id: id})
-}
-
-// UploadStartedAtPath is the driver path of an upload's startedat file.
-func UploadStartedAtPath(repo, id string) (string, error) {
-	return pathFor(uploadStartedAtPathSpec{name: repo, id: id})
-}
-
-// ParseLink returns the digest a link file holds when it is well formed
-// (exactly "sha256:<64 lowercase hex>").
-func ParseLink(b []byte) (digest.Digest, bool) { return parseLink(b) }
 
 // References is every digest a stored manifest names.
 type References struct {

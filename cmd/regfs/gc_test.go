@@ -63,9 +63,9 @@ func newGCRoot(t *testing.T) gcRoot {
 	if err := repo.Layers().Unlink(ctx, g.loose); err != nil {
 		t.Fatal(err)
 	}
-	p, _ := store.BlobDataPath(g.loose)
+	p, _ := store.Location{Kind: store.PathBlobData, Digest: g.loose}.Path()
 	g.looseDataPath = filepath.Join(g.root, p)
-	p, _ = store.BlobDataPath(g.linked)
+	p, _ = store.Location{Kind: store.PathBlobData, Digest: g.linked}.Path()
 	g.linkedDataPath = filepath.Join(g.root, p)
 	err = filepath.WalkDir(g.root, func(p string, e fs.DirEntry, err error) error {
 		if err != nil {
@@ -187,9 +187,9 @@ func TestGCUnreadableManifestKeepsBlobs(t *testing.T) {
 	}
 	junk := []byte("not a manifest")
 	md := digest.FromBytes(junk)
-	dataPath, _ := store.BlobDataPath(md)
-	revPath, _ := store.RevisionLinkPath("app", md)
-	tagPath, _ := store.TagCurrentLinkPath("app", "v1")
+	dataPath, _ := store.Location{Kind: store.PathBlobData, Digest: md}.Path()
+	revPath, _ := store.Location{Kind: store.PathRevisionLink, Repository: "app", Digest: md}.Path()
+	tagPath, _ := store.Location{Kind: store.PathTagCurrentLink, Repository: "app", Tag: "v1"}.Path()
 	for p, c := range map[string][]byte{dataPath: junk, revPath: []byte(md), tagPath: []byte(md)} {
 		if err := d.PutContent(ctx, p, c); err != nil {
 			t.Fatal(err)

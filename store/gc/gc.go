@@ -34,7 +34,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -298,6 +297,17 @@ func (r *run) run(ctx context.Context) error {
 	return r.sweep(ctx)
 }
 
+// noteUnreadable records directories a walk could not list: links may
+// hide in them, so no blob may be deleted.
+func (r *run) noteUnreadable(sc *scanned) {
+	for _, p := range sc.unreadable {
+		r.problem("directory %s could not be listed", p)
+	}
+	if len(sc.unreadable) > 0 && r.unsafeBlobs == "" {
+		r.unsafeBlobs = fmt.Sprintf("%d directories below repositories/ could not be listed (first: %s), so what they link is unknown", len(sc.unreadable), sc.unreadable[0])
+	}
+}
+
 func (r *run) problem(format string, args ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -316,19 +326,15 @@ func (r *run) progress(phase string, done, total int) {
 // recent tells whether t is inside the grace window.
 func (r *run) recent(t time.Time) bool { return t.After(r.cutoff) }
 
-// validName tells the repository names the store accepts.
-func (r *run) validName(name string) bool {
-	_, err := r.st.Repository(name)
-	return err == nil
-}
-
 // scan walks the storage into the run's snapshot.
 func (r *run) scan(ctx context.Context) error {
-	repos, err := walkRepositories(ctx, r.d, r.validName)
+	sc, err := walkRepositories(ctx, r.d, r.opts.Workers)
 	if err != nil {
 		return err
 	}
-	blobs, err := walkBlobs(ctx, r.d)
+	r.noteUnreadable(sc)
+	repos := sc.repos
+	blobs, err := walkBlobs(ctx, r.d, r.opts.Workers)
 	if err != nil {
 		return err
 	}
@@ -381,9 +387,6 @@ func (r *run) read(ctx context.Context) error {
 				mu.Unlock()
 				return err
 			})
-		}
-		if !rs.valid {
-			continue
 		}
 		for id, up := range rs.uploads {
 			if !up.hasStarted {
@@ -454,12 +457,7 @@ feed:
 // unknown). Only a cancelled context is an error.
 func (r *run) readRevision(ctx context.Context, repo string, rev key, info *revInfo) error {
 	info.target = rev
-	if !r.repoValid(repo) {
-		// The store cannot name its paths; its links keep everything.
-		info.broken = true
-		return nil
-	}
-	linkPath, _ := store.RevisionLinkPath(repo, rev.digest())
+	linkPath := pathOf(store.Location{Kind: store.PathRevisionLink, Repository: repo, Digest: rev.digest()})
 	b, err := r.d.GetContent(ctx, linkPath)
 	switch {
 	case err == nil:
@@ -481,7 +479,7 @@ func (r *run) readRevision(ctx context.Context, repo string, rev key, info *revI
 		info.broken = true
 		return nil
 	}
-	dataPath, _ := store.BlobDataPath(info.target.digest())
+	dataPath := pathOf(store.Location{Kind: store.PathBlobData, Digest: info.target.digest()})
 	content, err := r.d.GetContent(ctx, dataPath)
 	switch {
 	case err == nil:
@@ -518,11 +516,6 @@ func (r *run) readRevision(ctx context.Context, repo string, rev key, info *revI
 	return nil
 }
 
-func (r *run) repoValid(name string) bool {
-	i, ok := slices.BinarySearchFunc(r.repos, name, func(rs *repoState, n string) int { return strings.Compare(rs.name, n) })
-	return ok && r.repos[i].valid
-}
-
 // tagState is what reading a tag found.
 type tagState int
 
@@ -535,7 +528,7 @@ const (
 // readTag reads a tag's current link. A tag that cannot be read may point
 // at any revision, so its repository's untagged revisions must stay.
 func (r *run) readTag(ctx context.Context, repo, tag string) (key, tagState, error) {
-	p, err := store.TagCurrentLinkPath(repo, tag)
+	p, err := store.Location{Kind: store.PathTagCurrentLink, Repository: repo, Tag: tag}.Path()
 	if err != nil {
 		return key{}, tagUnknown, nil // not a tag the store can name
 	}
@@ -561,11 +554,7 @@ func (r *run) readTag(ctx context.Context, repo, tag string) (key, tagState, err
 
 // readStartedAt reads an upload's start time.
 func (r *run) readStartedAt(ctx context.Context, repo, id string) (time.Time, bool) {
-	p, err := store.UploadStartedAtPath(repo, id)
-	if err != nil {
-		return time.Time{}, false
-	}
-	b, err := r.d.GetContent(ctx, p)
+	b, err := r.d.GetContent(ctx, pathOf(store.Location{Kind: store.PathUploadStartedAt, Repository: repo, Upload: id}))
 	if err != nil {
 		return time.Time{}, false
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/filesystem"
 	"github.com/regfs/regfs/store"
+	"github.com/regfs/regfs/store/internal/drivertest"
 )
 
 // The tests run on the filesystem driver in a temporary directory, so that
@@ -166,7 +167,7 @@ func (f *fixture) gc(opts Options) *Report {
 
 func (f *fixture) blobExists(d digest.Digest) bool {
 	f.t.Helper()
-	p, _ := store.BlobDataPath(d)
+	p := pathOf(store.Location{Kind: store.PathBlobData, Digest: d})
 	_, err := f.d.Stat(context.Background(), p)
 	if err != nil && !driver.IsNotFound(err) {
 		f.t.Fatal(err)
@@ -366,9 +367,9 @@ func TestSchema1FSLayersStay(t *testing.T) {
 	md := digest.FromBytes(m)
 	// Written as the registry stores it, without going through Put's
 	// signature checks.
-	dataPath, _ := store.BlobDataPath(md)
-	revPath, _ := store.RevisionLinkPath("old", md)
-	tagPath, _ := store.TagCurrentLinkPath("old", "v1")
+	dataPath := pathOf(store.Location{Kind: store.PathBlobData, Digest: md})
+	revPath := pathOf(store.Location{Kind: store.PathRevisionLink, Repository: "old", Digest: md})
+	tagPath := pathOf(store.Location{Kind: store.PathTagCurrentLink, Repository: "old", Tag: "v1"})
 	for p, c := range map[string][]byte{dataPath: m, revPath: []byte(md), tagPath: []byte(md)} {
 		if err := f.d.PutContent(ctx, p, c); err != nil {
 			t.Fatal(err)
@@ -525,7 +526,7 @@ func TestUploads(t *testing.T) {
 		return up.ID()
 	}
 	setStarted := func(id string, ago time.Duration) {
-		p, _ := store.UploadStartedAtPath("app", id)
+		p := pathOf(store.Location{Kind: store.PathUploadStartedAt, Repository: "app", Upload: id})
 		if err := f.d.PutContent(ctx, p, []byte(time.Now().Add(-ago).UTC().Format(time.RFC3339))); err != nil {
 			t.Fatal(err)
 		}
@@ -538,7 +539,7 @@ func TestUploads(t *testing.T) {
 	setStarted(active, 8*24*time.Hour)
 	f.age(2 * time.Hour)
 	// The active one is written to now.
-	p, _ := store.UploadDataPath("app", active)
+	p := pathOf(store.Location{Kind: store.PathUploadData, Repository: "app", Upload: active})
 	now := time.Now()
 	if err := os.Chtimes(filepath.Join(f.root, p), now, now); err != nil {
 		t.Fatal(err)
@@ -624,7 +625,7 @@ func busyTree(f *fixture) {
 	if err := up.Close(); err != nil {
 		f.t.Fatal(err)
 	}
-	p, _ := store.UploadStartedAtPath("app", up.ID())
+	p := pathOf(store.Location{Kind: store.PathUploadStartedAt, Repository: "app", Upload: up.ID()})
 	if err := f.d.PutContent(ctx, p, []byte(time.Now().Add(-8*24*time.Hour).UTC().Format(time.RFC3339))); err != nil {
 		f.t.Fatal(err)
 	}
@@ -737,7 +738,7 @@ func TestFenceKeepsInFlightWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer up.Close()
-	p, _ := store.UploadStartedAtPath("a", up.ID())
+	p := pathOf(store.Location{Kind: store.PathUploadStartedAt, Repository: "a", Upload: up.ID()})
 	if err := f.d.PutContent(ctx, p, []byte(time.Now().Add(-30*24*time.Hour).UTC().Format(time.RFC3339))); err != nil {
 		t.Fatal(err)
 	}
@@ -751,5 +752,31 @@ func TestFenceKeepsInFlightWrites(t *testing.T) {
 	}
 	if rep.Spared.Fenced != 2 {
 		t.Fatalf("fenced %d, want 2", rep.Spared.Fenced)
+	}
+}
+
+// A repository directory that cannot be listed may link any blob: no blob
+// is deleted, and the run reports why.
+func TestUnreadableDirectoryKeepsBlobs(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.blob("hidden", "linked in a repository gc cannot list")
+	loose := f.blob("a", "unlinked")
+	if err := f.repo("a").Layers().Unlink(ctx, loose); err != nil {
+		t.Fatal(err)
+	}
+	f.age(2 * time.Hour)
+	hidden := pathOf(store.Location{Kind: store.PathLayers, Repository: "hidden"})
+	dt := &drivertest.Driver{StorageDriver: f.d, Unreadable: []string{hidden}}
+	rep, err := Run(ctx, f.st, dt, Options{Grace: DefaultGrace, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK() || !strings.Contains(rep.BlobSweepSkipped, "could not be listed") || len(rep.Blobs) != 0 || !f.blobExists(loose) {
+		t.Fatalf("blobs deleted beside an unreadable directory: %+v", rep)
+	}
+	// Readable again, the run deletes the unlinked blob only.
+	if rep := f.gc(Options{}); len(rep.Blobs) != 1 || rep.Blobs[0].Digest != loose {
+		t.Fatalf("deleted %v", rep.Blobs)
 	}
 }

@@ -27,7 +27,7 @@ func (r *run) keptRevisions(rs *repoState) map[key]bool {
 	for _, t := range rs.tagTargets {
 		keep(t)
 	}
-	keepAll := !rs.valid || !r.opts.DeleteUntagged || rs.tagsUnknown
+	keepAll := !r.opts.DeleteUntagged || rs.tagsUnknown
 	referrers := map[key][]key{}
 	for rev, mt := range rs.revisions {
 		info := rs.info[rev]
@@ -102,7 +102,7 @@ func (r *run) mark() {
 		sortKeys(rs.candRevs)
 		for link, mt := range rs.layers {
 			switch {
-			case !r.opts.UnreferencedLayers || !rs.valid || brokenKept || referenced[link]:
+			case !r.opts.UnreferencedLayers || brokenKept || referenced[link]:
 				r.live[link] = true
 			case r.recent(mt):
 				r.live[link] = true
@@ -112,15 +112,10 @@ func (r *run) mark() {
 			}
 		}
 		sortKeys(rs.candLinks)
-		if !rs.valid && len(rs.revisions) > 0 && r.unsafeBlobs == "" {
-			r.unsafeBlobs = fmt.Sprintf("repository %q has a name the store does not accept, so its manifests cannot be read: rename or remove it (regfs fsck lists it)", rs.name)
-		}
-		if brokenKept && rs.valid && r.unsafeBlobs == "" {
+		if brokenKept && r.unsafeBlobs == "" {
 			r.unsafeBlobs = fmt.Sprintf("a kept manifest of %s could not be read, so what it references is unknown", rs.name)
 		}
-		if rs.valid {
-			r.markUploads(rs)
-		}
+		r.markUploads(rs)
 	}
 	// Attribute the blobs that the candidates free to their repository,
 	// for the per-repository bytes.

@@ -1,16 +1,13 @@
 package gc
 
-// The scan: one walk of repositories/ and one of blobs/, into a snapshot
-// the mark works on. This is the only file that knows how walked paths map
-// to layout objects; when store offers one walker of the layout (shared
-// with fsck), it replaces walkRepositories and walkBlobs and nothing else
-// changes.
+// The scan: one walk of repositories/ and one of blobs/ with the store's
+// layout walker (the one fsck uses), into a snapshot the mark works on.
 
 import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -26,19 +23,11 @@ type key [32]byte
 
 // keyOf returns the key of a canonical sha256 digest.
 func keyOf(d digest.Digest) (key, bool) {
-	if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
-		return key{}, false
-	}
-	return keyOfHex(d.Encoded())
-}
-
-// keyOfHex returns the key of 64 lowercase hex digits.
-func keyOfHex(s string) (key, bool) {
 	var k key
-	if len(s) != 64 || strings.ToLower(s) != s {
+	if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
 		return k, false
 	}
-	if _, err := hex.Decode(k[:], []byte(s)); err != nil {
+	if _, err := hex.Decode(k[:], []byte(d.Encoded())); err != nil {
 		return k, false
 	}
 	return k, true
@@ -48,12 +37,19 @@ func (k key) digest() digest.Digest {
 	return digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(k[:]))
 }
 
+// pathOf returns the driver path of a location whose names came from the
+// walk or from digests keyOf accepted: valid by construction.
+func pathOf(l store.Location) string {
+	p, err := l.Path()
+	if err != nil {
+		panic(fmt.Sprintf("gc: path of %+v: %v", l, err))
+	}
+	return p
+}
+
 // repoSnap is one repository as the scan found it.
 type repoSnap struct {
 	name string
-	// valid tells whether the name is one the store accepts; a repository
-	// that is not is never swept, and everything it links stays live.
-	valid bool
 	// layers maps each _layers link to its link file's modification time.
 	layers map[key]time.Time
 	// revisions maps each revision with a link to the link's time.
@@ -76,9 +72,9 @@ type uploadSnap struct {
 	hasStarted bool
 }
 
-func newRepoSnap(name string, valid bool) *repoSnap {
+func newRepoSnap(name string) *repoSnap {
 	return &repoSnap{
-		name: name, valid: valid,
+		name:       name,
 		layers:     map[key]time.Time{},
 		revisions:  map[key]time.Time{},
 		signatures: map[key][]key{},
@@ -92,192 +88,108 @@ type blobSnap struct {
 	modTime time.Time
 }
 
-// walkRepositories walks repositories/ once and calls the repo callback
-// for each repository directory found (a directory with a _layers,
-// _manifests or _uploads child), filling its snapshot. validName tells
-// the names the store accepts.
-func walkRepositories(ctx context.Context, d driver.StorageDriver, validName func(string) bool) (map[string]*repoSnap, error) {
-	root := store.RepositoriesPath()
-	repos := map[string]*repoSnap{}
+// scanned is what a walk of repositories/ found.
+type scanned struct {
+	repos map[string]*repoSnap
+	// unreadable lists directories that could not be listed: what is in
+	// them is unknown.
+	unreadable []string
+}
+
+// walkRepositories walks repositories/ once into a snapshot of every
+// repository (a directory with a _layers, _manifests or _uploads child).
+// Entries that have no place in the layout (fsck reports them) are
+// skipped: nothing can serve them, so they keep nothing alive.
+func walkRepositories(ctx context.Context, d driver.StorageDriver, workers int) (*scanned, error) {
+	var mu sync.Mutex // the walker calls fn from several goroutines
+	sc := &scanned{repos: map[string]*repoSnap{}}
 	get := func(name string) *repoSnap {
-		r := repos[name]
+		r := sc.repos[name]
 		if r == nil {
-			r = newRepoSnap(name, validName(name))
-			repos[name] = r
+			r = newRepoSnap(name)
+			sc.repos[name] = r
 		}
 		return r
 	}
-	err := d.Walk(ctx, root, func(fi driver.FileInfo) error {
-		if err := ctx.Err(); err != nil {
-			return err
+	err := store.WalkRepositories(ctx, d, store.WalkOptions{Workers: workers}, func(e store.WalkEntry) error {
+		if e.Err != nil {
+			if e.Unreadable() {
+				mu.Lock()
+				sc.unreadable = append(sc.unreadable, e.Path)
+				mu.Unlock()
+			}
+			return nil
 		}
-		parts := strings.Split(strings.TrimPrefix(fi.Path, root+"/"), "/")
-		i := 0
-		for i < len(parts) && !strings.HasPrefix(parts[i], "_") {
-			i++
+		l := e.Location
+		mu.Lock()
+		defer mu.Unlock()
+		switch l.Kind {
+		case store.PathLayersRoot, store.PathManifests, store.PathUploads:
+			get(l.Repository)
+		case store.PathLayerLink:
+			if k, ok := keyOf(l.Digest); ok {
+				get(l.Repository).layers[k] = e.ModTime
+			}
+		case store.PathRevisionLink:
+			if k, ok := keyOf(l.Digest); ok {
+				get(l.Repository).revisions[k] = e.ModTime
+			}
+		case store.PathSignatureLink:
+			rev, ok1 := keyOf(l.Digest)
+			sig, ok2 := keyOf(l.Signature)
+			if ok1 && ok2 {
+				r := get(l.Repository)
+				r.signatures[rev] = append(r.signatures[rev], sig)
+			}
+		case store.PathTagCurrentLink:
+			r := get(l.Repository)
+			r.tags = append(r.tags, l.Tag)
+		case store.PathTagIndexRoot:
+			return driver.ErrSkipDir // a tag's history keeps nothing
+		case store.PathUpload, store.PathUploadData, store.PathUploadStartedAt, store.PathUploadExpected,
+			store.PathUploadHashStatesRoot, store.PathUploadHashStates, store.PathUploadHashState:
+			r := get(l.Repository)
+			up := r.uploads[l.Upload]
+			if up == nil {
+				up = &uploadSnap{id: l.Upload}
+				r.uploads[l.Upload] = up
+			}
+			if e.ModTime.After(up.modTime) {
+				up.modTime = e.ModTime
+			}
+			switch l.Kind {
+			case store.PathUploadData:
+				up.size = e.Size
+			case store.PathUploadStartedAt:
+				up.hasStarted = true
+			}
 		}
-		if i == len(parts) {
-			return nil // a namespace or repository directory: go on down
-		}
-		if i == 0 {
-			return skipIfDir(fi)
-		}
-		r := get(strings.Join(parts[:i], "/"))
-		rest := parts[i+1:]
-		switch parts[i] {
-		case "_layers":
-			return scanLayer(r, fi, rest)
-		case "_manifests":
-			return scanManifests(r, fi, rest)
-		case "_uploads":
-			return scanUpload(r, fi, rest)
-		}
-		return skipIfDir(fi)
+		return nil
 	})
-	if err != nil && !driver.IsNotFound(err) {
+	if err != nil {
 		return nil, fmt.Errorf("gc: walking repositories: %w", err)
 	}
-	return repos, nil
+	return sc, nil
 }
 
-// scanLayer: _layers/sha256/<hex>/link
-func scanLayer(r *repoSnap, fi driver.FileInfo, rest []string) error {
-	switch len(rest) {
-	case 0:
-		return nil
-	case 1:
-		if rest[0] == "sha256" {
-			return nil
-		}
-	case 2:
-		if _, ok := keyOfHex(rest[1]); ok && rest[0] == "sha256" {
-			return nil
-		}
-	case 3:
-		if k, ok := keyOfHex(rest[1]); ok && rest[2] == "link" && !fi.IsDir {
-			r.layers[k] = fi.ModTime
-		}
-	}
-	return skipIfDir(fi)
-}
-
-// scanManifests: _manifests/revisions/sha256/<hex>/link,
-// .../<hex>/signatures/sha256/<sig>/link and _manifests/tags/<tag>/current/link.
-func scanManifests(r *repoSnap, fi driver.FileInfo, rest []string) error {
-	if len(rest) == 0 {
-		return nil
-	}
-	switch rest[0] {
-	case "revisions":
-		return scanRevision(r, fi, rest[1:])
-	case "tags":
-		switch {
-		case len(rest) <= 2:
-			return nil
-		case len(rest) == 3 && rest[2] == "current":
-			return nil
-		case len(rest) == 4 && rest[2] == "current" && rest[3] == "link" && !fi.IsDir:
-			r.tags = append(r.tags, rest[1])
-		}
-	}
-	return skipIfDir(fi)
-}
-
-func scanRevision(r *repoSnap, fi driver.FileInfo, rest []string) error {
-	if len(rest) == 0 {
-		return nil
-	}
-	if rest[0] != "sha256" {
-		return skipIfDir(fi)
-	}
-	if len(rest) == 1 {
-		return nil
-	}
-	rev, ok := keyOfHex(rest[1])
-	if !ok {
-		return skipIfDir(fi)
-	}
-	switch {
-	case len(rest) == 2:
-		return nil
-	case len(rest) == 3 && rest[2] == "link" && !fi.IsDir:
-		r.revisions[rev] = fi.ModTime
-		return nil
-	case len(rest) == 3 && rest[2] == "signatures", len(rest) == 4 && rest[3] == "sha256":
-		return nil
-	case len(rest) == 5:
-		if _, ok := keyOfHex(rest[4]); ok {
-			return nil
-		}
-	case len(rest) == 6 && rest[5] == "link" && !fi.IsDir:
-		if sig, ok := keyOfHex(rest[4]); ok {
-			r.signatures[rev] = append(r.signatures[rev], sig)
-		}
-	}
-	return skipIfDir(fi)
-}
-
-// scanUpload: _uploads/<id>/ and everything in it.
-func scanUpload(r *repoSnap, fi driver.FileInfo, rest []string) error {
-	if len(rest) == 0 {
-		return nil
-	}
-	up := r.uploads[rest[0]]
-	if up == nil {
-		if !fi.IsDir {
-			return nil
-		}
-		up = &uploadSnap{id: rest[0]}
-		r.uploads[rest[0]] = up
-	}
-	if fi.ModTime.After(up.modTime) {
-		up.modTime = fi.ModTime
-	}
-	if len(rest) == 2 && !fi.IsDir {
-		switch rest[1] {
-		case "data":
-			up.size = fi.Size
-		case "startedat":
-			up.hasStarted = true
-		}
-	}
-	return nil
-}
-
-// walkBlobs walks blobs/sha256/<hh>/<hex>/data.
-func walkBlobs(ctx context.Context, d driver.StorageDriver) (map[key]blobSnap, error) {
-	root := store.BlobsPath()
+// walkBlobs walks blobs/sha256/<hh>/<hex>/data. Directories that cannot be
+// listed hide blobs the run then simply does not see.
+func walkBlobs(ctx context.Context, d driver.StorageDriver, workers int) (map[key]blobSnap, error) {
+	var mu sync.Mutex
 	blobs := map[key]blobSnap{}
-	err := d.Walk(ctx, root, func(fi driver.FileInfo) error {
-		if err := ctx.Err(); err != nil {
-			return err
+	err := store.WalkBlobs(ctx, d, store.WalkOptions{Workers: workers}, func(e store.WalkEntry) error {
+		if e.Err != nil || e.Location.Kind != store.PathBlobData {
+			return nil
 		}
-		parts := strings.Split(strings.TrimPrefix(fi.Path, root+"/"), "/")
-		switch len(parts) {
-		case 1:
-			if fi.IsDir && len(parts[0]) == 2 {
-				return nil
-			}
-		case 2:
-			if _, ok := keyOfHex(parts[1]); ok && fi.IsDir && strings.HasPrefix(parts[1], parts[0]) {
-				return nil
-			}
-		case 3:
-			if k, ok := keyOfHex(parts[1]); ok && parts[2] == "data" && !fi.IsDir {
-				blobs[k] = blobSnap{size: fi.Size, modTime: fi.ModTime}
-			}
+		if k, ok := keyOf(e.Location.Digest); ok {
+			mu.Lock()
+			blobs[k] = blobSnap{size: e.Size, modTime: e.ModTime}
+			mu.Unlock()
 		}
-		return skipIfDir(fi)
+		return nil
 	})
-	if err != nil && !driver.IsNotFound(err) {
+	if err != nil {
 		return nil, fmt.Errorf("gc: walking blobs: %w", err)
 	}
 	return blobs, nil
-}
-
-func skipIfDir(fi driver.FileInfo) error {
-	if fi.IsDir {
-		return driver.ErrSkipDir
-	}
-	return nil
 }

@@ -65,7 +65,7 @@ func (r *run) fencedUpload(repo, id string) bool {
 
 // emptied tells whether the run leaves rs with nothing in it.
 func (r *run) emptied(rs *repoState) bool {
-	return rs.valid && len(rs.tags) == 0 &&
+	return len(rs.tags) == 0 &&
 		len(rs.layers) == len(rs.report.Links) &&
 		len(rs.revisions) == len(rs.report.Revisions) &&
 		len(rs.uploads) == len(rs.report.Uploads)
@@ -202,7 +202,7 @@ func (r *run) sweepRepository(ctx context.Context, rs *repoState) error {
 			r.rep.Spared.Recheck++
 			continue
 		}
-		p, _ := store.RevisionLinkPath(rs.name, rev.digest())
+		p := pathOf(store.Location{Kind: store.PathRevisionLink, Repository: rs.name, Digest: rev.digest()})
 		keep, gone, err := r.restat(ctx, p)
 		if err != nil {
 			return err
@@ -236,7 +236,7 @@ func (r *run) sweepRepository(ctx context.Context, rs *repoState) error {
 			r.live[l] = true
 			continue
 		}
-		p, _ := store.LayerLinkPath(rs.name, l.digest())
+		p := pathOf(store.Location{Kind: store.PathLayerLink, Repository: rs.name, Digest: l.digest()})
 		keep, gone, err := r.restat(ctx, p)
 		if err != nil {
 			return err
@@ -297,12 +297,17 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 	if len(cands) == 0 {
 		return nil
 	}
-	now, err := walkRepositories(ctx, r.d, r.validName)
+	now, err := walkRepositories(ctx, r.d, r.opts.Workers)
 	if err != nil {
 		return err
 	}
+	if len(now.unreadable) > 0 {
+		r.noteUnreadable(now)
+		r.skipBlobs()
+		return nil
+	}
 	linked := map[key]bool{}
-	for _, rs := range now {
+	for _, rs := range now.repos {
 		for k := range rs.layers {
 			linked[k] = true
 		}
@@ -327,7 +332,7 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 		if r.fencedBlob(k) {
 			continue
 		}
-		dataPath, _ := store.BlobDataPath(k.digest())
+		dataPath := pathOf(store.Location{Kind: store.PathBlobData, Digest: k.digest()})
 		keep, gone, err := r.restat(ctx, dataPath)
 		if err != nil {
 			return err
@@ -335,7 +340,7 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 		if keep || gone {
 			continue
 		}
-		dir, _ := store.BlobPath(k.digest())
+		dir := pathOf(store.Location{Kind: store.PathBlob, Digest: k.digest()})
 		if err := r.d.Delete(ctx, dir); err != nil && !driver.IsNotFound(err) {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -364,10 +369,7 @@ func (r *run) sweepUploads(ctx context.Context) error {
 			if r.fencedUpload(rs.name, up.id) {
 				continue
 			}
-			p, err := store.UploadDataPath(rs.name, up.id)
-			if err != nil {
-				continue // not an upload ID the store can name
-			}
+			p := pathOf(store.Location{Kind: store.PathUploadData, Repository: rs.name, Upload: up.id})
 			keep, _, err := r.restat(ctx, p)
 			if err != nil {
 				return err
