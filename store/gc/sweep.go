@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"time"
 
 	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/store"
@@ -297,33 +298,29 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 	if len(cands) == 0 {
 		return nil
 	}
-	now, err := walkRepositories(ctx, r.d, r.opts.Workers)
-	if err != nil {
-		return err
-	}
-	if len(now.unreadable) > 0 {
-		r.noteUnreadable(now)
-		r.skipBlobs()
-		return nil
-	}
-	linked := map[key]bool{}
-	for _, rs := range now.repos {
-		for k := range rs.layers {
-			linked[k] = true
-		}
-		for k, sigs := range rs.signatures {
-			linked[k] = true
-			for _, s := range sigs {
-				linked[s] = true
-			}
-		}
-		for k := range rs.revisions {
-			linked[k] = true
-		}
-	}
+	var linked map[key]bool
+	var walked time.Time
 	for i, k := range cands {
 		if i%256 == 0 {
 			r.progress("sweep blobs", i, len(cands))
+		}
+		// The link set is walked again before the first deletion, and again
+		// whenever the last walk is older than rewalkEvery, so that a link
+		// written during the sweep is seen within about a walk's time.
+		if linked == nil || time.Since(walked) > rewalkEvery {
+			walked = time.Now()
+			var (
+				ok  bool
+				err error
+			)
+			linked, ok, err = r.linkSet(ctx)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				r.skipBlobs()
+				return nil
+			}
 		}
 		if linked[k] {
 			r.rep.Spared.Recheck++
@@ -353,6 +350,40 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 	}
 	r.progress("sweep blobs", len(cands), len(cands))
 	return nil
+}
+
+// rewalkEvery bounds how old the link set a blob deletion is checked
+// against may be.
+const rewalkEvery = 5 * time.Second
+
+// linkSet walks every repository again and returns every digest a layer,
+// revision or signature link names now. ok is false when a directory could
+// not be listed.
+func (r *run) linkSet(ctx context.Context) (map[key]bool, bool, error) {
+	now, err := walkRepositories(ctx, r.d, r.opts.Workers)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(now.unreadable) > 0 {
+		r.noteUnreadable(now)
+		return nil, false, nil
+	}
+	linked := map[key]bool{}
+	for _, rs := range now.repos {
+		for k := range rs.layers {
+			linked[k] = true
+		}
+		for k, sigs := range rs.signatures {
+			linked[k] = true
+			for _, s := range sigs {
+				linked[s] = true
+			}
+		}
+		for k := range rs.revisions {
+			linked[k] = true
+		}
+	}
+	return linked, true, nil
 }
 
 // sweepUploads removes the old uploads, each re-stat'ed just before.
