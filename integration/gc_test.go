@@ -1,0 +1,460 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/libtrust"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// gcFixture is a storage root the registry wrote, with one of each case a
+// collector must tell apart, and what each case's objects are.
+type gcFixture struct {
+	root string
+	// tags maps repo:tag to the manifest bytes pushed under it.
+	tags map[string][]byte
+	// Cases, by digests.
+	untagged  digest.Digest   // app: v1 before it was re-pushed
+	untaggedB []digest.Digest // blobs only the untagged revision has
+	deleted   digest.Digest   // app: a revision deleted through the API
+	deletedB  []digest.Digest // blobs only the deleted revision had
+	referrer  digest.Digest   // app: an OCI manifest whose subject is app:v2
+	referrerB []digest.Digest // its config and layer
+	children  []digest.Digest // multi (OCI index) and dlist (manifest list) children
+	childrenB []digest.Digest // their blobs
+	uploadID  string          // app: an unfinished upload, started 8 days ago
+}
+
+// pushBlobHTTP uploads data into repo through the registry's API (POST,
+// then PUT with the digest).
+func pushBlobHTTP(t *testing.T, r *registry, repo string, data []byte) digest.Digest {
+	t.Helper()
+	d := digest.FromBytes(data)
+	u := r.startUpload(repo)
+	sep := "?"
+	if strings.Contains(u.Location, "?") {
+		sep = "&"
+	}
+	resp := r.doURL(http.MethodPut, u.Location+sep+"digest="+d.String(),
+		http.Header{"Content-Type": {"application/octet-stream"}}, data)
+	if resp.Status != http.StatusCreated {
+		t.Fatalf("PUT blob %s in %s: %d %s", d, repo, resp.Status, resp.Body)
+	}
+	return d
+}
+
+// putManifestHTTP stores a manifest under ref (a tag or its digest).
+func putManifestHTTP(t *testing.T, r *registry, repo, ref, mediaType string, body []byte) digest.Digest {
+	t.Helper()
+	resp := r.do(http.MethodPut, "/v2/"+repo+"/manifests/"+ref, http.Header{"Content-Type": {mediaType}}, body)
+	if resp.Status != http.StatusCreated {
+		t.Fatalf("PUT manifest %s:%s: %d %s", repo, ref, resp.Status, resp.Body)
+	}
+	return digest.Digest(resp.Header.Get("Docker-Content-Digest"))
+}
+
+func blobDigests(img testImage) []digest.Digest {
+	var out []digest.Digest
+	for _, b := range img.blobs() {
+		out = append(out, b.Desc.Digest)
+	}
+	return out
+}
+
+// newGCFixture has the registry write every case, then ages the tree two
+// days (the registry's collector has no grace window; regfs's default one
+// must not hide the cases) and stops the registry.
+func newGCFixture(t *testing.T) *gcFixture {
+	t.Helper()
+	requireTools(t, registryBin, "skopeo")
+	f := &gcFixture{root: t.TempDir(), tags: map[string][]byte{}}
+	r := startRegistry(t, f.root)
+	amd := v1.Platform{OS: "linux", Architecture: "amd64"}
+	arm := v1.Platform{OS: "linux", Architecture: "arm64"}
+
+	// app:v1, re-pushed: the first image becomes an untagged revision.
+	// app:v2 shares a layer with it.
+	first := newTestImage(t, amd, layerSpec{1, 3000}, layerSpec{2, 3000})
+	second := newTestImage(t, amd, layerSpec{3, 3000})
+	v2 := newTestImage(t, amd, layerSpec{1, 3000}, layerSpec{4, 3000})
+	l := newOCILayout(t)
+	l.addImage("first", first)
+	l.addImage("second", second)
+	l.addImage("v2", v2)
+	skopeoCopy(t, "oci:"+l.Dir+":first", r.ref("app", "v1"))
+	skopeoCopy(t, "oci:"+l.Dir+":second", r.ref("app", "v1"))
+	skopeoCopy(t, "oci:"+l.Dir+":v2", r.ref("app", "v2"))
+	f.tags["app:v1"], f.tags["app:v2"] = second.Manifest.Data, v2.Manifest.Data
+	f.untagged = first.Manifest.Desc.Digest
+	f.untaggedB = []digest.Digest{first.Config.Desc.Digest, first.Layers[1].Desc.Digest}
+
+	// A revision deleted through the API.
+	gone := newTestImage(t, amd, layerSpec{5, 3000})
+	l.addImage("gone", gone)
+	skopeoCopy(t, "oci:"+l.Dir+":gone", r.ref("app", "gone"))
+	f.deleted = gone.Manifest.Desc.Digest
+	f.deletedB = blobDigests(gone)
+	if status := r.deleteManifest("app", f.deleted); status != http.StatusAccepted {
+		t.Fatalf("DELETE: %d", status)
+	}
+
+	// A referrer of app:v2 (a signature), pushed by digest as ORAS and
+	// cosign do; skopeo cannot push one.
+	sigCfg := newBlob(v1.MediaTypeImageConfig, []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`))
+	sigPayload := newBlob("application/vnd.dev.cosign.simplesigning.v1+json", []byte(`{"critical":{"image":{"docker-manifest-digest":"`+v2.Manifest.Desc.Digest.String()+`"}}}`))
+	pushBlobHTTP(t, r, "app", sigCfg.Data)
+	pushBlobHTTP(t, r, "app", sigPayload.Data)
+	sigManifest := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"size":%d,"digest":%q},"layers":[{"mediaType":%q,"size":%d,"digest":%q}],"subject":{"mediaType":%q,"size":%d,"digest":%q}}`,
+		v1.MediaTypeImageManifest, sigCfg.Desc.MediaType, sigCfg.Desc.Size, sigCfg.Desc.Digest,
+		sigPayload.Desc.MediaType, sigPayload.Desc.Size, sigPayload.Desc.Digest,
+		v1.MediaTypeImageManifest, v2.Manifest.Desc.Size, v2.Manifest.Desc.Digest)
+	f.referrer = digest.FromString(sigManifest)
+	if got := putManifestHTTP(t, r, "app", f.referrer.String(), v1.MediaTypeImageManifest, []byte(sigManifest)); got != f.referrer {
+		t.Fatalf("referrer stored as %s, want %s", got, f.referrer)
+	}
+	f.referrerB = []digest.Digest{sigCfg.Desc.Digest, sigPayload.Desc.Digest}
+
+	// An unfinished upload, started eight days ago.
+	u := r.patch(r.startUpload("app"), []byte("half a layer"))
+	f.uploadID = u.UUID
+	startedAt := filepath.Join(f.root, "docker/registry/v2/repositories/app/_uploads", u.UUID, "startedat")
+	if err := os.WriteFile(startedAt, []byte(time.Now().Add(-8*24*time.Hour).UTC().Format(time.RFC3339)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// multi:latest, an OCI index over two platforms (skopeo pushes the
+	// children by digest: untagged revisions).
+	e := newTestImage(t, amd, layerSpec{6, 3000})
+	g := newTestImage(t, arm, layerSpec{7, 3000})
+	idx := l.addIndex("multi", e, g)
+	skopeoCopy(t, "--all", "oci:"+l.Dir+":multi", r.ref("multi", "latest"))
+	f.tags["multi:latest"] = idx.Data
+	f.children = append(f.children, e.Manifest.Desc.Digest, g.Manifest.Desc.Digest)
+	f.childrenB = append(f.childrenB, blobDigests(e)...)
+	f.childrenB = append(f.childrenB, blobDigests(g)...)
+
+	// dlist:latest, a docker manifest list over two schema2 manifests.
+	var entries []string
+	for _, img := range []testImage{newTestImage(t, amd, layerSpec{8, 3000}), newTestImage(t, arm, layerSpec{9, 3000})} {
+		for _, b := range img.blobs() {
+			pushBlobHTTP(t, r, "dlist", b.Data)
+		}
+		dm := img.dockerManifest(t)
+		putManifestHTTP(t, r, "dlist", dm.Desc.Digest.String(), mtDockerManifest, dm.Data)
+		entries = append(entries, fmt.Sprintf(`{"mediaType":%q,"size":%d,"digest":%q,"platform":{"architecture":%q,"os":"linux"}}`,
+			mtDockerManifest, dm.Desc.Size, dm.Desc.Digest, img.Platform.Architecture))
+		f.children = append(f.children, dm.Desc.Digest)
+		f.childrenB = append(f.childrenB, blobDigests(img)...)
+	}
+	list := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"manifests":[%s]}`, mtDockerManifestList, strings.Join(entries, ",")))
+	putManifestHTTP(t, r, "dlist", "latest", mtDockerManifestList, list)
+	f.tags["dlist:latest"] = list
+
+	// old:s1, a signed schema1 manifest over layers pushed for it.
+	key, err := libtrust.GenerateECP256PrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1img := newTestImage(t, amd, layerSpec{10, 3000}, layerSpec{11, 3000})
+	for _, b := range s1img.Layers {
+		pushBlobHTTP(t, r, "old", b.Data)
+	}
+	signed, _ := s1img.schema1Manifest(t, key, "old", "s1")
+	putManifestHTTP(t, r, "old", "s1", mtSchema1Signed, signed)
+	f.tags["old:s1"] = nil // served re-signed: compared by payload
+
+	r.stop()
+	ageTree(t, f.root, 48*time.Hour)
+	return f
+}
+
+// ageTree moves every time below root back by d.
+func ageTree(t *testing.T, root string, d time.Duration) {
+	t.Helper()
+	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		old := fi.ModTime().Add(-d)
+		return os.Chtimes(p, old, old)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// copyTree copies root into a new temporary directory, times included.
+func copyTree(t *testing.T, root string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "copy")
+	runCmd(t, "cp", "-a", root, dst)
+	return dst
+}
+
+// treeObjects lists every file below docker/registry/v2, relative.
+func treeObjects(t *testing.T, root string) map[string]bool {
+	t.Helper()
+	v2 := filepath.Join(root, "docker/registry/v2")
+	out := map[string]bool{}
+	err := filepath.WalkDir(v2, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(v2, p)
+		out[filepath.ToSlash(rel)] = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// gcDeleted is what a collector removed from a tree, by kind.
+type gcDeleted struct {
+	blobs     []digest.Digest
+	revisions []string // repo@digest
+	links     []string // repo@digest of _layers links
+	uploads   []string // repo/id
+	other     []string
+}
+
+// diffTrees classifies the files in before that are gone from after.
+func diffTrees(before, after map[string]bool) gcDeleted {
+	var g gcDeleted
+	for p := range before {
+		if after[p] {
+			continue
+		}
+		parts := strings.Split(p, "/")
+		switch {
+		case parts[0] == "blobs" && len(parts) == 5:
+			g.blobs = append(g.blobs, digest.NewDigestFromEncoded(digest.SHA256, parts[3]))
+		case strings.Contains(p, "/_manifests/revisions/sha256/") && strings.HasSuffix(p, "/link") && !strings.Contains(p, "/signatures/"):
+			repo, rest, _ := strings.Cut(strings.TrimPrefix(p, "repositories/"), "/_manifests/")
+			g.revisions = append(g.revisions, repo+"@sha256:"+strings.Split(rest, "/")[2])
+		case strings.Contains(p, "/_layers/sha256/"):
+			repo, rest, _ := strings.Cut(strings.TrimPrefix(p, "repositories/"), "/_layers/")
+			g.links = append(g.links, repo+"@sha256:"+strings.Split(rest, "/")[1])
+		case strings.Contains(p, "/_uploads/"):
+			repo, rest, _ := strings.Cut(strings.TrimPrefix(p, "repositories/"), "/_uploads/")
+			u := repo + "/" + strings.Split(rest, "/")[0]
+			if !slices.Contains(g.uploads, u) {
+				g.uploads = append(g.uploads, u)
+			}
+		default:
+			g.other = append(g.other, p)
+		}
+	}
+	slices.Sort(g.blobs)
+	slices.Sort(g.revisions)
+	slices.Sort(g.links)
+	slices.Sort(g.uploads)
+	slices.Sort(g.other)
+	return g
+}
+
+// registryGC runs the registry's own collector on root.
+func registryGC(t *testing.T, root string, deleteUntagged bool) string {
+	t.Helper()
+	conf := filepath.Join(t.TempDir(), "config.yml")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, registryConfig, root, "127.0.0.1:0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"garbage-collect"}
+	if deleteUntagged {
+		args = append(args, "--delete-untagged")
+	}
+	out, err := exec.Command(registryBin, append(args, conf)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", registryBin, args, err, out)
+	}
+	return string(out)
+}
+
+// regfsGCReport is the part of regfs gc --json the tests read.
+type regfsGCReport struct {
+	Total struct {
+		Revisions, Links, Uploads, Blobs, Repositories int
+		Bytes                                          int64
+	} `json:"total"`
+	Spared   struct{ Grace, Recheck, Fenced int } `json:"spared"`
+	Problems []string                             `json:"problems"`
+	Complete bool                                 `json:"complete"`
+}
+
+// regfsGC runs regfs gc --json on root and fails the test unless it exits 0.
+func regfsGC(t *testing.T, root string, args ...string) regfsGCReport {
+	t.Helper()
+	cmd := exec.Command(regfsBin, append([]string{"gc", "--root", root, "--json"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var rep regfsGCReport
+	if jerr := json.Unmarshal(out, &rep); jerr != nil || err != nil || !rep.Complete {
+		t.Fatalf("regfs gc %v: %v (%v)\n%s\n%s", args, err, jerr, out, stderr.Bytes())
+	}
+	return rep
+}
+
+func revs(repo string, ds ...digest.Digest) []string {
+	var out []string
+	for _, d := range ds {
+		out = append(out, repo+"@"+d.String())
+	}
+	return out
+}
+
+func sortedDigests(dss ...[]digest.Digest) []digest.Digest {
+	var out []digest.Digest
+	for _, ds := range dss {
+		for _, d := range ds {
+			if !slices.Contains(out, d) {
+				out = append(out, d)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func minus(a, b []digest.Digest) []digest.Digest {
+	var out []digest.Digest
+	for _, d := range a {
+		if !slices.Contains(b, d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// TestGCAgainstRegistryGC runs the registry's garbage-collect and regfs gc
+// on two copies of one tree the registry wrote, and compares what each
+// deleted, case by case. Then the registry serves the tree regfs collected:
+// every tag pulls byte-exact and regfs fsck finds nothing wrong.
+func TestGCAgainstRegistryGC(t *testing.T) {
+	f := newGCFixture(t)
+	before := treeObjects(t, f.root)
+
+	t.Run("default", func(t *testing.T) {
+		reg, rfs, plain := copyTree(t, f.root), copyTree(t, f.root), copyTree(t, f.root)
+		registryGC(t, reg, false)
+		regfsGC(t, rfs, "--unreferenced-layers")
+		regfsGC(t, plain)
+		byReg := diffTrees(before, treeObjects(t, reg))
+		byRegfs := diffTrees(before, treeObjects(t, rfs))
+		byPlain := diffTrees(before, treeObjects(t, plain))
+		t.Logf("registry deleted %+v", byReg)
+		t.Logf("regfs --unreferenced-layers deleted %+v", byRegfs)
+
+		// The deleted revision's manifest and its own blobs: both agree.
+		want := sortedDigests([]digest.Digest{f.deleted}, f.deletedB)
+		if !slices.Equal(byReg.blobs, want) {
+			t.Errorf("registry deleted blobs %v, want the deleted revision's %v", byReg.blobs, want)
+		}
+		if !slices.Equal(byRegfs.blobs, byReg.blobs) {
+			t.Errorf("regfs deleted blobs %v, the registry %v", byRegfs.blobs, byReg.blobs)
+		}
+		// The registry leaves the _layers links to what it deleted
+		// (dangling); regfs removes them first.
+		if len(byReg.links) != 0 || !slices.Equal(byRegfs.links, revs("app", sortedDigests(f.deletedB)...)) {
+			t.Errorf("links removed: registry %v, regfs %v", byReg.links, byRegfs.links)
+		}
+		// Only regfs purges the abandoned upload.
+		if len(byReg.uploads) != 0 || !slices.Equal(byRegfs.uploads, []string{"app/" + f.uploadID}) {
+			t.Errorf("uploads removed: registry %v, regfs %v", byReg.uploads, byRegfs.uploads)
+		}
+		// Without --unreferenced-layers a link keeps its blob: only the
+		// deleted manifest goes.
+		if !slices.Equal(byPlain.blobs, []digest.Digest{f.deleted}) || len(byPlain.links) != 0 {
+			t.Errorf("regfs gc without flags deleted %+v", byPlain)
+		}
+		for _, g := range []gcDeleted{byReg, byRegfs, byPlain} {
+			if len(g.revisions)+len(g.other) != 0 {
+				t.Errorf("revisions or other files deleted: %+v", g)
+			}
+		}
+		checkTreeConsistent(t, rfs)
+		checkTreeConsistent(t, plain)
+		checkServes(t, f, rfs)
+	})
+
+	t.Run("delete-untagged", func(t *testing.T) {
+		reg, rfs := copyTree(t, f.root), copyTree(t, f.root)
+		registryGC(t, reg, true)
+		regfsGC(t, rfs, "--delete-untagged", "--unreferenced-layers")
+		byReg := diffTrees(before, treeObjects(t, reg))
+		byRegfs := diffTrees(before, treeObjects(t, rfs))
+		t.Logf("registry -m deleted %+v", byReg)
+		t.Logf("regfs --delete-untagged --unreferenced-layers deleted %+v", byRegfs)
+
+		// Where the registry is right, both delete the untagged revision
+		// and the blobs only it and the deleted revision had.
+		agreed := sortedDigests([]digest.Digest{f.untagged, f.deleted}, f.untaggedB, f.deletedB)
+		if !slices.Equal(byRegfs.blobs, agreed) {
+			t.Errorf("regfs deleted blobs %v, want %v", byRegfs.blobs, agreed)
+		}
+		if !slices.Equal(byRegfs.revisions, revs("app", f.untagged)) {
+			t.Errorf("regfs deleted revisions %v, want %v", byRegfs.revisions, revs("app", f.untagged))
+		}
+		// Where it is wrong, it also deletes the children of the index and
+		// of the manifest list (distribution #3178: their revisions, configs
+		// and layers; the index still marks their manifest blobs) and the
+		// referrer with its blobs; regfs keeps them.
+		wrong := sortedDigests(f.childrenB, []digest.Digest{f.referrer}, f.referrerB)
+		if got := minus(byReg.blobs, byRegfs.blobs); !slices.Equal(got, wrong) {
+			t.Errorf("registry deleted, beyond regfs, %v; want the children's blobs and the referrer %v", got, wrong)
+		}
+		wrongRevs := slices.Concat(revs("app", f.untagged, f.referrer), revs("multi", f.children[:2]...), revs("dlist", f.children[2:]...))
+		slices.Sort(wrongRevs)
+		if !slices.Equal(byReg.revisions, wrongRevs) {
+			t.Errorf("registry deleted revisions %v, want the untagged one, the referrer and the children %v", byReg.revisions, wrongRevs)
+		}
+		if extra := minus(byRegfs.blobs, byReg.blobs); len(extra) != 0 {
+			t.Errorf("regfs deleted blobs the registry kept: %v", extra)
+		}
+		checkTreeConsistent(t, rfs)
+		checkServes(t, f, rfs)
+		// The registry's collection broke the index: its children are gone.
+		r := startRegistry(t, reg)
+		if m := r.getManifest("multi", f.children[0].String()); m.Status != http.StatusNotFound {
+			t.Errorf("after the registry's gc -m the index child answers %d; the comparison assumed it deleted", m.Status)
+		}
+	})
+}
+
+// checkServes starts the registry on root and pulls every fixture tag
+// with skopeo (which checks every digest), comparing the manifests served
+// with those pushed, and the referrer by digest.
+func checkServes(t *testing.T, f *gcFixture, root string) {
+	t.Helper()
+	r := startRegistry(t, root)
+	for ref, want := range f.tags {
+		repo, tag, _ := strings.Cut(ref, ":")
+		m := r.mustGetManifest(repo, tag)
+		if want != nil && !bytes.Equal(m.Body, want) {
+			t.Errorf("%s serves another manifest after gc", ref)
+		}
+		skopeoCopy(t, "--all", r.ref(repo, tag), "oci:"+filepath.Join(t.TempDir(), "pull")+":x")
+	}
+	if m := r.getManifest("app", f.referrer.String()); m.Status != http.StatusOK {
+		t.Errorf("referrer answers %d after gc", m.Status)
+	}
+	r.stop()
+}
