@@ -780,3 +780,39 @@ func TestUnreadableDirectoryKeepsBlobs(t *testing.T) {
 		t.Fatalf("deleted %v", rep.Blobs)
 	}
 }
+
+// A push that re-sends the bytes of a garbage blob keeps the stored blob
+// (and its old time) and links it once the upload is verified: while the
+// upload is there, a blob of its size is spared.
+func TestUploadInProgressSparesBlobOfItsSize(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	garbage := f.blob("a", "sixteen bytes!!!")
+	other := f.blob("a", "a blob of another size")
+	for _, d := range []digest.Digest{garbage, other} {
+		if err := f.repo("a").Layers().Unlink(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.age(2 * time.Hour)
+	up, err := f.repo("b").Uploads().Create(ctx, garbage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up.Write([]byte("sixteen bytes!!!")); err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep := f.gc(Options{})
+	if !f.blobExists(garbage) || f.blobExists(other) {
+		t.Fatalf("deleted %v", rep.Blobs)
+	}
+	if _, err := up.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !f.linked("b", garbage) {
+		t.Fatal("not linked after the commit")
+	}
+}

@@ -96,7 +96,19 @@ func (r *run) sweep(ctx context.Context) error {
 		return err
 	}
 	if r.opts.PruneEmpty {
-		return r.pruneEmpty(ctx)
+		if err := r.pruneEmpty(ctx); err != nil {
+			return err
+		}
+	}
+	// What a driver left of deletions and writes a crash interrupted
+	// (a gc killed in the middle of a Delete, say) goes too.
+	if j, ok := r.d.(driver.Janitor); ok {
+		if err := j.Clean(ctx); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.problem("removing the driver's leftovers: %v", err)
+		}
 	}
 	return nil
 }
@@ -298,8 +310,11 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 	if len(cands) == 0 {
 		return nil
 	}
-	var linked map[key]bool
-	var walked time.Time
+	var (
+		linked    map[key]bool
+		uploading map[int64]bool
+		walked    time.Time
+	)
 	for i, k := range cands {
 		if i%256 == 0 {
 			r.progress("sweep blobs", i, len(cands))
@@ -313,7 +328,7 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 				ok  bool
 				err error
 			)
-			linked, ok, err = r.linkSet(ctx)
+			linked, uploading, ok, err = r.linkSet(ctx)
 			if err != nil {
 				return err
 			}
@@ -322,7 +337,7 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 				return nil
 			}
 		}
-		if linked[k] {
+		if linked[k] || uploading[r.blobs[k].size] {
 			r.rep.Spared.Recheck++
 			continue
 		}
@@ -357,19 +372,31 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 const rewalkEvery = 5 * time.Second
 
 // linkSet walks every repository again and returns every digest a layer,
-// revision or signature link names now. ok is false when a directory could
-// not be listed.
-func (r *run) linkSet(ctx context.Context) (map[key]bool, bool, error) {
+// revision or signature link names now, and the sizes of the uploads
+// written to lately. ok is false when a directory could not be listed.
+//
+// The sizes cover a push that re-sends a blob whose bytes are stored but
+// garbage: the registry (and regfs) then keep the stored bytes and their
+// old time, and link them once the upload is verified. Until the link is
+// written the upload's data is still there, as large as the blob: a blob
+// of that size is spared.
+func (r *run) linkSet(ctx context.Context) (map[key]bool, map[int64]bool, bool, error) {
 	now, err := walkRepositories(ctx, r.d, r.opts.Workers)
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	if len(now.unreadable) > 0 {
 		r.noteUnreadable(now)
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	linked := map[key]bool{}
+	uploading := map[int64]bool{}
 	for _, rs := range now.repos {
+		for _, up := range rs.uploads {
+			if r.recent(up.modTime) || time.Since(up.modTime) < rewalkEvery {
+				uploading[up.size] = true
+			}
+		}
 		for k := range rs.layers {
 			linked[k] = true
 		}
@@ -383,7 +410,7 @@ func (r *run) linkSet(ctx context.Context) (map[key]bool, bool, error) {
 			linked[k] = true
 		}
 	}
-	return linked, true, nil
+	return linked, uploading, true, nil
 }
 
 // sweepUploads removes the old uploads, each re-stat'ed just before.
