@@ -458,3 +458,125 @@ func checkServes(t *testing.T, f *gcFixture, root string) {
 	}
 	r.stop()
 }
+
+// gcLoop runs regfs gc with args on root again and again until stop is
+// closed, and returns how many runs there were and the first failure.
+func gcLoop(root string, stop <-chan struct{}, args ...string) <-chan gcLoopResult {
+	done := make(chan gcLoopResult, 1)
+	go func() {
+		var res gcLoopResult
+		for {
+			select {
+			case <-stop:
+				done <- res
+				return
+			default:
+			}
+			out, err := exec.Command(regfsBin, append([]string{"gc", "--root", root, "--json"}, args...)...).CombinedOutput()
+			res.runs++
+			var rep regfsGCReport
+			if jerr := json.Unmarshal(out, &rep); jerr == nil {
+				res.blobs += rep.Total.Blobs
+				res.spared += rep.Spared.Grace + rep.Spared.Recheck
+			}
+			if err != nil && res.err == nil {
+				res.err = fmt.Errorf("regfs gc run %d: %v\n%s", res.runs, err, out)
+			}
+		}
+	}()
+	return done
+}
+
+type gcLoopResult struct {
+	runs, blobs, spared int
+	err                 error
+}
+
+// TestGCBesidePushes pushes images through the registry and through a
+// running mount while regfs gc runs again and again with the default grace
+// window and --delete-untagged on the same storage, on a tree that holds
+// old garbage, some of whose bytes the pushes send again. Every push
+// completes and pulls back byte-exact, the garbage not pushed again goes,
+// and the tree checks clean.
+func TestGCBesidePushes(t *testing.T) {
+	requireTools(t, registryBin, "skopeo")
+	root := t.TempDir()
+	r := startRegistry(t, root)
+	amd := v1.Platform{OS: "linux", Architecture: "amd64"}
+
+	// Old garbage: revisions deleted and layers unlinked through the API.
+	var garbage []testImage
+	l := newOCILayout(t)
+	for i := range 4 {
+		img := newTestImage(t, amd, layerSpec{uint64(100 + i), 20000})
+		garbage = append(garbage, img)
+		tag := fmt.Sprintf("g%d", i)
+		l.addImage(tag, img)
+		skopeoCopy(t, "oci:"+l.Dir+":"+tag, r.ref("junk", tag))
+		if status := r.deleteManifest("junk", img.Manifest.Desc.Digest); status != http.StatusAccepted {
+			t.Fatalf("DELETE manifest: %d", status)
+		}
+		for _, b := range img.blobs() {
+			if status := r.deleteBlob("junk", b.Desc.Digest); status != http.StatusAccepted {
+				t.Fatalf("DELETE blob: %d", status)
+			}
+		}
+	}
+	ageTree(t, root, 48*time.Hour)
+	m := startMount(t, "filesystem", mountOpts{Root: root})
+	sh(t, "mkdir -p "+shellQuote(m.path("live", "mount")))
+
+	stop := make(chan struct{})
+	loop := gcLoop(root, stop, "--delete-untagged")
+	// Images 0 and 1 send the layers of garbage images 0 and 1 again.
+	pushed := map[string]testImage{}
+	for i := range 10 {
+		layers := []layerSpec{{uint64(200 + i), 30000}}
+		if i < 2 {
+			layers = append(layers, layerSpec{uint64(100 + i), 20000})
+		}
+		img := newTestImage(t, amd, layers...)
+		tag := fmt.Sprintf("p%d", i)
+		l.addImage(tag, img)
+		skopeoCopy(t, "oci:"+l.Dir+":"+tag, r.ref("live/registry", tag))
+		pushed["live/registry:"+tag] = img
+		// The same through the mount: blobs with cp, then the manifest.
+		mimg := newTestImage(t, amd, layerSpec{uint64(300 + i), 30000})
+		pushBlobs(t, m, "live/mount", mimg.blobs()...)
+		cpManifest(t, m, "live/mount", tag, mimg.Manifest.Data)
+		pushed["live/mount:"+tag] = mimg
+	}
+	close(stop)
+	res := <-loop
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	t.Logf("%d gc runs during the pushes deleted %d blobs, spared %d", res.runs, res.blobs, res.spared)
+	m.stop()
+
+	// One more run after the pushes, as the loop may have ended before the
+	// garbage was old enough to go (it was aged before the loop started).
+	regfsGC(t, root, "--delete-untagged")
+	for ref, img := range pushed {
+		repo, tag, _ := strings.Cut(ref, ":")
+		if got := r.mustGetManifest(repo, tag); !bytes.Equal(got.Body, img.Manifest.Data) {
+			t.Errorf("%s serves another manifest", ref)
+		}
+		for _, b := range img.blobs() {
+			if status, body := r.getBlob(repo, b.Desc.Digest); status != http.StatusOK || !bytes.Equal(body, b.Data) {
+				t.Errorf("%s: blob %s: status %d, %d bytes", ref, b.Desc.Digest, status, len(body))
+			}
+		}
+		skopeoCopy(t, r.ref(repo, tag), "oci:"+filepath.Join(t.TempDir(), "pull")+":x")
+	}
+	// The garbage not sent again is gone.
+	for i, img := range garbage {
+		for _, b := range img.Layers {
+			_, err := os.Stat(filepath.Join(root, "docker/registry/v2/blobs/sha256", b.Desc.Digest.Encoded()[:2], b.Desc.Digest.Encoded(), "data"))
+			if i >= 2 && err == nil {
+				t.Errorf("garbage layer %s of image %d still there", b.Desc.Digest, i)
+			}
+		}
+	}
+	checkTreeConsistent(t, root)
+}
