@@ -2,9 +2,13 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
+	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +21,9 @@ import (
 	"github.com/docker/libtrust"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regfs/regfs/driver/filesystem"
+	"github.com/regfs/regfs/store"
 )
 
 // gcFixture is a storage root the registry wrote, with one of each case a
@@ -579,4 +586,168 @@ func TestGCBesidePushes(t *testing.T) {
 		}
 	}
 	checkTreeConsistent(t, root)
+}
+
+// buildGarbageTree writes, through the store, repositories that each hold
+// a tagged image (kept), untagged images, unlinked blobs and an abandoned
+// upload, plus repositories left empty; it returns the kept images'
+// manifests by repo:tag and every blob they need.
+func buildGarbageTree(t *testing.T, root string, repos int) (map[string]digest.Digest, []digest.Digest) {
+	t.Helper()
+	ctx := context.Background()
+	d, err := filesystem.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.New(d, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push := func(repo store.Repository, content string) digest.Digest {
+		dg := digest.FromString(content)
+		up, err := repo.Uploads().Create(ctx, dg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := up.Write([]byte(content)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := up.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return dg
+	}
+	image := func(repo store.Repository, seed, tag string) (digest.Digest, []digest.Digest) {
+		cfg := push(repo, "config "+seed)
+		shared := push(repo, "a layer every image has")
+		own := push(repo, "layer of "+seed)
+		m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","size":1,"digest":%q},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":1,"digest":%q},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":1,"digest":%q}]}`,
+			v1.MediaTypeImageManifest, cfg, shared, own)
+		md, err := repo.Manifests().Put(ctx, []byte(m), tag, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return md, []digest.Digest{md, cfg, shared, own}
+	}
+	kept := map[string]digest.Digest{}
+	var keptBlobs []digest.Digest
+	for i := range repos {
+		name := fmt.Sprintf("team%d/app", i)
+		repo, err := st.Repository(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		md, blobs := image(repo, name+" v1", "v1")
+		kept[name+":v1"] = md
+		keptBlobs = append(keptBlobs, blobs...)
+		for j := range 3 {
+			image(repo, fmt.Sprintf("%s untagged %d", name, j), "")
+		}
+		for j := range 20 {
+			b := push(repo, fmt.Sprintf("%s loose %d", name, j))
+			if err := repo.Layers().Unlink(ctx, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		up, err := repo.Uploads().Create(ctx, digest.FromString("never finished"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := up.Write([]byte("half")); err != nil {
+			t.Fatal(err)
+		}
+		if err := up.Close(); err != nil {
+			t.Fatal(err)
+		}
+		p, _ := store.Location{Kind: store.PathUploadStartedAt, Repository: name, Upload: up.ID()}.Path()
+		if err := d.PutContent(ctx, p, []byte(time.Now().Add(-10*24*time.Hour).UTC().Format(time.RFC3339))); err != nil {
+			t.Fatal(err)
+		}
+		// A repository whose only blob was unlinked: empty.
+		empty, err := st.Repository(fmt.Sprintf("team%d/gone", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := push(empty, fmt.Sprintf("team%d gone", i))
+		if err := empty.Layers().Unlink(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return kept, keptBlobs
+}
+
+// visibleObjects is treeObjects without the filesystem driver's hidden
+// leftovers (".#" names) of deletes a kill interrupted.
+func visibleObjects(t *testing.T, root string) map[string]bool {
+	t.Helper()
+	out := treeObjects(t, root)
+	for p := range out {
+		if strings.Contains(p, "/.#") {
+			delete(out, p)
+		}
+	}
+	return out
+}
+
+// TestGCKilledAndRerun kills regfs gc with SIGKILL at random points of its
+// run, several times, then runs it to the end: the tree is what one
+// uninterrupted run makes, fsck finds nothing wrong, and every kept image
+// is whole.
+func TestGCKilledAndRerun(t *testing.T) {
+	root := t.TempDir()
+	kept, keptBlobs := buildGarbageTree(t, root, 20)
+	ageTree(t, root, 10*24*time.Hour)
+	flags := []string{"--delete-untagged", "--unreferenced-layers", "--prune-empty"}
+
+	ref := copyTree(t, root)
+	start := time.Now()
+	rep := regfsGC(t, ref, flags...)
+	full := time.Since(start)
+	want := treeObjects(t, ref)
+	t.Logf("uninterrupted run: %v, deleted %+v", full, rep.Total)
+
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	t.Logf("seed %d", seed)
+	for i := range 5 {
+		cmd := exec.Command(regfsBin, append([]string{"gc", "--root", root}, flags...)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		after := time.Duration(rng.Int64N(int64(full)))
+		time.Sleep(after)
+		_ = cmd.Process.Kill()
+		err := cmd.Wait()
+		t.Logf("run %d killed after %v (%v): %d objects left, %d when done", i, after, err, len(visibleObjects(t, root)), len(want))
+	}
+	regfsGC(t, root, flags...)
+	got := visibleObjects(t, root)
+	for p := range want {
+		if !got[p] {
+			t.Errorf("%s: kept by one run, gone after the killed runs", p)
+		}
+	}
+	for p := range got {
+		if !want[p] {
+			t.Errorf("%s: deleted by one run, still there after the killed runs and a rerun", p)
+		}
+	}
+	out, err := exec.Command(regfsBin, "fsck", "--root", root, "--json").Output()
+	var fr fsckReport
+	if jerr := json.Unmarshal(out, &fr); jerr != nil || err != nil || !fr.Complete || len(fr.Problems) > 0 {
+		t.Errorf("fsck after the killed runs: %v %v %+v", err, jerr, fr.Problems)
+	}
+	for ref, md := range kept {
+		repo, tag, _ := strings.Cut(ref, ":")
+		b, err := os.ReadFile(filepath.Join(root, "docker/registry/v2/repositories", repo, "_manifests/tags", tag, "current/link"))
+		if err != nil || string(b) != md.String() {
+			t.Errorf("%s: tag lost (%v)", ref, err)
+		}
+	}
+	for _, d := range keptBlobs {
+		b, err := os.ReadFile(filepath.Join(root, "docker/registry/v2/blobs/sha256", d.Encoded()[:2], d.Encoded(), "data"))
+		if err != nil || digest.FromBytes(b) != d {
+			t.Errorf("kept blob %s lost or damaged (%v)", d, err)
+		}
+	}
 }
