@@ -689,17 +689,17 @@ func visibleObjects(t *testing.T, root string) map[string]bool {
 	return out
 }
 
-// TestGCKilledAndRerun kills regfs gc with SIGKILL at random points of its
-// run, several times, then runs it to the end: the tree is what one
-// uninterrupted run makes, fsck finds nothing wrong, and every kept image
-// is whole.
+// TestGCKilledAndRerun kills regfs gc with SIGKILL at a random point of
+// its run, on four copies of one tree, then runs it to the end on each:
+// each tree is what one uninterrupted run makes, fsck finds nothing wrong,
+// and every kept image is whole.
 func TestGCKilledAndRerun(t *testing.T) {
-	root := t.TempDir()
-	kept, keptBlobs := buildGarbageTree(t, root, 20)
-	ageTree(t, root, 10*24*time.Hour)
+	orig := t.TempDir()
+	kept, keptBlobs := buildGarbageTree(t, orig, 20)
+	ageTree(t, orig, 10*24*time.Hour)
 	flags := []string{"--delete-untagged", "--unreferenced-layers", "--prune-empty"}
 
-	ref := copyTree(t, root)
+	ref := copyTree(t, orig)
 	start := time.Now()
 	rep := regfsGC(t, ref, flags...)
 	full := time.Since(start)
@@ -709,7 +709,9 @@ func TestGCKilledAndRerun(t *testing.T) {
 	seed := time.Now().UnixNano()
 	rng := rand.New(rand.NewPCG(uint64(seed), 0))
 	t.Logf("seed %d", seed)
-	for i := range 5 {
+	before := len(treeObjects(t, orig))
+	for i := range 4 {
+		root := copyTree(t, orig)
 		cmd := exec.Command(regfsBin, append([]string{"gc", "--root", root}, flags...)...)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -718,24 +720,31 @@ func TestGCKilledAndRerun(t *testing.T) {
 		time.Sleep(after)
 		_ = cmd.Process.Kill()
 		err := cmd.Wait()
-		t.Logf("run %d killed after %v (%v): %d objects left, %d when done", i, after, err, len(visibleObjects(t, root)), len(want))
+		t.Logf("run %d killed after %v (%v): %d objects of %d left, %d when done", i, after, err, len(visibleObjects(t, root)), before, len(want))
+		regfsGC(t, root, flags...)
+		checkGCResult(t, root, want, kept, keptBlobs)
 	}
-	regfsGC(t, root, flags...)
+}
+
+// checkGCResult checks a collected tree against the one an uninterrupted
+// run made: same objects, fsck clean, kept images whole.
+func checkGCResult(t *testing.T, root string, want map[string]bool, kept map[string]digest.Digest, keptBlobs []digest.Digest) {
+	t.Helper()
 	got := visibleObjects(t, root)
 	for p := range want {
 		if !got[p] {
-			t.Errorf("%s: kept by one run, gone after the killed runs", p)
+			t.Errorf("%s: kept by one run, gone after the killed run", p)
 		}
 	}
 	for p := range got {
 		if !want[p] {
-			t.Errorf("%s: deleted by one run, still there after the killed runs and a rerun", p)
+			t.Errorf("%s: deleted by one run, still there after the killed run and a rerun", p)
 		}
 	}
 	out, err := exec.Command(regfsBin, "fsck", "--root", root, "--json").Output()
 	var fr fsckReport
 	if jerr := json.Unmarshal(out, &fr); jerr != nil || err != nil || !fr.Complete || len(fr.Problems) > 0 {
-		t.Errorf("fsck after the killed runs: %v %v %+v", err, jerr, fr.Problems)
+		t.Errorf("fsck after the killed run: %v %v %+v", err, jerr, fr.Problems)
 	}
 	for ref, md := range kept {
 		repo, tag, _ := strings.Cut(ref, ":")
