@@ -141,6 +141,7 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 		return "", &ErrManifestVerification{Errs: problems}
 	}
 
+	defer s.writes.hold(append(append([]digest.Digest{dgst}, p.Blobs...), p.Manifests...)...)()
 	blobPath := mustPath(blobDataPathSpec{digest: dgst})
 	had, err := s.exists(ctx, blobPath)
 	if err != nil {

@@ -816,3 +816,34 @@ func TestUploadInProgressSparesBlobOfItsSize(t *testing.T) {
 		t.Fatal("not linked after the commit")
 	}
 }
+
+// Inside a mount the store's own writers are fenced: with no grace window
+// at all, the garbage blob an open upload is about to become stays.
+func TestStoreFenceInsideTheProcess(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	garbage := f.blob("a", "garbage the mount is uploading again")
+	if err := f.repo("a").Layers().Unlink(ctx, garbage); err != nil {
+		t.Fatal(err)
+	}
+	f.age(2 * time.Hour)
+	up, err := f.repo("b").Uploads().Create(ctx, garbage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fence, release := store.TakeFence(f.st)
+	rep := f.gc(Options{Grace: -1, Fence: fence})
+	release()
+	if !f.blobExists(garbage) || rep.Spared.Fenced != 1 {
+		t.Fatalf("fenced blob deleted (spared %+v)", rep.Spared)
+	}
+	if err := up.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Closed, and nothing fencing it: it goes.
+	fence, release = store.TakeFence(f.st)
+	defer release()
+	if rep := f.gc(Options{Grace: -1, Fence: fence}); len(rep.Blobs) != 1 {
+		t.Fatalf("deleted %v", rep.Blobs)
+	}
+}
