@@ -20,6 +20,7 @@ import (
 
 	"github.com/docker/libtrust"
 	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regfs/regfs/driver/filesystem"
@@ -759,4 +760,68 @@ func checkGCResult(t *testing.T, root string, want map[string]bool, kept map[str
 			t.Errorf("kept blob %s lost or damaged (%v)", d, err)
 		}
 	}
+}
+
+// TestGCInsideMount runs the mount's own collector every 200 ms with no
+// grace window while images are pushed through the mount, some re-sending
+// the bytes of garbage blobs: the fence keeps what the mount is uploading,
+// committing and linking, so every push reads back, the garbage not sent
+// again goes, and the tree checks clean.
+func TestGCInsideMount(t *testing.T) {
+	root := t.TempDir()
+	buildGarbageTree(t, root, 3)
+	ageTree(t, root, 10*24*time.Hour)
+	loose := filepath.Join(root, "docker/registry/v2/blobs/sha256", digest.FromString("team2/app loose 19").Encoded()[:2], digest.FromString("team2/app loose 19").Encoded(), "data")
+	if _, err := os.Stat(loose); err != nil {
+		t.Fatal(err)
+	}
+	m := startMount(t, "filesystem", mountOpts{Root: root, Extra: []string{"--gc-interval", "200ms", "--gc-grace", "0s"}})
+	sh(t, "mkdir -p "+shellQuote(m.path("pushed")))
+	amd := v1.Platform{OS: "linux", Architecture: "amd64"}
+	type pushedImage struct {
+		tag string
+		img testImage
+	}
+	var pushed []pushedImage
+	for i := range 12 {
+		img := newTestImage(t, amd, layerSpec{uint64(400 + i), 40000})
+		if i%3 == 0 {
+			// The bytes of a garbage blob, sent again through the mount.
+			g := []byte(fmt.Sprintf("team%d/app loose %d", i%3, i))
+			img.Layers = append(img.Layers, newBlob(v1.MediaTypeImageLayer, g))
+			img.Manifest = newBlob(v1.MediaTypeImageManifest, mustJSON(t, v1.Manifest{
+				Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageManifest,
+				Config: img.Config.Desc, Layers: descs(img.Layers),
+			}))
+		}
+		tag := fmt.Sprintf("t%d", i)
+		pushBlobs(t, m, "pushed", img.blobs()...)
+		cpManifest(t, m, "pushed", tag, img.Manifest.Data)
+		pushed = append(pushed, pushedImage{tag, img})
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(loose); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("garbage not collected inside the mount within 60s\n%s", m.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, p := range pushed {
+		if got := catFile(t, m.path("pushed", "_manifests", p.tag)); !bytes.Equal(got, p.img.Manifest.Data) {
+			t.Errorf("%s: manifest differs", p.tag)
+		}
+		for _, b := range p.img.blobs() {
+			if got := catFile(t, m.path("pushed", "_layers", b.Desc.Digest.String())); !bytes.Equal(got, b.Data) {
+				t.Errorf("%s: blob %s differs", p.tag, b.Desc.Digest)
+			}
+		}
+	}
+	m.stop()
+	if !strings.Contains(m.log.String(), "gc finished") {
+		t.Errorf("no gc run logged:\n%s", m.log)
+	}
+	checkTreeConsistent(t, root)
 }

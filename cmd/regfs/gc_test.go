@@ -17,6 +17,7 @@ import (
 
 	"github.com/regfs/regfs/driver/filesystem"
 	"github.com/regfs/regfs/store"
+	"github.com/regfs/regfs/store/gc"
 )
 
 // gcRoot is a filesystem storage root holding repository "app" with a
@@ -201,5 +202,33 @@ func TestGCUnreadableManifestKeepsBlobs(t *testing.T) {
 	}
 	if !exists(g.looseDataPath) || !strings.Contains(out.String(), "no blob deleted: a kept manifest of app could not be read") {
 		t.Fatalf("blob deleted or no reason given:\n%s", out.String())
+	}
+}
+
+func TestMountGCFlags(t *testing.T) {
+	cfg, err := parseMount([]string{"--gc-interval", "10m", "--root", t.TempDir(), "mnt"}, io.Discard, io.Discard)
+	if err != nil || cfg.GCInterval != 10*time.Minute || cfg.GCGrace != time.Hour {
+		t.Fatalf("parse: %+v %v", cfg, err)
+	}
+	for _, args := range [][]string{
+		{"--gc-interval", "10m", "--read-only", "mnt"},
+		{"--gc-interval", "-1s", "mnt"},
+		{"--gc-grace", "-1s", "mnt"},
+	} {
+		if _, err := parseMount(append(args, "--root", t.TempDir()), io.Discard, io.Discard); err == nil {
+			t.Errorf("parseMount %q accepted", args)
+		}
+	}
+}
+
+func TestGCLast(t *testing.T) {
+	var l gc.Last
+	if l.Get() != nil {
+		t.Fatal("a summary before any run")
+	}
+	l.Record(time.Now(), &gc.Report{Total: gc.Totals{Blobs: 3}, Problems: []string{"x"}}, nil)
+	l.Record(time.Now(), &gc.Report{Total: gc.Totals{Blobs: 2}}, nil)
+	if s := l.Get(); s.Runs != 2 || s.Total.Blobs != 2 || s.Problems != 0 {
+		t.Fatalf("summary %+v", s)
 	}
 }

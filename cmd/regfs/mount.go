@@ -82,6 +82,7 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	}
 	log.Info("mounted", "mountpoint", mnt, "driver", cfg.Driver, "root", cfg.Root,
 		"read_only", cfg.ReadOnly, "cache_size", size.Format(cfg.CacheSize))
+	defer startGCInMount(ctx, cfg, st, d, log)()
 
 	select {
 	case <-ctx.Done():

@@ -564,3 +564,52 @@ func (r *run) readStartedAt(ctx context.Context, repo, id string) (time.Time, bo
 	}
 	return t, true
 }
+
+// Summary is what a mount shows of its last collection (.regfs/stats).
+type Summary struct {
+	// Runs counts the collections since the mount started.
+	Runs           int64     `json:"runs"`
+	Started        time.Time `json:"started"`
+	ElapsedSeconds float64   `json:"elapsedSeconds"`
+	Total          Totals    `json:"total"`
+	Spared         Spared    `json:"spared"`
+	Problems       int       `json:"problems"`
+	// Error is set when the run stopped early.
+	Error string `json:"error,omitempty"`
+}
+
+// Last keeps the summary of the last run; safe for concurrent use.
+type Last struct {
+	mu sync.Mutex
+	s  *Summary // guarded by mu; nil before the first run
+}
+
+// Record makes a run the last one.
+func (l *Last) Record(started time.Time, rep *Report, err error) {
+	s := &Summary{Started: started}
+	if rep != nil {
+		s.ElapsedSeconds = rep.Elapsed.Seconds()
+		s.Total, s.Spared, s.Problems = rep.Total, rep.Spared, len(rep.Problems)
+	}
+	if err != nil {
+		s.Error = err.Error()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.s != nil {
+		s.Runs = l.s.Runs
+	}
+	s.Runs++
+	l.s = s
+}
+
+// Get returns a copy of the last run's summary, nil before the first.
+func (l *Last) Get() *Summary {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.s == nil {
+		return nil
+	}
+	c := *l.s
+	return &c
+}
