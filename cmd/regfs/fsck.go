@@ -10,12 +10,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"golang.org/x/term"
 
-	"github.com/regfs/regfs/store"
+	"github.com/regfs/regfs/store/fsck"
 )
 
 // Exit statuses of regfs fsck. 1 and 2 mean what they mean for every regfs
@@ -44,9 +45,9 @@ func newFsckFlags(cfg *FsckConfig) *flag.FlagSet {
 	fs := flag.NewFlagSet("regfs fsck", flag.ContinueOnError)
 	addStorageFlags(fs, &cfg.Storage, false)
 	fs.BoolVar(&cfg.JSON, "json", false, "print the report as JSON on stdout")
-	fs.BoolVar(&cfg.Repair, "repair", false, "remove dangling and malformed links and empty directories (nothing else)")
-	fs.DurationVar(&cfg.StaleAfter, "stale-after", store.DefaultStaleUploadAge, "mark uploads started longer ago than `AGE` as stale")
-	fs.IntVar(&cfg.Workers, "workers", store.DefaultFsckWorkers, "hash `N` blobs at once")
+	fs.BoolVar(&cfg.Repair, "repair", false, "rewrite links whose content is known exactly, remove garbage and empty directories (nothing else)")
+	fs.DurationVar(&cfg.StaleAfter, "stale-after", fsck.DefaultStaleUploadAge, "mark uploads started longer ago than `AGE` as stale")
+	fs.IntVar(&cfg.Workers, "workers", fsck.DefaultWorkers, "hash `N` blobs, and list N directories, at once")
 	return fs
 }
 
@@ -59,18 +60,26 @@ Check a registry's storage: re-hash every blob (its sha256 must equal its
 name), check that every link (layer, revision, schema1 signature, tag current
 and tag index) is exactly "sha256:<64 hex>" and points at an existing blob,
 that every tag's current revision exists, and list the uploads in progress
-with their ages. Each problem is printed with its path.
+with their ages. Symbolic links, entries with no place in the layout,
+directories that cannot be read and a crash's leftovers are reported too.
+Each problem is printed with its path; a bad link or blob is read twice
+before it is reported, so a check beside a live registry is safe.
 
-Nothing is changed unless --repair is given; then dangling links (whose blob
-is missing), malformed links and empty directories are removed, each removal
-printed. Corrupt blobs, missing revisions and uploads are never touched.
-Run --repair while no mount or registry writes to the storage.
+Nothing is changed unless --repair is given; then a link whose right content
+is known exactly (its directory names it, or it only has a stray newline) is
+rewritten, garbage is removed (tag index entries of deleted manifests whose
+blob is gone, crash leftovers, empty directories), and every change printed.
+What only a re-push brings back (a corrupt blob, a tag or revision whose blob
+is missing) is kept and marked [needs re-push]. Blobs, revisions, tags and
+uploads are never removed. Run --repair while no mount or registry writes to
+the storage.
 
 On a terminal, a progress line goes to stderr while blobs are hashed.
 
 Exit status: 0 no problems (stale uploads are listed, not counted),
-1 problems found (also when --repair removed them all: run again to
+1 problems found (also when --repair fixed them all: run again to
 confirm), 2 usage error, 3 the storage could not be checked to the end.
+With --json, a report is printed for every exit status.
 
 Flags:
 `)
@@ -116,6 +125,9 @@ func fsckMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "regfs fsck: %v\nRun 'regfs fsck --help' for usage.\n", err)
+		if cfg.JSON || slices.Contains(args, "--json") || slices.Contains(args, "-json") {
+			writeFsckJSON(stdout, stderr, cfg, nil, err, fsckExitUsage)
+		}
 		return fsckExitUsage
 	}
 	return runFsck(ctx, cfg, stdout, stderr, isTerminal(stderr))
@@ -131,24 +143,30 @@ func isTerminal(w io.Writer) bool {
 // runFsck checks the storage cfg names, prints the report and returns the
 // exit status. With progress, a progress line is kept on stderr.
 func runFsck(ctx context.Context, cfg FsckConfig, stdout, stderr io.Writer, progress bool) int {
+	// fail ends a check that could not start, with a report all the same.
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "regfs fsck: %v\n", err)
+		if cfg.JSON {
+			writeFsckJSON(stdout, stderr, cfg, nil, err, fsckExitIncomplete)
+		}
+		return fsckExitIncomplete
+	}
 	if cfg.Driver == driverFilesystem {
 		// The filesystem driver creates a missing root; a check must not.
 		fi, err := os.Stat(cfg.Root)
 		if err != nil || !fi.IsDir() {
-			fmt.Fprintf(stderr, "regfs fsck: storage root %s is not a directory\n", cfg.Root)
-			return fsckExitIncomplete
+			return fail(fmt.Errorf("storage root %s is not a directory", cfg.Root))
 		}
 	}
 	d, err := openDriver(ctx, cfg.Storage)
 	if err != nil {
-		fmt.Fprintf(stderr, "regfs fsck: %v\n", err)
-		return fsckExitIncomplete
+		return fail(err)
 	}
-	opts := store.FsckOptions{
+	opts := fsck.Options{
 		Repair:         cfg.Repair,
 		StaleUploadAge: cfg.StaleAfter,
 		Workers:        cfg.Workers,
-		// Removals are printed in the report; the log would repeat them.
+		// Changes are printed in the report; the log would repeat them.
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	var pl *progressLine
@@ -156,7 +174,7 @@ func runFsck(ctx context.Context, cfg FsckConfig, stdout, stderr io.Writer, prog
 		pl = &progressLine{w: stderr, every: 200 * time.Millisecond}
 		opts.Progress = pl.update
 	}
-	rep, ferr := store.Fsck(ctx, d, opts)
+	rep, ferr := fsck.Run(ctx, d, opts)
 	if pl != nil {
 		pl.clear()
 	}
@@ -167,22 +185,12 @@ func runFsck(ctx context.Context, cfg FsckConfig, stdout, stderr io.Writer, prog
 	case !rep.OK():
 		code = fsckExitProblems
 	}
-	loc := locator(cfg.Storage)
 	if cfg.JSON {
-		out := fsckJSON{Driver: cfg.Driver, Root: cfg.Root, Bucket: cfg.S3Bucket, Prefix: cfg.S3Prefix,
-			FsckReport: rep, ElapsedSeconds: rep.Elapsed.Seconds(), Complete: ferr == nil, ExitCode: code}
-		if ferr != nil {
-			out.Error = ferr.Error()
-		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.SetEscapeHTML(false)
-		if err := enc.Encode(out); err != nil {
-			fmt.Fprintf(stderr, "regfs fsck: writing the report: %v\n", err)
+		if !writeFsckJSON(stdout, stderr, cfg, rep, ferr, code) {
 			return fsckExitIncomplete
 		}
 	} else {
-		printFsck(stdout, rep, loc)
+		printFsck(stdout, rep, locator(cfg.Storage))
 	}
 	if ferr != nil {
 		fmt.Fprintf(stderr, "regfs fsck: check not completed: %v\n", ferr)
@@ -190,16 +198,38 @@ func runFsck(ctx context.Context, cfg FsckConfig, stdout, stderr io.Writer, prog
 	return code
 }
 
-// fsckJSON is the --json report: the store's report with where it was
+// writeFsckJSON prints the --json report; rep is nil when the check did
+// not start. It tells whether the report was written.
+func writeFsckJSON(stdout, stderr io.Writer, cfg FsckConfig, rep *fsck.Report, ferr error, code int) bool {
+	if rep == nil {
+		rep = &fsck.Report{Uploads: []fsck.Upload{}, Problems: []fsck.Problem{}, Rewritten: []fsck.Change{}, Removed: []fsck.Change{}, Repair: cfg.Repair}
+	}
+	out := fsckJSON{Driver: cfg.Driver, Root: cfg.Root, Bucket: cfg.S3Bucket, Prefix: cfg.S3Prefix,
+		Report: rep, ElapsedSeconds: rep.Elapsed.Seconds(), Complete: ferr == nil, ExitCode: code}
+	if ferr != nil {
+		out.Error = ferr.Error()
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(out); err != nil {
+		fmt.Fprintf(stderr, "regfs fsck: writing the report: %v\n", err)
+		return false
+	}
+	return true
+}
+
+// fsckJSON is the --json report: the check's report with where it was
 // made and how it ended.
 type fsckJSON struct {
 	Driver string `json:"driver"`
 	Root   string `json:"root,omitempty"`
 	Bucket string `json:"bucket,omitempty"`
 	Prefix string `json:"prefix,omitempty"`
-	*store.FsckReport
+	*fsck.Report
 	ElapsedSeconds float64 `json:"elapsedSeconds"`
-	// Complete is false when the check stopped early (exit status 3).
+	// Complete is false when the check stopped early or never started
+	// (exit status 2 or 3).
 	Complete bool   `json:"complete"`
 	Error    string `json:"error,omitempty"`
 	ExitCode int    `json:"exitCode"`
@@ -221,13 +251,18 @@ func locator(st Storage) func(string) string {
 	return func(p string) string { return p }
 }
 
-// printFsck prints the report for a person: problems, uploads, removals,
-// then one summary line.
-func printFsck(w io.Writer, rep *store.FsckReport, loc func(string) string) {
+// printFsck prints the report for a person: problems, uploads, removed
+// directories, then one summary line.
+func printFsck(w io.Writer, rep *fsck.Report, loc func(string) string) {
 	for _, p := range rep.Problems {
 		mark := ""
-		if p.Repaired {
+		switch {
+		case p.Repaired && p.Fix == fsck.FixRewrite:
+			mark = " [rewritten]"
+		case p.Repaired:
 			mark = " [removed]"
+		case p.Fix == fsck.FixRepush:
+			mark = " [needs re-push]"
 		}
 		fmt.Fprintf(w, "%s %s: %s%s\n", p.Kind, loc(p.Path), p.Detail, mark)
 	}
@@ -247,7 +282,7 @@ func printFsck(w io.Writer, rep *store.FsckReport, loc func(string) string) {
 		fmt.Fprintf(w, "upload %s: %s, %s, %s%s\n", loc(up.Path), humanBytes(up.Size), expected, age, stale)
 	}
 	for _, r := range rep.Removed {
-		if r.Reason == "empty directory" { // links were marked [removed] above
+		if r.Reason == fsck.ReasonEmptyDirectory { // links were marked [removed] above
 			fmt.Fprintf(w, "removed %s: %s\n", loc(r.Path), r.Reason)
 		}
 	}
@@ -256,7 +291,7 @@ func printFsck(w io.Writer, rep *store.FsckReport, loc func(string) string) {
 		len(rep.Uploads), countStale(rep.Uploads), rep.Elapsed.Round(time.Millisecond), problemSummary(rep))
 }
 
-func countStale(ups []store.FsckUpload) int {
+func countStale(ups []fsck.Upload) int {
 	n := 0
 	for _, up := range ups {
 		if up.Stale {
@@ -266,7 +301,7 @@ func countStale(ups []store.FsckUpload) int {
 	return n
 }
 
-func problemSummary(rep *store.FsckReport) string {
+func problemSummary(rep *fsck.Report) string {
 	if rep.OK() {
 		return "no problems"
 	}
@@ -276,16 +311,19 @@ func problemSummary(rep *store.FsckReport) string {
 	}
 	if rep.Repair {
 		s += fmt.Sprintf(", %d repaired", len(rep.Problems)-rep.Unrepaired())
-	} else if repairable(rep) > 0 {
-		s += fmt.Sprintf(" (%d removable with --repair)", repairable(rep))
+	} else if n := rep.Repairable(); n > 0 {
+		s += fmt.Sprintf(" (%d repairable with --repair)", n)
+	}
+	if n := needsRepush(rep); n > 0 {
+		s += fmt.Sprintf(", %d need a re-push", n)
 	}
 	return s
 }
 
-func repairable(rep *store.FsckReport) int {
+func needsRepush(rep *fsck.Report) int {
 	n := 0
 	for _, p := range rep.Problems {
-		if p.Kind.Repairable() {
+		if p.Fix == fsck.FixRepush {
 			n++
 		}
 	}
@@ -315,7 +353,7 @@ type progressLine struct {
 	shown bool
 }
 
-func (p *progressLine) update(pr store.FsckProgress) {
+func (p *progressLine) update(pr fsck.Progress) {
 	done := pr.BlobsDone == pr.BlobsTotal
 	if !done && time.Since(p.last) < p.every {
 		return

@@ -16,6 +16,7 @@ import (
 
 	"github.com/regfs/regfs/driver/filesystem"
 	"github.com/regfs/regfs/store"
+	"github.com/regfs/regfs/store/fsck"
 )
 
 // fsckRoot is a filesystem storage root holding repository "app" with a
@@ -154,27 +155,38 @@ func treeDiff(a, b map[string]string) string {
 	return out.String()
 }
 
+func writeFile(t *testing.T, p, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestFsckCommandProblems(t *testing.T) {
 	fr := newFsckRoot(t)
 	corrupt := fr.blobFile(fr.layer)
-	if err := os.WriteFile(corrupt, []byte("flipped"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, corrupt, "flipped")
 	missing := digest.FromString("missing")
 	dangling := fr.file("repositories/app/_layers/sha256/" + missing.Encoded() + "/link")
-	if err := os.MkdirAll(filepath.Dir(dangling), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dangling, []byte(missing.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, dangling, missing.String())
+	oldEntry := fr.file("repositories/app/_manifests/tags/v1/index/sha256/" + missing.Encoded() + "/link")
+	writeFile(t, oldEntry, missing.String())
+	manifest := digest.Digest(fr.manifest)
+	newline := fr.file("repositories/app/_manifests/revisions/sha256/" + manifest.Encoded() + "/link")
+	writeFile(t, newline, fr.manifest+"\n")
 	before := tree(t, fr.root)
 
 	code, out, _ := fsckCmd(t, "--root", fr.root)
 	if code != 1 {
 		t.Fatalf("exit %d, want 1\n%s", code, out)
 	}
-	for _, want := range []string{"corrupt-blob " + corrupt + ":", "dangling-link " + dangling + ":", "2 problems (1 removable with --repair)"} {
+	for _, want := range []string{
+		"corrupt-blob " + corrupt + ": ", "dangling-link " + dangling + ": ", "dangling-link " + oldEntry + ": ",
+		"malformed-link " + newline + ": ", "[needs re-push]", "4 problems (2 repairable with --repair), 2 need a re-push",
+	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
@@ -195,8 +207,8 @@ func TestFsckCommandProblems(t *testing.T) {
 		Complete bool   `json:"complete"`
 		ExitCode int    `json:"exitCode"`
 		Problems []struct {
-			Kind, Path, Digest string
-			Repaired           bool
+			Kind, Path, Digest, Fix string
+			Repaired                bool
 		} `json:"problems"`
 		Uploads []struct {
 			ID         string `json:"id"`
@@ -210,39 +222,90 @@ func TestFsckCommandProblems(t *testing.T) {
 	if rep.Driver != "filesystem" || rep.Root != fr.root || rep.Blobs != 3 || !rep.Complete || rep.ExitCode != 1 {
 		t.Errorf("report header %+v", rep)
 	}
-	if len(rep.Problems) != 2 || rep.Problems[0].Kind != "corrupt-blob" || filepath.Join(fr.root, rep.Problems[0].Path) != corrupt ||
-		rep.Problems[1].Kind != "dangling-link" || filepath.Join(fr.root, rep.Problems[1].Path) != dangling || rep.Problems[1].Digest != missing.String() {
-		t.Errorf("problems %+v", rep.Problems)
+	fixes := map[string]string{}
+	for _, p := range rep.Problems {
+		fixes[filepath.Join(fr.root, p.Path)] = p.Kind + " " + p.Fix
+	}
+	if fixes[corrupt] != "corrupt-blob needs-repush" || fixes[dangling] != "dangling-link needs-repush" ||
+		fixes[oldEntry] != "dangling-link remove" || fixes[newline] != "malformed-link rewrite" || len(fixes) != 4 {
+		t.Errorf("problems %v", fixes)
 	}
 	if len(rep.Uploads) != 1 || rep.Uploads[0].ID != fr.upload || rep.Uploads[0].StartedAt == "" || rep.Uploads[0].AgeSeconds < 0 {
 		t.Errorf("uploads %+v", rep.Uploads)
 	}
 
-	// --repair removes the dangling link and its directory, and only them.
+	// --repair rewrites the revision link, removes the old index entry
+	// and its directory, and keeps the rest.
 	code, out, _ = fsckCmd(t, "--root", fr.root, "--repair")
 	if code != 1 {
 		t.Fatalf("--repair exit %d, want 1 (problems were found)\n%s", code, out)
 	}
-	if !strings.Contains(out, "dangling-link "+dangling+": ") || !strings.Contains(out, "[removed]") ||
-		!strings.Contains(out, "removed "+filepath.Dir(dangling)+": empty directory") || !strings.Contains(out, "2 problems, 1 repaired") {
-		t.Errorf("--repair output:\n%s", out)
+	for _, want := range []string{
+		"malformed-link " + newline + ": ", "[rewritten]", "[removed]", "removed " + filepath.Dir(oldEntry) + ": empty directory",
+		"4 problems, 2 repaired, 2 need a re-push",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--repair output lacks %q:\n%s", want, out)
+		}
 	}
 	after := tree(t, fr.root)
-	delete(before, dangling)
-	delete(before, filepath.Dir(dangling))
+	if after[newline] != fr.manifest {
+		t.Errorf("revision link after repair: %q", after[newline])
+	}
+	delete(before, oldEntry)
+	delete(before, filepath.Dir(oldEntry))
+	delete(before, newline)
+	delete(after, newline)
 	if diff := treeDiff(before, after); diff != "" {
-		t.Errorf("--repair changed more than the dangling link:\n%s", diff)
+		t.Errorf("--repair changed more than it said:\n%s", diff)
 	}
 	code, out, _ = fsckCmd(t, "--root", fr.root)
-	if code != 1 || strings.Contains(out, "dangling") || !strings.Contains(out, "1 problem") {
+	if code != 1 || !strings.Contains(out, "2 problems, 2 need a re-push") {
 		t.Errorf("after repair: exit %d\n%s", code, out)
 	}
-	// Once the blob is whole again, the root is clean.
-	if err := os.WriteFile(corrupt, bytes.Repeat([]byte("layer "), 1000), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	// Once the blobs are pushed again, the root is clean.
+	writeFile(t, corrupt, strings.Repeat("layer ", 1000))
+	writeFile(t, fr.blobFile(missing), "missing")
 	if code, out, _ := fsckCmd(t, "--root", fr.root); code != 0 {
 		t.Errorf("restored root: exit %d\n%s", code, out)
+	}
+}
+
+// TestFsckCommandJSONEveryOutcome checks that --json prints a report for
+// every exit status, those of a check that never started included.
+func TestFsckCommandJSONEveryOutcome(t *testing.T) {
+	fr := newFsckRoot(t)
+	broken := newFsckRoot(t)
+	writeFile(t, broken.blobFile(broken.layer), "flipped")
+	for _, c := range []struct {
+		name     string
+		args     []string
+		code     int
+		complete bool
+		err      string
+	}{
+		{"clean", []string{"--root", fr.root}, 0, true, ""},
+		{"problems", []string{"--root", broken.root}, 1, true, ""},
+		{"usage", []string{"--root", fr.root, "--workers", "0"}, 2, false, "--workers"},
+		{"missing root", []string{"--root", filepath.Join(t.TempDir(), "nothing-here")}, 3, false, "is not a directory"},
+		{"root is a file", []string{"--root", broken.blobFile(broken.layer)}, 3, false, "is not a directory"},
+	} {
+		code, out, _ := fsckCmd(t, append(c.args, "--json")...)
+		var rep struct {
+			Complete bool              `json:"complete"`
+			Error    string            `json:"error"`
+			ExitCode int               `json:"exitCode"`
+			Problems []json.RawMessage `json:"problems"`
+			Uploads  []json.RawMessage `json:"uploads"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Errorf("%s: exit %d, output does not parse: %v\n%q", c.name, code, err, out)
+			continue
+		}
+		if code != c.code || rep.ExitCode != code || rep.Complete != c.complete || !strings.Contains(rep.Error, c.err) ||
+			rep.Problems == nil || rep.Uploads == nil {
+			t.Errorf("%s: exit %d, report %s", c.name, code, out)
+		}
 	}
 }
 
@@ -340,9 +403,9 @@ func TestFsckProgressLine(t *testing.T) {
 	// Throttled: updates within the interval are dropped, the last one is not.
 	var b bytes.Buffer
 	pl := &progressLine{w: &b, every: time.Hour}
-	pl.update(store.FsckProgress{BlobsDone: 0, BlobsTotal: 2, BytesTotal: 2048})
-	pl.update(store.FsckProgress{BlobsDone: 1, BlobsTotal: 2, BytesDone: 1024, BytesTotal: 2048})
-	pl.update(store.FsckProgress{BlobsDone: 2, BlobsTotal: 2, BytesDone: 2048, BytesTotal: 2048})
+	pl.update(fsck.Progress{BlobsDone: 0, BlobsTotal: 2, BytesTotal: 2048})
+	pl.update(fsck.Progress{BlobsDone: 1, BlobsTotal: 2, BytesDone: 1024, BytesTotal: 2048})
+	pl.update(fsck.Progress{BlobsDone: 2, BlobsTotal: 2, BytesDone: 2048, BytesTotal: 2048})
 	if got := b.String(); strings.Count(got, "\r") != 2 || strings.Contains(got, "1/2") || !strings.Contains(got, "blobs 2/2, 2.0 KiB/2.0 KiB (100%)") {
 		t.Errorf("throttled progress: %q", got)
 	}
