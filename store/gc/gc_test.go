@@ -21,6 +21,7 @@ import (
 	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/filesystem"
 	"github.com/regfs/regfs/store"
+	"github.com/regfs/regfs/store/fsck"
 	"github.com/regfs/regfs/store/internal/drivertest"
 )
 
@@ -193,7 +194,7 @@ func (f *fixture) linked(repo string, d digest.Digest) bool {
 // fsckClean fails the test unless the storage checks clean.
 func (f *fixture) fsckClean() {
 	f.t.Helper()
-	rep, err := store.Fsck(context.Background(), f.d, store.FsckOptions{Logger: quiet})
+	rep, err := fsck.Run(context.Background(), f.d, fsck.Options{Logger: quiet})
 	if err != nil || !rep.OK() {
 		f.t.Fatalf("fsck after gc: %v %v", err, rep.Problems)
 	}
