@@ -239,6 +239,10 @@ type run struct {
 
 	mu          sync.Mutex // guards rep.Problems and progress calls
 	unsafeBlobs string     // why the blob sweep must not run
+
+	// refs caches what each manifest blob references; guarded by refsMu.
+	refsMu sync.Mutex
+	refs   map[key]*manifestRefs
 }
 
 // Run collects the garbage of the registry storage st (on driver d, the
@@ -264,6 +268,7 @@ func Run(ctx context.Context, st store.Store, d driver.StorageDriver, opts Optio
 		st: st, d: d, opts: opts, log: opts.Logger,
 		live:  map[key]bool{},
 		owner: map[key]string{},
+		refs:  map[key]*manifestRefs{},
 		rep:   &Report{DryRun: opts.DryRun, Repositories: []RepoReport{}, Blobs: []BlobDeletion{}, Problems: []string{}},
 	}
 	if r.log == nil {
@@ -323,12 +328,16 @@ func (r *run) progress(phase string, done, total int) {
 	r.opts.Progress(Progress{Phase: phase, Done: done, Total: total})
 }
 
+// needTags tells whether the run needs the tags: to tell untagged
+// revisions, or that a repository is empty.
+func (r *run) needTags() bool { return r.opts.DeleteUntagged || r.opts.PruneEmpty }
+
 // recent tells whether t is inside the grace window.
 func (r *run) recent(t time.Time) bool { return t.After(r.cutoff) }
 
 // scan walks the storage into the run's snapshot.
 func (r *run) scan(ctx context.Context) error {
-	sc, err := walkRepositories(ctx, r.d, r.opts.Workers)
+	sc, err := walkRepositories(ctx, r.d, r.opts.Workers, r.needTags())
 	if err != nil {
 		return err
 	}
@@ -374,7 +383,12 @@ func (r *run) read(ctx context.Context) error {
 			})
 		}
 		var mu sync.Mutex
-		for _, tag := range rs.tags {
+		var tags []string
+		if r.opts.DeleteUntagged {
+			// Otherwise every revision is kept, whatever tags point at.
+			tags = rs.tags
+		}
+		for _, tag := range tags {
 			jobs = append(jobs, func(ctx context.Context) error {
 				k, state, err := r.readTag(ctx, rs.name, tag)
 				mu.Lock()
@@ -451,69 +465,106 @@ feed:
 	return ctx.Err()
 }
 
-// readRevision reads a revision's link and its manifest's references. A
-// revision whose link or blob has gone since the scan has nothing to
-// keep; one that cannot be read or parsed is broken (its references are
-// unknown). Only a cancelled context is an error.
+// readRevision reads the references of a revision's manifest. The link's
+// directory names the manifest, as the link's content does but for a
+// tree fsck reports (link-mismatch): the link is read only when no blob of
+// that name exists, to find the one it names. A revision whose link or
+// blob has gone since the scan has nothing to keep; one that cannot be
+// read or parsed is broken (its references are unknown). Manifests shared
+// by several repositories are read once. Only a cancelled context is an
+// error.
 func (r *run) readRevision(ctx context.Context, repo string, rev key, info *revInfo) error {
 	info.target = rev
-	linkPath := pathOf(store.Location{Kind: store.PathRevisionLink, Repository: repo, Digest: rev.digest()})
-	b, err := r.d.GetContent(ctx, linkPath)
-	switch {
-	case err == nil:
-		if t, ok := store.ParseLink(b); ok {
+	if _, ok := r.blobs[rev]; !ok {
+		linkPath := pathOf(store.Location{Kind: store.PathRevisionLink, Repository: repo, Digest: rev.digest()})
+		b, err := r.d.GetContent(ctx, linkPath)
+		switch {
+		case err == nil:
+			t, ok := store.ParseLink(b)
+			if !ok {
+				r.problem("revision %s in %s: malformed link %q: its manifest's references are unknown", rev.digest(), repo, b)
+				info.broken = true
+				return nil
+			}
 			if k, ok := keyOf(t); ok {
 				info.target = k
 			}
-		} else {
-			r.problem("revision %s in %s: malformed link %q: its manifest's references are unknown", rev.digest(), repo, b)
+		case driver.IsNotFound(err):
+			return nil // deleted since the scan
+		case ctx.Err() != nil:
+			return ctx.Err()
+		default:
+			r.problem("revision %s in %s: reading its link: %v", rev.digest(), repo, err)
 			info.broken = true
 			return nil
 		}
-	case driver.IsNotFound(err):
-		return nil // deleted since the scan
-	case ctx.Err() != nil:
-		return ctx.Err()
-	default:
-		r.problem("revision %s in %s: reading its link: %v", rev.digest(), repo, err)
-		info.broken = true
-		return nil
 	}
-	dataPath := pathOf(store.Location{Kind: store.PathBlobData, Digest: info.target.digest()})
-	content, err := r.d.GetContent(ctx, dataPath)
+	refs, err := r.manifestRefs(ctx, info.target)
 	switch {
 	case err == nil:
-	case driver.IsNotFound(err):
+	case errors.Is(err, errNoManifest):
 		// A revision whose manifest is gone refers to nothing anyone can
 		// fetch through it.
 		return nil
 	case ctx.Err() != nil:
 		return ctx.Err()
 	default:
-		r.problem("revision %s in %s: reading its manifest: %v", rev.digest(), repo, err)
-		info.broken = true
-		return nil
-	}
-	refs, err := store.ManifestReferences(content)
-	if err != nil {
 		r.problem("revision %s in %s: %v", rev.digest(), repo, err)
 		info.broken = true
 		return nil
 	}
-	for _, d := range refs.Blobs {
-		if k, ok := keyOf(d); ok {
-			info.blobs = append(info.blobs, k)
-		}
-	}
-	for _, d := range refs.Manifests {
-		if k, ok := keyOf(d); ok {
-			info.children = append(info.children, k)
-		}
-	}
-	if refs.Subject != "" {
-		info.subject, info.hasSubj = keyOf(refs.Subject)
-	}
+	info.blobs, info.children, info.subject, info.hasSubj = refs.blobs, refs.children, refs.subject, refs.hasSubj
 	return nil
+}
+
+// errNoManifest is manifestRefs' answer for a manifest blob that does not
+// exist.
+var errNoManifest = errors.New("no such manifest blob")
+
+// manifestRefs is what a manifest references.
+type manifestRefs struct {
+	blobs, children []key
+	subject         key
+	hasSubj         bool
+}
+
+// manifestRefs reads and parses the manifest blob k, once per run.
+func (r *run) manifestRefs(ctx context.Context, k key) (*manifestRefs, error) {
+	r.refsMu.Lock()
+	if m, ok := r.refs[k]; ok {
+		r.refsMu.Unlock()
+		return m, nil
+	}
+	r.refsMu.Unlock()
+	content, err := r.d.GetContent(ctx, pathOf(store.Location{Kind: store.PathBlobData, Digest: k.digest()}))
+	if err != nil {
+		if driver.IsNotFound(err) {
+			return nil, errNoManifest
+		}
+		return nil, fmt.Errorf("reading its manifest: %w", err)
+	}
+	parsed, err := store.ManifestReferences(content)
+	if err != nil {
+		return nil, err
+	}
+	m := &manifestRefs{}
+	for _, d := range parsed.Blobs {
+		if k, ok := keyOf(d); ok {
+			m.blobs = append(m.blobs, k)
+		}
+	}
+	for _, d := range parsed.Manifests {
+		if k, ok := keyOf(d); ok {
+			m.children = append(m.children, k)
+		}
+	}
+	if parsed.Subject != "" {
+		m.subject, m.hasSubj = keyOf(parsed.Subject)
+	}
+	r.refsMu.Lock()
+	r.refs[k] = m
+	r.refsMu.Unlock()
+	return m, nil
 }
 
 // tagState is what reading a tag found.

@@ -178,7 +178,7 @@ func (r *run) blobCandidates() []key {
 		if r.live[k] {
 			continue
 		}
-		if r.recent(b.modTime) {
+		if r.recent(time.Unix(0, b.mtime)) {
 			r.rep.Spared.Grace++
 			continue
 		}

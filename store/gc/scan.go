@@ -72,20 +72,15 @@ type uploadSnap struct {
 	hasStarted bool
 }
 
-func newRepoSnap(name string) *repoSnap {
-	return &repoSnap{
-		name:       name,
-		layers:     map[key]time.Time{},
-		revisions:  map[key]time.Time{},
-		signatures: map[key][]key{},
-		uploads:    map[string]*uploadSnap{},
-	}
-}
+// newRepoSnap makes a repository's snapshot. Its maps are made on first
+// use: most repositories have no signatures or uploads, and ten thousand
+// empty maps are megabytes.
+func newRepoSnap(name string) *repoSnap { return &repoSnap{name: name} }
 
-// blobSnap is one blob's data object.
+// blobSnap is one blob's data object: its size and modification time
+// (Unix nanoseconds, 8 bytes where a time.Time takes 24, once per blob).
 type blobSnap struct {
-	size    int64
-	modTime time.Time
+	size, mtime int64
 }
 
 // scanned is what a walk of repositories/ found.
@@ -97,10 +92,11 @@ type scanned struct {
 }
 
 // walkRepositories walks repositories/ once into a snapshot of every
-// repository (a directory with a _layers, _manifests or _uploads child).
+// repository (a directory with a _layers, _manifests or _uploads child);
+// tags only when asked (a run that keeps every revision needs none).
 // Entries that have no place in the layout (fsck reports them) are
 // skipped: nothing can serve them, so they keep nothing alive.
-func walkRepositories(ctx context.Context, d driver.StorageDriver, workers int) (*scanned, error) {
+func walkRepositories(ctx context.Context, d driver.StorageDriver, workers int, tags bool) (*scanned, error) {
 	var mu sync.Mutex // the walker calls fn from several goroutines
 	sc := &scanned{repos: map[string]*repoSnap{}}
 	get := func(name string) *repoSnap {
@@ -128,22 +124,37 @@ func walkRepositories(ctx context.Context, d driver.StorageDriver, workers int) 
 			get(l.Repository)
 		case store.PathLayerLink:
 			if k, ok := keyOf(l.Digest); ok {
-				get(l.Repository).layers[k] = e.ModTime
+				r := get(l.Repository)
+				if r.layers == nil {
+					r.layers = map[key]time.Time{}
+				}
+				r.layers[k] = e.ModTime
 			}
 		case store.PathRevisionLink:
 			if k, ok := keyOf(l.Digest); ok {
-				get(l.Repository).revisions[k] = e.ModTime
+				r := get(l.Repository)
+				if r.revisions == nil {
+					r.revisions = map[key]time.Time{}
+				}
+				r.revisions[k] = e.ModTime
 			}
 		case store.PathSignatureLink:
 			rev, ok1 := keyOf(l.Digest)
 			sig, ok2 := keyOf(l.Signature)
 			if ok1 && ok2 {
 				r := get(l.Repository)
+				if r.signatures == nil {
+					r.signatures = map[key][]key{}
+				}
 				r.signatures[rev] = append(r.signatures[rev], sig)
 			}
 		case store.PathTagCurrentLink:
 			r := get(l.Repository)
 			r.tags = append(r.tags, l.Tag)
+		case store.PathTags:
+			if !tags {
+				return driver.ErrSkipDir
+			}
 		case store.PathTagIndexRoot:
 			return driver.ErrSkipDir // a tag's history keeps nothing
 		case store.PathUpload, store.PathUploadData, store.PathUploadStartedAt, store.PathUploadExpected,
@@ -151,6 +162,9 @@ func walkRepositories(ctx context.Context, d driver.StorageDriver, workers int) 
 			r := get(l.Repository)
 			up := r.uploads[l.Upload]
 			if up == nil {
+				if r.uploads == nil {
+					r.uploads = map[string]*uploadSnap{}
+				}
 				up = &uploadSnap{id: l.Upload}
 				r.uploads[l.Upload] = up
 			}
@@ -183,7 +197,7 @@ func walkBlobs(ctx context.Context, d driver.StorageDriver, workers int) (map[ke
 		}
 		if k, ok := keyOf(e.Location.Digest); ok {
 			mu.Lock()
-			blobs[k] = blobSnap{size: e.Size, modTime: e.ModTime}
+			blobs[k] = blobSnap{size: e.Size, mtime: e.ModTime.UnixNano()}
 			mu.Unlock()
 		}
 		return nil

@@ -160,6 +160,9 @@ func (r *run) recheckRepository(ctx context.Context, rs *repoState, repo store.R
 			continue
 		}
 		// Pushed since the scan: kept, and what it references with it.
+		if rs.revisions == nil {
+			rs.revisions = map[key]time.Time{}
+		}
 		rs.revisions[k] = r.now
 		rs.fresh[k] = true
 		info := &revInfo{}
@@ -381,7 +384,7 @@ const rewalkEvery = 5 * time.Second
 // written the upload's data is still there, as large as the blob: a blob
 // of that size is spared.
 func (r *run) linkSet(ctx context.Context) (map[key]bool, map[int64]bool, bool, error) {
-	now, err := walkRepositories(ctx, r.d, r.opts.Workers)
+	now, err := walkRepositories(ctx, r.d, r.opts.Workers, false)
 	if err != nil {
 		return nil, nil, false, err
 	}
