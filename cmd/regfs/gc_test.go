@@ -232,3 +232,24 @@ func TestGCLast(t *testing.T) {
 		t.Fatalf("summary %+v", s)
 	}
 }
+
+// On a terminal a progress line goes to stderr and is erased before the
+// report; elsewhere stderr stays empty.
+func TestGCProgressLine(t *testing.T) {
+	g := newGCRoot(t)
+	cfg, err := parseGC([]string{"--root", g.root, "--dry-run"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := runGC(context.Background(), cfg, &out, &errb, true); code != gcExitOK {
+		t.Fatalf("exit %d", code)
+	}
+	if s := errb.String(); !strings.HasPrefix(s, "\rregfs gc: ") || !strings.HasSuffix(s, "\r\x1b[K") {
+		t.Fatalf("progress on a terminal: %q", s)
+	}
+	errb.Reset()
+	if code := runGC(context.Background(), cfg, &out, &errb, false); code != gcExitOK || errb.Len() != 0 {
+		t.Fatalf("exit %d, stderr %q without a terminal", code, errb.String())
+	}
+}

@@ -848,3 +848,55 @@ func TestStoreFenceInsideTheProcess(t *testing.T) {
 		t.Fatalf("deleted %v", rep.Blobs)
 	}
 }
+
+// linkOnDelete links a blob into a repository when the blob sweep deletes
+// another: a link written while the sweep goes on.
+type linkOnDelete struct {
+	driver.StorageDriver
+	trigger string
+	link    func()
+}
+
+func (l *linkOnDelete) Delete(ctx context.Context, p string) error {
+	err := l.StorageDriver.Delete(ctx, p)
+	if p == l.trigger {
+		l.link()
+	}
+	return err
+}
+
+// The link set is walked again during the blob sweep (every rewalkEvery;
+// here before every blob), so a link written in the middle of the sweep
+// saves the blob.
+func TestLinkWrittenDuringTheBlobSweep(t *testing.T) {
+	old := rewalkEvery
+	rewalkEvery = 0
+	defer func() { rewalkEvery = old }()
+	f := newFixture(t)
+	ctx := context.Background()
+	a := f.blob("x", "first")
+	b := f.blob("x", "second")
+	for _, d := range []digest.Digest{a, b} {
+		if err := f.repo("x").Layers().Unlink(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.age(2 * time.Hour)
+	first, second := a, b
+	if second < first {
+		first, second = second, first
+	}
+	ld := &linkOnDelete{StorageDriver: f.d, trigger: pathOf(store.Location{Kind: store.PathBlob, Digest: first}), link: func() {
+		if err := f.repo("y").Layers().Link(ctx, second); err != nil {
+			t.Error(err)
+		}
+	}}
+	rep, err := Run(ctx, f.st, ld, Options{Grace: DefaultGrace, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Blobs) != 1 || rep.Blobs[0].Digest != first || !f.blobExists(second) || rep.Spared.Recheck != 1 {
+		t.Fatalf("deleted %v, spared %+v", rep.Blobs, rep.Spared)
+	}
+	f.fsckClean()
+}

@@ -372,7 +372,7 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 
 // rewalkEvery bounds how old the link set a blob deletion is checked
 // against may be.
-const rewalkEvery = 5 * time.Second
+var rewalkEvery = 5 * time.Second
 
 // linkSet walks every repository again and returns every digest a layer,
 // revision or signature link names now, and the sizes of the uploads
