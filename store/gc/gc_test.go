@@ -900,3 +900,23 @@ func TestLinkWrittenDuringTheBlobSweep(t *testing.T) {
 	}
 	f.fsckClean()
 }
+
+// janitor is a driver with crash leftovers to clean.
+type janitor struct {
+	driver.StorageDriver
+	cleaned int
+}
+
+func (j *janitor) Leftovers(context.Context) ([]string, error) { return nil, nil }
+func (j *janitor) Clean(context.Context) error                 { j.cleaned++; return nil }
+
+func TestDriverLeftoversCleanedAfterTheSweep(t *testing.T) {
+	f := newFixture(t)
+	j := &janitor{StorageDriver: f.d}
+	if _, err := Run(context.Background(), f.st, j, Options{DryRun: true, Logger: quiet}); err != nil || j.cleaned != 0 {
+		t.Fatalf("dry run: %v, cleaned %d times", err, j.cleaned)
+	}
+	if _, err := Run(context.Background(), f.st, j, Options{Logger: quiet}); err != nil || j.cleaned != 1 {
+		t.Fatalf("run: %v, cleaned %d times", err, j.cleaned)
+	}
+}
