@@ -354,7 +354,7 @@ func (r *run) scan(ctx context.Context) error {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		rs := &repoState{repoSnap: repos[n], info: map[key]*revInfo{}, tagTargets: map[string]key{}, startedAt: map[string]time.Time{}}
+		rs := &repoState{repoSnap: repos[n], info: make(map[key]*revInfo, len(repos[n].revisions))}
 		r.repos = append(r.repos, rs)
 		sc := &r.rep.Scanned
 		sc.Repositories++
@@ -394,6 +394,9 @@ func (r *run) read(ctx context.Context) error {
 				mu.Lock()
 				switch state {
 				case tagRead:
+					if rs.tagTargets == nil {
+						rs.tagTargets = map[string]key{}
+					}
 					rs.tagTargets[tag] = k
 				case tagUnknown:
 					rs.tagsUnknown = true
@@ -410,6 +413,9 @@ func (r *run) read(ctx context.Context) error {
 				t, ok := r.readStartedAt(ctx, rs.name, id)
 				if ok {
 					mu.Lock()
+					if rs.startedAt == nil {
+						rs.startedAt = map[string]time.Time{}
+					}
 					rs.startedAt[id] = t
 					mu.Unlock()
 				}

@@ -100,7 +100,8 @@ func (r *run) mark() {
 			}
 		}
 		sortKeys(rs.candRevs)
-		for link, mt := range rs.layers {
+		for _, ls := range rs.layers {
+			link, mt := ls.k, time.Unix(0, ls.mtime)
 			switch {
 			case !r.opts.UnreferencedLayers || brokenKept || referenced[link]:
 				r.live[link] = true

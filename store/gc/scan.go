@@ -50,8 +50,10 @@ func pathOf(l store.Location) string {
 // repoSnap is one repository as the scan found it.
 type repoSnap struct {
 	name string
-	// layers maps each _layers link to its link file's modification time.
-	layers map[key]time.Time
+	// layers are the _layers links, each with its link file's
+	// modification time: a slice, as they are only ever gone through (a
+	// map would cost twice the memory, once per link of the tree).
+	layers []linkSnap
 	// revisions maps each revision with a link to the link's time.
 	revisions map[key]time.Time
 	// signatures are the schema1 signature links beside revisions.
@@ -60,6 +62,12 @@ type repoSnap struct {
 	tags []string
 	// uploads are the upload directories by ID.
 	uploads map[string]*uploadSnap
+}
+
+// linkSnap is one link and its modification time (Unix nanoseconds).
+type linkSnap struct {
+	k     key
+	mtime int64
 }
 
 // uploadSnap is one upload directory.
@@ -125,10 +133,7 @@ func walkRepositories(ctx context.Context, d driver.StorageDriver, workers int, 
 		case store.PathLayerLink:
 			if k, ok := keyOf(l.Digest); ok {
 				r := get(l.Repository)
-				if r.layers == nil {
-					r.layers = map[key]time.Time{}
-				}
-				r.layers[k] = e.ModTime
+				r.layers = append(r.layers, linkSnap{k: k, mtime: e.ModTime.UnixNano()})
 			}
 		case store.PathRevisionLink:
 			if k, ok := keyOf(l.Digest); ok {

@@ -400,8 +400,8 @@ func (r *run) linkSet(ctx context.Context) (map[key]bool, map[int64]bool, bool, 
 				uploading[up.size] = true
 			}
 		}
-		for k := range rs.layers {
-			linked[k] = true
+		for _, ls := range rs.layers {
+			linked[ls.k] = true
 		}
 		for k, sigs := range rs.signatures {
 			linked[k] = true
