@@ -825,3 +825,62 @@ func TestGCInsideMount(t *testing.T) {
 	}
 	checkTreeConsistent(t, root)
 }
+
+// TestGCOnS3 collects a bucket that a mount wrote through versitygw: the
+// same rules on the S3 driver, fsck clean after, and the kept image whole.
+func TestGCOnS3(t *testing.T) {
+	m := startMount(t, "s3", mountOpts{Prefix: "reg"})
+	kept := pushImage(t, m, "app", "v1", 2)
+	untagged := pushImage(t, m, "app", "old", 1)
+	loose := randomBytes(t, 5000)
+	looseD := pushLayer(t, m, "app", loose)
+	sh(t, fmt.Sprintf("rm %q %q", m.path("app", "_manifests", "old"), m.path("app", "_layers", looseD)))
+	m.stop()
+
+	s3Args := []string{"--driver", "s3", "--s3-bucket", m.Bucket, "--s3-endpoint", m.S3.Endpoint, "--s3-region", m.S3.Region, "--s3-prefix", m.Prefix}
+	run := func(cmdArgs ...string) []byte {
+		t.Helper()
+		cmd := exec.Command(regfsBin, cmdArgs...)
+		cmd.Env = append(os.Environ(), m.S3.Env()...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("regfs %v: %v\n%s", cmdArgs, err, out)
+		}
+		return out
+	}
+	// Just written: the grace window keeps everything.
+	var rep regfsGCReport
+	if err := json.Unmarshal(run(append([]string{"gc", "--json", "--delete-untagged", "--unreferenced-layers"}, s3Args...)...), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Total.Blobs+rep.Total.Revisions+rep.Total.Links != 0 || rep.Spared.Grace == 0 {
+		t.Fatalf("inside the grace window: %+v", rep)
+	}
+	if err := json.Unmarshal(run(append([]string{"gc", "--json", "--grace", "0", "--delete-untagged", "--unreferenced-layers"}, s3Args...)...), &rep); err != nil {
+		t.Fatal(err)
+	}
+	// The untagged revision, its manifest, config and layer, its links,
+	// and the unlinked layer.
+	if rep.Total.Revisions != 1 || rep.Total.Blobs != 4 || rep.Total.Links != 2 {
+		t.Fatalf("deleted %+v", rep.Total)
+	}
+	keys, err := m.S3.Keys(context.Background(), m.Bucket, m.Prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if strings.Contains(k, strings.TrimPrefix(looseD, "sha256:")) || strings.Contains(k, strings.TrimPrefix(sha(untagged), "sha256:")) {
+			t.Errorf("%s still in the bucket", k)
+		}
+	}
+	run(append([]string{"fsck"}, s3Args...)...)
+	m2 := startMount(t, "s3", mountOpts{Bucket: m.Bucket, Prefix: m.Prefix})
+	if got := readFile(t, m2.path("app", "_manifests", "v1")); !bytes.Equal(got, kept) {
+		t.Fatal("kept manifest differs")
+	}
+	for _, l := range lines(sh(t, "ls "+m2.path("app/_layers"))) {
+		if sum := strings.Fields(sh(t, "sha256sum "+m2.path("app/_layers", l)))[0]; "sha256:"+sum != l {
+			t.Errorf("layer %s hashes to %s", l, sum)
+		}
+	}
+}
