@@ -131,7 +131,7 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	fs.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "block cache budget `SIZE` in bytes, with K, M, G or T (default 256M)")
 	fs.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request and response")
 	fs.DurationVar(&cfg.GCInterval, "gc-interval", 0, "run regfs gc (default flags) every `DURATION` inside the mount (default off)")
-	fs.DurationVar(&cfg.GCGrace, "gc-grace", gc.DefaultGrace, "grace window `AGE` of --gc-interval's runs")
+	fs.DurationVar(&cfg.GCGrace, "gc-grace", gc.DefaultGrace, "grace window `AGE` of --gc-interval's runs (default 1h)")
 	return fs
 }
 

@@ -42,12 +42,12 @@ func newGCFlags(cfg *GCConfig) *flag.FlagSet {
 	addStorageFlags(fs, &cfg.Storage, false)
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "print what would be deleted; delete nothing")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the report as JSON on stdout")
-	fs.DurationVar(&cfg.Grace, "grace", gc.DefaultGrace, "delete nothing written or re-linked less than `AGE` ago (0: no window)")
+	fs.DurationVar(&cfg.Grace, "grace", gc.DefaultGrace, "delete nothing written or re-linked less than `AGE` ago\n(default 1h; 0: no window)")
 	fs.BoolVar(&cfg.DeleteUntagged, "delete-untagged", false, "delete revisions no tag points at (children of kept indexes\nand referrers of kept manifests stay)")
 	fs.BoolVar(&cfg.UnreferencedLayers, "unreferenced-layers", false, "remove _layers links no kept manifest of their repository\nreferences (the registry's rule)")
-	fs.DurationVar(&cfg.UploadAge, "upload-age", gc.DefaultUploadAge, "remove uploads started more than `AGE` ago")
+	fs.DurationVar(&cfg.UploadAge, "upload-age", gc.DefaultUploadAge, "remove uploads started more than `AGE` ago (default 168h)")
 	fs.BoolVar(&cfg.PruneEmpty, "prune-empty", false, "remove repositories left with nothing in them")
-	fs.IntVar(&cfg.Workers, "workers", gc.DefaultWorkers, "read `N` manifests at once")
+	fs.IntVar(&cfg.Workers, "workers", gc.DefaultWorkers, "read `N` manifests at once (default 8)")
 	return fs
 }
 
