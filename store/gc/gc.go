@@ -337,16 +337,26 @@ func (r *run) recent(t time.Time) bool { return t.After(r.cutoff) }
 
 // scan walks the storage into the run's snapshot.
 func (r *run) scan(ctx context.Context) error {
+	// The two walks run at once: each is a stream of listings and stats
+	// that another can overlap. Their order does not matter for safety:
+	// a link the repositories' walk missed is found by the walk of the
+	// links before any blob is deleted.
+	var (
+		blobs   map[key]blobSnap
+		blobErr error
+		wg      sync.WaitGroup
+	)
+	wg.Go(func() { blobs, blobErr = walkBlobs(ctx, r.d, r.opts.Workers) })
 	sc, err := walkRepositories(ctx, r.d, r.opts.Workers, r.needTags())
+	wg.Wait()
 	if err != nil {
 		return err
+	}
+	if blobErr != nil {
+		return blobErr
 	}
 	r.noteUnreadable(sc)
 	repos := sc.repos
-	blobs, err := walkBlobs(ctx, r.d, r.opts.Workers)
-	if err != nil {
-		return err
-	}
 	r.blobs = blobs
 	names := make([]string, 0, len(repos))
 	for n := range repos {
