@@ -22,6 +22,7 @@ import (
 
 	"github.com/regfs/regfs/cache"
 	"github.com/regfs/regfs/store"
+	"github.com/regfs/regfs/store/gc"
 )
 
 var (
@@ -60,6 +61,9 @@ const (
 type Options struct {
 	// ReadOnly refuses every write with EROFS, uploads included.
 	ReadOnly bool
+	// GC, when set, returns the summary of the last collection run inside
+	// the mount (nil before the first), for .regfs/stats and /metrics.
+	GC func() *gc.Summary
 	// Logger receives the FS's records; nil means slog.Default().
 	Logger *slog.Logger
 	// Debug traces every FUSE request and response through Logger at

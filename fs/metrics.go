@@ -186,6 +186,9 @@ var (
 	descManifestRefused  = metricDesc("regfs_manifest_opens_refused_total", "Manifest opens refused (ENOMEM) for want of cache budget.")
 	descDriverCalls      = metricDesc("regfs_driver_calls_total", "Storage driver calls, by driver and method.", "driver", "method")
 	descBadLinks         = metricDesc("regfs_bad_links_total", "Links left out of listings because they stayed empty, short or malformed.")
+	descGCRuns           = metricDesc("regfs_gc_runs_total", "Collections run by --gc-interval inside the mount.")
+	descGCReclaimed      = metricDesc("regfs_gc_reclaimed_bytes_total", "Bytes the mount's collections deleted.")
+	descGCLastProblems   = metricDesc("regfs_gc_last_problems", "Problems the last collection inside the mount reported.")
 	descCacheHits        = metricDesc("regfs_cache_hits_total", "Block cache lookups served from memory.")
 	descCacheMisses      = metricDesc("regfs_cache_misses_total", "Block cache lookups that loaded from storage.")
 	descCacheLoads       = metricDesc("regfs_cache_loads_total", "Blocks loaded from storage.")
@@ -200,7 +203,7 @@ func (c fsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descStart, descBytes, descErrnos,
 		descUploadsInFlight, descUploadsCommitted, descUploadsRejected,
 		descManifestsStored, descManifestsRej, descManifestBuffers, descManifestBufBytes, descManifestRefused,
-		descDriverCalls, descBadLinks, descCacheHits, descCacheMisses, descCacheLoads, descCacheReadAheads,
+		descDriverCalls, descBadLinks, descGCRuns, descGCReclaimed, descGCLastProblems, descCacheHits, descCacheMisses, descCacheLoads, descCacheReadAheads,
 		descCacheEvictions, descCacheBytes, descCacheBudget} {
 		ch <- d
 	}
@@ -236,6 +239,11 @@ func (c fsCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descDriverCalls, s.DriverCalls[m], s.Driver, m)
 	}
 	counter(descBadLinks, s.BadLinks)
+	if g := s.GC; g != nil {
+		counter(descGCRuns, g.Runs)
+		counter(descGCReclaimed, g.ReclaimedBytesTotal)
+		gauge(descGCLastProblems, float64(g.Problems))
+	}
 	if cs := s.Cache; cs != nil {
 		counter(descCacheHits, cs.Hits)
 		counter(descCacheMisses, cs.Misses)

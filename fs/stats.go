@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/regfs/regfs/store"
+	"github.com/regfs/regfs/store/gc"
 )
 
 // counters are the FS's own statistics.
@@ -75,6 +76,9 @@ type Stats struct {
 	// after their re-reads (another writer's crash, tampering): each was
 	// left out of its listing and logged with its path.
 	BadLinks int64 `json:"bad_links"`
+	// GC summarises the collections --gc-interval ran inside the mount;
+	// absent before the first.
+	GC *gc.Summary `json:"gc,omitempty"`
 	// FuseOps counts the FUSE requests served by operation (Lookup,
 	// Getattr, Read, ...), those answered with an error, and the seconds
 	// spent on them.
@@ -126,6 +130,9 @@ func (f *FS) Stats() Stats {
 	s.UploadsInFlight = len(f.uploads)
 	f.mu.Unlock()
 	s.ManifestBuffers, s.ManifestBufferBytes = f.openManifestBuffers()
+	if f.opts.GC != nil {
+		s.GC = f.opts.GC()
+	}
 	if sr, ok := f.st.(store.StatsReporter); ok {
 		st := sr.Stats()
 		s.DriverCalls = st.DriverCalls

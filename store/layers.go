@@ -152,6 +152,7 @@ func (l *layerService) Link(ctx context.Context, dgst digest.Digest) error {
 	if err != nil {
 		return err
 	}
+	defer l.repo.s.writes.hold(dgst)()
 	if _, err := l.repo.s.blobSize(ctx, dgst); err != nil {
 		return err
 	}

@@ -154,6 +154,7 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 		return "", &ManifestVerificationError{Errs: problems}
 	}
 
+	defer s.writes.hold(append(append([]digest.Digest{dgst}, p.Blobs...), p.Manifests...)...)()
 	if err := m.putBlob(ctx, dgst, p.Canonical); err != nil {
 		return "", err
 	}

@@ -56,6 +56,9 @@ type storage struct {
 	// immutable, so entries never go stale; caching also keeps the
 	// signature of a re-signed schema1 manifest stable within the process.
 	manifests *manifestCache
+	// writes fences a collector in this process off what the store's
+	// writers have in flight (fence.go).
+	writes *writeTracker
 }
 
 // New returns a Store on d in docker/distribution's v2 layout below
@@ -65,7 +68,7 @@ func New(d driver.StorageDriver, opts Options) (Store, error) {
 		return nil, errors.New("store: nil driver")
 	}
 	counted := newCallCounter(d)
-	s := &storage{driver: translated{counted}, calls: counted, cache: opts.Cache, log: opts.Logger, key: opts.SigningKey}
+	s := &storage{driver: translated{counted}, calls: counted, cache: opts.Cache, log: opts.Logger, key: opts.SigningKey, writes: newWriteTracker()}
 	if s.cache == nil {
 		s.cache = cache.New(DefaultCacheBudget, DefaultCacheBlockSize)
 	}

@@ -33,14 +33,18 @@ func (u *uploadService) Create(ctx context.Context, expected digest.Digest) (Upl
 	id := uuid.NewString()
 	name := u.repo.name
 	started := time.Now().UTC().Truncate(time.Second)
+	release := s.writes.openUpload(name, id, expected)
 	if err := s.driver.PutContent(ctx, mustPath(uploadStartedAtPathSpec{name: name, id: id}), []byte(started.Format(time.RFC3339))); err != nil {
+		release()
 		return nil, err
 	}
 	if err := s.writeLink(ctx, mustPath(uploadExpectedPathSpec{name: name, id: id}), expected); err != nil {
+		release()
 		return nil, err
 	}
 	fw, err := s.driver.Writer(ctx, mustPath(uploadDataPathSpec{name: name, id: id}), false)
 	if err != nil {
+		release()
 		return nil, err
 	}
 	s.log.Debug("upload created", "repository", name, "upload", id, "expected", expected)
@@ -53,6 +57,7 @@ func (u *uploadService) Create(ctx context.Context, expected digest.Digest) (Upl
 		fw:       fw,
 		wb:       newWriteBehindTo(fw),
 		savedAt:  -1,
+		release:  release,
 	}, nil
 }
 
@@ -73,6 +78,7 @@ func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
 		started:  info.StartedAt,
 		size:     info.Size,
 		wb:       newWriteBehind(),
+		release:  s.writes.openUpload(u.repo.name, id, info.Expected),
 	}
 	state, err := s.driver.GetContent(ctx, mustPath(uploadHashStatePathSpec{name: u.repo.name, id: id, offset: info.Size}))
 	switch {
@@ -86,9 +92,11 @@ func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
 		// A state the registry or a crash left half-written: start over.
 		s.log.Warn("upload hash state unreadable, re-hashing", "repository", u.repo.name, "upload", id, "error", uerr)
 	case !isNotFound(err):
+		up.release()
 		return nil, err
 	}
 	if err := up.rehash(ctx); err != nil {
+		up.release()
 		return nil, err
 	}
 	return up, nil
@@ -209,6 +217,8 @@ type upload struct {
 	// the stored bytes once before it is believed.
 	stateUnverified bool
 	done            bool
+	// release ends the upload's hold on the store's write fence.
+	release func()
 }
 
 var errUploadClosed = errors.New("upload closed")
@@ -446,6 +456,7 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 		return Descriptor{}, err
 	}
 	up.done = true
+	up.release()
 	s.log.Debug("upload committed", "repository", up.repo.name, "upload", up.id, "digest", actual, "size", up.size, "deduplicated", blobExisted)
 	return desc, nil
 }
@@ -515,6 +526,7 @@ func (up *upload) Close() error {
 	}
 	err := up.Flush(context.Background())
 	up.done = true
+	up.release()
 	return err
 }
 
@@ -526,5 +538,6 @@ func (up *upload) Cancel(ctx context.Context) error {
 		up.fw = nil
 	}
 	up.done = true
+	up.release()
 	return up.repo.Uploads().Cancel(ctx, up.id)
 }

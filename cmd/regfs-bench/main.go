@@ -135,8 +135,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 			if id == "P2" {
 				id = "P1"
 			}
-			if len(id) != 2 || id[0] != 'P' || id[1] < '1' || id[1] > '7' {
-				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P7", id)
+			if len(id) != 2 || id[0] != 'P' || id[1] < '1' || id[1] > '8' {
+				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8", id)
 			}
 			cfg.Only = append(cfg.Only, id)
 		}

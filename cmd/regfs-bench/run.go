@@ -108,6 +108,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"P5", "P5 memory", b.memory},
 		{"P6", "P6 random reads", b.randomReads},
 		{"P7", "P7 first byte", b.firstByte},
+		{"P8", "P8 gc dry run", b.gcDryRun},
 	} {
 		if err := ctx.Err(); err != nil {
 			return nil, err

@@ -8,8 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/regfs/regfs/cmd/internal/size"
+	"github.com/regfs/regfs/store/gc"
 )
 
 // Storage drivers regfs mount offers.
@@ -45,6 +47,9 @@ type Config struct {
 	// CacheSize is the block cache budget in bytes.
 	CacheSize int64
 	Debug     bool
+	// GCInterval runs a collection that often inside the mount (0: never),
+	// with GCGrace as its grace window.
+	GCInterval, GCGrace time.Duration
 	Service
 }
 
@@ -150,6 +155,8 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	fs.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "block cache budget `SIZE` in bytes, with K, M, G or T (default 256M)")
 	fs.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request and response")
 	addServiceFlags(fs, &cfg.Service)
+	fs.DurationVar(&cfg.GCInterval, "gc-interval", 0, "run regfs gc (default flags) every `DURATION` inside the mount (default off)")
+	fs.DurationVar(&cfg.GCGrace, "gc-grace", gc.DefaultGrace, "grace window `AGE` of --gc-interval's runs (default 1h)")
 	return fs
 }
 
@@ -259,6 +266,12 @@ func parseMount(args []string, stdout, stderr io.Writer) (Config, error) {
 	}
 	if cfg.NoDefaultPermissions && !cfg.AllowOther {
 		return cfg, errors.New("--no-default-permissions applies with --allow-other only")
+	}
+	if cfg.GCInterval < 0 || cfg.GCGrace < 0 {
+		return cfg, errors.New("--gc-interval and --gc-grace must not be negative")
+	}
+	if cfg.GCInterval > 0 && cfg.ReadOnly {
+		return cfg, errors.New("--gc-interval needs a writable mount")
 	}
 	return cfg, checkStorage(&cfg.Storage, true)
 }

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/regfs/regfs/driver"
 )
@@ -24,7 +25,7 @@ func TestParseMount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Mountpoint: "/mnt", Storage: Storage{Driver: "filesystem", Root: "/xdg/regfs"}, CacheSize: 256 << 20, Service: defaultService}
+	want := Config{Mountpoint: "/mnt", Storage: Storage{Driver: "filesystem", Root: "/xdg/regfs"}, CacheSize: 256 << 20, Service: defaultService, GCGrace: time.Hour}
 	if cfg != want {
 		t.Errorf("defaults: %+v, want %+v", cfg, want)
 	}
@@ -33,7 +34,7 @@ func TestParseMount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want = Config{Mountpoint: "/m", Storage: Storage{Driver: "inmemory"}, ReadOnly: true, AllowOther: true, CacheSize: 1 << 30, Debug: true, Service: defaultService}
+	want = Config{Mountpoint: "/m", Storage: Storage{Driver: "inmemory"}, ReadOnly: true, AllowOther: true, CacheSize: 1 << 30, Debug: true, Service: defaultService, GCGrace: time.Hour}
 	if cfg != want {
 		t.Errorf("flags: %+v, want %+v", cfg, want)
 	}

@@ -3,6 +3,7 @@
 //	regfs mount [flags] [SOURCE] MOUNTPOINT
 //	regfs SOURCE MOUNTPOINT -o OPTIONS   (mount.fuse3's form)
 //	regfs fsck [flags]
+//	regfs gc [flags]
 //	regfs version [MOUNTPOINT]
 //
 // main only parses the command line into a Config and hands it to run; see
@@ -43,6 +44,10 @@ func regfs(args []string, stdout, stderr io.Writer) int {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		return fsckMain(ctx, rest, stdout, stderr)
+	case "gc":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return gcMain(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		return versionMain(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
@@ -52,6 +57,10 @@ func regfs(args []string, stdout, stderr io.Writer) int {
 		}
 		if len(rest) > 0 && rest[0] == "fsck" {
 			fmt.Fprint(stdout, fsckUsage(newFsckFlags(&FsckConfig{})))
+			return 0
+		}
+		if len(rest) > 0 && rest[0] == "gc" {
+			fmt.Fprint(stdout, gcUsage(newGCFlags(&GCConfig{})))
 			return 0
 		}
 		fmt.Fprint(stdout, usage)
@@ -152,8 +161,9 @@ Usage:
   regfs mount [flags] MOUNTPOINT   mount the storage at MOUNTPOINT, in the foreground
   regfs SOURCE MOUNTPOINT -o OPTS  the same for mount -t fuse.regfs and fstab (a daemon)
   regfs fsck [flags]               check the storage: re-hash blobs, check links and tags
+  regfs gc [flags]                 delete what nothing needs: unlinked blobs, old uploads
   regfs version [MOUNTPOINT]       print the version (and a mount's FUSE protocol)
-  regfs help [mount|fsck]          show this help, or a command's
+  regfs help [mount|fsck|gc]       show this help, or a command's
 
 The storage is docker/distribution's own layout (a registry's rootdirectory), so
 a registry and regfs can share it. Browse with ls, read with cat and cp, push
@@ -164,5 +174,5 @@ Example:
   regfs mount ./mnt                                   (storage in ~/.local/share/regfs)
   regfs mount --root /var/lib/docker-registry /mnt/registry
 
-Run 'regfs mount --help' or 'regfs fsck --help' for their flags.
+Run 'regfs mount --help', 'regfs fsck --help' or 'regfs gc --help' for their flags.
 `

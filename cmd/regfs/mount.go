@@ -64,7 +64,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 		return err
 	}
 	fsys := regfsfs.New(st, regfsfs.Options{ReadOnly: cfg.ReadOnly, Logger: log, Debug: cfg.Debug, Cache: c, Owner: owner(cfg.Service),
-		Version: version, Driver: cfg.Driver})
+		Version: version, Driver: cfg.Driver, GC: mountGC.Get})
 
 	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(regfsfs.MountConfig{
 		ReadOnly:             cfg.ReadOnly,
@@ -95,6 +95,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 	}
 	log.Info("mounted", append([]any{"mountpoint", mnt, "pid", os.Getpid(), "driver", cfg.Driver}, append(storageAttrs(cfg.Storage),
 		"read_only", cfg.ReadOnly, "cache_size", size.Format(cfg.CacheSize))...)...)
+	defer startGCInMount(ctx, cfg, st, d, log)()
 	notifySystemd(log, "READY=1\nSTATUS=mounted "+mnt)
 	ready()
 	if cfg.AllowOther && cfg.NoDefaultPermissions {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The mount helper form, as mount.fuse3 runs it for an fstab line: the
@@ -21,7 +22,7 @@ func TestMountOptions(t *testing.T) {
 	want := Config{
 		Mountpoint: "/srv/registry",
 		Storage:    Storage{Driver: driverFilesystem, Root: "/var/lib/docker-registry"},
-		ReadOnly:   true, AllowOther: true, CacheSize: 2 << 30, Debug: true,
+		ReadOnly:   true, AllowOther: true, CacheSize: 2 << 30, Debug: true, GCGrace: time.Hour,
 		Service: Service{Source: "/var/lib/docker-registry", Daemon: true, LogFile: "/var/log/regfs.log",
 			UID: 5, GID: 6, Umask: 0o027, MetricsAddr: "127.0.0.1:9"},
 	}
