@@ -7,7 +7,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -107,7 +107,7 @@ type mount struct {
 	args           []string
 	env            []string
 	cmd            *exec.Cmd
-	log            *bytes.Buffer
+	log            *syncBuffer // this run's output; a restart starts a new one
 	done           chan error
 }
 
@@ -162,7 +162,7 @@ func startMount(t testing.TB, driver string, o mountOpts) *mount {
 func (m *mount) start() {
 	t := m.t
 	t.Helper()
-	m.log = &bytes.Buffer{}
+	m.log = &syncBuffer{}
 	m.cmd = exec.Command(m.bin, m.args...)
 	m.cmd.Env = append(os.Environ(), m.env...)
 	m.cmd.Stdout = m.log
@@ -188,38 +188,78 @@ func (m *mount) start() {
 }
 
 // stop sends SIGTERM, waits for a clean exit and falls back to a lazy
-// unmount and SIGKILL.
+// unmount and SIGKILL. The test fails if the daemon exited with an error
+// (before or after the SIGTERM) or its log reports a data race or a panic.
 func (m *mount) stop() {
 	if m.cmd == nil || m.cmd.Process == nil {
 		return
 	}
+	var err error
 	select {
-	case err := <-m.done:
+	case err = <-m.done:
 		m.done <- err
 	default:
 		_ = m.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-m.done:
+		case err = <-m.done:
 		case <-time.After(10 * time.Second):
 			m.t.Errorf("regfs did not exit within 10s of SIGTERM\n%s", m.log)
 			_ = m.cmd.Process.Kill()
 			<-m.done
+			err = nil // reported above
 		}
 	}
+	if err != nil {
+		m.t.Errorf("regfs %s exited with %v\n%s", m.Dir, err, m.log)
+	}
+	m.checkLog()
 	if isMounted(m.Dir) {
 		_ = exec.Command("fusermount3", "-u", "-z", m.Dir).Run()
 	}
 	m.cmd = nil
 }
 
-// kill SIGKILLs the daemon and cleans up the dead mount, as an operator would.
+// kill SIGKILLs the daemon and cleans up the dead mount, as an operator
+// would. The test fails if the daemon had already exited on its own or its
+// log reports a data race or a panic: only the SIGKILL sent here is
+// expected.
 func (m *mount) kill() {
 	m.t.Helper()
 	_ = m.cmd.Process.Kill()
-	<-m.done
+	err := <-m.done
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || !killedBy(ee, syscall.SIGKILL) {
+		m.t.Errorf("regfs %s ended with %v before the test's SIGKILL\n%s", m.Dir, err, m.log)
+	}
+	m.checkLog()
 	m.cmd = nil
 	if out, err := exec.Command("fusermount3", "-u", "-z", m.Dir).CombinedOutput(); err != nil && isMounted(m.Dir) {
 		m.t.Fatalf("unmounting dead mount: %v: %s", err, out)
+	}
+}
+
+// killedBy tells whether the process ended by signal sig.
+func killedBy(ee *exec.ExitError, sig syscall.Signal) bool {
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == sig
+}
+
+// daemonFailures are what a daemon's log must never hold: the race
+// detector's report (the binary is built with -race; it exits 66 at the
+// end, but a SIGKILL comes first), a panic, or a fatal runtime error.
+var daemonFailures = []string{"WARNING: DATA RACE", "panic:", "fatal error:"}
+
+// checkLog fails the test if the log of the daemon's run that just ended
+// reports a race, a panic or a fatal error. Call it once the process is
+// gone, so that the log is complete.
+func (m *mount) checkLog() {
+	m.t.Helper()
+	log := m.log.String()
+	for _, f := range daemonFailures {
+		if strings.Contains(log, f) {
+			m.t.Errorf("regfs %s: its log reports %q:\n%s", m.Dir, f, log)
+			return
+		}
 	}
 }
 
