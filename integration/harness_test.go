@@ -23,6 +23,7 @@ import (
 
 	"github.com/regfs/regfs/driver/s3/s3test"
 	regfsfs "github.com/regfs/regfs/fs"
+	"github.com/regfs/regfs/internal/testenv"
 )
 
 // regfsBin is the binary under test, built once by TestMain.
@@ -35,7 +36,7 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		fmt.Fprintln(os.Stderr, "integration: /dev/fuse is missing: FUSE integration tests are skipped")
-		if os.Getenv("CI") != "" {
+		if testenv.InCI() {
 			fmt.Fprintln(os.Stderr, "integration: CI must run them: failing")
 			return 1
 		}
