@@ -7,6 +7,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -205,8 +206,7 @@ func (m *mount) stop() {
 		case err = <-m.done:
 		case <-time.After(10 * time.Second):
 			m.t.Errorf("regfs did not exit within 10s of SIGTERM\n%s", m.log)
-			_ = m.cmd.Process.Kill()
-			<-m.done
+			m.killHard()
 			err = nil // reported above
 		}
 	}
@@ -226,8 +226,7 @@ func (m *mount) stop() {
 // expected.
 func (m *mount) kill() {
 	m.t.Helper()
-	_ = m.cmd.Process.Kill()
-	err := <-m.done
+	err := m.killHard()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || !killedBy(ee, syscall.SIGKILL) {
 		m.t.Errorf("regfs %s ended with %v before the test's SIGKILL\n%s", m.Dir, err, m.log)
@@ -237,6 +236,82 @@ func (m *mount) kill() {
 	if out, err := exec.Command("fusermount3", "-u", "-z", m.Dir).CombinedOutput(); err != nil && isMounted(m.Dir) {
 		m.t.Fatalf("unmounting dead mount: %v: %s", err, out)
 	}
+}
+
+// killHard SIGKILLs the daemon and returns how it ended. A daemon with a
+// thread stuck in the kernel on its own mount (a deadlock: SIGKILL cannot
+// end it until the FUSE connection goes) fails the test, with the stuck
+// threads' kernel stacks and a goroutine dump in the log; the connection is
+// then aborted so that the test goes on instead of hanging.
+func (m *mount) killHard() error {
+	m.t.Helper()
+	if stacks := stuckThreads(m.cmd.Process.Pid); stacks != "" {
+		_ = m.cmd.Process.Signal(syscall.SIGQUIT) // the Go runtime dumps every goroutine
+		time.Sleep(2 * time.Second)
+		m.t.Errorf("regfs %s has threads stuck in the kernel for over a second (a deadlock on its own mount):\n%s\ndaemon log and goroutines:\n%s", m.Dir, stacks, m.log)
+	}
+	_ = m.cmd.Process.Kill()
+	select {
+	case err := <-m.done:
+		return err
+	case <-time.After(10 * time.Second):
+	}
+	m.t.Errorf("regfs %s did not die within 10s of SIGKILL: stuck in the kernel:\n%s", m.Dir, stuckThreads(m.cmd.Process.Pid))
+	abortFUSE(m.t, m.Dir)
+	return <-m.done
+}
+
+// stuckThreads returns the kernel stacks of pid's threads that are in
+// uninterruptible sleep now and still a second later, or "" if none is.
+func stuckThreads(pid int) string {
+	dState := func() []string {
+		var out []string
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+		for _, task := range tasks {
+			stat, err := os.ReadFile(filepath.Join(task, "stat"))
+			if err != nil {
+				continue
+			}
+			// The state follows the parenthesised command name.
+			if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'D' {
+				out = append(out, task)
+			}
+		}
+		return out
+	}
+	if len(dState()) == 0 {
+		return ""
+	}
+	time.Sleep(time.Second)
+	var b strings.Builder
+	for _, task := range dState() {
+		stack, _ := os.ReadFile(filepath.Join(task, "stack"))
+		fmt.Fprintf(&b, "%s:\n%s", task, stack)
+	}
+	return b.String()
+}
+
+// abortFUSE aborts the FUSE connection of the mount at dir through the
+// fusectl file system (mounting it if needed), which ends every request
+// waiting on it, and unmounts dir lazily.
+func abortFUSE(t testing.TB, dir string) {
+	t.Helper()
+	mnt, ok, err := regfsfs.MountAt(dir)
+	if err != nil || !ok {
+		t.Logf("aborting the FUSE connection of %s: not mounted (%v)", dir, err)
+		return
+	}
+	const ctl = "/sys/fs/fuse/connections"
+	// A FUSE connection is named by its device number, which for these
+	// anonymous devices (major 0) is the minor.
+	minor := mnt.Dev[strings.LastIndexByte(mnt.Dev, ':')+1:]
+	if _, err := os.Stat(filepath.Join(ctl, minor)); err != nil {
+		_ = exec.Command("mount", "-t", "fusectl", "none", ctl).Run()
+	}
+	if err := os.WriteFile(filepath.Join(ctl, minor, "abort"), []byte("1"), 0o200); err != nil {
+		t.Logf("aborting the FUSE connection of %s (%s): %v", dir, mnt.Dev, err)
+	}
+	_ = exec.Command("fusermount3", "-u", "-z", dir).Run()
 }
 
 // killedBy tells whether the process ended by signal sig.
