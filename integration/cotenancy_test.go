@@ -126,6 +126,8 @@ func TestCotenancy(t *testing.T) {
 		tmp:   t.TempDir(),
 		known: map[digest.Digest][]byte{},
 		stats: map[string]int{},
+
+		failKinds: map[string]int{},
 	}
 	c.m = startMount(t, "filesystem", mountOpts{Root: root})
 	c.setUp()
@@ -182,8 +184,9 @@ type coRun struct {
 	gen      atomic.Uint64
 	failures atomic.Int64
 
-	mu    sync.Mutex
-	stats map[string]int // guarded by mu
+	mu        sync.Mutex
+	stats     map[string]int // guarded by mu
+	failKinds map[string]int // failures by format; guarded by mu
 }
 
 // count adds one to the named statistic.
@@ -193,13 +196,20 @@ func (c *coRun) count(name string) {
 	c.mu.Unlock()
 }
 
-// fail reports a failure; after 30 it only counts them, so that a defect
-// hit a thousand times does not bury the log.
+// fail reports a failure. Each kind (format) is reported 5 times, then
+// only counted, so that a defect hit a thousand times neither buries the
+// log nor hides the others.
 func (c *coRun) fail(format string, args ...any) {
-	if n := c.failures.Add(1); n <= 30 {
+	c.failures.Add(1)
+	c.mu.Lock()
+	c.failKinds[format]++
+	n := c.failKinds[format]
+	c.mu.Unlock()
+	switch {
+	case n <= 5:
 		c.t.Errorf(format, args...)
-	} else if n == 31 {
-		c.t.Errorf("more failures follow; only counted")
+	case n == 6:
+		c.t.Errorf("more failures like the above (%q) follow; only counted", format)
 	}
 }
 
