@@ -690,7 +690,21 @@ func (c *coRun) pull(ctx context.Context, repo, tag string, must bool) {
 		return
 	}
 	defer os.RemoveAll(dir)
-	if err := c.skopeo(ctx, "copy", c.r.ref(repo, tag), "dir:"+dir); err != nil {
+	err = c.skopeo(ctx, "copy", c.r.ref(repo, tag), "dir:"+dir)
+	// The registry races itself: a GET of a tag its own PUT is rewriting
+	// in place can read a torn link and answer 500 (seen on co/stable,
+	// which only the registry writes). That is not regfs's doing; try
+	// again.
+	for try := 0; must && err != nil && strings.Contains(err.Error(), "500 Internal Server Error") && try < 5; try++ {
+		c.count("registry: pulls answered 500 by its own torn read, tried again")
+		time.Sleep(10 * time.Millisecond)
+		if err := os.RemoveAll(dir); err != nil {
+			c.fail("%v", err)
+			return
+		}
+		err = c.skopeo(ctx, "copy", c.r.ref(repo, tag), "dir:"+dir)
+	}
+	if err != nil {
 		if must && ctx.Err() == nil {
 			c.fail("pull of %s:%s, which exists and is complete: %v", repo, tag, err)
 		}
