@@ -52,13 +52,13 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	setMemoryLimit(cfg.CacheSize)
+	c := cache.NewWithOptions(cacheOptions(cfg))
 	if spec := os.Getenv(testPauseEnv); spec != "" {
 		if d, err = withTestPause(d, spec, stderr); err != nil {
 			return err
 		}
 	}
-	setMemoryLimit(cfg.CacheSize)
-	c := cache.NewWithOptions(cacheOptions(cfg))
 	st, err := store.New(d, store.Options{Cache: c, Logger: log})
 	if err != nil {
 		return err
