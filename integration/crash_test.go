@@ -297,7 +297,7 @@ func (c *crashRun) waitPaused(steer *crashSteer, done chan error) {
 	t := c.t
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(c.m.log.String(), "regfs: test pause: ") {
+	for !strings.Contains(c.m.log.String(), "msg=test-pause ") {
 		select {
 		case err := <-done:
 			done <- err

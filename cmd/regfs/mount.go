@@ -55,7 +55,7 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	setMemoryLimit(cfg.CacheSize)
 	c := cache.NewWithOptions(cacheOptions(cfg))
 	if spec := os.Getenv(testPauseEnv); spec != "" {
-		if d, err = withTestPause(d, spec, stderr); err != nil {
+		if d, err = withTestPause(d, spec, log); err != nil {
 			return err
 		}
 	}

@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
+	"log/slog"
 	"regexp"
 	"strings"
 
@@ -14,17 +14,16 @@ import (
 // variable holds "<method> <regexp>", the daemon stops for good before the
 // first storage call of that method (PutContent, Move, Delete or Writer;
 // "*" for any of them) whose path (for Move, the destination) matches the
-// regular expression, after writing "regfs: test pause: <method> <path>"
-// to its log. The crash test (integration/crash_test.go) waits for that
+// regular expression, after logging it (msg=test-pause). The crash test (integration/crash_test.go) waits for that
 // line and sends SIGKILL, reaching states that random kill times rarely hit,
 // such as a revision stored but not yet tagged. Unset, nothing is wrapped.
 const testPauseEnv = "REGFS_TEST_PAUSE"
 
-// testPausePrefix starts the line the paused daemon writes.
-const testPausePrefix = "regfs: test pause: "
+// testPauseMsg is the message the paused daemon logs.
+const testPauseMsg = "test-pause"
 
 // withTestPause wraps d as spec (the value of testPauseEnv) asks.
-func withTestPause(d driver.StorageDriver, spec string, log io.Writer) (driver.StorageDriver, error) {
+func withTestPause(d driver.StorageDriver, spec string, log *slog.Logger) (driver.StorageDriver, error) {
 	method, expr, ok := strings.Cut(spec, " ")
 	re, err := regexp.Compile(expr)
 	if !ok || err != nil {
@@ -38,7 +37,7 @@ type pauseDriver struct {
 	driver.StorageDriver
 	method string
 	re     *regexp.Regexp
-	log    io.Writer
+	log    *slog.Logger
 }
 
 // at blocks a matching call until its context ends (in practice, until the
@@ -47,7 +46,7 @@ func (p *pauseDriver) at(ctx context.Context, method, path string) error {
 	if (p.method != "*" && p.method != method) || !p.re.MatchString(path) {
 		return nil
 	}
-	fmt.Fprintf(p.log, "%s%s %s\n", testPausePrefix, method, path)
+	p.log.Warn(testPauseMsg, "method", method, "path", path)
 	<-ctx.Done()
 	return ctx.Err()
 }

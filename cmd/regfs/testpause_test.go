@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,14 @@ import (
 // its context ends and is announced once; other calls pass through.
 func TestTestPause(t *testing.T) {
 	var log bytes.Buffer
-	d, err := withTestPause(inmemory.New(), "PutContent /tags/[^/]+/current/link$", &log)
+	logger := slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}}))
+	d, err := withTestPause(inmemory.New(), "PutContent /tags/[^/]+/current/link$", logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,10 +39,10 @@ func TestTestPause(t *testing.T) {
 	if _, err := d.GetContent(ctx, "/a/tags/x/current/link"); err == nil {
 		t.Error("the paused call was carried out")
 	}
-	if got := log.String(); got != "regfs: test pause: PutContent /a/tags/x/current/link\n" {
+	if got := log.String(); got != "level=WARN msg=test-pause method=PutContent path=/a/tags/x/current/link\n" {
 		t.Errorf("log %q", got)
 	}
-	if _, err := withTestPause(inmemory.New(), "PutContent", &log); err == nil || !strings.Contains(err.Error(), testPauseEnv) {
+	if _, err := withTestPause(inmemory.New(), "PutContent", logger); err == nil || !strings.Contains(err.Error(), testPauseEnv) {
 		t.Errorf("a spec without a regexp: err %v", err)
 	}
 }
