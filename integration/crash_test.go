@@ -297,15 +297,15 @@ func (c *crashRun) waitPaused(steer *crashSteer, done chan error) {
 	t := c.t
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(c.m.log.String(), "msg=test-pause ") {
+	for !strings.Contains(c.m.logText(), "msg=test-pause ") {
 		select {
 		case err := <-done:
 			done <- err
-			t.Fatalf("steering to %q: cp ended (%v) without the daemon pausing at %q; update crashSteers\n%s", steer.state, err, steer.pause, c.m.log)
+			t.Fatalf("steering to %q: cp ended (%v) without the daemon pausing at %q; update crashSteers\n%s", steer.state, err, steer.pause, c.m.logText())
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("steering to %q: no pause at %q within 30s\n%s", steer.state, steer.pause, c.m.log)
+			t.Fatalf("steering to %q: no pause at %q within 30s\n%s", steer.state, steer.pause, c.m.logText())
 		}
 	}
 }
@@ -364,7 +364,7 @@ func (c *crashRun) killDuringLayer(i int, steer *crashSteer) {
 		learn(&c.layerTime, c.timedCp(src, up)*(4<<20)/time.Duration(len(content)))
 	}
 	if !exists(layer) {
-		t.Fatalf("%s: after %s the layer is not there; uploads: %s\ndaemon log:\n%s", where, how, sh(t, "ls -la "+c.m.path(crashRepo, "_uploads")), c.m.log)
+		t.Fatalf("%s: after %s the layer is not there; uploads: %s\ndaemon log:\n%s", where, how, sh(t, "ls -la "+c.m.path(crashRepo, "_uploads")), c.m.logText())
 	}
 	if got := "sha256:" + strings.Fields(sh(t, "sha256sum "+layer))[0]; got != d {
 		t.Fatalf("%s: layer reads back as %s", where, got)
@@ -468,7 +468,7 @@ func (c *crashRun) checkStorage(where string) {
 		t.Fatalf("%s: regfs fsck: %v, output does not parse: %v\n%s", where, err, jerr, out)
 	}
 	if err != nil || len(rep.Problems) > 0 || !rep.Complete {
-		t.Fatalf("%s: regfs fsck: %v: %+v\ndaemon log:\n%s", where, err, rep.Problems, c.m.log)
+		t.Fatalf("%s: regfs fsck: %v: %+v\ndaemon log:\n%s", where, err, rep.Problems, c.m.logText())
 	}
 	c.stats.fsckRuns++
 

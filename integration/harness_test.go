@@ -109,8 +109,30 @@ type mount struct {
 	args           []string
 	env            []string
 	cmd            *exec.Cmd
-	log            *syncBuffer // this run's output; a restart starts a new one
-	done           chan error
+	// log is this run's output (a restart starts a new one). The daemon
+	// writes it while it runs: read it then with logText.
+	log   *bytes.Buffer
+	logMu sync.Mutex // guards log while the daemon writes it
+	done  chan error
+}
+
+// logText returns the daemon's output so far.
+func (m *mount) logText() string {
+	m.logMu.Lock()
+	defer m.logMu.Unlock()
+	return m.log.String()
+}
+
+// lockedWriter appends to a buffer under a mutex.
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }
 
 // mountOpts tunes startMount.
@@ -164,11 +186,14 @@ func startMount(t testing.TB, driver string, o mountOpts) *mount {
 func (m *mount) start() {
 	t := m.t
 	t.Helper()
-	m.log = &syncBuffer{}
+	m.logMu.Lock()
+	m.log = &bytes.Buffer{}
+	m.logMu.Unlock()
+	w := lockedWriter{&m.logMu, m.log}
 	m.cmd = exec.Command(m.bin, m.args...)
 	m.cmd.Env = append(os.Environ(), m.env...)
-	m.cmd.Stdout = m.log
-	m.cmd.Stderr = m.log
+	m.cmd.Stdout = w
+	m.cmd.Stderr = w
 	if err := m.cmd.Start(); err != nil {
 		t.Fatalf("starting regfs: %v", err)
 	}
@@ -183,7 +208,7 @@ func (m *mount) start() {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("regfs did not mount %s within 20s\n%s", m.Dir, m.log)
+			t.Fatalf("regfs did not mount %s within 20s\n%s", m.Dir, m.logText())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -205,7 +230,7 @@ func (m *mount) stop() {
 		select {
 		case err = <-m.done:
 		case <-time.After(10 * time.Second):
-			m.t.Errorf("regfs did not exit within 10s of SIGTERM\n%s", m.log)
+			m.t.Errorf("regfs did not exit within 10s of SIGTERM\n%s", m.logText())
 			m.killHard()
 			err = nil // reported above
 		}
@@ -248,7 +273,7 @@ func (m *mount) killHard() error {
 	if stacks := stuckThreads(m.cmd.Process.Pid); stacks != "" {
 		_ = m.cmd.Process.Signal(syscall.SIGQUIT) // the Go runtime dumps every goroutine
 		time.Sleep(2 * time.Second)
-		m.t.Errorf("regfs %s has threads stuck in the kernel for over a second (a deadlock on its own mount):\n%s\ndaemon log and goroutines:\n%s", m.Dir, stacks, m.log)
+		m.t.Errorf("regfs %s has threads stuck in the kernel for over a second (a deadlock on its own mount):\n%s\ndaemon log and goroutines:\n%s", m.Dir, stacks, m.logText())
 	}
 	_ = m.cmd.Process.Kill()
 	select {
@@ -330,7 +355,7 @@ var daemonFailures = []string{"WARNING: DATA RACE", "panic:", "fatal error:"}
 // gone, so that the log is complete.
 func (m *mount) checkLog() {
 	m.t.Helper()
-	log := m.log.String()
+	log := m.logText()
 	for _, f := range daemonFailures {
 		if strings.Contains(log, f) {
 			m.t.Errorf("regfs %s: its log reports %q:\n%s", m.Dir, f, log)
