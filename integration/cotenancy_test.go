@@ -780,6 +780,9 @@ func (c *coRun) mountWriterFS(ctx context.Context, rng *rand.Rand) {
 			img := c.imgs[2+rng.IntN(4)]
 			what = "push of " + img.Manifest.Desc.Digest.String() + " as " + tag
 			apply = func() error {
+				if err := os.MkdirAll(c.m.path(coFS), 0o755); err != nil {
+					return err
+				}
 				for _, b := range img.blobs() {
 					if md.layers[b.Desc.Digest] {
 						continue
@@ -870,6 +873,11 @@ func (c *coRun) mountWriterFS(ctx context.Context, rng *rand.Rand) {
 			}
 			what = "ln of " + coStable + "/_layers/" + d.String() + " into " + coLn
 			apply = func() error {
+				// A repository made by mkdir alone lives in the daemon's
+				// memory: after a kill it is gone until made again.
+				if err := os.MkdirAll(c.m.path(coLn), 0o755); err != nil {
+					return err
+				}
 				if err := os.Link(c.m.path(coStable, "_layers", d.String()), dst); err != nil {
 					return err
 				}
@@ -1039,6 +1047,9 @@ func (c *coRun) mountWriterShared(ctx context.Context, rng *rand.Rand) {
 			l := img.Layers[rng.IntN(len(img.Layers))].Desc.Digest.String()
 			what = "ln from " + coReg
 			apply = func() error {
+				if err := os.MkdirAll(c.m.path(coLnReg), 0o755); err != nil {
+					return err
+				}
 				_ = os.Remove(c.m.path(coLnReg, "_layers", l))
 				return os.Link(c.m.path(coReg, "_layers", l), c.m.path(coLnReg, "_layers", l))
 			}
