@@ -331,7 +331,9 @@ func abortFUSE(t testing.TB, dir string) {
 	// anonymous devices (major 0) is the minor.
 	minor := mnt.Dev[strings.LastIndexByte(mnt.Dev, ':')+1:]
 	if _, err := os.Stat(filepath.Join(ctl, minor)); err != nil {
-		_ = exec.Command("mount", "-t", "fusectl", "none", ctl).Run()
+		if exec.Command("mount", "-t", "fusectl", "none", ctl).Run() == nil {
+			defer func() { _ = exec.Command("umount", ctl).Run() }()
+		}
 	}
 	if err := os.WriteFile(filepath.Join(ctl, minor, "abort"), []byte("1"), 0o200); err != nil {
 		t.Logf("aborting the FUSE connection of %s (%s): %v", dir, mnt.Dev, err)
