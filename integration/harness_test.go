@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -287,7 +288,8 @@ func (m *mount) killHard() error {
 }
 
 // stuckThreads returns the kernel stacks of pid's threads that are in
-// uninterruptible sleep now and still a second later, or "" if none is.
+// uninterruptible sleep in FUSE code now and still a second later, or ""
+// if none is (a thread briefly in D state for disk I/O is not stuck).
 func stuckThreads(pid int) string {
 	dState := func() []string {
 		var out []string
@@ -304,14 +306,17 @@ func stuckThreads(pid int) string {
 		}
 		return out
 	}
-	if len(dState()) == 0 {
+	first := dState()
+	if len(first) == 0 {
 		return ""
 	}
 	time.Sleep(time.Second)
 	var b strings.Builder
 	for _, task := range dState() {
 		stack, _ := os.ReadFile(filepath.Join(task, "stack"))
-		fmt.Fprintf(&b, "%s:\n%s", task, stack)
+		if slices.Contains(first, task) && bytes.Contains(stack, []byte("fuse")) {
+			fmt.Fprintf(&b, "%s:\n%s", task, stack)
+		}
 	}
 	return b.String()
 }
