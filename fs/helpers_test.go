@@ -23,6 +23,7 @@ import (
 	"github.com/regfs/regfs/cache"
 	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/inmemory"
+	"github.com/regfs/regfs/internal/testenv"
 	"github.com/regfs/regfs/store"
 )
 
@@ -54,7 +55,7 @@ type mountConfig struct {
 func newMount(t *testing.T, mc mountConfig) *testMount {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("/dev/fuse is missing: FUSE tests need a FUSE device (run on a machine or container with /dev/fuse)")
+		testenv.SkipOrFail(t, "/dev/fuse is missing: FUSE tests need a FUSE device (run on a machine or container with /dev/fuse)")
 	}
 	if mc.drv == nil {
 		mc.drv = inmemory.New()

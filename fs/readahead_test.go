@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/regfs/regfs/internal/testenv"
 )
 
 // TestSetReadAhead sets the read-ahead of a real mount and reads it back
@@ -19,11 +21,11 @@ func TestSetReadAhead(t *testing.T) {
 	}
 	p := bdiReadAheadPath(st.Dev)
 	if _, err := os.Stat(p); err != nil {
-		t.Skipf("no bdi read-ahead in sysfs for the mount: %v", err)
+		testenv.SkipOrFail(t, "no bdi read-ahead in sysfs for the mount: %v", err)
 	}
 	err := SetReadAhead(m.dir)
 	if errors.Is(err, os.ErrPermission) {
-		t.Skipf("setting read-ahead needs root: %v", err)
+		testenv.SkipOrFail(t, "setting read-ahead needs root: %v", err)
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -30,6 +30,12 @@ import (
 // digest, and a manifest is either complete (revision readable, tag
 // pointing at it) or absent, never a tag without its revision.
 //
+// Every state a kill can leave must be hit (see crashSteers): a state the
+// random kills missed ("revision stored but not yet tagged" is a window of
+// one link write) is reached by starting the daemon with its test-only
+// REGFS_TEST_PAUSE hook, which stops it before the named storage write,
+// and killing it there; the kill must leave the state it aimed at.
+//
 // The delays are drawn from a seeded generator; the seed is logged, and
 // REGFS_CRASH_SEED=<seed> repeats a run. REGFS_CRASH_POINTS sets the number
 // of kills (default 50).
@@ -69,9 +75,27 @@ func TestCrashKillPoints(t *testing.T) {
 	start := time.Now()
 	for i := 0; i < points; i++ {
 		if c.rng.IntN(10) < 6 {
-			c.killDuringLayer(i)
+			c.killDuringLayer(i, nil)
 		} else {
-			c.killDuringManifest(i)
+			c.killDuringManifest(i, nil)
+		}
+	}
+	// Every state must be hit: those the random times missed are reached
+	// by pausing the daemon at the write that leads to them (the daemon's
+	// REGFS_TEST_PAUSE hook) and killing it there.
+	for j, st := range crashSteers {
+		if *st.hits(&c.stats) > 0 {
+			continue
+		}
+		t.Logf("state %q not hit by the random kills: steering a kill to it (%s)", st.state, st.pause)
+		i := points + j
+		if st.layer {
+			c.killDuringLayer(i, &st)
+		} else {
+			c.killDuringManifest(i, &st)
+		}
+		if *st.hits(&c.stats) == 0 {
+			t.Errorf("the kill steered to %q (%s) did not reach it", st.state, st.pause)
 		}
 	}
 	c.checkStorage("end of run")
@@ -101,6 +125,35 @@ func TestCrashKillPoints(t *testing.T) {
 // crashRepo is the repository every kill point writes to.
 const crashRepo = "crash/app"
 
+// crashSteer is a kill point aimed at one state: the daemon is started
+// with REGFS_TEST_PAUSE=pause, stops before the storage call it names, and
+// is killed there; an empty pause kills it once cp has finished.
+type crashSteer struct {
+	state string
+	layer bool // a layer upload, else a manifest push
+	pause string
+	hits  func(*crashStats) *int
+}
+
+// crashSteers lists every state TestCrashKillPoints must hit, with the
+// pause that reaches it.
+var crashSteers = []crashSteer{
+	{"layer restarted from nothing", true, `* /_uploads/[^/]+/startedat$`,
+		func(s *crashStats) *int { return &s.layerRestarted }},
+	{"layer resumed from a partial upload", true, `Move /blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$`,
+		func(s *crashStats) *int { return &s.layerResumed }},
+	{"layer committed, empty upload left", true, `Delete /repositories/crash/app/_uploads/[^/]+$`,
+		func(s *crashStats) *int { return &s.layerLeftover }},
+	{"layer committed", true, "",
+		func(s *crashStats) *int { return &s.layerCommitted }},
+	{"manifest absent", false, `PutContent /_manifests/revisions/sha256/[0-9a-f]{64}/link$`,
+		func(s *crashStats) *int { return &s.manifestAbsent }},
+	{"revision stored but not yet tagged", false, `PutContent /_manifests/tags/[^/]+/index/sha256/[0-9a-f]{64}/link$`,
+		func(s *crashStats) *int { return &s.manifestRevisionOnly }},
+	{"manifest complete", false, "",
+		func(s *crashStats) *int { return &s.manifestComplete }},
+}
+
 // crashRun is the state of one TestCrashKillPoints.
 type crashRun struct {
 	t    *testing.T
@@ -123,12 +176,15 @@ type crashRun struct {
 	// temps holds the temporary files of the filesystem driver that
 	// kills orphaned (seen by any check).
 	temps map[string]bool
-	stats struct {
-		layerKills, layerCommitted, layerResumed, layerRestarted, layerLeftover int
-		manifestKills, manifestComplete, manifestRevisionOnly, manifestAbsent   int
-		fsckRuns, linksChecked                                                  int
-		hashedBytes                                                             int64
-	}
+	stats crashStats
+}
+
+// crashStats counts the kill points by the state each left.
+type crashStats struct {
+	layerKills, layerCommitted, layerResumed, layerRestarted, layerLeftover int
+	manifestKills, manifestComplete, manifestRevisionOnly, manifestAbsent   int
+	fsckRuns, linksChecked                                                  int
+	hashedBytes                                                             int64
 }
 
 // bytes returns n bytes from the seeded generator.
@@ -192,11 +248,18 @@ func (c *crashRun) delay(d time.Duration) time.Duration {
 	return time.Duration(c.rng.Int64N(int64(d)*13/10 + 1))
 }
 
-// cpThenKill starts cp src dst, kills the daemon after delay, waits for cp
-// and mounts again. It returns whether cp succeeded.
-func (c *crashRun) cpThenKill(src, dst string, delay time.Duration) bool {
+// cpThenKill starts cp src dst, kills the daemon after delay (or where
+// steer says), waits for cp and mounts again. It returns whether cp
+// succeeded.
+func (c *crashRun) cpThenKill(src, dst string, delay time.Duration, steer *crashSteer) bool {
 	t := c.t
 	t.Helper()
+	if steer != nil && steer.pause != "" {
+		env := c.m.env
+		c.m.env = append(slices.Clone(env), "REGFS_TEST_PAUSE="+steer.pause)
+		c.m.restart()
+		c.m.env = env
+	}
 	cp := exec.Command("cp", src, dst)
 	var out bytes.Buffer
 	cp.Stdout, cp.Stderr = &out, &out
@@ -205,7 +268,15 @@ func (c *crashRun) cpThenKill(src, dst string, delay time.Duration) bool {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cp.Wait() }()
-	time.Sleep(delay)
+	switch {
+	case steer == nil:
+		time.Sleep(delay)
+	case steer.pause == "":
+		err := <-done
+		done <- err
+	default:
+		c.waitPaused(steer, done)
+	}
 	c.m.kill()
 	var err error
 	select {
@@ -219,9 +290,30 @@ func (c *crashRun) cpThenKill(src, dst string, delay time.Duration) bool {
 	return err == nil
 }
 
+// waitPaused waits until the daemon says it paused where steer asked. cp
+// ending first means the pause was never reached: the hook's pattern no
+// longer matches how the daemon writes, and the steering must be updated.
+func (c *crashRun) waitPaused(steer *crashSteer, done chan error) {
+	t := c.t
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(c.m.logText(), "msg=test-pause ") {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("steering to %q: cp ended (%v) without the daemon pausing at %q; update crashSteers\n%s", steer.state, err, steer.pause, c.m.logText())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("steering to %q: no pause at %q within 30s\n%s", steer.state, steer.pause, c.m.logText())
+		}
+	}
+}
+
 // killDuringLayer copies a layer of 0.5 to 4.5 MiB into _uploads, kills the
-// daemon at a random moment, and finishes the upload after the restart.
-func (c *crashRun) killDuringLayer(i int) {
+// daemon at a random moment (or where steer says), and finishes the upload
+// after the restart.
+func (c *crashRun) killDuringLayer(i int, steer *crashSteer) {
 	t := c.t
 	c.stats.layerKills++
 	content := c.bytes(512<<10 + c.rng.IntN(4<<20))
@@ -231,7 +323,10 @@ func (c *crashRun) killDuringLayer(i int) {
 	layer := c.m.path(crashRepo, "_layers", d)
 	delay := c.delay(c.layerTime * time.Duration(len(content)) / (4 << 20))
 	where := fmt.Sprintf("kill %d: %d-byte layer %s, killed after %v", i, len(content), d, delay)
-	cpOK := c.cpThenKill(src, up, delay)
+	if steer != nil {
+		where = fmt.Sprintf("kill %d: %d-byte layer %s, steered to %q", i, len(content), d, steer.state)
+	}
+	cpOK := c.cpThenKill(src, up, delay, steer)
 	c.checkStorage(where)
 
 	how := "nothing"
@@ -269,7 +364,7 @@ func (c *crashRun) killDuringLayer(i int) {
 		learn(&c.layerTime, c.timedCp(src, up)*(4<<20)/time.Duration(len(content)))
 	}
 	if !exists(layer) {
-		t.Fatalf("%s: after %s the layer is not there; uploads: %s\ndaemon log:\n%s", where, how, sh(t, "ls -la "+c.m.path(crashRepo, "_uploads")), c.m.log)
+		t.Fatalf("%s: after %s the layer is not there; uploads: %s\ndaemon log:\n%s", where, how, sh(t, "ls -la "+c.m.path(crashRepo, "_uploads")), c.m.logText())
 	}
 	if got := "sha256:" + strings.Fields(sh(t, "sha256sum "+layer))[0]; got != d {
 		t.Fatalf("%s: layer reads back as %s", where, got)
@@ -281,8 +376,8 @@ func (c *crashRun) killDuringLayer(i int) {
 
 // killDuringManifest pushes a manifest referencing every shared layer,
 // tagged "latest" (moving an existing tag) or a new tag, and kills the
-// daemon at a random moment.
-func (c *crashRun) killDuringManifest(i int) {
+// daemon at a random moment (or where steer says).
+func (c *crashRun) killDuringManifest(i int, steer *crashSteer) {
 	t := c.t
 	c.stats.manifestKills++
 	config := []byte(fmt.Sprintf(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"crash":%d}`, i))
@@ -297,7 +392,10 @@ func (c *crashRun) killDuringManifest(i int) {
 	src := writeFile(t, mf)
 	delay := c.delay(c.manifestTime)
 	where := fmt.Sprintf("kill %d: manifest %s tagged %s, killed after %v", i, d, tag, delay)
-	cpOK := c.cpThenKill(src, c.m.path(crashRepo, "_manifests", tag), delay)
+	if steer != nil {
+		where = fmt.Sprintf("kill %d: manifest %s tagged %s, steered to %q", i, d, tag, steer.state)
+	}
+	cpOK := c.cpThenKill(src, c.m.path(crashRepo, "_manifests", tag), delay, steer)
 	c.checkStorage(where)
 
 	rev, revErr := os.ReadFile(c.m.path(crashRepo, "_manifests", d))
@@ -370,7 +468,7 @@ func (c *crashRun) checkStorage(where string) {
 		t.Fatalf("%s: regfs fsck: %v, output does not parse: %v\n%s", where, err, jerr, out)
 	}
 	if err != nil || len(rep.Problems) > 0 || !rep.Complete {
-		t.Fatalf("%s: regfs fsck: %v: %+v\ndaemon log:\n%s", where, err, rep.Problems, c.m.log)
+		t.Fatalf("%s: regfs fsck: %v: %+v\ndaemon log:\n%s", where, err, rep.Problems, c.m.logText())
 	}
 	c.stats.fsckRuns++
 

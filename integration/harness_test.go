@@ -16,6 +16,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -23,6 +25,7 @@ import (
 
 	"github.com/regfs/regfs/driver/s3/s3test"
 	regfsfs "github.com/regfs/regfs/fs"
+	"github.com/regfs/regfs/internal/testenv"
 )
 
 // regfsBin is the binary under test, built once by TestMain.
@@ -35,7 +38,7 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		fmt.Fprintln(os.Stderr, "integration: /dev/fuse is missing: FUSE integration tests are skipped")
-		if os.Getenv("CI") != "" {
+		if testenv.InCI() {
 			fmt.Fprintln(os.Stderr, "integration: CI must run them: failing")
 			return 1
 		}
@@ -107,8 +110,30 @@ type mount struct {
 	args           []string
 	env            []string
 	cmd            *exec.Cmd
-	log            *bytes.Buffer
-	done           chan error
+	// log is this run's output (a restart starts a new one). The daemon
+	// writes it while it runs: read it then with logText.
+	log   *bytes.Buffer
+	logMu sync.Mutex // guards log while the daemon writes it
+	done  chan error
+}
+
+// logText returns the daemon's output so far.
+func (m *mount) logText() string {
+	m.logMu.Lock()
+	defer m.logMu.Unlock()
+	return m.log.String()
+}
+
+// lockedWriter appends to a buffer under a mutex.
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }
 
 // mountOpts tunes startMount.
@@ -162,11 +187,14 @@ func startMount(t testing.TB, driver string, o mountOpts) *mount {
 func (m *mount) start() {
 	t := m.t
 	t.Helper()
+	m.logMu.Lock()
 	m.log = &bytes.Buffer{}
+	m.logMu.Unlock()
+	w := lockedWriter{&m.logMu, m.log}
 	m.cmd = exec.Command(m.bin, m.args...)
 	m.cmd.Env = append(os.Environ(), m.env...)
-	m.cmd.Stdout = m.log
-	m.cmd.Stderr = m.log
+	m.cmd.Stdout = w
+	m.cmd.Stderr = w
 	if err := m.cmd.Start(); err != nil {
 		t.Fatalf("starting regfs: %v", err)
 	}
@@ -181,45 +209,165 @@ func (m *mount) start() {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("regfs did not mount %s within 20s\n%s", m.Dir, m.log)
+			t.Fatalf("regfs did not mount %s within 20s\n%s", m.Dir, m.logText())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
 // stop sends SIGTERM, waits for a clean exit and falls back to a lazy
-// unmount and SIGKILL.
+// unmount and SIGKILL. The test fails if the daemon exited with an error
+// (before or after the SIGTERM) or its log reports a data race or a panic.
 func (m *mount) stop() {
 	if m.cmd == nil || m.cmd.Process == nil {
 		return
 	}
+	var err error
 	select {
-	case err := <-m.done:
+	case err = <-m.done:
 		m.done <- err
 	default:
 		_ = m.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-m.done:
+		case err = <-m.done:
 		case <-time.After(10 * time.Second):
-			m.t.Errorf("regfs did not exit within 10s of SIGTERM\n%s", m.log)
-			_ = m.cmd.Process.Kill()
-			<-m.done
+			m.t.Errorf("regfs did not exit within 10s of SIGTERM\n%s", m.logText())
+			m.killHard()
+			err = nil // reported above
 		}
 	}
+	if err != nil {
+		m.t.Errorf("regfs %s exited with %v\n%s", m.Dir, err, m.log)
+	}
+	m.checkLog()
 	if isMounted(m.Dir) {
 		_ = exec.Command("fusermount3", "-u", "-z", m.Dir).Run()
 	}
 	m.cmd = nil
 }
 
-// kill SIGKILLs the daemon and cleans up the dead mount, as an operator would.
+// kill SIGKILLs the daemon and cleans up the dead mount, as an operator
+// would. The test fails if the daemon had already exited on its own or its
+// log reports a data race or a panic: only the SIGKILL sent here is
+// expected.
 func (m *mount) kill() {
 	m.t.Helper()
-	_ = m.cmd.Process.Kill()
-	<-m.done
+	err := m.killHard()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || !killedBy(ee, syscall.SIGKILL) {
+		m.t.Errorf("regfs %s ended with %v before the test's SIGKILL\n%s", m.Dir, err, m.log)
+	}
+	m.checkLog()
 	m.cmd = nil
 	if out, err := exec.Command("fusermount3", "-u", "-z", m.Dir).CombinedOutput(); err != nil && isMounted(m.Dir) {
 		m.t.Fatalf("unmounting dead mount: %v: %s", err, out)
+	}
+}
+
+// killHard SIGKILLs the daemon and returns how it ended. A daemon with a
+// thread stuck in the kernel on its own mount (a deadlock: SIGKILL cannot
+// end it until the FUSE connection goes) fails the test, with the stuck
+// threads' kernel stacks and a goroutine dump in the log; the connection is
+// then aborted so that the test goes on instead of hanging.
+func (m *mount) killHard() error {
+	m.t.Helper()
+	if stacks := stuckThreads(m.cmd.Process.Pid); stacks != "" {
+		_ = m.cmd.Process.Signal(syscall.SIGQUIT) // the Go runtime dumps every goroutine
+		time.Sleep(2 * time.Second)
+		m.t.Errorf("regfs %s has threads stuck in the kernel for over a second (a deadlock on its own mount):\n%s\ndaemon log and goroutines:\n%s", m.Dir, stacks, m.logText())
+	}
+	_ = m.cmd.Process.Kill()
+	select {
+	case err := <-m.done:
+		return err
+	case <-time.After(10 * time.Second):
+	}
+	m.t.Errorf("regfs %s did not die within 10s of SIGKILL: stuck in the kernel:\n%s", m.Dir, stuckThreads(m.cmd.Process.Pid))
+	abortFUSE(m.t, m.Dir)
+	return <-m.done
+}
+
+// stuckThreads returns the kernel stacks of pid's threads that are in
+// uninterruptible sleep in FUSE code now and still a second later, or ""
+// if none is (a thread briefly in D state for disk I/O is not stuck).
+func stuckThreads(pid int) string {
+	dState := func() []string {
+		var out []string
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+		for _, task := range tasks {
+			stat, err := os.ReadFile(filepath.Join(task, "stat"))
+			if err != nil {
+				continue
+			}
+			// The state follows the parenthesised command name.
+			if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'D' {
+				out = append(out, task)
+			}
+		}
+		return out
+	}
+	first := dState()
+	if len(first) == 0 {
+		return ""
+	}
+	time.Sleep(time.Second)
+	var b strings.Builder
+	for _, task := range dState() {
+		stack, _ := os.ReadFile(filepath.Join(task, "stack"))
+		if slices.Contains(first, task) && bytes.Contains(stack, []byte("fuse")) {
+			fmt.Fprintf(&b, "%s:\n%s", task, stack)
+		}
+	}
+	return b.String()
+}
+
+// abortFUSE aborts the FUSE connection of the mount at dir through the
+// fusectl file system (mounting it if needed), which ends every request
+// waiting on it, and unmounts dir lazily.
+func abortFUSE(t testing.TB, dir string) {
+	t.Helper()
+	mnt, ok, err := regfsfs.MountAt(dir)
+	if err != nil || !ok {
+		t.Logf("aborting the FUSE connection of %s: not mounted (%v)", dir, err)
+		return
+	}
+	const ctl = "/sys/fs/fuse/connections"
+	// A FUSE connection is named by its device number, which for these
+	// anonymous devices (major 0) is the minor.
+	minor := mnt.Dev[strings.LastIndexByte(mnt.Dev, ':')+1:]
+	if _, err := os.Stat(filepath.Join(ctl, minor)); err != nil {
+		if exec.Command("mount", "-t", "fusectl", "none", ctl).Run() == nil {
+			defer func() { _ = exec.Command("umount", ctl).Run() }()
+		}
+	}
+	if err := os.WriteFile(filepath.Join(ctl, minor, "abort"), []byte("1"), 0o200); err != nil {
+		t.Logf("aborting the FUSE connection of %s (%s): %v", dir, mnt.Dev, err)
+	}
+	_ = exec.Command("fusermount3", "-u", "-z", dir).Run()
+}
+
+// killedBy tells whether the process ended by signal sig.
+func killedBy(ee *exec.ExitError, sig syscall.Signal) bool {
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == sig
+}
+
+// daemonFailures are what a daemon's log must never hold: the race
+// detector's report (the binary is built with -race; it exits 66 at the
+// end, but a SIGKILL comes first), a panic, or a fatal runtime error.
+var daemonFailures = []string{"WARNING: DATA RACE", "panic:", "fatal error:"}
+
+// checkLog fails the test if the log of the daemon's run that just ended
+// reports a race, a panic or a fatal error. Call it once the process is
+// gone, so that the log is complete.
+func (m *mount) checkLog() {
+	m.t.Helper()
+	log := m.logText()
+	for _, f := range daemonFailures {
+		if strings.Contains(log, f) {
+			m.t.Errorf("regfs %s: its log reports %q:\n%s", m.Dir, f, log)
+			return
+		}
 	}
 }
 

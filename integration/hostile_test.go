@@ -516,16 +516,12 @@ func checkAlive(t *testing.T, m *mount, fx *hostileFixture) {
 }
 
 // stoppedLog stops the daemon (so that its output is complete and no
-// longer written) and returns its log, failing the test if it reports a
-// data race (the binary is built with -race) or a panic.
+// longer written) and returns its log; stop fails the test if the log
+// reports a data race (the binary is built with -race) or a panic.
 func stoppedLog(t *testing.T, m *mount) string {
 	t.Helper()
 	m.stop()
-	log := m.log.String()
-	if strings.Contains(log, "WARNING: DATA RACE") || strings.Contains(log, "panic:") {
-		t.Errorf("daemon log reports a race or a panic:\n%s", log)
-	}
-	return log
+	return m.log.String()
 }
 
 // retryEINTR runs a plain syscall again while it fails with EINTR, as Go's

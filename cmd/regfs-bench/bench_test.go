@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/regfs/regfs/internal/testenv"
 )
 
 // TestMain lets the test binary serve the bare passthrough when run()
@@ -25,10 +27,10 @@ func TestMain(m *testing.M) {
 func needFUSE(t *testing.T) {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("/dev/fuse is not available (%v): the benchmark mounts file systems", err)
+		testenv.SkipOrFail(t, "/dev/fuse is not available (%v): the benchmark mounts file systems", err)
 	}
 	if _, err := exec.LookPath("fusermount3"); err != nil {
-		t.Skipf("fusermount3 is not installed: %v", err)
+		testenv.SkipOrFail(t, "fusermount3 is not installed: %v", err)
 	}
 }
 

@@ -59,6 +59,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 	}
 	setMemoryLimit(cfg.CacheSize)
 	c := cache.NewWithOptions(cacheOptions(cfg))
+	if spec := os.Getenv(testPauseEnv); spec != "" {
+		if d, err = withTestPause(d, spec, log); err != nil {
+			return err
+		}
+	}
 	st, err := store.New(d, store.Options{Cache: c, Logger: log})
 	if err != nil {
 		return err

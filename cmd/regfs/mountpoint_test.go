@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/regfs/regfs/internal/testenv"
 )
 
 func TestCheckMountpoint(t *testing.T) {
@@ -65,7 +67,7 @@ func (s *syncBuffer) String() string {
 // line, cancels (as a signal does) and checks the mount is gone in time.
 func TestRunMountsAndUnmounts(t *testing.T) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("/dev/fuse is missing: FUSE tests need a FUSE device")
+		testenv.SkipOrFail(t, "/dev/fuse is missing: FUSE tests need a FUSE device")
 	}
 	mnt := t.TempDir()
 	t.Cleanup(func() {

@@ -6,7 +6,8 @@
 // import the S3 driver (the driver's own tests import it), and talks to the
 // server with the AWS SDK alone.
 //
-// When versitygw is not installed, Start fails the test under CI (CI=true),
+// When versitygw is not installed, Start fails the test under CI (see
+// internal/testenv),
 // where it must run, and skips it elsewhere with a message that says how to
 // install it (scripts/versitygw.sh install).
 package s3test
@@ -31,6 +32,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+
+	"github.com/regfs/regfs/internal/testenv"
 )
 
 // Region is the region the server answers for and the clients sign with.
@@ -68,9 +71,10 @@ type Server struct {
 	stopErr  error
 }
 
-// InCI reports whether the tests run in CI (CI=true), where a missing
-// server is a failure rather than a reason to skip.
-func InCI() bool { return os.Getenv("CI") == "true" }
+// InCI reports whether the tests run in CI, where a missing server is a
+// failure rather than a reason to skip: testenv.InCI, the rule every
+// package's tests share.
+func InCI() bool { return testenv.InCI() }
 
 // SkipOrFail ends tb because no S3 server can run: it fails under CI and
 // skips loudly elsewhere.
