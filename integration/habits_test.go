@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/regfs/regfs/internal/testenv"
 )
 
 // TestHabits runs the habits people bring from other filesystems (issue
@@ -449,7 +451,7 @@ for mode in (0o644, 0o600):
 // does rsync -a --inplace; every mode and time rsync sets changes nothing.
 func testHabitRsync(t *testing.T, m *mount) {
 	if _, err := shErr(t, "command -v rsync"); err != nil {
-		t.Skip("rsync is not installed")
+		testenv.SkipOrFail(t, "rsync is not installed")
 	}
 	src := t.TempDir()
 	var blobs [][]byte

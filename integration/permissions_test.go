@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/regfs/regfs/internal/testenv"
 )
 
 // nobody is the unprivileged user the permission tests act as.
@@ -27,13 +29,10 @@ func asNobody(t *testing.T, script string) (string, error) {
 func permissionMount(t *testing.T, extra ...string) (*mount, *hostileFixture) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("the permission tests mount as root and act as another user")
+		testenv.SkipOrFail(t, "the permission tests mount as root and act as another user")
 	}
 	if _, err := exec.LookPath("setpriv"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("setpriv is missing")
-		}
-		t.Skip("setpriv is missing")
+		testenv.SkipOrFail(t, "setpriv is missing")
 	}
 	m := startMount(t, "filesystem", mountOpts{Extra: extra})
 	fx := newHostileFixture(t, m)

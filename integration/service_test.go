@@ -19,6 +19,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/regfs/regfs/internal/testenv"
 )
 
 // serviceFixture pushes an image (app:v1) into a new filesystem root
@@ -82,7 +84,7 @@ func checkLog(t *testing.T, logFile string) {
 // s3://BUCKET/PREFIX.
 func TestServiceFstab(t *testing.T) {
 	if _, err := exec.LookPath("mount.fuse3"); err != nil {
-		t.Skip("mount.fuse3 (fuse3) is missing")
+		testenv.SkipOrFail(t, "mount.fuse3 (fuse3) is missing")
 	}
 	t.Run("filesystem", func(t *testing.T) {
 		root, mf := serviceFixture(t)
@@ -399,10 +401,10 @@ func TestServiceOwnership(t *testing.T) {
 func ownershipMount(t *testing.T, root string, extra ...string) (*mount, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("the ownership tests mount as root and act as another user")
+		testenv.SkipOrFail(t, "the ownership tests mount as root and act as another user")
 	}
 	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("setpriv is missing")
+		testenv.SkipOrFail(t, "setpriv is missing")
 	}
 	m := startMount(t, "filesystem", mountOpts{Root: root, Extra: extra})
 	if err := os.Chmod(filepath.Dir(m.Dir), 0o755); err != nil {
@@ -527,7 +529,7 @@ func TestServiceMetricsOff(t *testing.T) {
 	}()
 	b, err := os.ReadFile("/proc/net/tcp")
 	if err != nil {
-		t.Skip(err)
+		testenv.SkipOrFail(t, "%v", err)
 	}
 	// The daemon's sockets: none of them a TCP listener.
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
