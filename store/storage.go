@@ -379,9 +379,13 @@ func (s *storage) skipBadLink(err error) bool {
 // linkRereads are the pauses between the reads of a link that is empty,
 // short or not a digest, before it is declared corrupt. The registry
 // rewrites a tag's link in place (truncate, then write), so a reader can
-// catch it empty for the moment between the two; 15 ms in all rides that
-// out many times over, and costs nothing for a link that reads well.
-var linkRereads = []time.Duration{time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond, 8 * time.Millisecond}
+// catch it empty for the moment between the two. On a loaded machine the
+// registry can be descheduled between the two for tens of milliseconds
+// (the co-tenancy soak saw a 15 ms budget run out), so the pauses double up
+// to 255 ms in all; a link that reads well costs nothing, and one that
+// stays bad costs the wait once per read.
+var linkRereads = []time.Duration{1 * time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond, 8 * time.Millisecond,
+	16 * time.Millisecond, 32 * time.Millisecond, 64 * time.Millisecond, 128 * time.Millisecond}
 
 // readLink reads a link file and parses the digest in it. A missing link is
 // a *StorageError of Kind ErrNotFound (isNotFound) for the caller to
