@@ -59,12 +59,13 @@ package filesystem
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -92,8 +93,9 @@ const raceRetries = 10
 // New returns a driver storing objects under root, which is created if
 // missing. A relative root is made absolute, so a later chdir changes
 // nothing; the root is opened once, and every path is resolved from that
-// descriptor. What crashed drivers left in the trash and staging
-// directories is removed in the background.
+// descriptor. New changes nothing in the root: what crashed drivers left
+// in the trash and staging directories stays until Clean (driver.Janitor)
+// removes it, so that a check can report it first.
 func New(root string) (driver.StorageDriver, error) {
 	d, err := newImpl(root)
 	if err != nil {
@@ -115,6 +117,9 @@ func newImpl(root string) (*impl, error) {
 		return nil, &driver.Error{Driver: Name, Op: "New", Path: root, Err: err}
 	}
 	d := &impl{root: abs, rootFile: f, rootFD: int(f.Fd())}
+	var id [8]byte
+	crand.Read(id[:])
+	d.id = hex.EncodeToString(id[:])
 	// Fail now, not on the first read, on a kernel without openat2.
 	if fd, err := d.open("/", unix.O_PATH|unix.O_DIRECTORY); err != nil {
 		f.Close()
@@ -122,30 +127,22 @@ func newImpl(root string) (*impl, error) {
 	} else {
 		unix.Close(fd)
 	}
-	if err := d.makeStage(); err != nil {
-		f.Close()
-		return nil, &driver.Error{Driver: Name, Op: "New", Path: root, Err: err}
-	}
-	d.kick()
 	return d, nil
 }
 
-// impl is the unchecked driver that base.New wraps. The kernel does the
-// locking of the tree; mu guards only the janitor's state.
+// impl is the unchecked driver that base.New wraps. It has no mutable state
+// besides counters: the kernel does the locking.
 type impl struct {
 	root     string   // absolute name of the root, for messages
 	rootFile *os.File // the root, held open for rootFD
 	rootFD   int
 
-	id        string        // random, names this driver's staging directory and temporary names
-	seq       atomic.Uint64 // makes temporary names unique
-	stage     *os.File      // the staging directory, holding its flock
-	stageFD   int
-	stagePath string
+	id  string        // random; with seq, makes staging and trash names unique
+	seq atomic.Uint64 // among every driver on the root
 
-	mu    sync.Mutex
-	done  chan struct{} // closed when the running janitor stops; nil when none runs; guarded by mu
-	again bool          // the janitor must look again before it stops; guarded by mu
+	// Calls using the staging and the trash directory, which the last
+	// one removes when empty.
+	tmpUsers, trashUsers atomic.Int32
 }
 
 func (d *impl) Name() string { return Name }
@@ -203,28 +200,28 @@ func (d *impl) openObject(op, path string) (*os.File, int64, error) {
 // PutContent writes a file in the staging directory, fsyncs it and installs
 // it at path (see install).
 func (d *impl) PutContent(_ context.Context, path string, content []byte) error {
-	f, name, err := d.createTemp()
-	if err == nil {
-		_, err = f.Write(content)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if f != nil {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}
-	if err == nil {
-		err = d.install("PutContent", loc{d.stageFD, name}, path)
-	}
+	t, err := d.newTemp(false)
 	if err != nil {
-		if name != "" {
-			unix.Unlinkat(d.stageFD, name, 0)
-		}
 		return d.writeErr("PutContent", path, err)
 	}
-	return nil
+	defer d.release(t)
+	// The descriptor belongs to t, which release closes: no *os.File, whose
+	// finalizer would close it a second time.
+	for rest := content; len(rest) > 0 && err == nil; {
+		var n int
+		n, err = unix.Write(t.fd, rest)
+		rest = rest[max(n, 0):]
+		if err == unix.EINTR {
+			err = nil
+		}
+	}
+	if err == nil {
+		err = unix.Fsync(t.fd)
+	}
+	if err == nil {
+		err = d.install("PutContent", loc{t.tmpfd, t.name}, path)
+	}
+	return d.writeErr("PutContent", path, err)
 }
 
 func (d *impl) Reader(_ context.Context, path string, offset int64) (io.ReadCloser, error) {
@@ -270,17 +267,25 @@ func (d *impl) Writer(_ context.Context, path string, append bool) (driver.FileW
 		}
 		return &writer{d: d, f: os.NewFile(uintptr(fd), d.root+path), path: path, size: st.Size}, nil
 	}
-	f, name, err := d.createTemp()
-	if err == nil {
-		if err = d.install("Writer", loc{d.stageFD, name}, path); err != nil {
-			f.Close()
-			unix.Unlinkat(d.stageFD, name, 0)
-		}
-	}
+	t, err := d.newTemp(false)
 	if err != nil {
 		return nil, d.writeErr("Writer", path, err)
 	}
-	return &writer{d: d, f: f, path: path}, nil
+	// The writer keeps the descriptor: a duplicate holds no lock of its
+	// own, and release drops the entry's.
+	fd, err := unix.Dup(t.fd)
+	if err == nil {
+		unix.CloseOnExec(fd)
+		err = d.install("Writer", loc{t.tmpfd, t.name}, path)
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	d.release(t)
+	if err != nil {
+		return nil, d.writeErr("Writer", path, err)
+	}
+	return &writer{d: d, f: os.NewFile(uintptr(fd), d.root+path), path: path}, nil
 }
 
 func (d *impl) Stat(_ context.Context, path string) (driver.FileInfo, error) {

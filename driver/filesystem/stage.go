@@ -1,9 +1,12 @@
 package filesystem
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -16,21 +19,121 @@ func (d *impl) tempName() string {
 	return d.id + "." + strconv.FormatUint(d.seq.Add(1), 10)
 }
 
-// createTemp creates an empty file with the registry's permissions in the
-// staging directory, open for writing.
-func (d *impl) createTemp() (*os.File, string, error) {
-	name := d.tempName()
-	fd, err := unix.Openat(d.stageFD, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, filePerm)
-	if err != nil {
-		return nil, "", err
+// openInternal opens the driver's internal directory name in the root
+// (tmpDirName or trashDirName), making it if missing, and counts the caller
+// as its user until releaseInternal. A link or file in its place is an
+// error, never followed.
+func (d *impl) openInternal(name string) (int, error) {
+	d.users(name).Add(1)
+	for range raceRetries {
+		fd, err := unix.Openat(d.rootFD, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != unix.ENOENT {
+			if err == unix.ELOOP || err == unix.ENOTDIR {
+				err = fmt.Errorf("%s is not a directory", filepath.Join(d.root, name))
+			}
+			if err != nil {
+				d.users(name).Add(-1)
+			}
+			return fd, err
+		}
+		if err := unix.Mkdirat(d.rootFD, name, 0o700); err != nil && err != unix.EEXIST {
+			d.users(name).Add(-1)
+			return -1, err
+		}
 	}
-	// The umask may have taken bits away; the registry's files are 0644.
-	if err := unix.Fchmod(fd, filePerm); err != nil {
-		unix.Close(fd)
-		unix.Unlinkat(d.stageFD, name, 0)
-		return nil, "", err
+	d.users(name).Add(-1)
+	return -1, errRaced
+}
+
+// releaseInternal closes fd, the internal directory name, and when the
+// caller was its last user in this driver, removes the directory if it is
+// empty, so that the root holds nothing of regfs's once no call is in
+// flight. A call that opened it meanwhile (in another process, or here
+// between the count and the removal) gets ENOENT when it makes an entry
+// in it, and opens it again.
+func (d *impl) releaseInternal(fd int, name string) {
+	unix.Close(fd)
+	if d.users(name).Add(-1) == 0 {
+		unix.Unlinkat(d.rootFD, name, unix.AT_REMOVEDIR)
 	}
-	return os.NewFile(uintptr(fd), d.stagePath+"/"+name), name, nil
+}
+
+// users counts the calls using the internal directory name.
+func (d *impl) users(name string) *atomic.Int32 {
+	if name == tmpDirName {
+		return &d.tmpUsers
+	}
+	return &d.trashUsers
+}
+
+// temp is an entry of the staging directory: a file or the top of a
+// directory chain, flock'ed by this driver while it is there, so that a
+// janitor (Clean, in this or another process) can tell it from one that a
+// crash left.
+type temp struct {
+	tmpfd int    // the staging directory
+	name  string // the entry's name in it
+	fd    int    // the entry, holding the lock
+}
+
+// newTemp makes a staging entry: an empty file with the registry's
+// permissions, open for writing, or a directory.
+func (d *impl) newTemp(dir bool) (temp, error) {
+	for range raceRetries {
+		tmpfd, err := d.openInternal(tmpDirName)
+		if err != nil {
+			return temp{}, err
+		}
+		t := temp{tmpfd: tmpfd, name: d.tempName(), fd: -1}
+		if dir {
+			if err = unix.Mkdirat(tmpfd, t.name, 0o700); err == nil {
+				t.fd, err = unix.Openat(tmpfd, t.name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			}
+		} else {
+			t.fd, err = unix.Openat(tmpfd, t.name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, filePerm)
+			if err == nil {
+				// The umask may have taken bits away; the registry's
+				// files are 0644.
+				err = unix.Fchmod(t.fd, filePerm)
+			}
+		}
+		if err == nil {
+			err = unix.Flock(t.fd, unix.LOCK_EX)
+		}
+		if err == nil {
+			// A janitor that took the entry for a crash's before the
+			// lock removed it: it must still be the one in place.
+			var st, in unix.Stat_t
+			if err = unix.Fstat(t.fd, &st); err == nil {
+				err = unix.Fstatat(tmpfd, t.name, &in, unix.AT_SYMLINK_NOFOLLOW)
+			}
+			if err == nil && (st.Dev != in.Dev || st.Ino != in.Ino) {
+				err = unix.ENOENT
+			}
+			if err == nil {
+				return t, nil
+			}
+		}
+		if t.fd >= 0 {
+			unix.Close(t.fd)
+		}
+		removeAt(tmpfd, t.name)
+		d.releaseInternal(tmpfd, tmpDirName)
+		if err != unix.ENOENT {
+			return temp{}, err
+		}
+		// The staging directory was removed when empty, or the entry
+		// taken: again.
+	}
+	return temp{}, errRaced
+}
+
+// release removes what is left of the entry t, drops its lock and lets the
+// staging directory go if it is empty.
+func (d *impl) release(t temp) {
+	removeAt(t.tmpfd, t.name)
+	unix.Close(t.fd)
+	d.releaseInternal(t.tmpfd, tmpDirName)
 }
 
 // loc is a name in an open directory: where an object being installed is.
@@ -55,8 +158,8 @@ type loc struct {
 // vanished (a concurrent Move or Delete took it).
 func (d *impl) install(op string, from loc, dst string) (err error) {
 	cur := from
-	var fds []int       // directories opened in staging chains
-	var chains []string // staging chains to remove
+	var fds []int     // directories opened in staging chains
+	var chains []temp // staging chains, released at the end
 	defer func() {
 		if err != nil && cur != from {
 			unix.Renameat(cur.dirfd, cur.name, from.dirfd, from.name)
@@ -65,7 +168,7 @@ func (d *impl) install(op string, from loc, dst string) (err error) {
 			unix.Close(fd)
 		}
 		for _, c := range chains {
-			removeAt(d.stageFD, c)
+			d.release(c)
 		}
 	}()
 	parent, name := split(dst)
@@ -100,7 +203,13 @@ func (d *impl) install(op string, from loc, dst string) (err error) {
 		if err != nil {
 			return d.writeErr(op, dst, err)
 		}
-		err = d.stageChain(&cur, &fds, &chains, comps[i:], name, afd)
+		chain, err := d.newTemp(true)
+		if err != nil {
+			unix.Close(afd)
+			return d.writeErr(op, dst, err)
+		}
+		chains = append(chains, chain)
+		err = d.stageChain(&cur, &fds, chain.fd, comps[i:], name, afd)
 		unix.Close(afd)
 		switch err {
 		case nil:
@@ -118,26 +227,17 @@ func (d *impl) install(op string, from loc, dst string) (err error) {
 	return &driver.Error{Driver: Name, Op: op, Path: dst, Err: errRaced}
 }
 
-// stageChain makes the directories dirs in a new staging chain, moves the
-// object at *cur into the last as name, fsyncs them bottom up and renames
-// the first into the directory afd, fsyncing afd. *cur follows the object;
-// the chain's directories and name are appended to *fds and *chains for
-// the caller to release.
-func (d *impl) stageChain(cur *loc, fds *[]int, chains *[]string, dirs []string, name string, afd int) error {
-	chain := d.tempName()
-	if err := unix.Mkdirat(d.stageFD, chain, 0o700); err != nil {
-		return err
-	}
-	*chains = append(*chains, chain)
-	top, err := unix.Openat(d.stageFD, chain, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	*fds = append(*fds, top)
+// stageChain makes the directories dirs in the staging directory top,
+// moves the object at *cur into the last as name, fsyncs them bottom up and
+// renames the first into the directory afd, fsyncing afd. *cur follows the
+// object; the directories opened are appended to *fds for the caller to
+// close.
+func (d *impl) stageChain(cur *loc, fds *[]int, top int, dirs []string, name string, afd int) error {
 	made := make([]int, 0, len(dirs))
 	dfd := top
 	for _, c := range dirs {
-		if err := unix.Mkdirat(dfd, c, dirPerm); err != nil {
+		err := unix.Mkdirat(dfd, c, dirPerm)
+		if err != nil {
 			return err
 		}
 		if dfd, err = unix.Openat(dfd, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
