@@ -64,6 +64,8 @@ func (d *impl) openDir(path string) (int, error) {
 // otherwise.
 func (d *impl) pathErr(op, path string, err error) error {
 	switch {
+	case err == nil:
+		return nil
 	case err == unix.ENOENT || err == unix.ENOTDIR:
 		return driver.PathNotFoundError{Path: path, Driver: Name}
 	case err == unix.ELOOP:
