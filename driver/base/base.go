@@ -485,12 +485,12 @@ func (b *Base) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
 // an implementation without internal areas has no leftovers. The call is
 // not bounded by the call timeout: the areas may be large after a crash.
 func (b *Base) Leftovers(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &driver.Error{Driver: b.name, Op: "Leftovers", Path: "/", Err: err}
+	}
 	j, ok := b.impl.(driver.Janitor)
 	if !ok {
 		return nil, nil
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, &driver.Error{Driver: b.name, Op: "Leftovers", Path: "/", Err: err}
 	}
 	left, err := j.Leftovers(ctx)
 	if err != nil {
@@ -502,12 +502,12 @@ func (b *Base) Leftovers(ctx context.Context) ([]string, error) {
 // Clean forwards to the implementation when it is a driver.Janitor, and
 // does nothing otherwise. Like Leftovers it has no deadline of its own.
 func (b *Base) Clean(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return &driver.Error{Driver: b.name, Op: "Clean", Path: "/", Err: err}
+	}
 	j, ok := b.impl.(driver.Janitor)
 	if !ok {
 		return nil
-	}
-	if err := ctx.Err(); err != nil {
-		return &driver.Error{Driver: b.name, Op: "Clean", Path: "/", Err: err}
 	}
 	return b.wrap("Clean", "/", j.Clean(ctx))
 }

@@ -63,6 +63,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -347,6 +348,10 @@ func (d *impl) List(_ context.Context, path string) ([]string, error) {
 	}
 	entries, err := names(f)
 	f.Close()
+	if errors.Is(err, fs.ErrNotExist) {
+		// Deleted since it was opened.
+		return nil, driver.PathNotFoundError{Path: path, Driver: Name}
+	}
 	if err != nil {
 		return nil, &driver.Error{Driver: Name, Op: "List", Path: path, Err: err}
 	}
@@ -387,13 +392,23 @@ func (d *impl) Walk(_ context.Context, path string, fn driver.WalkFn) error {
 	if err != nil {
 		return d.pathErr("Walk", path, err)
 	}
-	return d.walk(f, path, fn)
+	err = d.walk(f, path, fn)
+	if errors.Is(err, errDirGone) {
+		return driver.PathNotFoundError{Path: path, Driver: Name}
+	}
+	return err
 }
+
+// errDirGone is walk's answer for a directory deleted since it was opened.
+var errDirGone = errors.New("directory deleted")
 
 // walk walks the open directory f at the driver path dir, and closes it.
 func (d *impl) walk(f *os.File, dir string, fn driver.WalkFn) error {
 	defer f.Close()
 	entries, err := names(f)
+	if errors.Is(err, fs.ErrNotExist) {
+		return errDirGone
+	}
 	if err != nil {
 		return &driver.Error{Driver: Name, Op: "Walk", Path: dir, Err: err}
 	}
@@ -427,7 +442,7 @@ func (d *impl) walk(f *os.File, dir string, fn driver.WalkFn) error {
 		default:
 			return &driver.Error{Driver: Name, Op: "Walk", Path: p, Err: err}
 		}
-		if err := d.walk(os.NewFile(uintptr(cfd), d.root+p), p, fn); err != nil {
+		if err := d.walk(os.NewFile(uintptr(cfd), d.root+p), p, fn); err != nil && err != errDirGone {
 			return err
 		}
 	}
