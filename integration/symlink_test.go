@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // outsideSecret is the content of the file outside the storage root that
@@ -127,3 +128,36 @@ func TestSymlinksPlantedInStorage(t *testing.T) {
 
 // hexOf returns the hex part of a sha256 digest string.
 func hexOf(d string) string { return strings.TrimPrefix(d, "sha256:") }
+
+// TestMountCleansLeftovers: what a crashed writer left in the filesystem
+// driver's trash and staging directories is removed when the storage is
+// mounted again, in the background, and logged.
+func TestMountCleansLeftovers(t *testing.T) {
+	root := t.TempDir()
+	for _, p := range []string{".#regfs-trash/dead.1/tags/t/current/link", ".#regfs-tmp/dead.2"} {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte("left by a crash"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := startMount(t, "filesystem", mountOpts{Root: root})
+	// Background work: wait for it, with a watchdog far beyond its need.
+	for start := time.Now(); ; {
+		if time.Since(start) > time.Minute {
+			t.Fatalf("leftovers still there a minute after the mount\n%s", m.log)
+		}
+		_, err1 := os.Lstat(filepath.Join(root, ".#regfs-trash"))
+		_, err2 := os.Lstat(filepath.Join(root, ".#regfs-tmp"))
+		if os.IsNotExist(err1) && os.IsNotExist(err2) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m.stop()
+	if log := m.log.String(); !strings.Contains(log, "removed what a crash left") || !strings.Contains(log, "entries=2") {
+		t.Errorf("the daemon did not log the cleaning:\n%s", log)
+	}
+}
