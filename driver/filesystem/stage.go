@@ -1,7 +1,9 @@
 package filesystem
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -132,6 +134,9 @@ func (d *impl) newTemp(dir bool) (temp, error) {
 // staging directory go if it is empty.
 func (d *impl) release(t temp) {
 	removeAt(t.tmpfd, t.name)
+	// Explicitly: a duplicate of the descriptor (a Writer's) would keep
+	// the lock on what is now an object of the tree.
+	unix.Flock(t.fd, unix.LOCK_UN)
 	unix.Close(t.fd)
 	d.releaseInternal(t.tmpfd, tmpDirName)
 }
@@ -319,6 +324,10 @@ func removeAt(dirfd int, name string) error {
 		}
 		f := os.NewFile(uintptr(fd), name)
 		names, err := f.Readdirnames(-1)
+		if errors.Is(err, fs.ErrNotExist) {
+			f.Close()
+			return nil // removed meanwhile by another janitor
+		}
 		for _, n := range names {
 			if rerr := removeAt(fd, n); rerr != nil && err == nil {
 				err = rerr
