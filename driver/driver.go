@@ -55,7 +55,8 @@ type StorageDriver interface {
 	// concurrent reader sees the old or the new content, never a short one.
 	// Missing parent directories are created, and appear with the object
 	// in them: no reader, and no crash, sees a new directory empty. Once
-	// PutContent returns, the object survives a crash of the machine.
+	// PutContent returns, a driver that persists (filesystem, S3) keeps
+	// the object through a crash of the machine.
 	PutContent(ctx context.Context, path string, content []byte) error
 
 	// Reader streams the object at path from offset. An offset equal to the
@@ -81,7 +82,8 @@ type StorageDriver interface {
 	// Move renames the object at src to dst, creating dst's parents (which,
 	// as with PutContent, appear with the object in them) and replacing any
 	// object at dst. A missing src is PathNotFoundError. Once Move returns,
-	// the object is at dst after a crash of the machine.
+	// a driver that persists keeps the object at dst through a crash of
+	// the machine.
 	Move(ctx context.Context, src, dst string) error
 
 	// Delete removes the object at path, or the directory at path with
