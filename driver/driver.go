@@ -30,16 +30,19 @@ type FileInfo struct {
 	ModTime time.Time
 	// IsDir tells a directory (prefix) from an object.
 	IsDir bool
-	// Symlink is set for a symbolic link met in the tree (only the
-	// filesystem driver has them). Walk reports it and never descends or
-	// follows it; IsDir is false.
+	// Symlink marks a symbolic link met by Walk (only drivers that keep
+	// objects as files have them). A link is never followed: it is neither
+	// an object nor a directory, Walk does not descend it and every other
+	// method refuses it with SymlinkError. Walk reports it so that a check
+	// (fsck) can name every link planted in the tree.
 	Symlink bool
 }
 
 // StorageDriver stores objects under paths. Every method is safe for
 // concurrent use. Every method returns PathNotFoundError when the path does
-// not exist, InvalidPathError for a malformed path and InvalidOffsetError for
-// an offset outside the object.
+// not exist, InvalidPathError for a malformed path, InvalidOffsetError for
+// an offset outside the object and SymlinkError for a path that leads to or
+// through a symbolic link (except Delete of the link itself, see Delete).
 type StorageDriver interface {
 	// Name identifies the driver in errors and logs ("filesystem", "inmemory").
 	Name() string
@@ -50,7 +53,10 @@ type StorageDriver interface {
 
 	// PutContent replaces the object at path with content, atomically: a
 	// concurrent reader sees the old or the new content, never a short one.
-	// Missing parent directories are created.
+	// Missing parent directories are created, and appear with the object
+	// in them: no reader, and no crash, sees a new directory empty. Once
+	// PutContent returns, a driver that persists (filesystem, S3) keeps
+	// the object through a crash of the machine.
 	PutContent(ctx context.Context, path string, content []byte) error
 
 	// Reader streams the object at path from offset. An offset equal to the
@@ -73,31 +79,45 @@ type StorageDriver interface {
 	// directory at path, sorted. A missing directory is PathNotFoundError.
 	List(ctx context.Context, path string) ([]string, error)
 
-	// Move renames the object at src to dst, creating dst's parents and
-	// replacing any object at dst. A missing src is PathNotFoundError.
+	// Move renames the object at src to dst, creating dst's parents (which,
+	// as with PutContent, appear with the object in them) and replacing any
+	// object at dst. A missing src is PathNotFoundError. Once Move returns,
+	// a driver that persists keeps the object at dst through a crash of
+	// the machine.
 	Move(ctx context.Context, src, dst string) error
 
 	// Delete removes the object at path, or the directory at path with
-	// everything below it. Deleting "/a" never touches "/ab". A missing path
-	// is PathNotFoundError.
+	// everything below it, at once: no reader sees it half gone, and no
+	// name other than those of the objects ever appears while it goes.
+	// Deleting "/a" never touches "/ab". A missing path is
+	// PathNotFoundError. A symbolic link at path itself is removed (the
+	// link, never what it points to), so that a planted link can be
+	// repaired; a link above path is a SymlinkError.
 	Delete(ctx context.Context, path string) error
 
 	// Walk calls fn for every object and directory below path, parents before
 	// children, siblings in sorted order. fn returning ErrSkipDir skips a
 	// directory's children; any other error stops the walk and is returned.
+	// A symbolic link is passed to fn with FileInfo.Symlink set and is not
+	// descended.
 	Walk(ctx context.Context, path string, fn WalkFn) error
 }
 
-// Janitor is implemented by drivers that can leave their own leftovers
-// behind after a crash (trash of deletes not yet emptied, staging files of
-// writes not yet renamed into place). Leftovers are hidden from every other
-// method; fsck reports them and its repair empties them.
+// Janitor is implemented by drivers that keep internal areas beside the
+// objects (the filesystem driver's trash of deleted trees and staging area
+// of writes in progress) which a crash can leave non-empty. Such leftovers
+// are never visible as objects; they only take space. A driver empties them
+// itself when it starts and after each Delete; a check (fsck) reports them
+// with Leftovers and removes them with Clean. base.Base implements Janitor
+// for every driver it wraps: for an implementation without internal areas
+// Leftovers is empty and Clean does nothing.
 type Janitor interface {
-	// Leftovers returns the driver paths (or, for what lives outside the
-	// tree, names the driver's errors would use) of the leftovers now.
+	// Leftovers describes what crashed or unfinished operations left in
+	// the internal areas, one entry per item (for the filesystem driver,
+	// the file names), sorted. The staging areas of writers that are still
+	// running, in this process or another, are not leftovers.
 	Leftovers(ctx context.Context) ([]string, error)
-	// Clean removes every leftover. It must be safe beside live writers:
-	// it only removes what no write in progress can still need.
+	// Clean removes every leftover that Leftovers would report.
 	Clean(ctx context.Context) error
 }
 
@@ -168,6 +188,32 @@ type InvalidOffsetError struct {
 
 func (e InvalidOffsetError) Error() string {
 	return fmt.Sprintf("%s: invalid offset %d for path %s", e.Driver, e.Offset, e.Path)
+}
+
+// SymlinkError is returned when a path leads to or through a symbolic link
+// (only drivers that keep objects as files meet them). Neither the registry
+// nor regfs makes links, so one was planted by someone else, and following it
+// could read or change files outside the storage root: it is refused, never
+// followed. Path is the path asked for; Link is the link met, Path itself or
+// one of its parents (empty when the link went away before it could be
+// named).
+type SymlinkError struct {
+	Path   string
+	Link   string
+	Driver string
+}
+
+func (e SymlinkError) Error() string {
+	if e.Link == "" || e.Link == e.Path {
+		return fmt.Sprintf("%s: refusing symbolic link %s", e.Driver, e.Path)
+	}
+	return fmt.Sprintf("%s: refusing symbolic link %s on the way to %s", e.Driver, e.Link, e.Path)
+}
+
+// IsSymlink reports whether err is, or wraps, a SymlinkError.
+func IsSymlink(err error) bool {
+	var se SymlinkError
+	return errors.As(err, &se)
 }
 
 // UnsupportedMethodError is returned by a driver that cannot do an operation.

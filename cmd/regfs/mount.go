@@ -57,6 +57,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 	if err != nil {
 		return err
 	}
+	if j, ok := d.(driver.Janitor); ok && !cfg.ReadOnly {
+		go cleanLeftovers(ctx, log, j)
+	}
 	setMemoryLimit(cfg.CacheSize)
 	c := cache.NewWithOptions(cacheOptions(cfg))
 	if spec := os.Getenv(testPauseEnv); spec != "" {
@@ -159,6 +162,23 @@ func cacheOptions(cfg Config) cache.Options {
 // abandoned fails at once; anything else may be a backend hiccup.
 func retryable(err error) bool {
 	return !driver.IsNotFound(err) && !errors.Is(err, context.Canceled)
+}
+
+// cleanLeftovers removes, in the background, what crashed writers left in
+// the driver's trash and staging areas (see driver.Janitor).
+func cleanLeftovers(ctx context.Context, log *slog.Logger, j driver.Janitor) {
+	left, err := j.Leftovers(ctx)
+	if err == nil && len(left) == 0 {
+		return
+	}
+	if err == nil {
+		err = j.Clean(ctx)
+	}
+	if err != nil {
+		log.Warn("removing what a crash left in the storage's internal areas", "error", err)
+		return
+	}
+	log.Info("removed what a crash left in the storage's internal areas", "entries", len(left))
 }
 
 // openDriver makes the storage driver st names.

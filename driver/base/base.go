@@ -29,6 +29,10 @@
 // runs past its deadline fails with a *driver.Error wrapping
 // context.DeadlineExceeded.
 //
+// Base also implements driver.Janitor, forwarding to the implementation
+// when it implements it, so a caller can always ask any driver for its
+// leftovers.
+//
 // In return every error the caller sees names the driver: the typed errors
 // get their Driver field filled in if the implementation left it empty, and
 // any other error is wrapped in *driver.Error with the operation and path.
@@ -91,7 +95,10 @@ type Base struct {
 	idle    time.Duration
 }
 
-var _ driver.StorageDriver = (*Base)(nil)
+var (
+	_ driver.StorageDriver = (*Base)(nil)
+	_ driver.Janitor       = (*Base)(nil)
+)
 
 // New wraps impl with the default deadlines. impl.Name is read once, here.
 func New(impl driver.StorageDriver) *Base {
@@ -247,6 +254,11 @@ func (b *Base) wrap(op, path string, err error) error {
 		}
 		return e
 	case driver.UnsupportedMethodError:
+		if e.Driver == "" {
+			e.Driver = b.name
+		}
+		return e
+	case driver.SymlinkError:
 		if e.Driver == "" {
 			e.Driver = b.name
 		}
@@ -483,6 +495,37 @@ func (b *Base) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
 		return b.timeoutErr("Walk", path, b.idle)
 	}
 	return b.wrap("Walk", path, err)
+}
+
+// Leftovers forwards to the implementation when it is a driver.Janitor;
+// an implementation without internal areas has no leftovers. The call is
+// not bounded by the call timeout: the areas may be large after a crash.
+func (b *Base) Leftovers(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &driver.Error{Driver: b.name, Op: "Leftovers", Path: "/", Err: err}
+	}
+	j, ok := b.impl.(driver.Janitor)
+	if !ok {
+		return nil, nil
+	}
+	left, err := j.Leftovers(ctx)
+	if err != nil {
+		return nil, b.wrap("Leftovers", "/", err)
+	}
+	return left, nil
+}
+
+// Clean forwards to the implementation when it is a driver.Janitor, and
+// does nothing otherwise. Like Leftovers it has no deadline of its own.
+func (b *Base) Clean(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return &driver.Error{Driver: b.name, Op: "Clean", Path: "/", Err: err}
+	}
+	j, ok := b.impl.(driver.Janitor)
+	if !ok {
+		return nil
+	}
+	return b.wrap("Clean", "/", j.Clean(ctx))
 }
 
 // writer states.

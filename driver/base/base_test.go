@@ -152,3 +152,35 @@ func TestWriterStateReachesImplementationOnce(t *testing.T) {
 		t.Errorf("cancel+close reached the implementation as %+v", *s.w)
 	}
 }
+
+// janitorImpl is an implementation with internal areas.
+type janitorImpl struct {
+	driver.StorageDriver
+	left    []string
+	cleaned bool
+}
+
+func (j *janitorImpl) Leftovers(context.Context) ([]string, error) { return j.left, nil }
+func (j *janitorImpl) Clean(context.Context) error                 { j.cleaned = true; return nil }
+
+// TestJanitorForwarded: Base forwards driver.Janitor to an implementation
+// that has it and answers "none" for one that has not.
+func TestJanitorForwarded(t *testing.T) {
+	ctx := context.Background()
+	impl := &janitorImpl{StorageDriver: &stub{}, left: []string{"/x/.#trash/1"}}
+	var d driver.StorageDriver = New(impl)
+	j := d.(driver.Janitor)
+	if left, err := j.Leftovers(ctx); err != nil || len(left) != 1 || left[0] != "/x/.#trash/1" {
+		t.Errorf("Leftovers = %q, %v; want the implementation's", left, err)
+	}
+	if err := j.Clean(ctx); err != nil || !impl.cleaned {
+		t.Errorf("Clean = %v, forwarded %v", err, impl.cleaned)
+	}
+	plain := New(&stub{})
+	if left, err := plain.Leftovers(ctx); err != nil || left != nil {
+		t.Errorf("Leftovers of a driver without internal areas = %q, %v", left, err)
+	}
+	if err := plain.Clean(ctx); err != nil {
+		t.Errorf("Clean of a driver without internal areas = %v", err)
+	}
+}

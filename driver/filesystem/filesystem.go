@@ -2,24 +2,73 @@
 // root directory, laid out exactly as docker/distribution's filesystem driver
 // does, so a registry and regfs can share one root.
 //
-// Whole objects (PutContent) are written to a temporary file in the target
-// directory and renamed into place, so a reader never sees a short file.
-// Temporary names start with ".#", which is not a valid path component, and
-// List and Walk skip every name that is not a valid component, so neither
-// temporary files nor foreign files ever show up as objects.
+// # Nothing outside the root
 //
-// A Writer writes straight into the target file, unbuffered: the bytes are in
-// the kernel as soon as Write returns, so they survive a crash of the process
-// and an interrupted upload resumes from them. Close and Commit fsync.
+// Every path is resolved by the kernel beneath the root, from a descriptor
+// of the root held open, with openat2's RESOLVE_BENEATH and
+// RESOLVE_NO_SYMLINKS; the last component is then opened, renamed or
+// removed relative to its parent's descriptor, never by a path name. A
+// symbolic link anywhere in the tree (someone else planted it: neither the
+// registry nor regfs makes one) is never followed: the call fails with
+// driver.SymlinkError naming the link, Walk reports it with
+// FileInfo.Symlink and does not descend it, and Delete of the link itself
+// removes the link. So nothing outside the root is ever read, created or
+// changed through the driver, whoever can write the tree. A FIFO or device
+// in the tree is refused too. This needs Linux 5.6 or later.
+//
+// # No names that are not objects
+//
+// The registry lists directory names as repositories and tags, so the tree
+// must never hold a name that is not an object of the store, not even
+// briefly, not even after a crash. Two directories in the root, whose names
+// are not valid path components (List and Walk never show them) and which
+// the registry never looks at, take what used to be written beside the
+// objects:
+//
+//   - .#regfs-tmp/<id>/ is the staging directory of one running driver,
+//     flock'ed while it lives. PutContent writes a file there, fsyncs it and
+//     renames it over the object. When the object's directory does not exist
+//     yet, the missing directories are made there with the object inside and
+//     the topmost is renamed into place: a new tag directory appears with its
+//     link in it, or not at all. Move into new directories works the same.
+//   - .#regfs-trash/ receives what Delete takes out of the tree, in one
+//     rename; the driver then removes it in the background.
+//
+// Both must be on the filesystem of the tree (rename cannot cross
+// filesystems; the registry's own upload commit needs the same). What a
+// crash leaves in them (the trash, and staging directories whose lock is
+// free) is removed when a driver starts on the root, and reported and
+// removed through driver.Janitor (fsck).
+//
+// # Durability
+//
+// A file is fsynced before it is renamed into place, and the directory it
+// is renamed into is fsynced after, so a link, a revision, a tag or a blob
+// that PutContent or Move committed survives a power cut; so does the
+// removal of a Delete. New directories are fsynced before they are renamed
+// into place.
+//
+// # Writers
+//
+// A Writer writes straight into its file, unbuffered: the bytes are in the
+// kernel as soon as Write returns, so they survive a crash of the process
+// and an interrupted upload resumes from them. A new Writer's file is
+// created empty in staging and renamed into place (with its directories),
+// so a crash never leaves a half-made directory. Close and Commit fsync.
 package filesystem
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -36,14 +85,27 @@ const (
 	dirPerm  = 0o755
 )
 
-// tempPrefix starts every temporary file name; '#' makes it an invalid path
-// component, so it can never collide with an object.
-const tempPrefix = ".#"
+// raceRetries bounds the retries of a write that a concurrent Delete of
+// its directory (or a writer making the same directory) made fail. Each
+// retry is a few syscalls; losing this many races in a row means
+// something else is wrong.
+const raceRetries = 10
 
 // New returns a driver storing objects under root, which is created if
 // missing. A relative root is made absolute, so a later chdir changes
-// nothing.
+// nothing; the root is opened once, and every path is resolved from that
+// descriptor. New changes nothing in the root: what crashed drivers left
+// in the trash and staging directories stays until Clean (driver.Janitor)
+// removes it, so that a check can report it first.
 func New(root string) (driver.StorageDriver, error) {
+	d, err := newImpl(root)
+	if err != nil {
+		return nil, err
+	}
+	return base.New(d), nil
+}
+
+func newImpl(root string) (*impl, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, &driver.Error{Driver: Name, Op: "New", Path: root, Err: err}
@@ -51,359 +113,345 @@ func New(root string) (driver.StorageDriver, error) {
 	if err := os.MkdirAll(abs, dirPerm); err != nil {
 		return nil, &driver.Error{Driver: Name, Op: "New", Path: root, Err: err}
 	}
-	return base.New(&impl{root: abs}), nil
+	f, err := os.OpenFile(abs, os.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, &driver.Error{Driver: Name, Op: "New", Path: root, Err: err}
+	}
+	d := &impl{root: abs, rootFile: f, rootFD: int(f.Fd())}
+	var id [8]byte
+	crand.Read(id[:])
+	d.id = hex.EncodeToString(id[:])
+	// Fail now, not on the first read, on a kernel without openat2.
+	if fd, err := d.open("/", unix.O_PATH|unix.O_DIRECTORY); err != nil {
+		f.Close()
+		return nil, &driver.Error{Driver: Name, Op: "New", Path: root, Err: err}
+	} else {
+		unix.Close(fd)
+	}
+	return d, nil
 }
 
-// impl is the unchecked driver that base.New wraps. It has no state besides
-// root: the kernel does the locking.
+// impl is the unchecked driver that base.New wraps. It has no mutable state
+// besides counters: the kernel does the locking.
 type impl struct {
-	root string
+	root     string   // absolute name of the root, for messages
+	rootFile *os.File // the root, held open for rootFD
+	rootFD   int
+
+	id  string        // random; with seq, makes staging and trash names unique
+	seq atomic.Uint64 // among every driver on the root
+
+	// Calls using the staging and the trash directory, which the last
+	// one removes when empty.
+	tmpUsers, trashUsers atomic.Int32
 }
 
 func (d *impl) Name() string { return Name }
 
-// full turns a valid driver path into a file name under root.
-func (d *impl) full(path string) string {
-	if path == "/" {
-		return d.root
-	}
-	return d.root + filepath.FromSlash(path)
-}
-
-// notFound reports whether err from an operation on full means the path does
-// not exist: ENOENT, or ENOTDIR because a parent is a file (which has no
-// portable sentinel, so the parents are checked instead; this runs only on
-// the error path).
-func (d *impl) notFound(full string, err error) bool {
-	if errors.Is(err, fs.ErrNotExist) {
-		return true
-	}
-	var pe *fs.PathError
-	if !errors.As(err, &pe) {
-		return false
-	}
-	for dir := filepath.Dir(full); len(dir) > len(d.root); dir = filepath.Dir(dir) {
-		if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
-			return true
-		}
-	}
-	return false
-}
-
-// fail turns err into PathNotFoundError or *driver.Error.
-func (d *impl) fail(op, path string, err error) error {
-	if d.notFound(d.full(path), err) {
-		return driver.PathNotFoundError{Path: path, Driver: Name}
-	}
-	return &driver.Error{Driver: Name, Op: op, Path: path, Err: err}
-}
-
 func (d *impl) GetContent(_ context.Context, path string) ([]byte, error) {
-	f, err := d.openObject(path)
+	f, size, err := d.openObject("GetContent", path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return nil, &driver.Error{Driver: Name, Op: "GetContent", Path: path, Err: err}
-	}
-	return data, nil
-}
-
-// openObject opens the object at path for reading; a directory is not an
-// object, as on S3.
-func (d *impl) openObject(path string) (*os.File, error) {
-	f, err := os.Open(d.full(path))
-	if err != nil {
-		return nil, d.fail("open", path, err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, &driver.Error{Driver: Name, Op: "stat", Path: path, Err: err}
-	}
-	if fi.IsDir() {
-		f.Close()
-		return nil, driver.PathNotFoundError{Path: path, Driver: Name}
-	}
-	return f, nil
-}
-
-// PutContent writes a temporary file beside the target, fsyncs it and renames
-// it over the target.
-func (d *impl) PutContent(_ context.Context, path string, content []byte) error {
-	var err error
-	for range raceRetries {
-		if err = d.putContent(path, content); !errors.Is(err, fs.ErrNotExist) {
-			break
+	data := make([]byte, 0, size+1) // +1: EOF in the first read past a file that grew
+	for {
+		n, err := f.Read(data[len(data):cap(data)])
+		data = data[:len(data)+n]
+		if err == io.EOF {
+			return data, nil
 		}
-		// A concurrent Delete removed the directory between MkdirAll
-		// and the rename: make it again.
+		if err != nil {
+			return nil, &driver.Error{Driver: Name, Op: "GetContent", Path: path, Err: err}
+		}
+		if len(data) == cap(data) {
+			data = slices.Grow(data, 512)
+		}
 	}
-	if err != nil {
-		return &driver.Error{Driver: Name, Op: "PutContent", Path: path, Err: err}
-	}
-	return nil
 }
 
-// raceRetries bounds the retries of a write that a concurrent Delete of
-// its directory (or a Delete that a concurrent write refilled) made fail.
-// Each retry is a few syscalls; losing this many races in a row means
-// something else is wrong.
-const raceRetries = 10
+// openObject opens the regular file at path for reading, returning its
+// size. A directory is not an object, as on S3. O_NONBLOCK keeps a FIFO
+// planted in the tree from blocking the open; it changes nothing for a
+// regular file.
+func (d *impl) openObject(op, path string) (*os.File, int64, error) {
+	fd, err := d.open(path, unix.O_RDONLY|unix.O_NONBLOCK)
+	if err != nil {
+		if err == unix.ENXIO { // a socket
+			err = errNotRegular
+		}
+		return nil, 0, d.pathErr(op, path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, 0, &driver.Error{Driver: Name, Op: op, Path: path, Err: err}
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return os.NewFile(uintptr(fd), d.root+path), st.Size, nil
+	case unix.S_IFDIR:
+		unix.Close(fd)
+		return nil, 0, driver.PathNotFoundError{Path: path, Driver: Name}
+	}
+	unix.Close(fd)
+	return nil, 0, &driver.Error{Driver: Name, Op: op, Path: path, Err: errNotRegular}
+}
 
-func (d *impl) putContent(path string, content []byte) error {
-	full := d.full(path)
-	dir := filepath.Dir(full)
-	if err := os.MkdirAll(dir, dirPerm); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, tempPrefix+filepath.Base(full)+".*")
+// PutContent writes a file in the staging directory, fsyncs it and installs
+// it at path (see install).
+func (d *impl) PutContent(_ context.Context, path string, content []byte) error {
+	t, err := d.newTemp(false)
 	if err != nil {
-		return err
+		return d.writeErr("PutContent", path, err)
 	}
-	tmp := f.Name()
-	err = f.Chmod(filePerm)
+	defer d.release(t)
+	// The descriptor belongs to t, which release closes: no *os.File, whose
+	// finalizer would close it a second time.
+	for rest := content; len(rest) > 0 && err == nil; {
+		var n int
+		n, err = unix.Write(t.fd, rest)
+		rest = rest[max(n, 0):]
+		if err == unix.EINTR {
+			err = nil
+		}
+	}
 	if err == nil {
-		_, err = f.Write(content)
+		err = unix.Fsync(t.fd)
 	}
 	if err == nil {
-		err = f.Sync()
+		err = d.install("PutContent", loc{t.tmpfd, t.name}, path)
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, full)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
+	return d.writeErr("PutContent", path, err)
 }
 
 func (d *impl) Reader(_ context.Context, path string, offset int64) (io.ReadCloser, error) {
-	f, err := d.openObject(path)
+	f, size, err := d.openObject("Reader", path)
 	if err != nil {
 		return nil, err
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, &driver.Error{Driver: Name, Op: "Reader", Path: path, Err: err}
-	}
-	if offset > fi.Size() {
+	if offset > size {
 		f.Close()
 		return nil, driver.InvalidOffsetError{Path: path, Offset: offset, Driver: Name}
 	}
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		f.Close()
-		return nil, &driver.Error{Driver: Name, Op: "Reader", Path: path, Err: err}
+	if offset > 0 {
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			f.Close()
+			return nil, &driver.Error{Driver: Name, Op: "Reader", Path: path, Err: err}
+		}
 	}
 	return f, nil
 }
 
+// Writer appends to the file at path, or creates an empty one in staging
+// and installs it at path, replacing the object there (a reader of the old
+// one keeps reading it whole).
 func (d *impl) Writer(_ context.Context, path string, append bool) (driver.FileWriter, error) {
-	full := d.full(path)
-	var f *os.File
-	var size int64
 	if append {
-		fi, err := os.Stat(full)
+		fd, err := d.open(path, unix.O_WRONLY|unix.O_APPEND|unix.O_NONBLOCK)
+		if err == unix.EISDIR {
+			err = unix.ENOENT
+		}
 		if err != nil {
-			return nil, d.fail("Writer", path, err)
-		}
-		if fi.IsDir() {
-			return nil, driver.PathNotFoundError{Path: path, Driver: Name}
-		}
-		if f, err = os.OpenFile(full, os.O_WRONLY|os.O_APPEND, 0); err != nil {
-			return nil, d.fail("Writer", path, err)
+			return nil, d.pathErr("Writer", path, err)
 		}
 		// The size of the file as opened, not as stat'ed before: another
 		// writer may have appended in between.
-		if fi, err = f.Stat(); err != nil {
-			f.Close()
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
 			return nil, &driver.Error{Driver: Name, Op: "Writer", Path: path, Err: err}
 		}
-		size = fi.Size()
-	} else {
-		var err error
-		for range raceRetries {
-			// A concurrent Delete may remove the directory (or a parent
-			// being made) again: both fail with ErrNotExist.
-			err = os.MkdirAll(filepath.Dir(full), dirPerm)
-			if err == nil {
-				f, err = os.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, filePerm)
-			}
-			if !errors.Is(err, fs.ErrNotExist) {
-				break
-			}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			unix.Close(fd)
+			return nil, &driver.Error{Driver: Name, Op: "Writer", Path: path, Err: errNotRegular}
 		}
+		return &writer{d: d, f: os.NewFile(uintptr(fd), d.root+path), path: path, size: st.Size}, nil
+	}
+	t, err := d.newTemp(false)
+	if err != nil {
+		return nil, d.writeErr("Writer", path, err)
+	}
+	// The writer keeps the descriptor: a duplicate holds no lock of its
+	// own, and release drops the entry's.
+	fd, err := unix.Dup(t.fd)
+	if err == nil {
+		unix.CloseOnExec(fd)
+		err = d.install("Writer", loc{t.tmpfd, t.name}, path)
 		if err != nil {
-			return nil, &driver.Error{Driver: Name, Op: "Writer", Path: path, Err: err}
+			unix.Close(fd)
 		}
 	}
-	return &writer{f: f, path: path, size: size}, nil
+	d.release(t)
+	if err != nil {
+		return nil, d.writeErr("Writer", path, err)
+	}
+	return &writer{d: d, f: os.NewFile(uintptr(fd), d.root+path), path: path}, nil
 }
 
 func (d *impl) Stat(_ context.Context, path string) (driver.FileInfo, error) {
-	fi, err := os.Stat(d.full(path))
+	fd, err := d.open(path, unix.O_PATH)
 	if err != nil {
-		return driver.FileInfo{}, d.fail("Stat", path, err)
+		return driver.FileInfo{}, d.pathErr("Stat", path, err)
 	}
-	return info(path, fi), nil
+	var st unix.Stat_t
+	err = unix.Fstat(fd, &st)
+	unix.Close(fd)
+	if err != nil {
+		return driver.FileInfo{}, &driver.Error{Driver: Name, Op: "Stat", Path: path, Err: err}
+	}
+	return info(path, &st), nil
 }
 
-func info(path string, fi fs.FileInfo) driver.FileInfo {
-	out := driver.FileInfo{Path: path, ModTime: fi.ModTime(), IsDir: fi.IsDir()}
-	if !out.IsDir {
-		out.Size = fi.Size()
+func info(path string, st *unix.Stat_t) driver.FileInfo {
+	fi := driver.FileInfo{Path: path, ModTime: time.Unix(st.Mtim.Unix())}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		fi.IsDir = true
+	case unix.S_IFLNK:
+		fi.Symlink = true
+	default:
+		fi.Size = st.Size
 	}
-	return out
+	return fi
 }
 
-// readDir returns the valid entries of the directory at path, sorted by name;
-// an object or a missing path is PathNotFoundError.
-func (d *impl) readDir(path string) ([]fs.DirEntry, error) {
-	entries, err := os.ReadDir(d.full(path))
+// openDirFile opens the directory at path for reading its entries.
+func (d *impl) openDirFile(path string) (*os.File, error) {
+	fd, err := d.openDir(path)
 	if err != nil {
-		if fi, serr := os.Stat(d.full(path)); serr == nil && !fi.IsDir() {
-			return nil, driver.PathNotFoundError{Path: path, Driver: Name}
-		}
-		return nil, d.fail("List", path, err)
+		return nil, err
 	}
-	valid := entries[:0]
-	for _, e := range entries {
-		if driver.ValidComponent(e.Name()) {
-			valid = append(valid, e)
+	return os.NewFile(uintptr(fd), d.root+path), nil
+}
+
+// names returns the valid entry names of the open directory f, sorted.
+func names(f *os.File) ([]string, error) {
+	all, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	valid := all[:0]
+	for _, n := range all {
+		if driver.ValidComponent(n) {
+			valid = append(valid, n)
 		}
 	}
+	slices.Sort(valid)
 	return valid, nil
 }
 
 func (d *impl) List(_ context.Context, path string) ([]string, error) {
-	entries, err := d.readDir(path)
+	f, err := d.openDirFile(path)
 	if err != nil {
-		return nil, err
+		return nil, d.pathErr("List", path, err)
 	}
-	names := make([]string, len(entries))
-	for i, e := range entries {
-		names[i] = driver.Child(path, e.Name())
+	entries, err := names(f)
+	f.Close()
+	if errors.Is(err, fs.ErrNotExist) {
+		// Deleted since it was opened.
+		return nil, driver.PathNotFoundError{Path: path, Driver: Name}
 	}
-	return names, nil
+	if err != nil {
+		return nil, &driver.Error{Driver: Name, Op: "List", Path: path, Err: err}
+	}
+	for i, n := range entries {
+		entries[i] = driver.Child(path, n)
+	}
+	return entries, nil
 }
 
-// Move renames src over dst after creating dst's parents. A directory
-// already at dst is not replaced.
+// Move installs the object at src at dst (see install). A directory
+// already at dst is not replaced. A symbolic link at src or dst is refused.
 func (d *impl) Move(_ context.Context, src, dst string) error {
-	fsrc, fdst := d.full(src), d.full(dst)
-	if _, err := os.Lstat(fsrc); err != nil {
-		return d.fail("Move", src, err)
-	}
-	var err error
-	for range raceRetries {
-		err = os.MkdirAll(filepath.Dir(fdst), dirPerm)
-		if err == nil {
-			err = os.Rename(fsrc, fdst)
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			break
-		}
-		// The source is gone (a concurrent Move or Delete), or a
-		// concurrent Delete removed dst's directory: tell them apart.
-		if _, serr := os.Lstat(fsrc); serr != nil {
-			return d.fail("Move", src, serr)
-		}
-	}
+	parent, name := split(src)
+	pfd, err := d.openDir(parent)
 	if err != nil {
-		return &driver.Error{Driver: Name, Op: "Move", Path: src + " -> " + dst, Err: err}
+		return d.pathErr("Move", src, err)
 	}
-	return nil
-}
-
-// Delete removes the file or directory tree at path. Delete("/") empties
-// root but keeps it.
-func (d *impl) Delete(_ context.Context, path string) error {
-	full := d.full(path)
-	if path == "/" {
-		entries, err := os.ReadDir(full)
-		if err != nil {
-			return &driver.Error{Driver: Name, Op: "Delete", Path: path, Err: err}
-		}
-		for _, e := range entries {
-			if err := os.RemoveAll(filepath.Join(full, e.Name())); err != nil {
-				return &driver.Error{Driver: Name, Op: "Delete", Path: path, Err: err}
-			}
-		}
-		return nil
-	}
-	// Rename the object or directory out of the way first, atomically, to a
-	// hidden name beside it, then remove that. A concurrent write into the
-	// directory either landed before the rename (and goes with it) or
-	// recreates the path afterwards (and lands), and RemoveAll never races a
-	// writer refilling what it empties. A crash between the two steps leaves
-	// a hidden ".#" entry that List and Walk never show.
-	tmp, err := os.MkdirTemp(filepath.Dir(full), tempPrefix+"deleted-"+filepath.Base(full)+".")
-	if err != nil {
-		return d.fail("Delete", path, err)
-	}
-	if err := os.Rename(full, filepath.Join(tmp, "x")); err != nil {
-		os.Remove(tmp)
-		return d.fail("Delete", path, err)
-	}
-	if err := os.RemoveAll(tmp); err != nil {
-		return &driver.Error{Driver: Name, Op: "Delete", Path: path, Err: err}
-	}
-	return nil
-}
-
-// Walk visits the tree depth first in name order. A directory that
-// disappears during the walk (deleted by fn, or by another writer) is
-// skipped rather than failing the walk.
-func (d *impl) Walk(_ context.Context, path string, fn driver.WalkFn) error {
-	entries, err := d.readDir(path)
-	if err != nil {
+	defer unix.Close(pfd)
+	if _, err := d.lstatAt("Move", pfd, name, src); err != nil {
 		return err
 	}
-	return d.walk(path, entries, fn)
+	err = d.install("Move", loc{pfd, name}, dst)
+	if err == errGone {
+		return driver.PathNotFoundError{Path: src, Driver: Name}
+	}
+	return err
 }
 
-func (d *impl) walk(dir string, entries []fs.DirEntry, fn driver.WalkFn) error {
-	for _, e := range entries {
-		p := driver.Child(dir, e.Name())
-		fi, err := e.Info() // not following symlinks: a cycle cannot loop the walk
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // removed since ReadDir
+// errGone is install's answer when the object it installs vanished.
+var errGone = errors.New("object vanished")
+
+// Walk visits the tree depth first in name order, reading each directory
+// through its parent's descriptor without following links. A directory
+// that disappears during the walk (deleted by fn, or by another writer) is
+// skipped rather than failing the walk.
+func (d *impl) Walk(_ context.Context, path string, fn driver.WalkFn) error {
+	f, err := d.openDirFile(path)
+	if err != nil {
+		return d.pathErr("Walk", path, err)
+	}
+	err = d.walk(f, path, fn)
+	if errors.Is(err, errDirGone) {
+		return driver.PathNotFoundError{Path: path, Driver: Name}
+	}
+	return err
+}
+
+// errDirGone is walk's answer for a directory deleted since it was opened.
+var errDirGone = errors.New("directory deleted")
+
+// walk walks the open directory f at the driver path dir, and closes it.
+func (d *impl) walk(f *os.File, dir string, fn driver.WalkFn) error {
+	defer f.Close()
+	entries, err := names(f)
+	if errors.Is(err, fs.ErrNotExist) {
+		return errDirGone
+	}
+	if err != nil {
+		return &driver.Error{Driver: Name, Op: "Walk", Path: dir, Err: err}
+	}
+	fd := int(f.Fd())
+	for _, n := range entries {
+		p := driver.Child(dir, n)
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err == unix.ENOENT {
+				continue // removed since it was listed
 			}
 			return &driver.Error{Driver: Name, Op: "Walk", Path: p, Err: err}
 		}
-		switch err := fn(info(p, fi)); {
+		fi := info(p, &st)
+		switch err := fn(fi); {
 		case err == driver.ErrSkipDir:
 			continue
 		case err != nil:
 			return err
 		}
-		if !fi.IsDir() {
+		if !fi.IsDir {
 			continue
 		}
-		children, err := d.readDir(p)
-		if driver.IsNotFound(err) {
+		cfd, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		switch err {
+		case nil:
+		case unix.ENOENT, unix.ENOTDIR, unix.ELOOP:
+			// Gone or replaced since it was stat'ed; a link put in its
+			// place is not followed (the next walk reports it).
 			continue
+		default:
+			return &driver.Error{Driver: Name, Op: "Walk", Path: p, Err: err}
 		}
-		if err != nil {
-			return err
-		}
-		if err := d.walk(p, children, fn); err != nil {
+		if err := d.walk(os.NewFile(uintptr(cfd), d.root+p), p, fn); err != nil && err != errDirGone {
 			return err
 		}
 	}
 	return nil
 }
 
-// writer writes unbuffered into the target file; base enforces the state
-// machine.
+// writer writes unbuffered into its file; base enforces the state machine.
 type writer struct {
+	d    *impl
 	f    *os.File
 	path string
 	size int64
@@ -427,12 +475,27 @@ func (w *writer) Close() error {
 
 func (w *writer) Commit(context.Context) error { return w.f.Sync() }
 
+// Cancel removes the writer's file from path, if it is still the one
+// there (a writer that replaced it since keeps its own), and releases it.
 func (w *writer) Cancel(context.Context) error {
-	w.f.Close()
-	if err := os.Remove(w.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	defer w.f.Close()
+	parent, name := split(w.path)
+	pfd, err := w.d.openDir(parent)
+	if err != nil {
+		return nil // gone with its directory, or unreachable: nothing of ours to remove
+	}
+	defer unix.Close(pfd)
+	var mine, there unix.Stat_t
+	if err := unix.Fstat(int(w.f.Fd()), &mine); err != nil {
 		return err
 	}
-	return nil
+	if err := unix.Fstatat(pfd, name, &there, unix.AT_SYMLINK_NOFOLLOW); err != nil || mine.Dev != there.Dev || mine.Ino != there.Ino {
+		return nil
+	}
+	if err := unix.Unlinkat(pfd, name, 0); err != nil && err != unix.ENOENT {
+		return err
+	}
+	return unix.Fsync(pfd)
 }
 
 var _ driver.UsageReporter = (*impl)(nil)
@@ -440,7 +503,7 @@ var _ driver.UsageReporter = (*impl)(nil)
 // Usage implements driver.UsageReporter: statfs(2) of the root.
 func (d *impl) Usage(ctx context.Context) (driver.Usage, error) {
 	var st unix.Statfs_t
-	if err := unix.Statfs(d.root, &st); err != nil {
+	if err := unix.Fstatfs(d.rootFD, &st); err != nil {
 		return driver.Usage{}, &driver.Error{Driver: Name, Op: "Usage", Path: "/", Err: err}
 	}
 	bs := uint64(st.Bsize)

@@ -65,6 +65,9 @@ var tests = []struct {
 	{"ConcurrentWriters", testConcurrentWriters},
 	{"CancelledContext", testCancelledContext},
 	{"LeftoverCheck", testLeftoverCheck},
+	{"NewDirectoriesAppearWhole", testNewDirectoriesAppearWhole},
+	{"DeleteShowsNoOtherNames", testDeleteShowsNoOtherNames},
+	{"Janitor", testJanitor},
 }
 
 // Run runs the conformance suite. newDriver is called once per test and may
@@ -954,6 +957,140 @@ func testLeftoverCheck(e *env) {
 	left, err = leftovers(e.ctx, e.d, e.root)
 	if err != nil || len(left) != 0 {
 		e.t.Errorf("leftovers after delete = %q, %v; want none", left, err)
+	}
+}
+
+// testNewDirectoriesAppearWhole: a write into directories that do not exist
+// yet (a new tag, a new upload, a blob committed by Move) makes them appear
+// with the object in them: a reader that lists a new directory finds its
+// object there, never an empty directory (the registry would list it as a
+// tag or repository without content).
+func testNewDirectoriesAppearWhole(e *env) {
+	dir := e.p("tags")
+	link := []byte("sha256:0123456789abcdef")
+	const n = 60
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			names, err := e.d.List(e.ctx, dir)
+			if driver.IsNotFound(err) {
+				continue
+			}
+			if err != nil {
+				e.t.Errorf("List(%s): %v", dir, err)
+				return
+			}
+			for _, name := range names {
+				if _, err := e.d.Stat(e.ctx, name+"/current/link"); err != nil {
+					e.t.Errorf("%s is listed but %s/current/link: %v", name, name, err)
+					return
+				}
+			}
+		}
+	})
+	for i := range n {
+		tag := fmt.Sprintf("%s/t%d/current/link", dir, i)
+		switch i % 3 {
+		case 0:
+			if err := e.d.PutContent(e.ctx, tag, link); err != nil {
+				e.t.Errorf("PutContent(%s): %v", tag, err)
+			}
+		case 1:
+			src := e.p(fmt.Sprintf("src/%d", i))
+			e.put(src, link)
+			if err := e.d.Move(e.ctx, src, tag); err != nil {
+				e.t.Errorf("Move(%s, %s): %v", src, tag, err)
+			}
+		case 2:
+			w, err := e.d.Writer(e.ctx, tag, false)
+			if err != nil {
+				e.t.Errorf("Writer(%s): %v", tag, err)
+				continue
+			}
+			w.Write(link)
+			w.Close()
+		}
+	}
+	close(stop)
+	wg.Wait()
+	for i := range n {
+		e.wantContent(fmt.Sprintf("%s/t%d/current/link", dir, i), link)
+	}
+	e.del(dir)
+	if _, err := e.d.Stat(e.ctx, e.p("src")); err == nil {
+		e.del(e.p("src"))
+	}
+}
+
+// testDeleteShowsNoOtherNames: while objects and directories are deleted
+// and written again, a listing shows only names the test made.
+func testDeleteShowsNoOtherNames(e *env) {
+	dir := e.p("tags")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, p := range []string{dir, dir + "/t0", dir + "/t1"} {
+				names, err := e.d.List(e.ctx, p)
+				if driver.IsNotFound(err) {
+					continue
+				}
+				if err != nil {
+					e.t.Errorf("List(%s): %v", p, err)
+					return
+				}
+				for _, name := range names {
+					switch name {
+					case dir + "/t0", dir + "/t1", dir + "/t0/current", dir + "/t1/current":
+					default:
+						e.t.Errorf("List(%s) shows %s, which the test never made", p, name)
+						return
+					}
+				}
+			}
+		}
+	})
+	for i := range 40 {
+		tag := fmt.Sprintf("%s/t%d", dir, i%2)
+		e.put(tag+"/current/link", []byte("x"))
+		e.del(tag)
+	}
+	close(stop)
+	wg.Wait()
+	if _, err := e.d.Stat(e.ctx, dir); err == nil {
+		e.del(dir)
+	}
+}
+
+// testJanitor: every driver can be asked for its leftovers (base.Base
+// forwards to the implementation or answers none), and ordinary calls
+// leave none once they returned. Other tests share the driver and run in
+// parallel, so only the calls are checked here, not the emptiness.
+func testJanitor(e *env) {
+	j, ok := e.d.(driver.Janitor)
+	if !ok {
+		e.t.Fatalf("%T does not implement driver.Janitor", e.d)
+	}
+	if _, err := j.Leftovers(e.ctx); err != nil {
+		e.t.Errorf("Leftovers: %v", err)
+	}
+	e.put(e.p("a/b"), []byte("x"))
+	e.del(e.p("a"))
+	cancelled, cancel := context.WithCancel(e.ctx)
+	cancel()
+	if _, err := j.Leftovers(cancelled); !errors.Is(err, context.Canceled) {
+		e.t.Errorf("Leftovers with a cancelled context = %v", err)
 	}
 }
 

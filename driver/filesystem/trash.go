@@ -1,0 +1,196 @@
+package filesystem
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/regfs/regfs/driver"
+)
+
+// Names of the driver's internal directories in the root. '#' makes them
+// invalid path components, so List and Walk never show them, and they sit
+// beside docker/, outside everything the registry lists or walks.
+const (
+	// tmpDirName holds one staging directory per running driver, named by
+	// the driver's random id and flock'ed while it lives.
+	tmpDirName = ".#regfs-tmp"
+	// trashDirName holds what Delete took out of the tree until the janitor
+	// removes it.
+	trashDirName = ".#regfs-trash"
+)
+
+// Delete moves the object or directory at path into the trash directory in
+// one rename, fsyncs its parent, then removes it from the trash. The tree
+// never holds a name that is not an object of the store (the registry lists
+// directory names as tags and repositories), and a crash leaves what it
+// left only in the trash. A write that opened the directory just before it
+// went lands in the trash with it, as if it had come first. A symbolic link
+// at path is unlinked, in place.
+//
+// The removal is not left to the background: the name is gone at once
+// anyway, and a process that exits right after (fsck --repair) leaves
+// nothing behind.
+//
+// Delete("/") deletes every entry of the root but the driver's own two
+// directories.
+func (d *impl) Delete(_ context.Context, path string) error {
+	if path == "/" {
+		return d.deleteAll()
+	}
+	parent, name := split(path)
+	pfd, err := d.openDir(parent)
+	if err != nil {
+		return d.pathErr("Delete", path, err)
+	}
+	defer unix.Close(pfd)
+	for range raceRetries {
+		var st unix.Stat_t
+		if err := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return d.pathErr("Delete", path, err)
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			if err := unix.Unlinkat(pfd, name, 0); err != nil {
+				return d.pathErr("Delete", path, err)
+			}
+			return d.pathErr("Delete", path, unix.Fsync(pfd))
+		}
+		err := d.trash(pfd, name)
+		if err == unix.ENOENT {
+			continue // gone meanwhile (the stat says), or the trash was
+		}
+		if err != nil {
+			return d.pathErr("Delete", path, err)
+		}
+		return nil
+	}
+	return &driver.Error{Driver: Name, Op: "Delete", Path: path, Err: errRaced}
+}
+
+// trash moves name from the directory pfd into the trash, fsyncs pfd and
+// removes it from the trash. A failure to remove is left for Clean: the
+// name is gone from the tree.
+func (d *impl) trash(pfd int, name string) error {
+	tfd, err := d.openInternal(trashDirName)
+	if err != nil {
+		return err
+	}
+	defer d.releaseInternal(tfd, trashDirName)
+	t := d.tempName()
+	if err := unix.Renameat(pfd, name, tfd, t); err != nil {
+		return err
+	}
+	if err := unix.Fsync(pfd); err != nil {
+		return err
+	}
+	removeAt(tfd, t)
+	return nil
+}
+
+func (d *impl) deleteAll() error {
+	f, err := d.openDirFile("/")
+	if err != nil {
+		return &driver.Error{Driver: Name, Op: "Delete", Path: "/", Err: err}
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return &driver.Error{Driver: Name, Op: "Delete", Path: "/", Err: err}
+	}
+	for _, n := range names {
+		if n == tmpDirName || n == trashDirName {
+			continue
+		}
+		if err := d.trash(int(f.Fd()), n); err != nil && err != unix.ENOENT {
+			return &driver.Error{Driver: Name, Op: "Delete", Path: "/", Err: err}
+		}
+	}
+	return nil
+}
+
+// Leftovers implements driver.Janitor: the entries of the trash and the
+// staging entries whose lock is free (their writer is gone), as file names.
+// An entry that a Delete running right now is removing may show too.
+func (d *impl) Leftovers(ctx context.Context) ([]string, error) {
+	return d.scan(ctx, false)
+}
+
+// Clean implements driver.Janitor. It removes the internal directories too
+// once they are empty.
+func (d *impl) Clean(ctx context.Context) error {
+	_, err := d.scan(ctx, true)
+	return err
+}
+
+// scan lists the leftovers, removing them if remove is set.
+func (d *impl) scan(ctx context.Context, remove bool) ([]string, error) {
+	var left []string
+	var first error
+	note := func(err error) {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	for _, dir := range []string{tmpDirName, trashDirName} {
+		fd, err := unix.Openat(d.rootFD, dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == unix.ENOENT {
+			continue
+		}
+		if err != nil {
+			note(fmt.Errorf("%s: %w", filepath.Join(d.root, dir), err))
+			continue
+		}
+		f := os.NewFile(uintptr(fd), dir)
+		names, err := f.Readdirnames(-1)
+		note(err)
+		slices.Sort(names)
+		for _, n := range names {
+			if err := ctx.Err(); err != nil {
+				f.Close()
+				return left, err
+			}
+			unlock, ok := claim(fd, n, dir == tmpDirName)
+			if !ok {
+				continue
+			}
+			left = append(left, filepath.Join(d.root, dir, n))
+			if remove {
+				if err := removeAt(fd, n); err != nil {
+					note(fmt.Errorf("removing %s: %w", filepath.Join(d.root, dir, n), err))
+				}
+			}
+			unlock()
+		}
+		f.Close()
+		if remove {
+			unix.Unlinkat(d.rootFD, dir, unix.AT_REMOVEDIR)
+		}
+	}
+	return left, first
+}
+
+// claim reports whether the entry name of the internal directory dirfd is
+// a leftover, and locks it if it is a staging entry (locked says so): a
+// staging entry whose lock is held belongs to a running writer, in this
+// process or another. unlock releases the claim.
+func claim(dirfd int, name string, locked bool) (unlock func(), ok bool) {
+	if !locked {
+		return func() {}, true
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == unix.ENOENT {
+		return nil, false
+	}
+	if err != nil {
+		return func() {}, true // a link or something no writer makes
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(fd)
+		return nil, false
+	}
+	return func() { unix.Close(fd) }, true
+}
