@@ -3,6 +3,7 @@ package filesystem
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -65,5 +66,63 @@ func TestWritesRaceDeleteOfTheirDirectory(t *testing.T) {
 	for err := range errc {
 		var de *driver.Error
 		t.Errorf("racing a delete: %v (driver error: %v)", err, errors.As(err, &de))
+	}
+}
+
+// A Clean running in a second driver on the same root (another regfs, or
+// fsck --repair) while the first writes must take none of the writes in
+// progress: their staging entries are locked.
+func TestCleanRacesWrites(t *testing.T) {
+	root := t.TempDir()
+	d, err := New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := other.(driver.Janitor)
+	ctx := context.Background()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := j.Clean(ctx); err != nil {
+				t.Errorf("Clean: %v", err)
+				return
+			}
+		}
+	})
+	for i := range 300 {
+		p := fmt.Sprintf("/tags/t%d/current/link", i)
+		if err := d.PutContent(ctx, p, []byte(p)); err != nil {
+			t.Errorf("PutContent(%s) beside a Clean: %v", p, err)
+			break
+		}
+		w, err := d.Writer(ctx, fmt.Sprintf("/uploads/u%d/data", i), false)
+		if err != nil {
+			t.Errorf("Writer beside a Clean: %v", err)
+			break
+		}
+		w.Write([]byte("data"))
+		w.Close()
+		if err := d.Delete(ctx, fmt.Sprintf("/uploads/u%d", i)); err != nil {
+			t.Errorf("Delete beside a Clean: %v", err)
+			break
+		}
+	}
+	close(stop)
+	wg.Wait()
+	for i := range 300 {
+		p := fmt.Sprintf("/tags/t%d/current/link", i)
+		if b, err := d.GetContent(ctx, p); err != nil || string(b) != p {
+			t.Errorf("GetContent(%s) = %q, %v", p, b, err)
+		}
 	}
 }

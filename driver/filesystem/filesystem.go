@@ -198,8 +198,8 @@ func (d *impl) openObject(op, path string) (*os.File, int64, error) {
 	return nil, 0, &driver.Error{Driver: Name, Op: op, Path: path, Err: errNotRegular}
 }
 
-// PutContent writes a file in the staging directory, fsyncs it and installs
-// it at path (see install).
+// PutContent writes a file in the staging directory and installs it at
+// path (see install), which fsyncs it before it enters the tree.
 func (d *impl) PutContent(_ context.Context, path string, content []byte) error {
 	t, err := d.newTemp(false)
 	if err != nil {
@@ -217,10 +217,7 @@ func (d *impl) PutContent(_ context.Context, path string, content []byte) error 
 		}
 	}
 	if err == nil {
-		err = unix.Fsync(t.fd)
-	}
-	if err == nil {
-		err = d.install("PutContent", loc{t.tmpfd, t.name}, path)
+		err = d.install("PutContent", loc{t.tmpfd, t.name}, path, func() error { return unix.Fsync(t.fd) })
 	}
 	return d.writeErr("PutContent", path, err)
 }
@@ -277,7 +274,7 @@ func (d *impl) Writer(_ context.Context, path string, append bool) (driver.FileW
 	fd, err := unix.Dup(t.fd)
 	if err == nil {
 		unix.CloseOnExec(fd)
-		err = d.install("Writer", loc{t.tmpfd, t.name}, path)
+		err = d.install("Writer", loc{t.tmpfd, t.name}, path, nil)
 		if err != nil {
 			unix.Close(fd)
 		}
@@ -373,7 +370,7 @@ func (d *impl) Move(_ context.Context, src, dst string) error {
 	if _, err := d.lstatAt("Move", pfd, name, src); err != nil {
 		return err
 	}
-	err = d.install("Move", loc{pfd, name}, dst)
+	err = d.install("Move", loc{pfd, name}, dst, nil)
 	if err == errGone {
 		return driver.PathNotFoundError{Path: src, Driver: Name}
 	}

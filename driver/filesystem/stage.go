@@ -161,7 +161,21 @@ type loc struct {
 //
 // Errors are driver errors for dst, or errGone when the object at from
 // vanished (a concurrent Move or Delete took it).
-func (d *impl) install(op string, from loc, dst string) (err error) {
+//
+// sync, if not nil, makes the object itself durable (PutContent's fsync of
+// its file); install calls it once, as late as it can: just before the
+// object is renamed into the tree, or into a new chain of directories
+// before the chain is (so that one journal commit covers the file and the
+// directories made for it).
+func (d *impl) install(op string, from loc, dst string, sync func() error) (err error) {
+	synced := sync == nil
+	durable := func() error {
+		if synced {
+			return nil
+		}
+		synced = true
+		return sync()
+	}
 	cur := from
 	var fds []int     // directories opened in staging chains
 	var chains []temp // staging chains, released at the end
@@ -180,7 +194,9 @@ func (d *impl) install(op string, from loc, dst string) (err error) {
 	for range raceRetries {
 		pfd, err := d.openDir(parent)
 		if err == nil {
-			err = d.renameInto(cur, pfd, name, dst)
+			if err = durable(); err == nil {
+				err = d.renameInto(cur, pfd, name, dst)
+			}
 			unix.Close(pfd)
 			if err != unix.ENOENT {
 				return d.writeErr(op, dst, err)
@@ -214,7 +230,7 @@ func (d *impl) install(op string, from loc, dst string) (err error) {
 			return d.writeErr(op, dst, err)
 		}
 		chains = append(chains, chain)
-		err = d.stageChain(&cur, &fds, chain.fd, comps[i:], name, afd)
+		err = d.stageChain(&cur, &fds, chain.fd, comps[i:], name, afd, durable)
 		unix.Close(afd)
 		switch err {
 		case nil:
@@ -234,10 +250,10 @@ func (d *impl) install(op string, from loc, dst string) (err error) {
 
 // stageChain makes the directories dirs in the staging directory top,
 // moves the object at *cur into the last as name, fsyncs them bottom up and
-// renames the first into the directory afd, fsyncing afd. *cur follows the
-// object; the directories opened are appended to *fds for the caller to
+// renames the first into the directory afd, fsyncing afd; durable makes
+// the object durable before the directories are. *cur follows the object; the directories opened are appended to *fds for the caller to
 // close.
-func (d *impl) stageChain(cur *loc, fds *[]int, top int, dirs []string, name string, afd int) error {
+func (d *impl) stageChain(cur *loc, fds *[]int, top int, dirs []string, name string, afd int, durable func() error) error {
 	made := make([]int, 0, len(dirs))
 	dfd := top
 	for _, c := range dirs {
@@ -255,6 +271,9 @@ func (d *impl) stageChain(cur *loc, fds *[]int, top int, dirs []string, name str
 		return err
 	}
 	*cur = loc{dfd, name}
+	if err := durable(); err != nil {
+		return err
+	}
 	for i := len(made) - 1; i >= 0; i-- {
 		if err := unix.Fsync(made[i]); err != nil {
 			return err

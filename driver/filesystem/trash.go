@@ -2,7 +2,9 @@ package filesystem
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -146,6 +148,10 @@ func (d *impl) scan(ctx context.Context, remove bool) ([]string, error) {
 		}
 		f := os.NewFile(uintptr(fd), dir)
 		names, err := f.Readdirnames(-1)
+		if errors.Is(err, fs.ErrNotExist) {
+			f.Close() // removed, empty, by its last user since the open
+			continue
+		}
 		note(err)
 		slices.Sort(names)
 		for _, n := range names {
