@@ -24,10 +24,10 @@ func TestSignalUnmountsIdle(t *testing.T) {
 			case err := <-m.done:
 				m.done <- err
 				if err != nil {
-					t.Errorf("regfs exited with %v after %v\n%s", err, sig, m.log)
+					t.Errorf("regfs exited with %v after %v\n%s", err, sig, m.logText())
 				}
 			case <-time.After(5 * time.Second):
-				t.Fatalf("regfs still running 5 s after %v\n%s", sig, m.log)
+				t.Fatalf("regfs still running 5 s after %v\n%s", sig, m.logText())
 			}
 			t.Logf("exited %v after %v", time.Since(start).Round(time.Millisecond), sig)
 			if isMounted(m.Dir) {
@@ -54,9 +54,9 @@ func TestSignalBusyMount(t *testing.T) {
 	case err := <-m.done:
 		m.done <- err
 	case <-time.After(15 * time.Second):
-		t.Fatalf("regfs still running 15 s after SIGTERM on a busy mount\n%s", m.log)
+		t.Fatalf("regfs still running 15 s after SIGTERM on a busy mount\n%s", m.logText())
 	}
-	log := m.log.String()
+	log := m.logText()
 	if !strings.Contains(log, "mount is busy") || !strings.Contains(log, "fusermount3 -u -z") {
 		t.Errorf("the log does not say the mount is busy and what to do:\n%s", log)
 	}

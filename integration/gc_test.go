@@ -805,7 +805,7 @@ func TestGCInsideMount(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("garbage not collected inside the mount within 60s\n%s", m.log)
+			t.Fatalf("garbage not collected inside the mount within 60s\n%s", m.logText())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -833,8 +833,8 @@ func TestGCInsideMount(t *testing.T) {
 		t.Errorf(".regfs/stats does not show the mount's gc runs: %+v", stats.GC)
 	}
 	m.stop()
-	if !strings.Contains(m.log.String(), "gc finished") {
-		t.Errorf("no gc run logged:\n%s", m.log)
+	if !strings.Contains(m.logText(), "gc finished") {
+		t.Errorf("no gc run logged:\n%s", m.logText())
 	}
 	checkTreeConsistent(t, root)
 }

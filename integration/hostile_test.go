@@ -521,7 +521,7 @@ func checkAlive(t *testing.T, m *mount, fx *hostileFixture) {
 func stoppedLog(t *testing.T, m *mount) string {
 	t.Helper()
 	m.stop()
-	return m.log.String()
+	return m.logText()
 }
 
 // retryEINTR runs a plain syscall again while it fails with EINTR, as Go's

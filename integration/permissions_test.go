@@ -141,8 +141,8 @@ func TestPermissionsOptOut(t *testing.T) {
 	if out, err := asNobody(t, fmt.Sprintf("mkdir %q", m.path("evil"))); err != nil {
 		t.Fatalf("mkdir as nobody with --no-default-permissions: %v\n%s", err, out)
 	}
-	if !strings.Contains(m.log.String(), "no-default-permissions") {
-		t.Errorf("no warning in the log:\n%s", m.log)
+	if !strings.Contains(m.logText(), "no-default-permissions") {
+		t.Errorf("no warning in the log:\n%s", m.logText())
 	}
 }
 

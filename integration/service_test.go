@@ -235,9 +235,10 @@ func TestServiceNotify(t *testing.T) {
 		args: []string{"mount", "--driver", "inmemory"}, env: []string{"NOTIFY_SOCKET=" + sock}}
 	m.args = append(m.args, m.Dir)
 	m.log = &bytes.Buffer{}
+	w := lockedWriter{&m.logMu, m.log}
 	m.cmd = exec.Command(m.bin, m.args...)
 	m.cmd.Env = append(os.Environ(), m.env...)
-	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+	m.cmd.Stdout, m.cmd.Stderr = w, w
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +252,7 @@ func TestServiceNotify(t *testing.T) {
 		_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 		n, err := conn.Read(buf)
 		if err != nil {
-			t.Fatalf("no notification: %v\n%s", err, m.log)
+			t.Fatalf("no notification: %v\n%s", err, m.logText())
 		}
 		return string(buf[:n])
 	}
@@ -281,16 +282,16 @@ func TestServiceNotify(t *testing.T) {
 	case err := <-m.done:
 		m.done <- err
 		if err != nil {
-			t.Errorf("exit after SIGTERM: %v\n%s", err, m.log)
+			t.Errorf("exit after SIGTERM: %v\n%s", err, m.logText())
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatalf("no exit 20s after SIGTERM\n%s", m.log)
+		t.Fatalf("no exit 20s after SIGTERM\n%s", m.logText())
 	}
 	if isMounted(m.Dir) {
 		t.Error("still mounted after SIGTERM")
 	}
-	if strings.Contains(m.log.String(), "DATA RACE") {
-		t.Errorf("race report:\n%s", m.log)
+	if strings.Contains(m.logText(), "DATA RACE") {
+		t.Errorf("race report:\n%s", m.logText())
 	}
 }
 
@@ -523,8 +524,8 @@ func TestServiceMetricsOff(t *testing.T) {
 	pid := m.cmd.Process.Pid
 	defer func() {
 		m.stop()
-		if strings.Contains(m.log.String(), "serving metrics") {
-			t.Errorf("metrics served without --metrics-addr:\n%s", m.log)
+		if strings.Contains(m.logText(), "serving metrics") {
+			t.Errorf("metrics served without --metrics-addr:\n%s", m.logText())
 		}
 	}()
 	b, err := os.ReadFile("/proc/net/tcp")

@@ -120,7 +120,7 @@ func TestSymlinksPlantedInStorage(t *testing.T) {
 	}
 
 	m.stop()
-	log := m.log.String()
+	log := m.logText()
 	if !strings.Contains(log, "symbolic link") || !strings.Contains(log, "/blobs/sha256/"+hx[:2]+"/"+hx+"/data") {
 		t.Errorf("the daemon did not log the link at the blob's data:\n%s", log)
 	}
@@ -147,7 +147,7 @@ func TestMountCleansLeftovers(t *testing.T) {
 	// Background work: wait for it, with a watchdog far beyond its need.
 	for start := time.Now(); ; {
 		if time.Since(start) > time.Minute {
-			t.Fatalf("leftovers still there a minute after the mount\n%s", m.log)
+			t.Fatalf("leftovers still there a minute after the mount\n%s", m.logText())
 		}
 		_, err1 := os.Lstat(filepath.Join(root, ".#regfs-trash"))
 		_, err2 := os.Lstat(filepath.Join(root, ".#regfs-tmp"))
@@ -157,7 +157,7 @@ func TestMountCleansLeftovers(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	m.stop()
-	if log := m.log.String(); !strings.Contains(log, "removed what a crash left") || !strings.Contains(log, "entries=2") {
+	if log := m.logText(); !strings.Contains(log, "removed what a crash left") || !strings.Contains(log, "entries=2") {
 		t.Errorf("the daemon did not log the cleaning:\n%s", log)
 	}
 }
