@@ -30,12 +30,23 @@ var (
 )
 
 // Defaults for Options.EntryTTL and Options.AttrTTL: how long the kernel
-// may cache entries and attributes of nodes that change (tags,
-// namespaces). Short, because other writers (the registry) change them too.
+// may cache the names of files other writers (the registry) can delete
+// (layers, revisions, tags) and the attributes of files they can change
+// (tags). Short: a tag is re-pointed and read by name, and the next read
+// must see the new revision.
 const (
 	DefaultEntryTTL = time.Second
 	DefaultAttrTTL  = time.Second
 )
+
+// DefaultDirCacheTTL is the default of Options.DirCacheTTL: how long the
+// kernel may keep a directory's listing, the names of namespace
+// directories (repositories) and their attributes. A minute: a second
+// find or ls -R within it asks regfs almost nothing (see
+// docs/benchmarks.md), and a repository or tag another writer adds or
+// removes shows in listings within it; a name looked up directly is found
+// at once whatever the listing says.
+const DefaultDirCacheTTL = time.Minute
 
 // immutableTTL is the validity of nodes that never change: blobs,
 // revisions, the reserved directories.
@@ -67,11 +78,19 @@ type Options struct {
 	Debug bool
 	// Cache is the store's block cache, read for .regfs/stats; may be nil.
 	Cache *cache.Cache
-	// EntryTTL and AttrTTL are how long the kernel may cache the entries and
-	// attributes of mutable nodes (tags, namespaces); DefaultEntryTTL and
-	// DefaultAttrTTL when zero.
+	// EntryTTL is how long the kernel may cache the name of a layer,
+	// revision or tag, which another writer may delete; AttrTTL the
+	// attributes of a tag, which another writer may re-point.
+	// DefaultEntryTTL and DefaultAttrTTL when zero.
 	EntryTTL time.Duration
 	AttrTTL  time.Duration
+	// DirCacheTTL is how long the kernel may keep a directory's listing,
+	// and the names and attributes of namespace directories (repositories
+	// among them): what another writer adds or removes shows in listings
+	// within this time. regfs's own changes show at once. It is the time
+	// from when regfs served the listing, not from the last use.
+	// DefaultDirCacheTTL when zero.
+	DirCacheTTL time.Duration
 }
 
 // FS is the regfs file system. It serves one FUSE connection.
@@ -90,6 +109,9 @@ type FS struct {
 	// notify counts invalidation goroutines, so Serve returns only after
 	// the last one.
 	notify sync.WaitGroup
+	// expiry drops directory listings from the kernel's cache
+	// DirCacheTTL after they were served.
+	expiry *dirExpiry
 
 	// uploadKeys serialises, per upload name, the resolution of the name
 	// to a store upload and its restart and cancel, so that two concurrent
@@ -135,8 +157,11 @@ func New(st store.Store, opts Options) *FS {
 	if opts.AttrTTL <= 0 {
 		opts.AttrTTL = DefaultAttrTTL
 	}
+	if opts.DirCacheTTL <= 0 {
+		opts.DirCacheTTL = DefaultDirCacheTTL
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &FS{
+	f := &FS{
 		st:      st,
 		opts:    opts,
 		log:     opts.Logger,
@@ -150,6 +175,8 @@ func New(st store.Store, opts Options) *FS {
 		uid:     uint32(os.Getuid()),
 		gid:     uint32(os.Getgid()),
 	}
+	f.expiry = newDirExpiry(f, opts.DirCacheTTL)
+	return f
 }
 
 // MountConfig says how regfs is mounted; MountOptions turns it into mount
@@ -209,7 +236,15 @@ func (f *FS) Serve(conn *fuse.Conn) error {
 	}
 	srv := fs.New(conn, cfg)
 	f.server.Store(srv)
+	ctx, stop := context.WithCancel(f.ctx)
+	expired := make(chan struct{})
+	go func() {
+		defer close(expired)
+		f.expiry.run(ctx)
+	}()
 	err := srv.Serve(f)
+	stop()
+	<-expired
 	f.server.Store(nil)
 	f.notify.Wait()
 	f.cancel()

@@ -82,6 +82,7 @@ func (d layersDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	for i, dg := range ds {
 		out[i] = fuse.Dirent{Inode: digestInode(dg), Type: fuse.DT_File, Name: dg.String()}
 	}
+	d.f.expiry.listed(d)
 	return out, nil
 }
 

@@ -157,6 +157,9 @@ func (w *manifestWriter) store(ctx context.Context) error {
 		return nil
 	}
 	w.dirty = false
+	// Stored, the revision's name joins the listing of _manifests;
+	// rejected, a new name leaves it (once no longer pending).
+	defer w.f.invalidateDir(w.dir)
 	defer w.f.dropPending(fileKey{w.dir.repo, w.name}, w)
 	if w.malformed != nil {
 		return w.malformed

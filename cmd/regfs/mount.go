@@ -58,7 +58,10 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fsys := regfsfs.New(st, regfsfs.Options{ReadOnly: cfg.ReadOnly, Logger: log, Debug: cfg.Debug, Cache: c})
+	fsys := regfsfs.New(st, regfsfs.Options{
+		ReadOnly: cfg.ReadOnly, Logger: log, Debug: cfg.Debug, Cache: c,
+		DirCacheTTL: cfg.DirCacheTime, EntryTTL: cfg.AttrTimeout, AttrTTL: cfg.AttrTimeout,
+	})
 
 	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(regfsfs.MountConfig{
 		ReadOnly:             cfg.ReadOnly,
