@@ -171,14 +171,22 @@ func TestOtherWritersListedWithinDirCacheTTL(t *testing.T) {
 		t.Fatalf("_manifests lists %v", got)
 	}
 
+	layers := m.readDir(m.path("app/_layers"))
+
 	m.pushBlob("newrepo", []byte("new"))
+	newLayer := m.pushBlob("app", []byte("another layer"))
+	m.pushBlob("app", []byte("{}"))
+	newRev, err := m.repo("app").Manifests().Put(ctx, imageManifest(t, []byte("{}"), []byte("another layer")), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := m.repo("app").Tags().Tag(ctx, "v2", mfd); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.repo("app").Tags().Untag(ctx, "v1"); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"newrepo/_layers", "app/_manifests/v2"} {
+	for _, p := range []string{"newrepo/_layers", "app/_manifests/v2", "app/_layers/" + newLayer.String(), "app/_manifests/" + newRev.String()} {
 		if _, err := m.stat(m.path(p)); err != nil {
 			t.Errorf("stat %s, just added by another writer: %v", p, err)
 		}
@@ -186,8 +194,11 @@ func TestOtherWritersListedWithinDirCacheTTL(t *testing.T) {
 	m.eventually("the new repository listed", func() bool {
 		return slices.Contains(m.readDir(m.path("")), "newrepo")
 	})
-	m.eventually("the new tag listed, the removed one not", func() bool {
-		return slices.Equal(m.readDir(m.path("app/_manifests")), []string{mfd.String(), "v2"})
+	m.eventually("the new tag and revision listed, the removed tag not", func() bool {
+		return slices.Equal(m.readDir(m.path("app/_manifests")), slices.Sorted(slices.Values([]string{mfd.String(), newRev.String(), "v2"})))
+	})
+	m.eventually("the new layer listed", func() bool {
+		return slices.Equal(m.readDir(m.path("app/_layers")), slices.Sorted(slices.Values(append(layers, newLayer.String(), digest.FromString("{}").String()))))
 	})
 }
 
