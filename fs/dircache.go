@@ -134,9 +134,12 @@ func (f *FS) forgetDirectory(parent, p string) {
 
 // dirExpiry drops the kernel's copy of each directory listing DirCacheTTL
 // after regfs served it, so that what other writers (the registry) add or
-// remove shows in listings within that time. Each listing served is
-// queued once; the TTL is the same for all, so the queue is in order of
-// expiry and one goroutine (run) serves it.
+// remove shows in listings within that time. Every listing served is
+// queued; the TTL is the same for all, so the queue is in order of expiry
+// and one goroutine (run) serves it. Only a directory's latest listing is
+// dropped: the kernel holds no other (it asks again only once it dropped
+// the one it had), and dropping an older one could miss a newer listing
+// the kernel stored just after.
 type dirExpiry struct {
 	f   *FS
 	ttl time.Duration
@@ -144,9 +147,11 @@ type dirExpiry struct {
 	wake chan struct{}
 
 	mu sync.Mutex
-	// pending holds the directories queued; guarded by mu.
-	pending map[fs.Node]bool
-	// queue holds them in the order they were listed; guarded by mu.
+	// latest holds when the latest listing of each directory queued
+	// expires; guarded by mu.
+	latest map[fs.Node]time.Time
+	// queue holds the listings in the order they were served; guarded by
+	// mu.
 	queue []expiring
 	// names holds the sub-namespaces of the namespaces listed and not
 	// yet expired, by path: a lookup of one of them needs no storage
@@ -161,6 +166,7 @@ type listedNames struct {
 	until time.Time
 }
 
+// expiring is a listing served, and when it expires.
 type expiring struct {
 	dir fs.Node
 	// ns says dir is the root or a namespace, whose names (under path)
@@ -172,11 +178,11 @@ type expiring struct {
 
 func newDirExpiry(f *FS, ttl time.Duration) *dirExpiry {
 	return &dirExpiry{
-		f:       f,
-		ttl:     ttl,
-		wake:    make(chan struct{}, 1),
-		pending: map[fs.Node]bool{},
-		names:   map[string]listedNames{},
+		f:      f,
+		ttl:    ttl,
+		wake:   make(chan struct{}, 1),
+		latest: map[fs.Node]time.Time{},
+		names:  map[string]listedNames{},
 	}
 }
 
@@ -184,7 +190,7 @@ func newDirExpiry(f *FS, ttl time.Duration) *dirExpiry {
 func (e *dirExpiry) listed(dir fs.Node) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.queueLocked(expiring{dir: dir})
+	e.queueLocked(expiring{dir: dir, at: time.Now().Add(e.ttl)})
 }
 
 // listedNamespace records that the listing of the root or namespace
@@ -193,20 +199,17 @@ func (e *dirExpiry) listed(dir fs.Node) {
 func (e *dirExpiry) listedNamespace(dir fs.Node, p string, names []string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	x := expiring{dir: dir, ns: true, path: p, at: time.Now().Add(e.ttl)}
 	if len(names) > 0 {
-		e.names[p] = listedNames{names: names, until: time.Now().Add(e.ttl)}
+		e.names[p] = listedNames{names: names, until: x.at}
 	} else {
 		delete(e.names, p)
 	}
-	e.queueLocked(expiring{dir: dir, ns: true, path: p})
+	e.queueLocked(x)
 }
 
 func (e *dirExpiry) queueLocked(x expiring) {
-	if e.pending[x.dir] {
-		return
-	}
-	e.pending[x.dir] = true
-	x.at = time.Now().Add(e.ttl)
+	e.latest[x.dir] = x.at
 	e.queue = append(e.queue, x)
 	if len(e.queue) == 1 {
 		select {
@@ -277,7 +280,8 @@ func (e *dirExpiry) run(ctx context.Context) {
 }
 
 // take removes from the queue the listings due by now (within the slack)
-// and returns them, with how long until the next is due (0: none queued).
+// and returns the directories whose latest listing they are, with how long
+// until the next is due (0: none queued).
 func (e *dirExpiry) take(now time.Time) ([]fs.Node, time.Duration) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -288,12 +292,16 @@ func (e *dirExpiry) take(now time.Time) ([]fs.Node, time.Duration) {
 	}
 	var due []fs.Node
 	for _, x := range e.queue[:n] {
+		if !e.latest[x.dir].Equal(x.at) {
+			continue // listed again since: that listing expires later
+		}
 		due = append(due, x.dir)
-		delete(e.pending, x.dir)
-		if x.ns {
+		delete(e.latest, x.dir)
+		if x.ns && e.names[x.path].until.Equal(x.at) {
 			delete(e.names, x.path)
 		}
 	}
+	clear(e.queue[:n])
 	e.queue = e.queue[n:]
 	if n > 0 && len(e.queue) < cap(e.queue)/4 {
 		e.queue = append([]expiring(nil), e.queue...)

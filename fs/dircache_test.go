@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"bazil.org/fuse/fs"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -230,5 +231,31 @@ func TestDotEntries(t *testing.T) {
 		if len(got) < 4 || got[1] != "." || got[3] != ".." || got[0] != inode(c.dir) || c.dir != "" && got[2] != inode(c.parent) {
 			t.Errorf("ls -ai %s: %q, want . with inode %s and .. with %s's", c.dir, got, inode(c.dir), c.parent)
 		}
+	}
+}
+
+// Only a directory's latest listing is expired, when it is due: an older
+// one queued before it is passed over, so a listing served just before an
+// older one expires is still dropped on time.
+func TestDirExpiryLatestListing(t *testing.T) {
+	f := New(nil, Options{})
+	e := newDirExpiry(f, time.Minute)
+	root, app := newRootDir(f), newNSDir(f, "app")
+	e.listedNamespace(root, "", []string{"app"})
+	e.listed(app)
+	e.listedNamespace(root, "", []string{"app", "web"}) // listed again
+	if left := e.listedFor("", "web"); left <= 0 || left > time.Minute {
+		t.Errorf("listedFor(web) = %v, want up to a minute", left)
+	}
+	now := time.Now()
+	if due, next := e.take(now); len(due) != 0 || next <= 0 {
+		t.Fatalf("take now: %v, next in %v; want nothing due yet", due, next)
+	}
+	due, next := e.take(now.Add(time.Minute))
+	if !slices.Equal(due, []fs.Node{app, root}) || next != 0 {
+		t.Errorf("take a minute later: %v, next in %v; want app and the root once, nothing left", due, next)
+	}
+	if e.listedFor("", "web") != 0 {
+		t.Error("the root's names outlived its listing")
 	}
 }
