@@ -259,3 +259,25 @@ func TestDirExpiryLatestListing(t *testing.T) {
 		t.Error("the root's names outlived its listing")
 	}
 }
+
+// A manifest name created and closed without a byte written disappears
+// from the cached listing of _manifests.
+func TestUnwrittenManifestNameLeavesListing(t *testing.T) {
+	m := newMount(t, mountConfig{dirCacheTTL: time.Hour})
+	m.pushImage("app", "v1", 1)
+	var fd int
+	err := m.do(func() (err error) {
+		fd, err = syscall.Open(m.path("app/_manifests/empty"), syscall.O_CREAT|syscall.O_WRONLY|syscall.O_CLOEXEC, 0o644)
+		return err
+	})
+	if err != nil {
+		t.Skipf("creating a manifest name is refused (%v): no name to leave the listing", err)
+	}
+	if got := m.readDir(m.path("app/_manifests")); !slices.Contains(got, "empty") {
+		t.Fatalf("_manifests while empty is open lists %v", got)
+	}
+	_ = m.do(func() error { return syscall.Close(fd) }) // whether close reports the empty manifest or not
+	m.eventually("the unwritten name leaves the listing", func() bool {
+		return !slices.Contains(m.readDir(m.path("app/_manifests")), "empty")
+	})
+}
