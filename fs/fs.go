@@ -42,10 +42,10 @@ const (
 // DefaultDirCacheTTL is the default of Options.DirCacheTTL: how long the
 // kernel may keep a directory's listing, the names of namespace
 // directories (repositories) and their attributes. A minute: a second
-// find or ls -R within it asks regfs almost nothing (see
-// docs/benchmarks.md), and a repository or tag another writer adds or
-// removes shows in listings within it; a name looked up directly is found
-// at once whatever the listing says.
+// find or ls -R within it asks storage nothing (see docs/benchmarks.md),
+// and a repository or tag another writer adds or removes shows in
+// listings within it; a name looked up directly is found at once whatever
+// the listing says.
 const DefaultDirCacheTTL = time.Minute
 
 // immutableTTL is the validity of nodes that never change: blobs,
