@@ -52,19 +52,38 @@
 // Blobs and revisions are immutable: they are opened with OpenKeepCache and
 // their attributes are valid for an hour. Their names are not: another
 // writer (the registry) may delete a blob's link or a revision, so their
-// entries, like every entry that names something in storage, are valid for
-// Options.EntryTTL only; a deleted name then fails the kernel's next lookup,
-// and the long attribute validity cannot bring it back (attributes belong to
-// the inode, which a lookup reaches only through its name). Tags, namespaces
-// and control files change: their validity is short (Options.EntryTTL and
-// AttrTTL), and when regfs itself moves or removes a tag, commits an upload
-// or stores a manifest it tells the kernel to drop the stale entries and
-// data. Uploads have zero validity, so the kernel's idea of their size
-// (which O_APPEND writes start from) is always fresh. File data is read
-// through the store's global block cache (package cache); the read handler
-// is a ReadAt into the kernel's buffer. Every descriptor of one revision
-// reads one shared buffer, charged to the same budget as the blocks (see
-// manifestBuffers): an open the budget has no room for is ENOMEM.
+// entries, like the names of tags, are valid for Options.EntryTTL only; a
+// deleted name then fails the kernel's next lookup, and the long attribute
+// validity cannot bring it back (attributes belong to the inode, which a
+// lookup reaches only through its name). A tag's attributes (its revision,
+// size and inode) are valid for Options.AttrTTL. Uploads have zero
+// validity, so the kernel's idea of their size (which O_APPEND writes start
+// from) is always fresh.
+//
+// Directories are opened with OpenCacheDir and OpenKeepCache: the kernel
+// keeps each listing across opens, and a second find or ls -R asks regfs
+// for none (dircache.go). A listing is dropped Options.DirCacheTTL after
+// regfs served it (dirExpiry), so what other writers add or remove shows in
+// listings within that time; the names and attributes of namespace
+// directories (repositories among them) are valid as long, and the
+// reserved _layers, _manifests and _uploads, which every namespace
+// directory has, for an hour. A name looked up directly is always asked
+// for: the kernel caches no "not found", so a tag or repository another
+// writer just pushed opens at once, whatever the cached listing says. What
+// regfs changes itself shows at once: the kernel drops the listing of a
+// directory it changed through the mount (create, unlink, mkdir, rmdir,
+// link), and regfs drops the others before the call returns (a commit adds
+// to _layers/ and removes from _uploads/, a stored manifest adds its
+// revision, rmdir forgets the removed directory's listings). Every listing
+// starts with "." and "..", because an empty one has no page for the
+// kernel to drop. Tags, uploads and namespaces that regfs moves, commits or
+// stores also have their entries and data invalidated.
+//
+// File data is read through the store's global block cache (package
+// cache); the read handler is a ReadAt into the kernel's buffer. Every
+// descriptor of one revision reads one shared buffer, charged to the same
+// budget as the blocks (see manifestBuffers): an open the budget has no
+// room for is ENOMEM.
 //
 // # Concurrency
 //

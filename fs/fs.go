@@ -31,12 +31,23 @@ var (
 )
 
 // Defaults for Options.EntryTTL and Options.AttrTTL: how long the kernel
-// may cache entries and attributes of nodes that change (tags,
-// namespaces). Short, because other writers (the registry) change them too.
+// may cache the names of files other writers (the registry) can delete
+// (layers, revisions, tags) and the attributes of files they can change
+// (tags). Short: a tag is re-pointed and read by name, and the next read
+// must see the new revision.
 const (
 	DefaultEntryTTL = time.Second
 	DefaultAttrTTL  = time.Second
 )
+
+// DefaultDirCacheTTL is the default of Options.DirCacheTTL: how long the
+// kernel may keep a directory's listing, the names of namespace
+// directories (repositories) and their attributes. A minute: a second
+// find or ls -R within it asks storage nothing (see docs/benchmarks.md),
+// and a repository or tag another writer adds or removes shows in
+// listings within it; a name looked up directly is found at once whatever
+// the listing says.
+const DefaultDirCacheTTL = time.Minute
 
 // immutableTTL is the validity of nodes that never change: blobs,
 // revisions, the reserved directories.
@@ -71,9 +82,10 @@ type Options struct {
 	Debug bool
 	// Cache is the store's block cache, read for .regfs/stats; may be nil.
 	Cache *cache.Cache
-	// EntryTTL and AttrTTL are how long the kernel may cache the entries and
-	// attributes of mutable nodes (tags, namespaces); DefaultEntryTTL and
-	// DefaultAttrTTL when zero.
+	// EntryTTL is how long the kernel may cache the name of a layer,
+	// revision or tag, which another writer may delete; AttrTTL the
+	// attributes of a tag, which another writer may re-point.
+	// DefaultEntryTTL and DefaultAttrTTL when zero.
 	EntryTTL time.Duration
 	AttrTTL  time.Duration
 	// Owner owns every node and masks its modes; nil means the daemon's
@@ -82,6 +94,13 @@ type Options struct {
 	// Version and Driver say which regfs and storage driver serve the
 	// mount, for .regfs/stats and the metrics.
 	Version, Driver string
+	// DirCacheTTL is how long the kernel may keep a directory's listing,
+	// and the names and attributes of namespace directories (repositories
+	// among them): what another writer adds or removes shows in listings
+	// within this time. regfs's own changes show at once. It is the time
+	// from when regfs served the listing, not from the last use.
+	// DefaultDirCacheTTL when zero.
+	DirCacheTTL time.Duration
 }
 
 // FS is the regfs file system. It serves one FUSE connection.
@@ -100,6 +119,9 @@ type FS struct {
 	// notify counts invalidation goroutines, so Serve returns only after
 	// the last one.
 	notify sync.WaitGroup
+	// expiry drops directory listings from the kernel's cache
+	// DirCacheTTL after they were served.
+	expiry *dirExpiry
 
 	// uploadKeys serialises, per upload name, the resolution of the name
 	// to a store upload and its restart and cancel, so that two concurrent
@@ -135,6 +157,9 @@ type FS struct {
 	// dirTimes holds the newest link time seen below each directory, by
 	// path below the mountpoint (noteTime). Guarded by mu.
 	dirTimes map[string]time.Time
+	// dirShown holds the time each directory shows until its listing is
+	// dropped (see dirTime). Guarded by mu.
+	dirShown map[string]time.Time
 	// manifests shares the bytes of the revisions open for reading.
 	manifests manifestBuffers
 
@@ -173,8 +198,11 @@ func New(st store.Store, opts Options) *FS {
 	if opts.Owner != nil {
 		owner = *opts.Owner
 	}
+	if opts.DirCacheTTL <= 0 {
+		opts.DirCacheTTL = DefaultDirCacheTTL
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &FS{
+	f := &FS{
 		st:        st,
 		opts:      opts,
 		log:       opts.Logger,
@@ -184,6 +212,7 @@ func New(st store.Store, opts Options) *FS {
 		pending:   map[fileKey]*manifestWriter{},
 		uploads:   map[fileKey]*uploadState{},
 		dirTimes:  map[string]time.Time{},
+		dirShown:  map[string]time.Time{},
 		renamed:   map[fileKey]string{},
 		committed: map[fileKey]committedUpload{},
 		listed:    map[string]map[digest.Digest]time.Time{},
@@ -194,6 +223,8 @@ func New(st store.Store, opts Options) *FS {
 		gid:       owner.GID,
 		umask:     owner.Umask & os.ModePerm,
 	}
+	f.expiry = newDirExpiry(f, opts.DirCacheTTL)
+	return f
 }
 
 // MountConfig says how regfs is mounted; MountOptions turns it into mount
@@ -258,7 +289,15 @@ func (f *FS) Serve(conn *fuse.Conn) error {
 	f.protocol.Store(&proto)
 	srv := fs.New(conn, cfg)
 	f.server.Store(srv)
+	ctx, stop := context.WithCancel(f.ctx)
+	expired := make(chan struct{})
+	go func() {
+		defer close(expired)
+		f.expiry.run(ctx)
+	}()
 	err := srv.Serve(f)
+	stop()
+	<-expired
 	f.server.Store(nil)
 	f.notify.Wait()
 	// Uploads are saved first, under the mount's context; cancelling it

@@ -49,6 +49,8 @@ type mountConfig struct {
 	readOnly bool
 	mountRO  bool // mount with the kernel's ro option as well
 	drv      driver.StorageDriver
+	// dirCacheTTL is Options.DirCacheTTL; zero: the default.
+	dirCacheTTL time.Duration
 }
 
 // newMount mounts a fresh FS; cleanup unmounts it and waits for Serve.
@@ -66,7 +68,7 @@ func newMount(t *testing.T, mc mountConfig) *testMount {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := Options{ReadOnly: mc.readOnly, Logger: logger, Cache: c}
+	opts := Options{ReadOnly: mc.readOnly, Logger: logger, Cache: c, DirCacheTTL: mc.dirCacheTTL}
 	if os.Getenv("REGFS_FUSE_DEBUG") != "" {
 		// Per-request tracing to stderr, for debugging a failing test.
 		opts.Debug = true

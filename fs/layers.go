@@ -94,11 +94,12 @@ func (d layersDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 		}
 		out = append(out, fuse.Dirent{Inode: digestInode(l.Digest), Type: fuse.DT_File, Name: l.Digest.String()})
 	}
-	if d.f.noteTime(d.dir, newest) {
-		// The kernel keeps a directory's attributes for long; a newer
-		// child's time replaces the one it has.
-		d.f.invalidateNode(d)
-	}
+	// A newer child's time shows when the kernel next fetches the
+	// directory's attributes, when its listing expires too. Invalidating
+	// them now would drop the listing just cached: the kernel resets a
+	// cached listing whose directory's mtime changed.
+	d.f.noteTime(d.dir, newest)
+	d.f.expiry.listed(d)
 	return out, nil
 }
 

@@ -167,7 +167,9 @@ func (w *manifestWriter) Release(ctx context.Context, req *fuse.ReleaseRequest) 
 	if err := w.store(w.f.ctx); err != nil && !isRejection(err) {
 		w.f.log.Error("storing manifest at release", "path", w.path(), "error", err)
 	}
-	w.f.dropPending(fileKey{w.dir.repo, w.name}, w)
+	if w.f.dropPending(fileKey{w.dir.repo, w.name}, w) {
+		w.f.invalidateDir(w.dir) // the name leaves the listing
+	}
 	return nil
 }
 
@@ -180,6 +182,9 @@ func (w *manifestWriter) store(ctx context.Context) error {
 		return nil
 	}
 	w.dirty = false
+	// Stored, the revision's name joins the listing of _manifests;
+	// rejected, a new name leaves it (once no longer pending).
+	defer w.f.invalidateDir(w.dir)
 	defer w.f.dropPending(fileKey{w.dir.repo, w.name}, w)
 	if w.malformed != nil {
 		return w.malformed
@@ -232,11 +237,13 @@ func (f *FS) pendingNames(repo string) []string {
 }
 
 // dropPending forgets w as the writer of k, once it has been stored or
-// rejected (a rejected new name disappears).
-func (f *FS) dropPending(k fileKey, w *manifestWriter) {
+// rejected (a rejected new name disappears); it tells whether it did.
+func (f *FS) dropPending(k fileKey, w *manifestWriter) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.pending[k] == w {
 		delete(f.pending, k)
+		return true
 	}
+	return false
 }

@@ -112,9 +112,7 @@ func (d manifestsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 		seen[r.Digest.String()] = true
 		out = append(out, fuse.Dirent{Inode: digestInode(r.Digest), Type: fuse.DT_File, Name: r.Digest.String()})
 	}
-	if d.f.noteTime(d.dir, newest) {
-		d.f.invalidateNode(d) // see layersDir.ReadDirAll
-	}
+	d.f.noteTime(d.dir, newest) // shows later: see layersDir.ReadDirAll
 	for _, t := range tags {
 		dg, err := repo.Tags().Get(ctx, t)
 		if isNotFoundErr(err) {
@@ -134,6 +132,7 @@ func (d manifestsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 			out = append(out, fuse.Dirent{Inode: childInode(d.ino, n), Type: fuse.DT_File, Name: n})
 		}
 	}
+	d.f.expiry.listed(d)
 	return out, nil
 }
 

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -37,11 +38,13 @@ func newNSDir(f *FS, p string) nsDir {
 
 // Attr implements fs.Node.
 func (d nsDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	d.f.dirAttr(a, d.dir, d.ino, d.f.opts.AttrTTL)
+	d.f.dirAttr(a, d.dir, d.ino, d.f.opts.DirCacheTTL)
 	return nil
 }
 
-// Lookup implements fs.NodeRequestLookuper.
+// Lookup implements fs.NodeRequestLookuper. The reserved names exist in
+// every namespace directory, so their entries are valid for long: a
+// second find looks none of them up again.
 func (d nsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.LookupResponse) (fs.Node, error) {
 	switch req.Name {
 	case reservedLayers:
@@ -59,7 +62,7 @@ func (d nsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.L
 
 // ReadDirAll implements fs.HandleReadDirAller.
 func (d nsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
-	out, err := d.f.readNamespace(ctx, d.dir, d.ino)
+	out, err := d.f.readNamespace(ctx, d, d.dir, d.ino)
 	if err != nil {
 		return nil, err
 	}
@@ -129,11 +132,19 @@ func (f *FS) rmdirReserved(ctx context.Context, repoName, name string) error {
 }
 
 // lookupNamespace finds the sub-namespace name of parent: one made by mkdir,
-// a repository, or a namespace holding repositories.
+// a repository, or a namespace holding repositories. Its entry is valid
+// for DirCacheTTL, like the listing of parent: a repository another writer
+// deletes disappears within that time. A name the last listing of parent
+// (not expired) had needs no storage access, and its entry expires with
+// that listing: find looks up every name it just listed.
 func (f *FS) lookupNamespace(ctx context.Context, parent, name string, resp *fuse.LookupResponse) (fs.Node, error) {
 	p := joinPath(parent, name)
 	if strings.HasPrefix(name, "_") || store.ValidateRepositoryName(p) != nil {
 		return nil, f.errno("lookup", p, errNotFound)
+	}
+	if left := f.expiry.listedFor(parent, name); left > 0 {
+		resp.EntryValid = left
+		return newNSDir(f, p), nil
 	}
 	ok, err := f.namespaceExists(ctx, parent, name)
 	if err != nil {
@@ -142,7 +153,7 @@ func (f *FS) lookupNamespace(ctx context.Context, parent, name string, resp *fus
 	if !ok {
 		return nil, f.errno("lookup", p, errNotFound)
 	}
-	resp.EntryValid = f.opts.EntryTTL
+	resp.EntryValid = f.opts.DirCacheTTL
 	return newNSDir(f, p), nil
 }
 
@@ -169,13 +180,16 @@ func (f *FS) namespaceExists(ctx context.Context, parent, name string) (bool, er
 	return i < len(siblings) && siblings[i] == name, nil
 }
 
-// readNamespace lists the sub-namespaces of p: those in storage and those
-// made by mkdir.
-func (f *FS) readNamespace(ctx context.Context, p string, ino uint64) ([]fuse.Dirent, error) {
+// readNamespace lists the sub-namespaces of p, whose directory is dir:
+// those in storage and those made by mkdir.
+func (f *FS) readNamespace(ctx context.Context, dir fs.Node, p string, ino uint64) ([]fuse.Dirent, error) {
 	kids, err := f.st.Children(ctx, p)
 	if err != nil {
 		return nil, f.errno("readdir", p, err)
 	}
+	kids = slices.Clone(kids)
+	sort.Strings(kids)
+	f.expiry.listedNamespace(dir, p, slices.Clone(kids))
 	seen := map[string]bool{}
 	for _, k := range kids {
 		seen[k] = true
@@ -244,6 +258,7 @@ func (f *FS) rmdir(ctx context.Context, parent, name string) error {
 		return f.errno("rmdir", p, err)
 	}
 	f.removeMkdirDir(parent, name)
+	f.forgetDirectory(parent, p)
 	return nil
 }
 

@@ -216,12 +216,39 @@ func (f *FS) noteTime(p string, t time.Time) bool {
 	}
 }
 
-// dirTime is the newest time noteTime recorded for p; zero if none.
+// dirTime is the time directory p shows: the newest time noteTime had
+// recorded for p when the kernel first asked, kept until thawDirTime
+// (zero if none). It must not move while the kernel holds p's listing: the
+// kernel resets a cached listing whose directory's mtime changed, so a
+// time that followed every listing would make every find read storage
+// again.
 func (f *FS) dirTime(p string) time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.dirTimes[p]
+	if t, ok := f.dirShown[p]; ok {
+		return t
+	}
+	t := f.dirTimes[p]
+	f.dirShown[p] = t
+	return t
 }
+
+// thawDirTime lets the next attributes of directory node n show the
+// newest time regfs has seen below it. It is called where the kernel drops
+// its copy of n's attributes and listing anyway: the listing expired, or
+// regfs changed the directory.
+func (f *FS) thawDirTime(n fs.Node) {
+	d, ok := n.(interface{ dirPath() string })
+	if !ok {
+		return
+	}
+	f.mu.Lock()
+	delete(f.dirShown, d.dirPath())
+	f.mu.Unlock()
+}
+
+// dirPath is the path of the directory below the mountpoint.
+func (r refusals) dirPath() string { return r.dir }
 
 // immutableAttr fills the attributes of a blob or a revision: content
 // addressed, so read-only, inode from the digest. The attributes of a

@@ -28,7 +28,7 @@ func newRootDir(f *FS) rootDir { return rootDir{refusals: refusals{f: f}} }
 
 // Attr implements fs.Node.
 func (r rootDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	r.f.dirAttr(a, "", rootInode, r.f.opts.AttrTTL)
+	r.f.dirAttr(a, "", rootInode, r.f.opts.DirCacheTTL)
 	return nil
 }
 
@@ -43,7 +43,7 @@ func (r rootDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse
 
 // ReadDirAll implements fs.HandleReadDirAller.
 func (r rootDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
-	out, err := r.f.readNamespace(ctx, "", rootInode)
+	out, err := r.f.readNamespace(ctx, r, "", rootInode)
 	if err != nil {
 		return nil, err
 	}

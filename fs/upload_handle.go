@@ -212,6 +212,8 @@ func (h *uploadHandle) commit(ctx context.Context) error {
 	h.f.stats.uploadsCommitted.Add(1)
 	h.f.invalidateEntry(h.node.dir, h.node.name)
 	h.f.invalidateEntry(newLayersDir(h.f, h.node.dir.repo), desc.Digest.String())
+	h.f.invalidateDir(h.node.dir)
+	h.f.invalidateDir(newLayersDir(h.f, h.node.dir.repo))
 	return nil
 }
 

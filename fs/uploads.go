@@ -88,6 +88,7 @@ func (d uploadsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 			out = append(out, fuse.Dirent{Inode: childInode(d.ino, n), Type: fuse.DT_File, Name: n})
 		}
 	}
+	d.f.expiry.listed(d)
 	return out, nil
 }
 

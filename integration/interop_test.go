@@ -314,7 +314,9 @@ func testDeletesAgree(t *testing.T) {
 	}
 	skopeoCopy(t, "--format", "oci", "oci:"+l.Dir+":a", r.ref(repo, "a2"))
 	dA, dB, dC := imgs["a"].Manifest.Desc.Digest, imgs["b"].Manifest.Desc.Digest, imgs["c"].Manifest.Desc.Digest
-	m := startMount(t, "filesystem", mountOpts{Root: root})
+	// Listings another writer changes show within --dir-cache-time;
+	// waitGone waits 5 s.
+	m := startMount(t, "filesystem", mountOpts{Root: root, Extra: []string{"--dir-cache-time", "2s"}})
 	manifests := m.path(repo, "_manifests")
 
 	// rm of a revision through the mount deletes it and both its tags.
@@ -335,7 +337,7 @@ func testDeletesAgree(t *testing.T) {
 	}
 
 	// DELETE through the registry: the mount stops listing the revision and
-	// its tag once the short validity of tags has run out.
+	// its tag once the directory cache time has run out.
 	if status := r.deleteManifest(repo, dB); status != http.StatusAccepted {
 		t.Fatalf("registry DELETE %s@%s: %d", repo, dB, status)
 	}

@@ -157,13 +157,16 @@ func (b *bench) newMountpoint(kind string) string {
 	return filepath.Join(b.tmp, "mnt", fmt.Sprintf("%s-%d", kind, b.mntSeq))
 }
 
-// startRegfs mounts the registry with regfs, its cache empty.
-func (b *bench) startRegfs(cacheSize int64) (*mount, error) {
+// startRegfs mounts the registry with regfs, its cache empty, with more
+// regfs mount flags when given.
+func (b *bench) startRegfs(cacheSize int64, flags ...string) (*mount, error) {
 	dir := b.newMountpoint("regfs")
-	return b.mounts.start("regfs", dir, []string{
+	argv := []string{
 		b.regfs, "mount", "--driver", "filesystem", "--root", b.ds.root,
-		"--cache-size", strconv.FormatInt(cacheSize, 10), dir,
-	}, nil, "msg=mounted")
+		"--cache-size", strconv.FormatInt(cacheSize, 10),
+	}
+	argv = append(append(argv, flags...), dir)
+	return b.mounts.start("regfs", dir, argv, nil, "msg=mounted")
 }
 
 // startBare mounts the bare passthrough of dir.

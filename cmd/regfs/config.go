@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/regfs/regfs/cmd/internal/size"
+	regfsfs "github.com/regfs/regfs/fs"
 	"github.com/regfs/regfs/store/gc"
 )
 
@@ -46,7 +47,12 @@ type Config struct {
 	NoDefaultPermissions bool
 	// CacheSize is the block cache budget in bytes.
 	CacheSize int64
-	Debug     bool
+	// DirCacheTime and AttrTimeout are how long the kernel may cache
+	// listings and directory names, and the names and attributes of files
+	// other writers change (fs.Options.DirCacheTTL, EntryTTL and AttrTTL).
+	DirCacheTime time.Duration
+	AttrTimeout  time.Duration
+	Debug        bool
 	// GCInterval runs a collection that often inside the mount (0: never),
 	// with GCGrace as its grace window.
 	GCInterval, GCGrace time.Duration
@@ -148,16 +154,31 @@ func checkStorage(st *Storage, inmemory bool) error {
 func newMountFlags(cfg *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("regfs mount", flag.ContinueOnError)
 	cfg.CacheSize = defaultCacheSize
+	cfg.DirCacheTime = regfsfs.DefaultDirCacheTTL
+	cfg.AttrTimeout = regfsfs.DefaultAttrTTL
 	addStorageFlags(fs, &cfg.Storage, true)
 	fs.BoolVar(&cfg.ReadOnly, "read-only", false, "refuse every write with EROFS")
 	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users use the mount, as the modes allow (the kernel\nchecks them; see --uid, --gid, --umask; needs user_allow_other in\n/etc/fuse.conf when not root)")
 	fs.BoolVar(&cfg.NoDefaultPermissions, "no-default-permissions", false, "with --allow-other, let every user do what the daemon's user may:\nthe kernel checks no modes (unsafe unless every local user is trusted)")
 	fs.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "block cache budget `SIZE` in bytes, with K, M, G or T (default 256M)")
+	fs.DurationVar(&cfg.DirCacheTime, "dir-cache-time", cfg.DirCacheTime, "how long directory listings and the names of namespace directories\n(repositories) are cached: what another writer adds or removes shows\nin listings within `DURATION`; regfs's own changes show at once\n(default "+shortDuration(regfsfs.DefaultDirCacheTTL)+")")
+	fs.DurationVar(&cfg.AttrTimeout, "attr-timeout", cfg.AttrTimeout, "how long the names of layers, revisions and tags and the attributes\nof tags are cached: a tag another writer moves or deletes shows so\nwithin `DURATION` (default "+shortDuration(regfsfs.DefaultAttrTTL)+")")
 	fs.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request and response")
 	addServiceFlags(fs, &cfg.Service)
 	fs.DurationVar(&cfg.GCInterval, "gc-interval", 0, "run regfs gc (default flags) every `DURATION` inside the mount (default off)")
 	fs.DurationVar(&cfg.GCGrace, "gc-grace", gc.DefaultGrace, "grace window `AGE` of --gc-interval's runs (default 1h)")
 	return fs
+}
+
+// shortDuration prints d without zero trailing units: 1m, not 1m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	for _, zero := range []string{"0s", "0m"} {
+		if t := strings.TrimSuffix(s, zero); t != s && t != "" && !strings.HasSuffix(t, ".") && t[len(t)-1] >= 'a' {
+			s = t
+		}
+	}
+	return s
 }
 
 // writeFlags lists a command's flags, GNU style, for its --help.
@@ -272,6 +293,9 @@ func parseMount(args []string, stdout, stderr io.Writer) (Config, error) {
 	}
 	if cfg.GCInterval > 0 && cfg.ReadOnly {
 		return cfg, errors.New("--gc-interval needs a writable mount")
+	}
+	if cfg.DirCacheTime <= 0 || cfg.AttrTimeout <= 0 {
+		return cfg, errors.New("--dir-cache-time and --attr-timeout must be positive")
 	}
 	return cfg, checkStorage(&cfg.Storage, true)
 }

@@ -25,16 +25,19 @@ func TestParseMount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Mountpoint: "/mnt", Storage: Storage{Driver: "filesystem", Root: "/xdg/regfs"}, CacheSize: 256 << 20, Service: defaultService, GCGrace: time.Hour}
+	want := Config{Mountpoint: "/mnt", Storage: Storage{Driver: "filesystem", Root: "/xdg/regfs"}, CacheSize: 256 << 20, Service: defaultService, GCGrace: time.Hour,
+		DirCacheTime: time.Minute, AttrTimeout: time.Second}
 	if cfg != want {
 		t.Errorf("defaults: %+v, want %+v", cfg, want)
 	}
 	// Flags before and after the mountpoint, single or double dash.
-	cfg, err = parseMount([]string{"--driver", "inmemory", "/m", "-read-only", "--allow-other", "--cache-size=1G", "--debug"}, io.Discard, io.Discard)
+	cfg, err = parseMount([]string{"--driver", "inmemory", "/m", "-read-only", "--allow-other", "--cache-size=1G", "--debug",
+		"--dir-cache-time", "5m", "--attr-timeout=2s"}, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want = Config{Mountpoint: "/m", Storage: Storage{Driver: "inmemory"}, ReadOnly: true, AllowOther: true, CacheSize: 1 << 30, Debug: true, Service: defaultService, GCGrace: time.Hour}
+	want = Config{Mountpoint: "/m", Storage: Storage{Driver: "inmemory"}, ReadOnly: true, AllowOther: true, CacheSize: 1 << 30, Debug: true, Service: defaultService, GCGrace: time.Hour,
+		DirCacheTime: 5 * time.Minute, AttrTimeout: 2 * time.Second}
 	if cfg != want {
 		t.Errorf("flags: %+v, want %+v", cfg, want)
 	}
@@ -70,6 +73,9 @@ func TestParseMount(t *testing.T) {
 		{"--cache-size", "lots", "/m"},
 		{"--no-such-flag", "/m"},
 		{"--no-default-permissions", "/m"}, // meaningless without --allow-other
+		{"--dir-cache-time", "0", "/m"},
+		{"--attr-timeout", "-1s", "/m"},
+		{"--dir-cache-time", "soon", "/m"},
 	} {
 		if _, err := parseMount(bad, io.Discard, io.Discard); err == nil || errors.Is(err, flag.ErrHelp) {
 			t.Errorf("parseMount(%q): err = %v, want a usage error", bad, err)
@@ -79,7 +85,7 @@ func TestParseMount(t *testing.T) {
 	if _, err := parseMount([]string{"--help"}, &out, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("--help: %v", err)
 	}
-	for _, want := range []string{"Usage: regfs mount [flags] [SOURCE] MOUNTPOINT", "-o OPTIONS", "--driver NAME", "--cache-size SIZE", "--read-only", "--no-default-permissions", "Examples:"} {
+	for _, want := range []string{"Usage: regfs mount [flags] [SOURCE] MOUNTPOINT", "-o OPTIONS", "--driver NAME", "--cache-size SIZE", "--read-only", "--no-default-permissions", "--dir-cache-time DURATION", "(default 1m)", "--attr-timeout DURATION", "(default 1s)", "Examples:"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("mount --help lacks %q:\n%s", want, out.String())
 		}

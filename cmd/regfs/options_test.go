@@ -23,6 +23,7 @@ func TestMountOptions(t *testing.T) {
 		Mountpoint: "/srv/registry",
 		Storage:    Storage{Driver: driverFilesystem, Root: "/var/lib/docker-registry"},
 		ReadOnly:   true, AllowOther: true, CacheSize: 2 << 30, Debug: true, GCGrace: time.Hour,
+		DirCacheTime: time.Minute, AttrTimeout: time.Second,
 		Service: Service{Source: "/var/lib/docker-registry", Daemon: true, LogFile: "/var/log/regfs.log",
 			UID: 5, GID: 6, Umask: 0o027, MetricsAddr: "127.0.0.1:9"},
 	}
