@@ -21,6 +21,8 @@ func readmeFlags() string {
 	writeFlags(&b, newMountFlags(&Config{}))
 	b.WriteString("\nregfs fsck [flags]\n")
 	writeFlags(&b, newFsckFlags(&FsckConfig{}))
+	b.WriteString("\nregfs gc [flags]\n")
+	writeFlags(&b, newGCFlags(&GCConfig{}))
 	b.WriteString("\nregfs version [MOUNTPOINT]\n```\n" + readmeFlagsEnd)
 	return b.String()
 }
