@@ -27,36 +27,82 @@ func (d *impl) tempName() string {
 // error, never followed.
 func (d *impl) openInternal(name string) (int, error) {
 	d.users(name).Add(1)
-	for range raceRetries {
+	for tries, gone := 0, 0; tries < raceRetries; tries++ {
 		fd, err := unix.Openat(d.rootFD, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == nil {
+			// A shared lock for as long as the call uses the directory:
+			// whoever removes it as empty (the last user, a janitor)
+			// takes the exclusive lock first, so it is never removed
+			// under a call that holds it. One removed between the open
+			// and the lock has no links left: open the new one.
+			err = flockRetry(fd, unix.LOCK_SH)
+			var st unix.Stat_t
+			if err == nil {
+				err = unix.Fstat(fd, &st)
+			}
+			if err == nil && st.Nlink == 0 {
+				unix.Close(fd)
+				if gone < internalRaces {
+					gone++
+					tries--
+				}
+				continue
+			}
+			if err != nil {
+				unix.Close(fd)
+				d.users(name).Add(-1)
+				return -1, err
+			}
+			return fd, nil
+		}
 		if err != unix.ENOENT {
 			if err == unix.ELOOP || err == unix.ENOTDIR {
 				err = fmt.Errorf("%s is not a directory", filepath.Join(d.root, name))
 			}
-			if err != nil {
-				d.users(name).Add(-1)
-			}
-			return fd, err
+			d.users(name).Add(-1)
+			return -1, err
 		}
 		if err := unix.Mkdirat(d.rootFD, name, 0o700); err != nil && err != unix.EEXIST {
 			d.users(name).Add(-1)
 			return -1, err
+		}
+		// Made (or found made); a janitor may remove it, empty, before
+		// the open: that is not a race of the caller's target either.
+		if gone < internalRaces {
+			gone++
+			tries--
 		}
 	}
 	d.users(name).Add(-1)
 	return -1, errRaced
 }
 
+// flockRetry is flock(2) that retries EINTR.
+func flockRetry(fd, how int) error {
+	for {
+		if err := unix.Flock(fd, how); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
 // releaseInternal closes fd, the internal directory name, and when the
 // caller was its last user in this driver, removes the directory if it is
-// empty, so that the root holds nothing of regfs's once no call is in
-// flight. A call that opened it meanwhile (in another process, or here
-// between the count and the removal) gets ENOENT when it makes an entry
-// in it, and opens it again.
+// empty and no call (in this or another process) holds its shared lock,
+// so that the root holds nothing of regfs's once no call is in flight.
 func (d *impl) releaseInternal(fd int, name string) {
-	unix.Close(fd)
 	if d.users(name).Add(-1) == 0 {
-		unix.Unlinkat(d.rootFD, name, unix.AT_REMOVEDIR)
+		removeInternal(d.rootFD, fd, name)
+	}
+	unix.Close(fd)
+}
+
+// removeInternal removes the internal directory name, open as fd, if it is
+// empty and nobody else holds its lock: the shared lock a holder of fd has
+// is turned into the exclusive one without waiting, or nothing is removed.
+func removeInternal(rootFD, fd int, name string) {
+	if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
+		unix.Unlinkat(rootFD, name, unix.AT_REMOVEDIR)
 	}
 }
 
@@ -81,7 +127,7 @@ type temp struct {
 // newTemp makes a staging entry: an empty file with the registry's
 // permissions, open for writing, or a directory.
 func (d *impl) newTemp(dir bool) (temp, error) {
-	for range raceRetries {
+	for tries, tmpGone := 0, 0; tries < raceRetries; tries++ {
 		tmpfd, err := d.openInternal(tmpDirName)
 		if err != nil {
 			return temp{}, err
@@ -118,6 +164,14 @@ func (d *impl) newTemp(dir bool) (temp, error) {
 		}
 		if t.fd >= 0 {
 			unix.Close(t.fd)
+		}
+		var st unix.Stat_t
+		if err == unix.ENOENT && unix.Fstat(tmpfd, &st) == nil && st.Nlink == 0 && tmpGone < internalRaces {
+			// A janitor removed the staging directory, empty, between
+			// its opening and the entry's creation: not a race of this
+			// write's target, so it does not count against raceRetries.
+			tmpGone++
+			tries--
 		}
 		removeAt(tmpfd, t.name)
 		d.releaseInternal(tmpfd, tmpDirName)

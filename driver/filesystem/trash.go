@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -50,7 +51,7 @@ func (d *impl) Delete(_ context.Context, path string) error {
 		return d.pathErr("Delete", path, err)
 	}
 	defer unix.Close(pfd)
-	for range raceRetries {
+	for tries, trashGone := 0, 0; tries < raceRetries; tries++ {
 		var st unix.Stat_t
 		if err := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return d.pathErr("Delete", path, err)
@@ -62,7 +63,16 @@ func (d *impl) Delete(_ context.Context, path string) error {
 			return d.pathErr("Delete", path, unix.Fsync(pfd))
 		}
 		err := d.trash(pfd, name)
-		if err == unix.ENOENT {
+		if err == errTrashGone && trashGone < internalRaces {
+			// A janitor (another driver's Clean, or the last user of
+			// the trash here) removed the empty trash between its
+			// opening and the rename: not the victim's race, so it
+			// does not count against raceRetries.
+			trashGone++
+			tries--
+			continue
+		}
+		if err == unix.ENOENT || err == errTrashGone {
 			continue // gone meanwhile (the stat says), or the trash was
 		}
 		if err != nil {
@@ -72,6 +82,16 @@ func (d *impl) Delete(_ context.Context, path string) error {
 	}
 	return &driver.Error{Driver: Name, Op: "Delete", Path: path, Err: errRaced}
 }
+
+// errTrashGone is trash's answer when the trash directory it opened was
+// removed (by a janitor, as empty) before the rename into it.
+var errTrashGone = errors.New("trash directory removed meanwhile")
+
+// internalRaces bounds how often one call retries after losing an
+// internal directory (trash or staging) to a janitor that removed it as
+// empty; each loss needs a janitor to find it empty again between two
+// steps of this call, so many in a row mean a janitor in a tight loop.
+const internalRaces = 1000
 
 // trash moves name from the directory pfd into the trash, fsyncs pfd and
 // removes it from the trash. A failure to remove is left for Clean: the
@@ -84,6 +104,10 @@ func (d *impl) trash(pfd int, name string) error {
 	defer d.releaseInternal(tfd, trashDirName)
 	t := d.tempName()
 	if err := unix.Renameat(pfd, name, tfd, t); err != nil {
+		var st unix.Stat_t
+		if err == unix.ENOENT && unix.Fstat(tfd, &st) == nil && st.Nlink == 0 {
+			return errTrashGone
+		}
 		return err
 	}
 	if err := unix.Fsync(pfd); err != nil {
@@ -159,6 +183,11 @@ func (d *impl) scan(ctx context.Context, remove bool) ([]string, error) {
 				f.Close()
 				return left, err
 			}
+			if dir == tmpDirName && strings.HasPrefix(n, d.id+".") {
+				// This driver's own entry: a write in progress here,
+				// perhaps between its creation and its lock.
+				continue
+			}
 			unlock, ok := claim(fd, n, dir == tmpDirName)
 			if !ok {
 				continue
@@ -171,10 +200,10 @@ func (d *impl) scan(ctx context.Context, remove bool) ([]string, error) {
 			}
 			unlock()
 		}
-		f.Close()
 		if remove {
-			unix.Unlinkat(d.rootFD, dir, unix.AT_REMOVEDIR)
+			removeInternal(d.rootFD, fd, dir)
 		}
+		f.Close()
 	}
 	return left, first
 }
