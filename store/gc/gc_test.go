@@ -920,3 +920,33 @@ func TestDriverLeftoversCleanedAfterTheSweep(t *testing.T) {
 		t.Fatalf("run: %v, cleaned %d times", err, j.cleaned)
 	}
 }
+
+// TestDeletedBlobLeavesTheCache: a reader open on a blob before gc
+// deleted it is not served the blob's cached bytes afterwards, but the
+// storage's answer: the blob is gone.
+func TestDeletedBlobLeavesTheCache(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	gone := f.blob("a", "read, then unlinked and collected")
+	r, err := f.repo("a").Layers().Open(ctx, gone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	buf := make([]byte, r.Size())
+	if _, err := r.ReadAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.repo("a").Layers().Unlink(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	f.age(2 * time.Hour)
+	if got := digests(f.gc(Options{}).Blobs); !slices.Equal(got, []digest.Digest{gone}) {
+		t.Fatalf("deleted %v, want %s", got, gone)
+	}
+	if n, err := r.ReadAt(buf, 0); err == nil {
+		t.Fatalf("read %d bytes %q of a deleted blob", n, buf[:n])
+	} else if !driver.IsNotFound(err) && !errors.Is(err, store.ErrBlobUnknown) {
+		t.Fatalf("read of a deleted blob: %v, want not found", err)
+	}
+}
