@@ -158,6 +158,11 @@ type UploadInfo struct {
 	// Size is the number of bytes uploaded so far.
 	Size      int64
 	StartedAt time.Time
+	// ModTime is when the upload was last written: its data's
+	// modification time; before any data, StartedAt, or without one the
+	// directory's time. Zero when the driver has no times. It comes from
+	// the stats Stat makes anyway.
+	ModTime time.Time
 }
 
 // UploadService manages a repository's uploads.
