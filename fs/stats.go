@@ -72,6 +72,10 @@ type Stats struct {
 	// DriverCalls counts the storage driver calls by method: what the
 	// operations so far cost the backend.
 	DriverCalls map[string]int64 `json:"driver_calls"`
+	// DriverLatency is how long those calls took, by method: their count
+	// and total seconds here, the histogram in the metrics
+	// (regfs_driver_call_duration_seconds).
+	DriverLatency map[string]store.Latency `json:"driver_latency,omitempty"`
 	// BadLinks counts the links that stayed empty, short or malformed
 	// after their re-reads (another writer's crash, tampering): each was
 	// left out of its listing and logged with its path.
@@ -136,6 +140,7 @@ func (f *FS) Stats() Stats {
 	if sr, ok := f.st.(store.StatsReporter); ok {
 		st := sr.Stats()
 		s.DriverCalls = st.DriverCalls
+		s.DriverLatency = st.DriverLatency
 		s.BadLinks = st.BadLinks
 	}
 	if c := f.opts.Cache; c != nil {
