@@ -18,8 +18,8 @@ func TestCollectedDropsKernelNames(t *testing.T) {
 	m := newMount(t, mountConfig{entryTTL: time.Hour})
 	dgst := m.pushBlob("a", []byte("a layer gc unlinks"))
 	p := m.path("a", "_layers", dgst.String())
-	if _, err := m.stat(p); err != nil {
-		t.Fatal(err)
+	if got := m.readFile(p); string(got) != "a layer gc unlinks" {
+		t.Fatalf("read %q", got)
 	}
 	// No revision references the link: gc removes it and the blob.
 	rep, err := gc.Run(context.Background(), m.st, m.drv, gc.Options{
@@ -32,6 +32,10 @@ func TestCollectedDropsKernelNames(t *testing.T) {
 	}
 	if len(rep.Blobs) != 1 || rep.Blobs[0].Digest != dgst {
 		t.Fatalf("gc deleted %v, want %s", rep.Blobs, dgst)
+	}
+	// Its block left the block cache with it.
+	if s := m.fs.Stats(); s.Cache.Forgotten != 1 {
+		t.Errorf("cache: %d blocks forgotten, want the deleted blob's one", s.Cache.Forgotten)
 	}
 	// The kernel still has the name: nothing asked regfs.
 	if _, err := m.stat(p); err != nil {

@@ -96,9 +96,12 @@ type CacheStats struct {
 	Loads      int64 `json:"loads"`
 	ReadAheads int64 `json:"read_aheads"`
 	Evictions  int64 `json:"evictions"`
-	Bytes      int64 `json:"bytes"`
-	MaxBytes   int64 `json:"max_bytes"`
-	Budget     int64 `json:"budget"`
+	// Forgotten counts the blocks dropped because their blob was
+	// deleted from storage (by gc in this process, or found gone).
+	Forgotten int64 `json:"forgotten"`
+	Bytes     int64 `json:"bytes"`
+	MaxBytes  int64 `json:"max_bytes"`
+	Budget    int64 `json:"budget"`
 }
 
 // Stats returns the FS's counters now.
@@ -147,7 +150,7 @@ func (f *FS) Stats() Stats {
 		cs := c.Stats()
 		s.Cache = &CacheStats{
 			Hits: cs.Hits, Misses: cs.Misses, Loads: cs.Loads, ReadAheads: cs.ReadAheads,
-			Evictions: cs.Evictions, Bytes: cs.Bytes, MaxBytes: cs.MaxBytes, Budget: cs.Budget,
+			Evictions: cs.Evictions, Forgotten: cs.Forgotten, Bytes: cs.Bytes, MaxBytes: cs.MaxBytes, Budget: cs.Budget,
 		}
 	}
 	return s
