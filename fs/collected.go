@@ -14,11 +14,16 @@ import (
 // revision in _manifests/, link in _layers/ and upload in _uploads/ it
 // removed, and each repository it pruned. The listings of those
 // directories are dropped too. The blobs it deleted are no name in the
-// mount (a blob goes only once nothing links it); the store has already
-// dropped their cached blocks. A dry run changed nothing.
+// mount (a blob goes only once nothing links it), but a descriptor opened
+// before their last link went may still read them: the kernel drops
+// their pages (the store has already dropped their cached blocks), so
+// such reads fail. A dry run changed nothing.
 func (f *FS) Collected(rep *gc.Report) {
 	if rep == nil || rep.DryRun {
 		return
+	}
+	for _, b := range rep.Blobs {
+		f.blobGone(b.Digest)
 	}
 	for _, r := range rep.Repositories {
 		if r.Removed {
