@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -113,6 +114,8 @@ type Stats struct {
 	Retries int64
 	// Opens counts calls of an OpenFunc (lower streams opened).
 	Opens int64
+	// Forgotten counts the cached blocks dropped by Forget.
+	Forgotten int64
 }
 
 // Cache is one global, byte-budgeted cache of fixed-size blocks of immutable
@@ -145,6 +148,10 @@ type Cache struct {
 
 	// opens and retries are counted outside mu, by the loaders.
 	opens, retries atomic.Int64
+	// forgets counts the calls of Forget: an idle lower stream opened
+	// before the latest one may read a blob that is gone, so it is not
+	// used again (see Reader.takeStream).
+	forgets atomic.Int64
 
 	// free holds buffers of full-size blocks that nothing references any
 	// more (evicted and unpinned, or of a failed load), so that a cache
@@ -187,6 +194,9 @@ type load struct {
 	// abandoned tells waiters that the load failed only because the Reader
 	// that started it was closed, so they should load the block themselves.
 	abandoned bool
+	// forgotten is set by Forget: the block is handed to its waiters but
+	// not cached; guarded by Cache.mu.
+	forgotten bool
 }
 
 // New returns a cache of at most budget bytes in blocks of blockSize bytes
@@ -452,10 +462,53 @@ func (c *Cache) finish(bk blockKey, ld *load, n int, data []byte, err error, aba
 		return nil
 	}
 	b := &block{data: data, pins: ld.waiters + pins}
-	c.lru.Add(bk, b)
+	if ld.forgotten {
+		// Nobody finds it again: it goes once its readers unpin it.
+		b.evicted = true
+	} else {
+		c.lru.Add(bk, b)
+	}
 	ld.blk = b
 	close(ld.done)
 	return b
+}
+
+// Forget drops every cached block of the blobs whose key starts with
+// prefix, for a blob deleted from storage: its blocks must not be served
+// any more, neither to Readers open on it nor to ones opened on a blob
+// stored again under the same key. Loads in flight for those keys are not
+// cached when they end, and the idle lower streams every Reader keeps
+// are not used again (a stream opened before the deletion may still read
+// the old bytes). It returns how many cached blocks it dropped.
+func (c *Cache) Forget(prefix string) int {
+	c.forgets.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, bk := range c.lru.Keys() {
+		if !strings.HasPrefix(bk.key, prefix) {
+			continue
+		}
+		b, ok := c.lru.Peek(bk)
+		if !ok {
+			continue
+		}
+		c.lru.Remove(bk)
+		n++
+		if b.pins == 0 {
+			c.bytes -= int64(len(b.data))
+			c.putBuf(b.data)
+		} else {
+			b.evicted = true
+		}
+	}
+	for bk, ld := range c.loads {
+		if strings.HasPrefix(bk.key, prefix) {
+			ld.forgotten = true
+		}
+	}
+	c.stats.Forgotten += int64(n)
+	return n
 }
 
 // unpin releases a block acquired for copying.

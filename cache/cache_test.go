@@ -809,3 +809,45 @@ func TestPrefault(t *testing.T) {
 		t.Errorf("cache holds %d bytes after loading every block, want %d", b, len(src.data))
 	}
 }
+
+// TestForget: once a blob is forgotten (deleted from storage), neither its
+// cached blocks nor a Reader's kept stream serve its bytes: a read goes to
+// the source, which no longer has it. Other blobs stay cached.
+func TestForget(t *testing.T) {
+	const bs = 16
+	gone := newSource(4*bs, 1)
+	kept := newSource(4*bs, 2)
+	c := NewWithOptions(Options{Budget: 1 << 20, BlockSize: bs, ReadAhead: -1, RetryDelay: -1})
+	rg := c.NewReader("sha256:gone@64", 64, gone.open)
+	defer rg.Close()
+	rk := c.NewReader("sha256:kept@64", 64, kept.open)
+	defer rk.Close()
+	buf := make([]byte, bs)
+	for _, r := range []*Reader{rg, rk} {
+		if _, err := r.ReadAt(buf, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The blob's data is deleted: every open of it fails from now on.
+	gone.failOpens.Store(1 << 30)
+	if n := c.Forget("sha256:gone@"); n != 1 {
+		t.Fatalf("Forget dropped %d blocks, want 1", n)
+	}
+	if _, err := rg.ReadAt(buf, 0); !errors.Is(err, errInjected) {
+		t.Fatalf("cached block of a forgotten blob: err %v, want the source's failure", err)
+	}
+	// Block 1 would come from the stream kept after block 0.
+	if _, err := rg.ReadAt(buf, bs); !errors.Is(err, errInjected) {
+		t.Fatalf("kept stream of a forgotten blob: err %v, want the source's failure", err)
+	}
+	opens := kept.opens.Load()
+	if _, err := rk.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, kept.data[:bs]) {
+		t.Fatalf("other blob: %v", err)
+	}
+	if kept.opens.Load() != opens {
+		t.Fatal("another blob's cached block was dropped")
+	}
+	if s := c.Stats(); s.Forgotten != 1 || s.Bytes != bs {
+		t.Fatalf("stats after Forget: %+v", s)
+	}
+}

@@ -43,6 +43,8 @@ type Reader struct {
 type stream struct {
 	rc  io.ReadCloser
 	pos int64
+	// forgets is the Cache's count of Forget calls when rc was opened.
+	forgets int64
 }
 
 // NewReader returns a Reader of the blob named key (its digest), size bytes
@@ -268,6 +270,20 @@ func (r *Reader) fillOnce(dst []byte, off int64) error {
 // is the caller's until it hands it back with putStream.
 func (r *Reader) takeStream(off int64) (*stream, error) {
 	r.mu.Lock()
+	var stale []*stream
+	if f := r.c.forgets.Load(); len(r.streams) > 0 {
+		// A blob forgotten since a stream was opened may be this one: the
+		// stream may read bytes deleted from storage. Drop it.
+		kept := r.streams[:0]
+		for _, s := range r.streams {
+			if s.forgets == f {
+				kept = append(kept, s)
+			} else {
+				stale = append(stale, s)
+			}
+		}
+		r.streams = kept
+	}
 	best := -1
 	for i, s := range r.streams {
 		if s.pos <= off && off-s.pos <= r.c.maxSkip && (best < 0 || s.pos > r.streams[best].pos) {
@@ -280,6 +296,9 @@ func (r *Reader) takeStream(off int64) (*stream, error) {
 		r.streams = append(r.streams[:best], r.streams[best+1:]...)
 	}
 	r.mu.Unlock()
+	for _, s := range stale {
+		s.rc.Close()
+	}
 	if s != nil && s.pos < off && r.c.present(blockKey{r.key, s.pos / int64(r.c.blockSize)}) {
 		// The gap is cached or being loaded by a parallel read-ahead:
 		// discarding it would fetch it twice. Keep the stream for later.
@@ -300,11 +319,12 @@ func (r *Reader) takeStream(off int64) (*stream, error) {
 		}
 	}
 	r.c.opens.Add(1)
+	forgets := r.c.forgets.Load()
 	rc, err := r.open(r.ctx, off)
 	if err != nil {
 		return nil, err
 	}
-	return &stream{rc: rc, pos: off}, nil
+	return &stream{rc: rc, pos: off, forgets: forgets}, nil
 }
 
 // putStream keeps s for a later load, closing the least recently used

@@ -77,7 +77,15 @@
 // revision, rmdir forgets the removed directory's listings). Every listing
 // starts with "." and "..", because an empty one has no page for the
 // kernel to drop. Tags, uploads and namespaces that regfs moves, commits or
-// stores also have their entries and data invalidated.
+// stores also have their entries and data invalidated. A collection run by
+// the mount itself (--gc-interval) hands its report to Collected, which
+// drops the names and listings of what it removed.
+//
+// A blob deleted from storage leaves the block cache (store.BlobDeleted,
+// or when the store finds its data gone), and the kernel's pages of the
+// layers open on it are dropped once regfs learns it is gone (an open or
+// lookup fails, or Collected): a descriptor opened before then gets an
+// error, not the deleted bytes (openlayers.go).
 //
 // File data is read through the store's global block cache (package
 // cache); the read handler is a ReadAt into the kernel's buffer. Every

@@ -100,3 +100,30 @@ func reasonsOf(err error) []string {
 	}
 	return out
 }
+
+// refuseRename records a refused rename in .regfs/errors and the log,
+// with why, and returns its errno: mv prints only the errno ("Operation
+// not permitted", "Invalid cross-device link"), which does not say what
+// regfs refused or what to do instead.
+func (f *FS) refuseRename(from, to string, err error) error {
+	f.reject(from, fmt.Errorf("rename to %s refused: %w", to, err))
+	return f.errno("rename", from, err)
+}
+
+// renameTarget is the path of name in the directory node dir, for the
+// reason of a refused rename; just name when dir is not regfs's.
+func renameTarget(dir any, name string) string {
+	if d, ok := dir.(interface{ path(string) string }); ok {
+		return d.path(name)
+	}
+	return name
+}
+
+// because is an error saying why, that errno maps as kind.
+type because struct {
+	why  string
+	kind error
+}
+
+func (e *because) Error() string { return e.why }
+func (e *because) Unwrap() error { return e.kind }

@@ -162,6 +162,8 @@ type FS struct {
 	dirShown map[string]time.Time
 	// manifests shares the bytes of the revisions open for reading.
 	manifests manifestBuffers
+	// openLayers are the layer nodes open for reading (openlayers.go).
+	openLayers openLayers
 
 	stats counters
 	ops   *opTimer

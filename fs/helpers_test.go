@@ -51,6 +51,8 @@ type mountConfig struct {
 	drv      driver.StorageDriver
 	// dirCacheTTL is Options.DirCacheTTL; zero: the default.
 	dirCacheTTL time.Duration
+	// entryTTL is Options.EntryTTL; zero: the default.
+	entryTTL time.Duration
 }
 
 // newMount mounts a fresh FS; cleanup unmounts it and waits for Serve.
@@ -68,7 +70,7 @@ func newMount(t *testing.T, mc mountConfig) *testMount {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := Options{ReadOnly: mc.readOnly, Logger: logger, Cache: c, DirCacheTTL: mc.dirCacheTTL}
+	opts := Options{ReadOnly: mc.readOnly, Logger: logger, Cache: c, DirCacheTTL: mc.dirCacheTTL, EntryTTL: mc.entryTTL}
 	if os.Getenv("REGFS_FUSE_DEBUG") != "" {
 		// Per-request tracing to stderr, for debugging a failing test.
 		opts.Debug = true

@@ -64,6 +64,7 @@ func (d layersDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fu
 	}
 	desc, err := repo.Layers().Stat(ctx, dgst)
 	if err != nil {
+		d.f.noteBlobUnknown(dgst, err)
 		return nil, d.f.errno("lookup", p, err)
 	}
 	mtime, err := d.f.linkTime(ctx, d.dir, dgst, repo.Layers().LinkTime)
@@ -183,10 +184,11 @@ func (l layerFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.O
 	}
 	r, err := repo.Layers().Open(ctx, l.dgst)
 	if err != nil {
+		l.f.noteBlobUnknown(l.dgst, err)
 		return nil, l.f.errno("open", l.path(), err)
 	}
 	resp.Flags |= fuse.OpenKeepCache
-	return &blobHandle{f: l.f, path: l.path(), r: r}, nil
+	return &blobHandle{f: l.f, path: l.path(), r: r, release: l.f.openLayers.add(l)}, nil
 }
 
 // Setattr implements fs.NodeSetattrer.

@@ -311,27 +311,28 @@ func (d manifestsDir) Rename(ctx context.Context, req *fuse.RenameRequest, newDi
 	if err := d.f.readOnly(); err != nil {
 		return d.f.errno("rename", p, err)
 	}
-	to, ok := newDir.(manifestsDir)
+	to := renameTarget(newDir, req.NewName)
+	dst, ok := newDir.(manifestsDir)
 	if !ok {
-		return d.f.errno("rename", p, errNotSupported)
+		return d.f.refuseRename(p, to, &because{why: "a tag can only be renamed within _manifests/", kind: errNotSupported})
 	}
-	if to.repo != d.repo {
-		return d.f.errno("rename", p, errCrossRepository)
+	if dst.repo != d.repo {
+		return d.f.refuseRename(p, to, &because{why: "a tag cannot move to another repository: tag the revision there instead", kind: errCrossRepository})
 	}
 	if d.f.pendingManifest(fileKey{d.repo, req.OldName}) != nil || d.f.pendingManifest(fileKey{d.repo, req.NewName}) != nil {
-		return d.f.errno("rename", p, errBusy)
+		return d.f.refuseRename(p, to, errBusy)
 	}
 	if _, err := store.ParseDigest(req.OldName); err == nil {
-		return d.f.errno("rename", p, errImmutable)
+		return d.f.refuseRename(p, to, &because{why: "a revision is named by its digest and cannot be renamed: ln it to a tag name instead", kind: errImmutable})
 	}
 	if _, err := store.ParseDigest(req.NewName); err == nil {
-		return d.f.errno("rename", p, errWrongKind)
+		return d.f.refuseRename(p, to, &because{why: "a tag cannot be renamed to a digest", kind: errWrongKind})
 	}
 	if store.ValidateTag(req.OldName) != nil {
 		return d.f.errno("rename", p, errNotFound)
 	}
 	if err := store.ValidateTag(req.NewName); err != nil {
-		return d.f.errno("rename", p, err)
+		return d.f.refuseRename(p, to, err)
 	}
 	if req.OldName == req.NewName {
 		return nil

@@ -185,6 +185,7 @@ var (
 	descManifestBufBytes = metricDesc("regfs_manifest_buffer_bytes", "Bytes of the manifest revisions open for reading, charged to the cache budget.")
 	descManifestRefused  = metricDesc("regfs_manifest_opens_refused_total", "Manifest opens refused (ENOMEM) for want of cache budget.")
 	descDriverCalls      = metricDesc("regfs_driver_calls_total", "Storage driver calls, by driver and method.", "driver", "method")
+	descDriverLatency    = metricDesc("regfs_driver_call_duration_seconds", "How long storage driver calls took, by driver and method (Reader and Writer: opening the stream; Walk: the whole walk).", "driver", "method")
 	descBadLinks         = metricDesc("regfs_bad_links_total", "Links left out of listings because they stayed empty, short or malformed.")
 	descGCRuns           = metricDesc("regfs_gc_runs_total", "Collections run by --gc-interval inside the mount.")
 	descGCReclaimed      = metricDesc("regfs_gc_reclaimed_bytes_total", "Bytes the mount's collections deleted.")
@@ -203,7 +204,7 @@ func (c fsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descStart, descBytes, descErrnos,
 		descUploadsInFlight, descUploadsCommitted, descUploadsRejected,
 		descManifestsStored, descManifestsRej, descManifestBuffers, descManifestBufBytes, descManifestRefused,
-		descDriverCalls, descBadLinks, descGCRuns, descGCReclaimed, descGCLastProblems, descCacheHits, descCacheMisses, descCacheLoads, descCacheReadAheads,
+		descDriverCalls, descDriverLatency, descBadLinks, descGCRuns, descGCReclaimed, descGCLastProblems, descCacheHits, descCacheMisses, descCacheLoads, descCacheReadAheads,
 		descCacheEvictions, descCacheBytes, descCacheBudget} {
 		ch <- d
 	}
@@ -237,6 +238,11 @@ func (c fsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descManifestRefused, s.ManifestOpensRefused)
 	for _, m := range sortedKeys(s.DriverCalls) {
 		counter(descDriverCalls, s.DriverCalls[m], s.Driver, m)
+	}
+	for _, m := range sortedKeys(s.DriverCalls) {
+		if l, ok := s.DriverLatency[m]; ok {
+			ch <- prometheus.MustNewConstHistogram(descDriverLatency, l.Count, l.Seconds, l.Buckets, s.Driver, m)
+		}
 	}
 	counter(descBadLinks, s.BadLinks)
 	if g := s.GC; g != nil {

@@ -64,7 +64,14 @@ func (r refusals) Symlink(ctx context.Context, req *fuse.SymlinkRequest) (fs.Nod
 // cannot move: a directory, a layer or an upload has no name of its own in
 // storage to change (tags move: see manifestsDir.Rename).
 func (r refusals) Rename(ctx context.Context, req *fuse.RenameRequest, newDir fs.Node) error {
-	return r.f.refuse("rename", r.path(req.OldName))
+	p := r.path(req.OldName)
+	if err := r.f.readOnly(); err != nil {
+		return r.f.errno("rename", p, err)
+	}
+	return r.f.refuseRename(p, renameTarget(newDir, req.NewName), &because{
+		why:  "only tags can be renamed (mv within a repository's _manifests/); a directory, layer or upload has no name of its own in storage",
+		kind: errNotSupported,
+	})
 }
 
 // Remove implements fs.NodeRemover.

@@ -26,6 +26,8 @@ type blobHandle struct {
 	f    *FS
 	path string
 	r    store.BlobReader
+	// release ends the handle's count in FS.openLayers.
+	release func()
 }
 
 // Read implements fs.HandleReader. bazil hands over resp.Data with room for
@@ -42,6 +44,9 @@ func (h *blobHandle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fuse
 
 // Release implements fs.HandleReleaser.
 func (h *blobHandle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
+	if h.release != nil {
+		h.release()
+	}
 	return h.f.errno("release", h.path, h.r.Close())
 }
 

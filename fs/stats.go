@@ -72,6 +72,10 @@ type Stats struct {
 	// DriverCalls counts the storage driver calls by method: what the
 	// operations so far cost the backend.
 	DriverCalls map[string]int64 `json:"driver_calls"`
+	// DriverLatency is how long those calls took, by method: their count
+	// and total seconds here, the histogram in the metrics
+	// (regfs_driver_call_duration_seconds).
+	DriverLatency map[string]store.Latency `json:"driver_latency,omitempty"`
 	// BadLinks counts the links that stayed empty, short or malformed
 	// after their re-reads (another writer's crash, tampering): each was
 	// left out of its listing and logged with its path.
@@ -92,9 +96,12 @@ type CacheStats struct {
 	Loads      int64 `json:"loads"`
 	ReadAheads int64 `json:"read_aheads"`
 	Evictions  int64 `json:"evictions"`
-	Bytes      int64 `json:"bytes"`
-	MaxBytes   int64 `json:"max_bytes"`
-	Budget     int64 `json:"budget"`
+	// Forgotten counts the blocks dropped because their blob was
+	// deleted from storage (by gc in this process, or found gone).
+	Forgotten int64 `json:"forgotten"`
+	Bytes     int64 `json:"bytes"`
+	MaxBytes  int64 `json:"max_bytes"`
+	Budget    int64 `json:"budget"`
 }
 
 // Stats returns the FS's counters now.
@@ -136,13 +143,14 @@ func (f *FS) Stats() Stats {
 	if sr, ok := f.st.(store.StatsReporter); ok {
 		st := sr.Stats()
 		s.DriverCalls = st.DriverCalls
+		s.DriverLatency = st.DriverLatency
 		s.BadLinks = st.BadLinks
 	}
 	if c := f.opts.Cache; c != nil {
 		cs := c.Stats()
 		s.Cache = &CacheStats{
 			Hits: cs.Hits, Misses: cs.Misses, Loads: cs.Loads, ReadAheads: cs.ReadAheads,
-			Evictions: cs.Evictions, Bytes: cs.Bytes, MaxBytes: cs.MaxBytes, Budget: cs.Budget,
+			Evictions: cs.Evictions, Forgotten: cs.Forgotten, Bytes: cs.Bytes, MaxBytes: cs.MaxBytes, Budget: cs.Budget,
 		}
 	}
 	return s

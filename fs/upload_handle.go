@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
@@ -35,6 +36,10 @@ type uploadState struct {
 	up store.Upload
 	// done is set once up is committed, cancelled or closed.
 	done bool
+	// modTime is when this process last wrote to up, or before its first
+	// write the time storage has (read once, by Attr); zero until then.
+	// Guarded by mu.
+	modTime time.Time
 	// private is set for an upload one handle has to itself (see
 	// detachUpload): it is not in FS.uploads, and is cancelled, not kept,
 	// when its handle goes without committing it.
@@ -103,6 +108,7 @@ func (h *uploadHandle) Write(ctx context.Context, req *fuse.WriteRequest, resp *
 	resp.Size = n
 	if n > 0 {
 		h.wrote = true
+		st.modTime = time.Now()
 	}
 	h.f.stats.writes.Add(1)
 	h.f.stats.bytesWritten.Add(int64(n))

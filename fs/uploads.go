@@ -92,6 +92,15 @@ func (d uploadsDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	return out, nil
 }
 
+// uploadInfo describes the upload id of repo.
+func (f *FS) uploadInfo(ctx context.Context, repo, id string) (store.UploadInfo, error) {
+	r, err := f.st.Repository(repo)
+	if err != nil {
+		return store.UploadInfo{}, err
+	}
+	return r.Uploads().Stat(ctx, id)
+}
+
 // uploadName is the file name of an upload: its expected digest, or its ID
 // when it has none.
 func uploadName(in store.UploadInfo) string {
@@ -158,7 +167,20 @@ func (u uploadFile) Attr(ctx context.Context, a *fuse.Attr) error {
 	if st := u.f.openUpload(u.key()); st != nil {
 		st.mu.Lock()
 		a.Size = uint64(st.up.Size())
+		mtime, id := st.modTime, st.up.ID()
 		st.mu.Unlock()
+		if mtime.IsZero() {
+			// Open, not written to yet: storage's time, read once.
+			if info, err := u.f.uploadInfo(ctx, u.dir.repo, id); err == nil {
+				mtime = info.ModTime
+				st.mu.Lock()
+				if st.modTime.IsZero() {
+					st.modTime = mtime
+				}
+				st.mu.Unlock()
+			}
+		}
+		setTimes(a, mtime)
 	} else {
 		info, err := u.f.findUpload(ctx, u.key())
 		if err != nil {
@@ -168,6 +190,7 @@ func (u uploadFile) Attr(ctx context.Context, a *fuse.Attr) error {
 		if info.Expected == "" {
 			a.Mode = u.f.mode(modeReadOnly)
 		}
+		setTimes(a, info.ModTime)
 	}
 	a.Blocks = blocks(int64(a.Size))
 	return nil

@@ -839,6 +839,66 @@ func TestGCInsideMount(t *testing.T) {
 	checkTreeConsistent(t, root)
 }
 
+// TestGCInsideMountDropsCachedListings: the mount's own collector removes
+// an upload abandoned a week ago, and the mount drops the kernel's copy of
+// the _uploads/ listing at once, though listings are cached for an hour
+// (--dir-cache-time): ls no longer shows what gc removed.
+func TestGCInsideMountDropsCachedListings(t *testing.T) {
+	root := t.TempDir()
+	const id = "0b6f0a1e-2c3d-4e5f-8a9b-0c1d2e3f4a5b"
+	dir := filepath.Join(root, "docker/registry/v2/repositories/app/_uploads", id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeStarted := func(at time.Time) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, "startedat"), []byte(at.UTC().Format(time.RFC3339)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeStarted(time.Now())
+	if err := os.WriteFile(filepath.Join(dir, "data"), []byte("abandoned"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// An upload in progress keeps the repository and _uploads/ there.
+	const live = "1b6f0a1e-2c3d-4e5f-8a9b-0c1d2e3f4a5b"
+	liveDir := filepath.Join(filepath.Dir(dir), live)
+	if err := os.MkdirAll(liveDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(liveDir, "startedat"), []byte(time.Now().UTC().Format(time.RFC3339)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := startMount(t, "filesystem", mountOpts{Root: root, Extra: []string{"--gc-interval", "300ms", "--gc-grace", "0s", "--dir-cache-time", "1h"}})
+	if got := listDir(t, m.path("app", "_uploads")); !slices.Equal(got, []string{id, live}) {
+		t.Fatalf("_uploads lists %v, want both uploads", got)
+	}
+	// Now abandoned for ten days: the next collection removes it.
+	writeStarted(time.Now().Add(-10 * 24 * time.Hour))
+	ageTree(t, dir, 10*24*time.Hour)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(dir); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("upload not collected inside the mount within 60s\n%s", m.logText())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The run's report reaches the mount right after the deletion.
+	for {
+		got := listDir(t, m.path("app", "_uploads"))
+		if slices.Equal(got, []string{live}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("_uploads still lists %v after gc removed it (the cached listing was not dropped)", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // TestGCOnS3 collects a bucket that a mount wrote through versitygw: the
 // same rules on the S3 driver, fsck clean after, and the kept image whole.
 func TestGCOnS3(t *testing.T) {

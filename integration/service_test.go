@@ -503,6 +503,13 @@ func TestServiceMetrics(t *testing.T) {
 	if got := value("regfs_driver_calls_total", map[string]string{"driver": "filesystem", "method": "Writer"}); got < 1 {
 		t.Errorf("driver Writer calls: %v", got)
 	}
+	// Driver calls are timed by driver and method: a sample per call ended.
+	for _, method := range []string{"Writer", "Stat", "GetContent"} {
+		labels := map[string]string{"driver": "filesystem", "method": method}
+		if calls, got := value("regfs_driver_calls_total", labels), value("regfs_driver_call_duration_seconds", labels); got < 1 || got > calls {
+			t.Errorf("driver %s calls: %v, %v timed", method, calls, got)
+		}
+	}
 	for _, name := range []string{"regfs_cache_misses_total", "regfs_cache_hits_total", "regfs_cache_evictions_total",
 		"regfs_cache_bytes", "regfs_uploads_in_flight", "regfs_uploads_rejected_total", "regfs_manifests_rejected_total",
 		"regfs_cache_loads_total", "regfs_cache_read_aheads_total", "regfs_cache_budget_bytes",

@@ -133,3 +133,22 @@ func (f *Fence) HoldsUpload(repo, id string) bool {
 	defer f.w.mu.Unlock()
 	return f.w.uploads[repo+"/"+id] > 0
 }
+
+// BlobDeleted tells st that the data of blob dgst was deleted from its
+// storage (by a collector in this process), so that the blocks of it the
+// block cache holds are dropped: a reader still open on the blob gets
+// the storage's answer (ErrBlobUnknown), not the deleted bytes. For a
+// Store that New did not make it does nothing.
+func BlobDeleted(st Store, dgst digest.Digest) {
+	if s, ok := st.(*storage); ok {
+		s.forgetBlob(dgst)
+	}
+}
+
+// forgetBlob drops the cached blocks of blob dgst, whatever its size or
+// the times it was replaced (every key openBlob makes for it).
+func (s *storage) forgetBlob(dgst digest.Digest) {
+	if n := s.cache.Forget(dgst.String() + "@"); n > 0 {
+		s.log.Debug("cached blocks of a deleted blob dropped", "digest", dgst, "blocks", n)
+	}
+}

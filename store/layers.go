@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -43,6 +44,11 @@ func (l *layerService) stat(ctx context.Context, dgst digest.Digest) (Descriptor
 	// same digest unless another tool wrote the link.
 	size, err := l.repo.s.blobSize(ctx, target)
 	if err != nil {
+		if errors.Is(err, ErrBlobUnknown) {
+			// Deleted by another process (a registry's gc): readers
+			// still open on it must not be served its cached blocks.
+			l.repo.s.forgetBlob(target)
+		}
 		return Descriptor{}, "", err
 	}
 	return Descriptor{Digest: dgst, Size: size}, target, nil
@@ -103,7 +109,13 @@ func (s *storage) openBlob(desc Descriptor, target digest.Digest) BlobReader {
 	p := mustPath(blobDataPathSpec{digest: target})
 	d := s.driver
 	open := func(ctx context.Context, offset int64) (io.ReadCloser, error) {
-		return d.Reader(ctx, p, offset)
+		rc, err := d.Reader(ctx, p, offset)
+		if isNotFound(err) {
+			// Deleted behind the cache's back: no reader of it may be
+			// served what the cache holds of it any more.
+			s.forgetBlob(target)
+		}
+		return rc, err
 	}
 	key := target.String() + "@" + strconv.FormatInt(desc.Size, 10)
 	if g, ok := s.healed.Load(target); ok {

@@ -79,6 +79,8 @@ type Stats struct {
 	// a lookup costs is a number of backend calls, each a round trip on a
 	// remote driver, so this is what the benchmark checks.
 	DriverCalls map[string]int64
+	// DriverLatency is how long those calls took, by method.
+	DriverLatency map[string]Latency
 	// BadLinks counts the link files found unreadable (empty, short or not
 	// a digest) after re-reading them: each one a listing skipped or a
 	// read failed on.
@@ -158,6 +160,11 @@ type UploadInfo struct {
 	// Size is the number of bytes uploaded so far.
 	Size      int64
 	StartedAt time.Time
+	// ModTime is when the upload was last written: its data's
+	// modification time; before any data, StartedAt, or without one the
+	// directory's time. Zero when the driver has no times. It comes from
+	// the stats Stat makes anyway.
+	ModTime time.Time
 }
 
 // UploadService manages a repository's uploads.

@@ -163,8 +163,16 @@ func (u *uploadService) Stat(ctx context.Context, id string) (UploadInfo, error)
 	}
 	if dfi, err := s.driver.Stat(ctx, mustPath(uploadDataPathSpec{name: u.repo.name, id: id})); err == nil {
 		info.Size = dfi.Size
+		info.ModTime = dfi.ModTime
 	} else if !isNotFound(err) {
 		return UploadInfo{}, err
+	}
+	switch {
+	case !info.ModTime.IsZero():
+	case !info.StartedAt.IsZero():
+		info.ModTime = info.StartedAt
+	default:
+		info.ModTime = fi.ModTime
 	}
 	return info, nil
 }

@@ -276,8 +276,11 @@ func printFsck(w io.Writer, rep *fsck.Report, loc func(string) string) {
 	}
 	for _, up := range rep.Uploads {
 		age := "unknown age"
-		if !up.StartedAt.IsZero() {
+		switch {
+		case !up.StartedAt.IsZero():
 			age = fmt.Sprintf("started %s, %s ago", up.StartedAt.Format(time.RFC3339), up.Age.Round(time.Second))
+		case up.AgeEstimated:
+			age = fmt.Sprintf("no startedat, last written %s, %s ago (estimated age)", up.LastModified.Format(time.RFC3339), up.Age.Round(time.Second))
 		}
 		expected := "no expected digest"
 		if up.Expected != "" {

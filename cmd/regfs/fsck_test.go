@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	iofs "io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -323,6 +324,39 @@ func TestFsckCommandStaleUpload(t *testing.T) {
 	code, out, _ = fsckCmd(t, "--root", fr.root, "--stale-after", "1000h")
 	if code != 0 || strings.Contains(out, "[stale]") {
 		t.Errorf("--stale-after 1000h: exit %d\n%s", code, out)
+	}
+}
+
+// TestFsckCommandUploadWithoutStartedAt: an upload with no startedat is
+// aged by its directory's and files' times, says so, and goes stale.
+func TestFsckCommandUploadWithoutStartedAt(t *testing.T) {
+	fr := newFsckRoot(t)
+	dir := fr.file("repositories/app/_uploads/" + fr.upload)
+	if err := os.Remove(filepath.Join(dir, "startedat")); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-30 * 24 * time.Hour)
+	err := filepath.WalkDir(dir, func(p string, _ iofs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Chtimes(p, old, old)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := fsckCmd(t, "--root", fr.root)
+	if code != 0 || !strings.Contains(out, "no startedat, last written "+old.UTC().Format(time.RFC3339)) ||
+		!strings.Contains(out, "(estimated age) [stale]") || !strings.Contains(out, "1 uploads (1 stale)") {
+		t.Errorf("exit %d\n%s", code, out)
+	}
+	code, out, _ = fsckCmd(t, "--root", fr.root, "--json")
+	var rep struct {
+		Uploads []fsck.Upload `json:"uploads"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 0 || len(rep.Uploads) != 1 ||
+		!rep.Uploads[0].AgeEstimated || !rep.Uploads[0].Stale || rep.Uploads[0].AgeSeconds < 30*24*3600 {
+		t.Errorf("--json: exit %d, %v\n%s", code, err, out)
 	}
 }
 

@@ -19,8 +19,10 @@ var mountGC gc.Last
 // store until ctx is done or the returned stop is called (which waits for
 // the run in progress to end). Each run is fenced off the store's own
 // writers: what the mount is uploading, committing or linking is live
-// whatever its age. Nothing runs when the interval is zero.
-func startGCInMount(ctx context.Context, cfg Config, st store.Store, d driver.StorageDriver, log *slog.Logger) (stop func()) {
+// whatever its age. collected, when set, is given each run's report (also
+// a partial one), so that the mount drops the names the run removed from
+// the kernel's caches. Nothing runs when the interval is zero.
+func startGCInMount(ctx context.Context, cfg Config, st store.Store, d driver.StorageDriver, log *slog.Logger, collected func(*gc.Report)) (stop func()) {
 	if cfg.GCInterval <= 0 {
 		return func() {}
 	}
@@ -43,6 +45,9 @@ func startGCInMount(ctx context.Context, cfg Config, st store.Store, d driver.St
 			started := time.Now()
 			rep, err := gc.Run(ctx, st, d, opts)
 			release()
+			if rep != nil && collected != nil {
+				collected(rep)
+			}
 			if ctx.Err() != nil {
 				return
 			}

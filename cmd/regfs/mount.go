@@ -104,7 +104,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 	}
 	log.Info("mounted", append([]any{"mountpoint", mnt, "pid", os.Getpid(), "driver", cfg.Driver}, append(storageAttrs(cfg.Storage),
 		"read_only", cfg.ReadOnly, "cache_size", size.Format(cfg.CacheSize))...)...)
-	defer startGCInMount(ctx, cfg, st, d, log)()
+	defer startGCInMount(ctx, cfg, st, d, log, fsys.Collected)()
 	notifySystemd(log, "READY=1\nSTATUS=mounted "+mnt)
 	ready()
 	if cfg.AllowOther && cfg.NoDefaultPermissions {

@@ -185,8 +185,17 @@ type Upload struct {
 	Size     int64         `json:"size"`
 	// StartedAt is zero when the upload has no readable startedat.
 	StartedAt time.Time `json:"startedAt,omitzero"`
-	// Age is how long ago it started; zero when StartedAt is.
+	// LastModified is the latest modification time of the upload's
+	// directory and of the files in it the check saw: when it was last
+	// written. Zero when the driver has no times.
+	LastModified time.Time `json:"lastModified,omitzero"`
+	// Age is how long ago it started. Without a readable startedat (an
+	// upload whose writer died before writing it, or another tool's) it
+	// is estimated from LastModified, as gc's --upload-age ages it, and
+	// AgeEstimated is set; zero when neither time is known.
 	Age time.Duration `json:"-"`
+	// AgeEstimated tells that Age comes from LastModified, not startedat.
+	AgeEstimated bool `json:"ageEstimated,omitempty"`
 	// AgeSeconds is Age for JSON readers.
 	AgeSeconds int64 `json:"ageSeconds"`
 	// Stale is set when Age exceeds Options.StaleUploadAge: most likely
@@ -374,8 +383,14 @@ func (c *checker) finish() {
 	sort.SliceStable(c.rep.Problems, func(i, j int) bool { return c.rep.Problems[i].Path < c.rep.Problems[j].Path })
 	now := c.opts.Now()
 	for _, up := range c.uploads {
-		if !up.StartedAt.IsZero() {
+		switch {
+		case !up.StartedAt.IsZero():
 			up.Age = max(now.Sub(up.StartedAt), 0)
+		case !up.LastModified.IsZero():
+			up.Age = max(now.Sub(up.LastModified), 0)
+			up.AgeEstimated = true
+		}
+		if up.Age > 0 {
 			up.AgeSeconds = int64(up.Age / time.Second)
 			up.Stale = up.Age > c.opts.StaleUploadAge
 		}
@@ -618,11 +633,12 @@ func (c *checker) repositoryEntry(ctx context.Context, e store.WalkEntry) error 
 		return c.checkLink(ctx, e)
 	case store.PathUpload:
 		c.mu.Lock()
-		c.uploads[e.Path] = &Upload{Repository: l.Repository, ID: l.Upload, Path: e.Path}
+		c.uploads[e.Path] = &Upload{Repository: l.Repository, ID: l.Upload, Path: e.Path, LastModified: e.ModTime.UTC()}
 		c.mu.Unlock()
 	case store.PathUploadData:
-		c.upload(l, func(up *Upload) { up.Size = e.Size })
+		c.upload(l, func(up *Upload) { up.Size = e.Size; up.modified(e.ModTime) })
 	case store.PathUploadStartedAt:
+		c.upload(l, func(up *Upload) { up.modified(e.ModTime) })
 		b, err := c.read(ctx, e)
 		if b == nil {
 			return err
@@ -649,9 +665,17 @@ func (c *checker) repositoryEntry(ctx context.Context, e store.WalkEntry) error 
 	case store.PathUploadHashStatesRoot:
 		// Hash states are not checked: an unreadable one only costs a
 		// re-hash on resume.
+		c.upload(l, func(up *Upload) { up.modified(e.ModTime) })
 		return driver.ErrSkipDir
 	}
 	return nil
+}
+
+// modified moves LastModified to t when t is later.
+func (up *Upload) modified(t time.Time) {
+	if t.After(up.LastModified) {
+		up.LastModified = t.UTC()
+	}
 }
 
 // upload changes the upload whose file l is.

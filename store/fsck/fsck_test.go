@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regfs/regfs/driver"
+	"github.com/regfs/regfs/driver/filesystem"
 	"github.com/regfs/regfs/driver/inmemory"
 	"github.com/regfs/regfs/store"
 	"github.com/regfs/regfs/store/internal/drivertest"
@@ -106,6 +108,13 @@ func TestCleanStore(t *testing.T) {
 			}
 			for i := range want {
 				want[i].Path = pathOf(t, store.Location{Kind: store.PathUpload, Repository: want[i].Repository, Upload: want[i].ID})
+			}
+			for i := range rep.Uploads {
+				// The times of the upload's files are the test's run time.
+				if rep.Uploads[i].LastModified.IsZero() {
+					t.Errorf("upload %s: no LastModified", rep.Uploads[i].ID)
+				}
+				rep.Uploads[i].LastModified = time.Time{}
 			}
 			if !slices.Equal(rep.Uploads, want) {
 				t.Errorf("Uploads = %+v\nwant %+v", rep.Uploads, want)
@@ -672,6 +681,49 @@ func TestStaleUpload(t *testing.T) {
 		}
 		if rep.Uploads[0].Stale != c.stale {
 			t.Errorf("StaleUploadAge %v: Stale = %v, want %v", c.age, rep.Uploads[0].Stale, c.stale)
+		}
+	}
+}
+
+// TestUploadWithoutStartedAtAgedByItsTimes: an upload whose startedat is
+// missing (its writer died before writing it) is aged by the latest
+// modification time of its directory and files, marked as an estimate,
+// and becomes stale like any other.
+func TestUploadWithoutStartedAtAgedByItsTimes(t *testing.T) {
+	for _, old := range []bool{false, true} {
+		root := t.TempDir()
+		d, err := filesystem.New(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx := newFixture(t, d)
+		started := pathOf(t, store.Location{Kind: store.PathUploadStartedAt, Repository: app, Upload: fx.upload})
+		if err := d.Delete(context.Background(), started); err != nil {
+			t.Fatal(err)
+		}
+		age := time.Hour
+		if old {
+			age = 8 * 24 * time.Hour
+		}
+		mtime := fsckNow.Add(-age)
+		dir := filepath.Join(root, filepath.FromSlash(pathOf(t, store.Location{Kind: store.PathUpload, Repository: app, Upload: fx.upload})))
+		err = filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Chtimes(p, mtime, mtime)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep := run(t, d, false)
+		if !rep.OK() || len(rep.Uploads) != 1 {
+			t.Fatalf("problems:%s uploads %+v", problemsString(rep.Problems), rep.Uploads)
+		}
+		up := rep.Uploads[0]
+		if !up.StartedAt.IsZero() || !up.AgeEstimated || up.Age != age || up.AgeSeconds != int64(age/time.Second) ||
+			!up.LastModified.Equal(mtime) || up.Stale != old {
+			t.Errorf("upload without startedat, last written %v ago: %+v", age, up)
 		}
 	}
 }

@@ -920,3 +920,78 @@ func TestDriverLeftoversCleanedAfterTheSweep(t *testing.T) {
 		t.Fatalf("run: %v, cleaned %d times", err, j.cleaned)
 	}
 }
+
+// TestDeletedBlobLeavesTheCache: a reader open on a blob before gc
+// deleted it is not served the blob's cached bytes afterwards, but the
+// storage's answer: the blob is gone.
+func TestDeletedBlobLeavesTheCache(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	gone := f.blob("a", "read, then unlinked and collected")
+	r, err := f.repo("a").Layers().Open(ctx, gone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	buf := make([]byte, r.Size())
+	if _, err := r.ReadAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.repo("a").Layers().Unlink(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	f.age(2 * time.Hour)
+	if got := digests(f.gc(Options{}).Blobs); !slices.Equal(got, []digest.Digest{gone}) {
+		t.Fatalf("deleted %v, want %s", got, gone)
+	}
+	if n, err := r.ReadAt(buf, 0); err == nil {
+		t.Fatalf("read %d bytes %q of a deleted blob", n, buf[:n])
+	} else if !driver.IsNotFound(err) && !errors.Is(err, store.ErrBlobUnknown) {
+		t.Fatalf("read of a deleted blob: %v, want not found", err)
+	}
+}
+
+// TestUploadWithoutStartedAtAgedByItsTimes: an upload with no startedat
+// (its writer died first) is aged by the latest time of its directory and
+// files, as fsck ages it: last written eight days ago it goes, two days
+// ago it stays.
+func TestUploadWithoutStartedAtAgedByItsTimes(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ids := map[time.Duration]string{}
+	for _, ago := range []time.Duration{8 * 24 * time.Hour, 48 * time.Hour} {
+		up, err := f.repo("app").Uploads().Create(ctx, digest.FromString(ago.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := up.Write([]byte(ago.String())); err != nil {
+			t.Fatal(err)
+		}
+		if err := up.Close(); err != nil {
+			t.Fatal(err)
+		}
+		p := pathOf(store.Location{Kind: store.PathUploadStartedAt, Repository: "app", Upload: up.ID()})
+		if err := f.d.Delete(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		mtime := time.Now().Add(-ago)
+		dir := filepath.Join(f.root, pathOf(store.Location{Kind: store.PathUpload, Repository: "app", Upload: up.ID()}))
+		err = filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Chtimes(p, mtime, mtime)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[ago] = up.ID()
+	}
+	rep := f.gc(Options{})
+	if len(rep.Repositories) != 1 || len(rep.Repositories[0].Uploads) != 1 || rep.Repositories[0].Uploads[0].ID != ids[8*24*time.Hour] {
+		t.Fatalf("uploads removed %+v, want only the one last written 8 days ago", rep.Repositories)
+	}
+	if _, err := f.repo("app").Uploads().Stat(ctx, ids[48*time.Hour]); err != nil {
+		t.Fatalf("the upload last written 2 days ago: %v", err)
+	}
+}

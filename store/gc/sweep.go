@@ -363,6 +363,7 @@ func (r *run) sweepBlobs(ctx context.Context) error {
 			r.problem("deleting blob %s: %v", k.digest(), err)
 			continue
 		}
+		store.BlobDeleted(r.st, k.digest())
 		r.rep.Blobs = append(r.rep.Blobs, BlobDeletion{Digest: k.digest(), Size: r.blobs[k].size, Repository: r.owner[k]})
 		r.log.Info("gc deleted blob", "digest", k.digest(), "size", r.blobs[k].size)
 	}
