@@ -94,20 +94,30 @@ Examples:
 	return b.String()
 }
 
+// parseStorageCommand parses the arguments of a command that takes its
+// storage from the flags and nothing else (fsck, gc) into fs. --help prints
+// usage(fs) to stdout and returns flag.ErrHelp.
+func parseStorageCommand(fs *flag.FlagSet, args []string, stdout io.Writer, usage func(*flag.FlagSet) string) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage(fs))
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: the storage is chosen with --root or --driver", fs.Arg(0))
+	}
+	return nil
+}
+
 // parseFsck parses regfs fsck's arguments. --help prints the usage to
 // stdout and returns flag.ErrHelp.
 func parseFsck(args []string, stdout io.Writer) (FsckConfig, error) {
 	var cfg FsckConfig
 	fs := newFsckFlags(&cfg)
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, fsckUsage(fs))
-		}
+	if err := parseStorageCommand(fs, args, stdout, fsckUsage); err != nil {
 		return cfg, err
-	}
-	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected argument %q: the storage is chosen with --root or --driver", fs.Arg(0))
 	}
 	if cfg.StaleAfter <= 0 {
 		return cfg, errors.New("--stale-after must be positive")

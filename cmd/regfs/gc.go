@@ -90,15 +90,8 @@ Examples:
 func parseGC(args []string, stdout io.Writer) (GCConfig, error) {
 	var cfg GCConfig
 	fs := newGCFlags(&cfg)
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, gcUsage(fs))
-		}
+	if err := parseStorageCommand(fs, args, stdout, gcUsage); err != nil {
 		return cfg, err
-	}
-	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected argument %q: the storage is chosen with --root or --driver", fs.Arg(0))
 	}
 	if cfg.Grace < 0 {
 		return cfg, errors.New("--grace must not be negative")
