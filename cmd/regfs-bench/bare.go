@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
 	"os/signal"
@@ -93,6 +94,8 @@ var (
 	_ fs.FS                 = bareFS{}
 	_ fs.NodeStringLookuper = bareDir{}
 	_ fs.NodeCreater        = bareDir{}
+	_ fs.NodeOpener         = bareDir{}
+	_ fs.HandleReadDirAller = bareDir{}
 	_ fs.NodeOpener         = bareFile{}
 	_ fs.NodeSetattrer      = bareFile{}
 	_ fs.HandleReader       = (*bareHandle)(nil)
@@ -104,24 +107,60 @@ var (
 
 func (b bareFS) Root() (fs.Node, error) { return bareDir{dir: b.dir}, nil }
 
+// bareDir is a directory of the passthrough: the root, or (for the find
+// rows) any directory below it, listed and looked up with one system call
+// each, its listing kept by the kernel (FOPEN_CACHE_DIR) as regfs's are.
 type bareDir struct {
 	bareNoXattr
 	dir string
+	ino uint64 // 0 for the root
 }
 
 func (d bareDir) Attr(ctx context.Context, a *fuse.Attr) error {
 	a.Inode = 1
+	if d.ino != 0 {
+		a.Inode = d.ino
+	}
 	a.Mode = os.ModeDir | 0o755
 	a.Valid = bareValid
 	return nil
 }
 
 func (d bareDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
-	f := bareFile{path: filepath.Join(d.dir, name)}
-	if _, err := os.Lstat(f.path); err != nil {
+	p := filepath.Join(d.dir, name)
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err != nil {
 		return nil, errno(err)
 	}
-	return f, nil
+	if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+		return bareDir{dir: p, ino: st.Ino}, nil
+	}
+	return bareFile{path: p}, nil
+}
+
+func (d bareDir) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fs.Handle, error) {
+	resp.Flags |= fuse.OpenCacheDir | fuse.OpenKeepCache
+	return d, nil
+}
+
+func (d bareDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
+	entries, err := os.ReadDir(d.dir)
+	if err != nil {
+		return nil, errno(err)
+	}
+	out := make([]fuse.Dirent, 0, len(entries))
+	for _, e := range entries {
+		t := fuse.DT_File
+		if e.IsDir() {
+			t = fuse.DT_Dir
+		}
+		// d_ino without a stat per entry (os.ReadDir does not give
+		// it): a hash of the path, never 0, which readers may skip.
+		h := fnv.New64a()
+		h.Write([]byte(filepath.Join(d.dir, e.Name())))
+		out = append(out, fuse.Dirent{Inode: h.Sum64() | 1, Name: e.Name(), Type: t})
+	}
+	return out, nil
 }
 
 func (d bareDir) Create(ctx context.Context, req *fuse.CreateRequest, resp *fuse.CreateResponse) (fs.Node, fs.Handle, error) {
