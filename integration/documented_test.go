@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"golang.org/x/sys/unix"
 )
 
@@ -172,7 +173,7 @@ func TestDocumentedESTALE(t *testing.T) {
 
 // TestDocumentedRmTruncateOpenUpload: `rm` of an upload another process
 // has open cancels it for good (the open descriptor's later writes and
-// close bring nothing back); truncating it by name to any size but 0 or its
+// close bring nothing back, and on S3 no incomplete multipart upload stays); truncating it by name to any size but 0 or its
 // own is EINVAL, to its own size does nothing, and to 0 (truncate(1) opens
 // it: another descriptor) leaves the open writer's upload as it is.
 func TestDocumentedRmTruncateOpenUpload(t *testing.T) {
@@ -181,17 +182,18 @@ func TestDocumentedRmTruncateOpenUpload(t *testing.T) {
 			m := startMount(t, d, mountOpts{})
 			sh(t, "mkdir -p "+m.path("app"))
 
-			content := randomBytes(t, 300000)
+			// More than a 10 MiB part: on S3 a multipart upload is running.
+			content := randomBytes(t, 12<<20)
 			up := m.path("app/_uploads", sha(content))
 			f, err := os.OpenFile(up, os.O_WRONLY|os.O_CREATE, 0o644)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := f.Write(content[:100000]); err != nil {
+			if _, err := f.Write(content[:11<<20]); err != nil {
 				t.Fatal(err)
 			}
 			sh(t, "rm "+up)
-			if _, err := f.Write(content[100000:]); err == nil {
+			if _, err := f.Write(content[11<<20:]); err == nil {
 				t.Error("write after rm of the upload succeeded")
 			}
 			_ = f.Close()
@@ -258,6 +260,13 @@ func checkNoUploadsInStorage(t *testing.T, m *mount) {
 			if strings.Contains(k, "/_uploads/") {
 				t.Errorf("upload object in the bucket: %s", k)
 			}
+		}
+		ups, err := m.S3.Client().ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: &m.Bucket})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range ups.Uploads {
+			t.Errorf("incomplete multipart upload in the bucket: %s", *u.Key)
 		}
 	}
 }
