@@ -133,7 +133,13 @@ func TestS3RegistryServesRegfs(t *testing.T) {
 // the making, and no entry of a Delete in progress taken for a crash's
 // leftover.
 func TestFsckBesideLiveMount(t *testing.T) {
-	m := startMount(t, "filesystem", mountOpts{})
+	for _, d := range []string{"filesystem", "s3"} {
+		t.Run(d, func(t *testing.T) { testFsckBesideLiveMount(t, d) })
+	}
+}
+
+func testFsckBesideLiveMount(t *testing.T, driver string) {
+	m := startMount(t, driver, mountOpts{Prefix: "reg"})
 	stop := make(chan struct{})
 	done := make(chan error, 1)
 	pushed := make(chan struct{}) // closed after the first image
@@ -180,13 +186,21 @@ func TestFsckBesideLiveMount(t *testing.T) {
 		t.Fatalf("pushing through the mount: %v", err)
 	}
 	for round := 0; round < 5; round++ {
-		out, err := exec.Command(regfsBin, "fsck", "--root", m.Root, "--json").Output()
 		var rep fsckReport
-		if jerr := json.Unmarshal(out, &rep); jerr != nil {
-			t.Fatalf("fsck round %d: %v; output does not parse: %v\n%s", round, err, jerr, out)
+		var code int
+		if driver == "s3" {
+			rep, code, _ = s3Fsck(t, m)
+		} else {
+			out, err := exec.Command(regfsBin, "fsck", "--root", m.Root, "--json").Output()
+			if jerr := json.Unmarshal(out, &rep); jerr != nil {
+				t.Fatalf("fsck round %d: %v; output does not parse: %v\n%s", round, err, jerr, out)
+			}
+			if err != nil {
+				code = -1
+			}
 		}
-		if err != nil || !rep.Complete || len(rep.Problems) > 0 {
-			t.Errorf("fsck round %d beside the live mount: %v, complete %v, problems %+v", round, err, rep.Complete, rep.Problems)
+		if code != 0 || !rep.Complete || len(rep.Problems) > 0 {
+			t.Errorf("fsck round %d beside the live mount: exit %d, complete %v, problems %+v", round, code, rep.Complete, rep.Problems)
 		}
 		t.Logf("fsck round %d: %d blobs, %d links", round, rep.Blobs, rep.Links)
 	}
