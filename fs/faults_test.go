@@ -3,13 +3,10 @@ package fs
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,6 +18,7 @@ import (
 	"github.com/regfs/regfs/driver/base"
 	"github.com/regfs/regfs/driver/faulty"
 	"github.com/regfs/regfs/driver/inmemory"
+	"github.com/regfs/regfs/internal/testsupport/storagecheck"
 )
 
 // faultyMount mounts an FS whose storage is a faulty driver (no faults
@@ -242,50 +240,13 @@ func TestMountUnderFaults(t *testing.T) {
 	_ = ctx
 }
 
-// checkStorageFS checks the storage below the faults: every blob hashes to
-// its name (no torn blob) and every link names a blob whose data exists.
+// checkStorageFS checks the storage below the faults with fsck: every
+// blob hashes to its name (no torn blob) and every link names a blob whose
+// data exists.
 func checkStorageFS(t *testing.T, d driver.StorageDriver) {
 	t.Helper()
-	ctx := context.Background()
-	root := "/docker/registry/v2"
-	var blobs, links int
-	err := d.Walk(ctx, root, func(fi driver.FileInfo) error {
-		rel := strings.TrimPrefix(fi.Path, root+"/")
-		switch {
-		case fi.IsDir:
-		case strings.HasPrefix(rel, "blobs/") && strings.HasSuffix(rel, "/data"):
-			blobs++
-			b, err := d.GetContent(ctx, fi.Path)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(b)
-			if hex.EncodeToString(sum[:]) != strings.Split(rel, "/")[3] {
-				t.Errorf("torn blob %s", fi.Path)
-			}
-		case strings.HasSuffix(rel, "/link"):
-			links++
-			b, err := d.GetContent(ctx, fi.Path)
-			if err != nil {
-				return err
-			}
-			target := digest.Digest(b)
-			if len(b) != 71 || target.Validate() != nil {
-				t.Errorf("malformed link %s: %q", fi.Path, b)
-				return nil
-			}
-			p := fmt.Sprintf("%s/blobs/sha256/%s/%s/data", root, target.Encoded()[:2], target.Encoded())
-			if _, err := d.Stat(ctx, p); err != nil {
-				t.Errorf("link %s names %s, whose data is missing: %v", fi.Path, target, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("walking storage: %v", err)
-	}
-	if blobs == 0 || links == 0 {
-		t.Errorf("storage check found %d blobs and %d links: nothing was checked", blobs, links)
+	if rep := storagecheck.Clean(t, d); rep.Blobs == 0 || rep.Links == 0 {
+		t.Errorf("storage check found %d blobs and %d links: nothing was checked", rep.Blobs, rep.Links)
 	}
 }
 

@@ -432,6 +432,12 @@ func (f *FS) cancelUpload(ctx context.Context, k fileKey) error {
 	return repo.Uploads().Cancel(bg, info.ID)
 }
 
+// SaveUploads saves every upload still open, as the end of Serve does, for
+// a daemon that exits while Serve still runs (a lazily unmounted mount whose
+// files are still open): their data and hash state are kept for a resume,
+// and a later write to them is ESTALE.
+func (f *FS) SaveUploads() { f.closeUploads() }
+
 // closeUploads closes every upload still open when serving ends, so their
 // data and hash state are saved for a resume.
 func (f *FS) closeUploads() {

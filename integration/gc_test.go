@@ -282,7 +282,7 @@ func diffTrees(before, after map[string]bool) gcDeleted {
 func registryGC(t *testing.T, root string, deleteUntagged bool) string {
 	t.Helper()
 	conf := filepath.Join(t.TempDir(), "config.yml")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, registryConfig, "", root, "127.0.0.1:0"), 0o644); err != nil {
+	if err := os.WriteFile(conf, fmt.Appendf(nil, registryConfig, "", "  filesystem:\n    rootdirectory: "+root, "127.0.0.1:0"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	args := []string{"garbage-collect"}

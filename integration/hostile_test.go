@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/docker/libtrust"
+	"github.com/regfs/regfs/internal/testsupport"
 )
 
 // hostileFixture is the storage the hostile requests run against: an image
@@ -85,18 +86,7 @@ func (fx *hostileFixture) schema1(t *testing.T, name, tag string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, err := libtrust.NewJSONSignature(payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := js.Sign(fx.key); err != nil {
-		t.Fatal(err)
-	}
-	signed, err := js.PrettySignature("signatures")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signed
+	return testsupport.SignSchema1(t, payload, fx.key)
 }
 
 // tamperSignature changes one character of the first JWS signature value,

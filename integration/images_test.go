@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -21,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/regfs/regfs/internal/testsupport"
 )
 
 // Images are built offline and by hand in Go (no Docker engine, no network):
@@ -205,41 +205,14 @@ func (img testImage) schema1Manifest(t *testing.T, key libtrust.PrivateKey, repo
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, err := libtrust.NewJSONSignature(payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := js.Sign(key); err != nil {
-		t.Fatal(err)
-	}
-	signed, err := js.PrettySignature("signatures")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signed, digest.FromBytes(payload)
+	return testsupport.SignSchema1(t, payload, key), digest.FromBytes(payload)
 }
 
 // schema1Payload verifies a signed schema1 manifest's JWS signatures and
 // returns its payload (the canonical bytes the digest is computed over) and
 // the IDs of the keys that signed it.
 func schema1Payload(b []byte) ([]byte, []string, error) {
-	js, err := libtrust.ParsePrettySignature(b, "signatures")
-	if err != nil {
-		return nil, nil, fmt.Errorf("parsing JWS: %w", err)
-	}
-	keys, err := js.Verify()
-	if err != nil {
-		return nil, nil, fmt.Errorf("verifying signatures: %w", err)
-	}
-	if len(keys) == 0 {
-		return nil, nil, errors.New("no signature")
-	}
-	var ids []string
-	for _, k := range keys {
-		ids = append(ids, k.KeyID())
-	}
-	p, err := js.Payload()
-	return p, ids, err
+	return testsupport.VerifySchema1(b)
 }
 
 // newIndex returns an OCI index over imgs, each with its platform.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/docker/libtrust"
 	"github.com/opencontainers/go-digest"
+	"github.com/regfs/regfs/internal/testsupport"
 )
 
 // schema1Doc is a docker schema1 manifest as docker 1.x built it.
@@ -53,20 +54,7 @@ func schema1Payload(t testing.TB, name, tag string, blobSums []digest.Digest, hi
 // signPayload signs payload with each key the way docker 1.x did.
 func signPayload(t testing.TB, payload []byte, keys ...libtrust.PrivateKey) []byte {
 	t.Helper()
-	js, err := libtrust.NewJSONSignature(payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range keys {
-		if err := js.Sign(k); err != nil {
-			t.Fatal(err)
-		}
-	}
-	signed, err := js.PrettySignature("signatures")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signed
+	return testsupport.SignSchema1(t, payload, keys...)
 }
 
 func newKey(t testing.TB) libtrust.PrivateKey {

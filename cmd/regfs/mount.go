@@ -117,6 +117,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 		log.Info("unmounting", "mountpoint", mnt)
 		if unmount(log, mnt, served) {
 			conn.Close()
+		} else {
+			// Serve still runs for the files left open: save their
+			// uploads before exiting, as Serve's end would.
+			fsys.SaveUploads()
 		}
 		log.Info("unmounted", "mountpoint", mnt)
 		return nil

@@ -96,12 +96,23 @@ const internalRaces = 1000
 // trash moves name from the directory pfd into the trash, fsyncs pfd and
 // removes it from the trash. A failure to remove is left for Clean: the
 // name is gone from the tree.
+//
+// The entry is flock'ed before it moves and until it is removed, as
+// staging entries are while their writer runs, so that Leftovers and Clean
+// (fsck beside a live mount or registry) pass over a Delete in progress;
+// a crash frees the lock, and what it left is a leftover.
 func (d *impl) trash(pfd int, name string) error {
 	tfd, err := d.openInternal(trashDirName)
 	if err != nil {
 		return err
 	}
 	defer d.releaseInternal(tfd, trashDirName)
+	if fd, err := unix.Openat(pfd, name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+		// Not locked (held by a Delete of the same entry elsewhere): it
+		// may show as a leftover for a moment, as before locking.
+		_ = unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		defer unix.Close(fd)
+	}
 	t := d.tempName()
 	if err := unix.Renameat(pfd, name, tfd, t); err != nil {
 		var st unix.Stat_t
@@ -139,8 +150,8 @@ func (d *impl) deleteAll() error {
 }
 
 // Leftovers implements driver.Janitor: the entries of the trash and the
-// staging entries whose lock is free (their writer is gone), as file names.
-// An entry that a Delete running right now is removing may show too.
+// staging entries whose lock is free (their Delete or writer is gone), as
+// file names.
 func (d *impl) Leftovers(ctx context.Context) ([]string, error) {
 	return d.scan(ctx, false)
 }
@@ -183,12 +194,13 @@ func (d *impl) scan(ctx context.Context, remove bool) ([]string, error) {
 				f.Close()
 				return left, err
 			}
-			if dir == tmpDirName && strings.HasPrefix(n, d.id+".") {
-				// This driver's own entry: a write in progress here,
-				// perhaps between its creation and its lock.
+			if strings.HasPrefix(n, d.id+".") {
+				// This driver's own entry: a write in progress here
+				// (perhaps between its creation and its lock), or a
+				// Delete here still removing it.
 				continue
 			}
-			unlock, ok := claim(fd, n, dir == tmpDirName)
+			unlock, ok := claim(fd, n)
 			if !ok {
 				continue
 			}
@@ -209,13 +221,10 @@ func (d *impl) scan(ctx context.Context, remove bool) ([]string, error) {
 }
 
 // claim reports whether the entry name of the internal directory dirfd is
-// a leftover, and locks it if it is a staging entry (locked says so): a
-// staging entry whose lock is held belongs to a running writer, in this
-// process or another. unlock releases the claim.
-func claim(dirfd int, name string, locked bool) (unlock func(), ok bool) {
-	if !locked {
-		return func() {}, true
-	}
+// a leftover, and locks it if it is: an entry whose lock is held belongs to
+// a running writer or Delete, in this process or another. unlock releases
+// the claim.
+func claim(dirfd int, name string) (unlock func(), ok bool) {
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err == unix.ENOENT {
 		return nil, false

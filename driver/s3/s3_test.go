@@ -40,6 +40,15 @@ type recorder struct {
 }
 
 func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	op := opOf(req)
+	r.mu.Lock()
+	r.calls = append(r.calls, op)
+	r.mu.Unlock()
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// opOf names the S3 operation of a request.
+func opOf(req *http.Request) string {
 	q := req.URL.Query()
 	op := req.Method
 	switch {
@@ -58,10 +67,7 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	case req.Method == http.MethodPut:
 		op = "PutObject"
 	}
-	r.mu.Lock()
-	r.calls = append(r.calls, op)
-	r.mu.Unlock()
-	return http.DefaultTransport.RoundTrip(req)
+	return op
 }
 
 // take returns the calls so far and forgets them.
