@@ -372,6 +372,7 @@ type progressLine struct {
 	every time.Duration
 	last  time.Time
 	shown bool
+	eta   etaClock
 }
 
 func (p *progressLine) update(pr fsck.Progress) {
@@ -384,13 +385,41 @@ func (p *progressLine) update(pr fsck.Progress) {
 	if pr.BytesTotal > 0 {
 		pct = int(pr.BytesDone * 100 / pr.BytesTotal)
 	}
-	tail := ""
+	tail := p.eta.tail(pr.BytesDone, pr.BytesTotal, humanBytes)
 	if done {
 		tail = ", checking links"
 	}
 	fmt.Fprintf(p.w, "\rregfs fsck: blobs %d/%d, %s/%s (%d%%)%s\x1b[K",
 		pr.BlobsDone, pr.BlobsTotal, humanBytes(pr.BytesDone), humanBytes(pr.BytesTotal), pct, tail)
 	p.shown = true
+}
+
+// etaClock turns how much of a long run is done into a rate and the time
+// left, for progress lines.
+type etaClock struct {
+	now   func() time.Time // nil means time.Now
+	start time.Time        // set by the first call of tail
+}
+
+// tail is ", RATE/s, ETA D" for done of total, with the rate formatted by
+// unit, measured from tail's first call; "" until there is a rate.
+func (c *etaClock) tail(done, total int64, unit func(int64) string) string {
+	now := time.Now
+	if c.now != nil {
+		now = c.now
+	}
+	t := now()
+	if c.start.IsZero() {
+		c.start = t
+		return ""
+	}
+	elapsed := t.Sub(c.start)
+	if elapsed <= 0 || done <= 0 || total <= done {
+		return ""
+	}
+	rate := float64(done) / elapsed.Seconds()
+	left := time.Duration(float64(total-done) / rate * float64(time.Second))
+	return fmt.Sprintf(", %s/s, ETA %s", unit(int64(rate)), left.Round(time.Second))
 }
 
 // clear erases the line, so the report starts on a clean line.

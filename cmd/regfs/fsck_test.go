@@ -18,6 +18,7 @@ import (
 	"github.com/regfs/regfs/driver/filesystem"
 	"github.com/regfs/regfs/store"
 	"github.com/regfs/regfs/store/fsck"
+	"github.com/regfs/regfs/store/gc"
 )
 
 // fsckRoot is a filesystem storage root holding repository "app" with a
@@ -450,5 +451,30 @@ func TestHumanBytes(t *testing.T) {
 		if got := humanBytes(n); got != want {
 			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// A progress line shows the rate and the time left once there is a rate.
+func TestProgressRateAndETA(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := etaClock{now: func() time.Time { return now }}
+	if got := c.tail(0, 100<<20, humanBytes); got != "" {
+		t.Errorf("first call: %q, want nothing yet", got)
+	}
+	now = now.Add(2 * time.Second)
+	if got, want := c.tail(20<<20, 100<<20, humanBytes), ", 10.0 MiB/s, ETA 8s"; got != want {
+		t.Errorf("after 20 MiB in 2 s: %q, want %q", got, want)
+	}
+	if got := c.tail(100<<20, 100<<20, humanBytes); got != "" {
+		t.Errorf("when done: %q, want nothing", got)
+	}
+
+	var b bytes.Buffer
+	p := &gcProgress{w: &b, eta: etaClock{now: func() time.Time { return now }}}
+	p.update(gc.Progress{Phase: "sweeping blobs", Done: 0, Total: 10})
+	now = now.Add(time.Second)
+	p.update(gc.Progress{Phase: "sweeping blobs", Done: 5, Total: 10})
+	if got := b.String(); !strings.Contains(got, "sweeping blobs 5/10, 5/s, ETA 1s") {
+		t.Errorf("gc progress: %q", got)
 	}
 }

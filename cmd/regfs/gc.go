@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -285,6 +286,8 @@ type gcProgress struct {
 	every time.Duration
 	last  time.Time
 	shown bool
+	eta   etaClock
+	phase string
 }
 
 func (p *gcProgress) update(pr gc.Progress) {
@@ -295,7 +298,12 @@ func (p *gcProgress) update(pr gc.Progress) {
 	if pr.Total == 0 {
 		fmt.Fprintf(p.w, "\rregfs gc: %s\x1b[K", pr.Phase)
 	} else {
-		fmt.Fprintf(p.w, "\rregfs gc: %s %d/%d\x1b[K", pr.Phase, pr.Done, pr.Total)
+		if pr.Phase != p.phase {
+			// A rate is per phase: each counts its own items.
+			p.phase, p.eta.start = pr.Phase, time.Time{}
+		}
+		tail := p.eta.tail(int64(pr.Done), int64(pr.Total), func(n int64) string { return strconv.FormatInt(n, 10) })
+		fmt.Fprintf(p.w, "\rregfs gc: %s %d/%d%s\x1b[K", pr.Phase, pr.Done, pr.Total, tail)
 	}
 	p.shown = true
 }
