@@ -75,6 +75,14 @@
 // offset. Streams are opened under a context that Close cancels, and Close
 // closes the kept ones.
 //
+// With Options.Ranged (regfs sets it for S3) no stream is kept: each load
+// opens a stream of exactly its block, telling the source its length with
+// driver.WithReadLength, and reads it to its end. An S3 GET without an end
+// makes the server send bytes that are never read, and its connection,
+// closed before the end of the answer, cannot serve the next GET; parallel
+// read-ahead rarely continues a kept stream anyway, since the block after
+// one load is another load's.
+//
 // # Copies and allocation
 //
 // A block is read from the stream into its own buffer once, and copied from

@@ -7,6 +7,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/regfs/regfs/driver"
 )
 
 // Reader reads one blob through its Cache. ReadAt is safe for concurrent
@@ -247,6 +249,9 @@ func (r *Reader) fill(dst []byte, off int64) error {
 // fillOnce reads len(dst) bytes at off through a kept stream or a new one.
 // A stream that ends early is an io.ErrUnexpectedEOF and is dropped.
 func (r *Reader) fillOnce(dst []byte, off int64) error {
+	if r.c.ranged {
+		return r.fillRange(dst, off)
+	}
 	s, err := r.takeStream(off)
 	if err != nil {
 		return err
@@ -262,6 +267,22 @@ func (r *Reader) fillOnce(dst []byte, off int64) error {
 	}
 	r.putStream(s)
 	return nil
+}
+
+// fillRange reads len(dst) bytes at off through a stream of just those
+// bytes (Options.Ranged), closed at their end.
+func (r *Reader) fillRange(dst []byte, off int64) error {
+	r.c.opens.Add(1)
+	rc, err := r.open(driver.WithReadLength(r.ctx, int64(len(dst))), off)
+	if err != nil {
+		return err
+	}
+	_, err = io.ReadFull(rc, dst)
+	rc.Close()
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // takeStream returns a stream positioned at off: a kept one at off or a
