@@ -74,7 +74,8 @@ type Options struct {
 	// close it at their end; no stream is kept. For a remote source (S3)
 	// where a stream is a request: a bounded range is read to its end, so
 	// the connection serves the next request, and the server sends nothing
-	// that is not read. Without it, streams run to the end of the blob and
+	// that is not read. A read's own blocks then load before its
+	// read-ahead starts. Without it, streams run to the end of the blob and
 	// are kept for the next load (best for local files).
 	Ranged bool
 	// Prefault is the number of full-size block buffers allocated and

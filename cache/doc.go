@@ -61,6 +61,11 @@
 // large). A single read spanning several blocks loads them in parallel the
 // same way, sequential or not.
 //
+// With Options.Ranged (a remote source) a read's own blocks are loaded
+// before read-ahead starts: started together they would share the
+// bandwidth, and the first byte of a fresh sequential read would wait for
+// the whole window.
+//
 // Read-ahead stops at the end of the blob, never lets the loads in flight
 // fill more than half the budget (demand reads keep the other half), keeps
 // at most ReadAhead loads in flight per Reader, and stops on Close, which

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/regfs/regfs/driver"
@@ -116,4 +117,32 @@ func TestRangedReadAheadInFlight(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRangedDemandFirst checks that with Options.Ranged a read's own block
+// is loaded before read-ahead starts, so that the first byte of a fresh
+// sequential read does not share the bandwidth with the blocks ahead.
+func TestRangedDemandFirst(t *testing.T) {
+	const bs = 1 << 12
+	src := &rangedSource{source: newSource(16*bs, 23)}
+	var c *Cache
+	var aheadAtFirstOpen atomic.Int64
+	aheadAtFirstOpen.Store(-1)
+	open := func(ctx context.Context, off int64) (io.ReadCloser, error) {
+		if off == 0 {
+			aheadAtFirstOpen.Store(c.Stats().ReadAheads)
+		}
+		return src.open(ctx, off)
+	}
+	c = NewWithOptions(Options{Budget: 64 * bs, BlockSize: bs, ReadAhead: 4, Ranged: true})
+	r := c.NewReader("blob", 16*bs, open)
+	defer r.Close()
+	p := make([]byte, 100)
+	if _, err := r.ReadAt(p, 0); err != nil || !bytes.Equal(p, src.data[:100]) {
+		t.Fatalf("ReadAt(0): %v", err)
+	}
+	if n := aheadAtFirstOpen.Load(); n != 0 {
+		t.Errorf("%d read-aheads started before the first block's load, want 0", n)
+	}
+	waitFor(t, "read-ahead after the first read", func() bool { return c.Stats().ReadAheads == 4 })
 }

@@ -88,9 +88,33 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if r.c.ranged {
+		// On a remote source the blocks of this read load first, then the
+		// ones ahead: started together, they would share the bandwidth,
+		// and the first byte of a fresh sequential read would wait for
+		// all of them.
+		if r.isClosed() {
+			return 0, ErrClosed
+		}
+		n, err := r.readBlocks(p, off)
+		if err != nil {
+			return n, err
+		}
+		_ = r.access(off, off+int64(len(p))) // ErrClosed: the bytes are read
+		return n, atEOF
+	}
 	if err := r.access(off, off+int64(len(p))); err != nil {
 		return 0, err
 	}
+	n, err := r.readBlocks(p, off)
+	if err != nil {
+		return n, err
+	}
+	return n, atEOF
+}
+
+// readBlocks copies len(p) bytes at off from the blocks that hold them.
+func (r *Reader) readBlocks(p []byte, off int64) (int, error) {
 	bs := int64(r.c.blockSize)
 	n := 0
 	for n < len(p) {
@@ -102,7 +126,7 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 			return n, err
 		}
 	}
-	return n, atEOF
+	return n, nil
 }
 
 // readBlock copies into dst what block idx holds from offset within on, and
