@@ -69,6 +69,15 @@ type Options struct {
 	// Retryable, when set, tells transient errors from permanent ones (a
 	// blob that was deleted), which fail at once. Nil retries every error.
 	Retryable func(error) bool
+	// Ranged makes every load open a stream of exactly the bytes it
+	// loads, asking the source for them with driver.WithReadLength, and
+	// close it at their end; no stream is kept. For a remote source (S3)
+	// where a stream is a request: a bounded range is read to its end, so
+	// the connection serves the next request, and the server sends nothing
+	// that is not read. A read's own blocks then load before its
+	// read-ahead starts. Without it, streams run to the end of the blob and
+	// are kept for the next load (best for local files).
+	Ranged bool
 	// Prefault is the number of full-size block buffers allocated and
 	// written to up front, for the first loads of the process: a fresh
 	// buffer takes a page fault per 4 KiB on its first fill, which on a
@@ -129,6 +138,7 @@ type Cache struct {
 	attempts   int
 	retryDelay time.Duration
 	retryable  func(error) bool
+	ranged     bool
 
 	mu sync.Mutex
 	// lru holds the loaded blocks, most recently used first; guarded by mu.
@@ -216,6 +226,7 @@ func NewWithOptions(o Options) *Cache {
 		attempts:   o.Attempts,
 		retryDelay: o.RetryDelay,
 		retryable:  o.Retryable,
+		ranged:     o.Ranged,
 		loads:      make(map[blockKey]*load),
 	}
 	if c.blockSize <= 0 {

@@ -61,6 +61,11 @@
 // large). A single read spanning several blocks loads them in parallel the
 // same way, sequential or not.
 //
+// With Options.Ranged (a remote source) a read's own blocks are loaded
+// before read-ahead starts: started together they would share the
+// bandwidth, and the first byte of a fresh sequential read would wait for
+// the whole window.
+//
 // Read-ahead stops at the end of the blob, never lets the loads in flight
 // fill more than half the budget (demand reads keep the other half), keeps
 // at most ReadAhead loads in flight per Reader, and stops on Close, which
@@ -74,6 +79,14 @@
 // is read and discarded; anything else opens a new stream at the block's
 // offset. Streams are opened under a context that Close cancels, and Close
 // closes the kept ones.
+//
+// With Options.Ranged (regfs sets it for S3) no stream is kept: each load
+// opens a stream of exactly its block, telling the source its length with
+// driver.WithReadLength, and reads it to its end. An S3 GET without an end
+// makes the server send bytes that are never read, and its connection,
+// closed before the end of the answer, cannot serve the next GET; parallel
+// read-ahead rarely continues a kept stream anyway, since the block after
+// one load is another load's.
 //
 // # Copies and allocation
 //

@@ -7,6 +7,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/regfs/regfs/driver"
 )
 
 // Reader reads one blob through its Cache. ReadAt is safe for concurrent
@@ -86,9 +88,33 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if r.c.ranged {
+		// On a remote source the blocks of this read load first, then the
+		// ones ahead: started together, they would share the bandwidth,
+		// and the first byte of a fresh sequential read would wait for
+		// all of them.
+		if r.isClosed() {
+			return 0, ErrClosed
+		}
+		n, err := r.readBlocks(p, off)
+		if err != nil {
+			return n, err
+		}
+		_ = r.access(off, off+int64(len(p))) // ErrClosed: the bytes are read
+		return n, atEOF
+	}
 	if err := r.access(off, off+int64(len(p))); err != nil {
 		return 0, err
 	}
+	n, err := r.readBlocks(p, off)
+	if err != nil {
+		return n, err
+	}
+	return n, atEOF
+}
+
+// readBlocks copies len(p) bytes at off from the blocks that hold them.
+func (r *Reader) readBlocks(p []byte, off int64) (int, error) {
 	bs := int64(r.c.blockSize)
 	n := 0
 	for n < len(p) {
@@ -100,7 +126,7 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 			return n, err
 		}
 	}
-	return n, atEOF
+	return n, nil
 }
 
 // readBlock copies into dst what block idx holds from offset within on, and
@@ -247,6 +273,9 @@ func (r *Reader) fill(dst []byte, off int64) error {
 // fillOnce reads len(dst) bytes at off through a kept stream or a new one.
 // A stream that ends early is an io.ErrUnexpectedEOF and is dropped.
 func (r *Reader) fillOnce(dst []byte, off int64) error {
+	if r.c.ranged {
+		return r.fillRange(dst, off)
+	}
 	s, err := r.takeStream(off)
 	if err != nil {
 		return err
@@ -262,6 +291,22 @@ func (r *Reader) fillOnce(dst []byte, off int64) error {
 	}
 	r.putStream(s)
 	return nil
+}
+
+// fillRange reads len(dst) bytes at off through a stream of just those
+// bytes (Options.Ranged), closed at their end.
+func (r *Reader) fillRange(dst []byte, off int64) error {
+	r.c.opens.Add(1)
+	rc, err := r.open(driver.WithReadLength(r.ctx, int64(len(dst))), off)
+	if err != nil {
+		return err
+	}
+	_, err = io.ReadFull(rc, dst)
+	rc.Close()
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // takeStream returns a stream positioned at off: a kept one at off or a

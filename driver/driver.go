@@ -302,3 +302,23 @@ func componentByte(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
 		c == '.' || c == '_' || c == '-'
 }
+
+// readLengthKey is the context key of WithReadLength.
+type readLengthKey struct{}
+
+// WithReadLength returns a context telling Reader that its caller reads at
+// most n bytes (n > 0) from the offset. A driver for which the length of a
+// stream matters asks the storage for that range only: an S3 GET without
+// an end makes the server send bytes nobody reads, and a connection closed
+// before the end of its answer cannot be reused. Others ignore the hint. A
+// reader opened under it may end (io.EOF) after n bytes, or run on to the
+// end of the object; the caller must not read past n bytes either way.
+func WithReadLength(ctx context.Context, n int64) context.Context {
+	return context.WithValue(ctx, readLengthKey{}, n)
+}
+
+// ReadLength returns the length WithReadLength set on ctx, if any.
+func ReadLength(ctx context.Context) (int64, bool) {
+	n, ok := ctx.Value(readLengthKey{}).(int64)
+	return n, ok && n > 0
+}

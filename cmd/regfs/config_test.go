@@ -127,11 +127,11 @@ func TestCommandLine(t *testing.T) {
 }
 
 func TestCacheOptions(t *testing.T) {
-	if o := cacheOptions(Config{Storage: Storage{Driver: driverS3}, CacheSize: 1 << 30}); o.BlockSize != 4<<20 || o.Budget != 1<<30 {
+	if o := cacheOptions(Config{Storage: Storage{Driver: driverS3}, CacheSize: 1 << 30}); o.BlockSize != 4<<20 || o.Budget != 1<<30 || !o.Ranged {
 		t.Errorf("s3 cache options: %+v", o)
 	}
 	o := cacheOptions(Config{Storage: Storage{Driver: driverFilesystem}, CacheSize: 1 << 28})
-	if o.BlockSize != 1<<20 || o.Retryable == nil {
+	if o.BlockSize != 1<<20 || o.Retryable == nil || o.Ranged {
 		t.Fatalf("filesystem cache options: %+v", o)
 	}
 	if o.Retryable(driver.PathNotFoundError{Path: "/x", Driver: "filesystem"}) {

@@ -146,6 +146,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 // went from 3.6-4.5 ms to 1.6-1.8 ms (medians of 5, alternating runs). On
 // S3 the first request costs more than the faults, and its blocks are
 // larger: two are enough.
+//
+// On S3 each block load is one GET of just that block (Ranged), read to its
+// end so that its connection serves the next GET; see docs/benchmarks.md,
+// "S3 reads (issue 15)", for what it changed.
 func cacheOptions(cfg Config) cache.Options {
 	o := cache.Options{
 		Budget:    cfg.CacheSize,
@@ -157,6 +161,7 @@ func cacheOptions(cfg Config) cache.Options {
 		o.BlockSize = 4 << 20
 		o.ReadAhead = 8
 		o.Prefault = 2
+		o.Ranged = true
 	}
 	o.Prefault = int(min(int64(o.Prefault), cfg.CacheSize/int64(o.BlockSize)))
 	return o

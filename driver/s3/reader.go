@@ -13,11 +13,12 @@ import (
 )
 
 func (d *impl) Reader(ctx context.Context, path string, offset int64) (io.ReadCloser, error) {
-	r, err := d.getWith(ctx, path, offset, nil)
+	n, _ := driver.ReadLength(ctx)
+	r, err := d.getWith(ctx, path, offset, n, nil)
 	if err == nil {
 		return r, nil
 	}
-	if offset == 0 || !isInvalidRange(err) {
+	if (offset == 0 && n == 0) || !isInvalidRange(err) {
 		return nil, err
 	}
 	// The range starts at or beyond the end: at the end is a reader at EOF,
@@ -37,19 +38,24 @@ type eofReader struct{}
 
 func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
-// getWith starts a GET of the object at path from offset; with ifMatch not
-// nil, only if the object's ETag is still that.
+// getWith starts a GET of the object at path from offset, of n bytes if n
+// is positive, else to the end; with ifMatch not nil, only if the object's
+// ETag is still that.
 //
 // The request cannot run under a plain deadline, since the body of a large
 // object may take longer than any fixed timeout to stream. Instead a timer
 // bounds the wait for the response and then each wait for more of the body;
 // a consumer that stops reading for a while is not penalized.
-func (d *impl) getWith(ctx context.Context, path string, offset int64, ifMatch *string) (*reader, error) {
+func (d *impl) getWith(ctx context.Context, path string, offset, n int64, ifMatch *string) (*reader, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	r := &reader{d: d, path: path, timeout: d.timeout, cancel: cancel}
 	r.timer = time.AfterFunc(d.timeout, cancel)
 	in := &s3.GetObjectInput{Bucket: &d.bucket, Key: aws.String(d.key(path)), IfMatch: ifMatch}
-	if offset > 0 {
+	if n > 0 {
+		// A bounded range: the server sends only what is read, and the
+		// connection, read to the end of its answer, serves the next GET.
+		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", offset, offset+n-1))
+	} else if offset > 0 {
 		in.Range = aws.String(fmt.Sprintf("bytes=%d-", offset))
 	}
 	out, err := d.client.GetObject(ctx, in)

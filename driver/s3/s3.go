@@ -16,9 +16,12 @@
 //
 // # Reads
 //
-// Reader is one GET from the offset to the end of the object. The block
-// cache above turns sequential reads into parallel reads of whole blocks, so
-// the driver does no read-ahead of its own.
+// Reader is one GET from the offset to the end of the object, or of the
+// range driver.WithReadLength names: the block cache above asks for one
+// block per GET and keeps several in flight for a sequential reader, so the
+// driver does no read-ahead of its own. The HTTP client keeps up to
+// maxIdleConns connections to the server open between requests, more than
+// the cache's GETs in flight, so that each GET reuses one.
 //
 // # Writes
 //
@@ -54,6 +57,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
@@ -74,6 +78,13 @@ const (
 	// names one, which is common with a local S3-compatible server.
 	defaultRegion = "us-east-1"
 )
+
+// maxIdleConns is how many connections to the server the HTTP client keeps
+// open between requests (the SDK's default is 10): more than the block
+// cache's GETs in flight (cmd/regfs reads 8 blocks ahead of each sequential
+// reader on S3) plus a writer's, so that a GET reuses a connection instead
+// of opening one.
+const maxIdleConns = 64
 
 // minThroughput is the slowest transfer rate a request that moves bytes is
 // allowed before its deadline: such a request gets Params.Timeout plus one
@@ -207,6 +218,11 @@ func newClient(ctx context.Context, p Params) (*s3.Client, error) {
 		o.UsePathStyle = !p.VirtualHostedStyle
 		if p.HTTPClient != nil {
 			o.HTTPClient = p.HTTPClient
+		} else {
+			o.HTTPClient = awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+				t.MaxIdleConns = maxIdleConns
+				t.MaxIdleConnsPerHost = maxIdleConns
+			})
 		}
 		// Third-party servers do not all support the flexible checksums
 		// the SDK sends by default; only send and check them where the API
@@ -294,7 +310,7 @@ func (d *impl) head(ctx context.Context, path string) (*s3.HeadObjectOutput, err
 }
 
 func (d *impl) GetContent(ctx context.Context, path string) ([]byte, error) {
-	r, err := d.getWith(ctx, path, 0, nil)
+	r, err := d.getWith(ctx, path, 0, 0, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -69,7 +69,7 @@ func (d *impl) Writer(ctx context.Context, path string, append bool) (driver.Fil
 	if w.size > 0 {
 		// Too small to be a part of its own: its bytes start the buffer
 		// (less than a part, since minPartSize <= writePartMin).
-		r, err := d.getWith(ctx, path, 0, w.etag)
+		r, err := d.getWith(ctx, path, 0, 0, w.etag)
 		if err != nil {
 			return nil, err
 		}

@@ -155,6 +155,10 @@ func Launch() (_ *Server, err error) {
 		"--health", "/health",
 		"--region", Region,
 		"--quiet",
+		// Keep connections open between requests, as AWS S3 does;
+		// versitygw closes each after one answer by default, which would
+		// make every request of the clients under test dial anew.
+		"--keep-alive",
 		"posix", filepath.Join(dir, "root"))
 	s.cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.SecretKey)
 	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
