@@ -29,11 +29,12 @@ type fsckRoot struct {
 	manifest, upload string
 }
 
-func newFsckRoot(t *testing.T) fsckRoot {
+// testRepo opens the repository "app" on a filesystem root and returns it
+// with a function that pushes bytes into it as a committed layer.
+func testRepo(t *testing.T, root string) (store.Repository, func([]byte) digest.Digest) {
 	t.Helper()
 	ctx := context.Background()
-	fr := fsckRoot{root: t.TempDir()}
-	d, err := filesystem.New(fr.root)
+	d, err := filesystem.New(root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +46,8 @@ func newFsckRoot(t *testing.T) fsckRoot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	push := func(b []byte) digest.Digest {
+	return repo, func(b []byte) digest.Digest {
+		t.Helper()
 		up, err := repo.Uploads().Create(ctx, digest.FromBytes(b))
 		if err != nil {
 			t.Fatal(err)
@@ -59,6 +61,13 @@ func newFsckRoot(t *testing.T) fsckRoot {
 		}
 		return desc.Digest
 	}
+}
+
+func newFsckRoot(t *testing.T) fsckRoot {
+	t.Helper()
+	ctx := context.Background()
+	fr := fsckRoot{root: t.TempDir()}
+	repo, push := testRepo(t, fr.root)
 	fr.config = push([]byte(`{"architecture":"amd64","os":"linux"}`))
 	fr.layer = push(bytes.Repeat([]byte("layer "), 1000))
 	mf := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +

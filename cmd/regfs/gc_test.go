@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,32 +32,7 @@ func newGCRoot(t *testing.T) gcRoot {
 	t.Helper()
 	ctx := context.Background()
 	g := gcRoot{root: t.TempDir()}
-	d, err := filesystem.New(g.root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.New(d, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo, err := st.Repository("app")
-	if err != nil {
-		t.Fatal(err)
-	}
-	push := func(b []byte) digest.Digest {
-		up, err := repo.Uploads().Create(ctx, digest.FromBytes(b))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := up.Write(b); err != nil {
-			t.Fatal(err)
-		}
-		desc, err := up.Commit(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return desc.Digest
-	}
+	repo, push := testRepo(t, g.root)
 	g.linked = push([]byte("linked"))
 	g.loose = push(bytes.Repeat([]byte("loose"), 300))
 	if err := repo.Layers().Unlink(ctx, g.loose); err != nil {
@@ -68,7 +42,7 @@ func newGCRoot(t *testing.T) gcRoot {
 	g.looseDataPath = filepath.Join(g.root, p)
 	p, _ = store.Location{Kind: store.PathBlobData, Digest: g.linked}.Path()
 	g.linkedDataPath = filepath.Join(g.root, p)
-	err = filepath.WalkDir(g.root, func(p string, e fs.DirEntry, err error) error {
+	err := filepath.WalkDir(g.root, func(p string, e fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
