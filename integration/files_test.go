@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -65,8 +66,8 @@ func towned(e tarEntry, uid, gid int) tarEntry {
 	return e
 }
 
-// randomBytes returns n seeded random bytes (incompressible).
-func randomBytes(seed uint64, n int) []byte {
+// seededBytes returns n seeded random bytes (incompressible).
+func seededBytes(seed uint64, n int) []byte {
 	var s [32]byte
 	for i := range 8 {
 		s[i] = byte(seed >> (8 * i))
@@ -90,7 +91,7 @@ var longName = strings.Repeat("long-name-", 20) + "end"
 // every layer, device and fifo nodes, owners and odd modes, and a file
 // replaced by a directory.
 func filesLayers() []filesLayer {
-	big := randomBytes(17, filesBigSize)
+	big := seededBytes(17, filesBigSize)
 	return []filesLayer{{
 		tdir("etc", 0o755),
 		tfile("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n")),
@@ -354,4 +355,370 @@ func sameTree(t *testing.T, want, got map[string]fileInfo) {
 	if len(diffs) > 0 {
 		t.Errorf("%d differences between umoci unpack and _files:\n%s", len(diffs), strings.Join(diffs, "\n"))
 	}
+}
+
+// filesFixture is the fixture image pushed to a registry's storage in
+// several forms.
+type filesFixture struct {
+	Root   string // the registry's storage root
+	Layout string // the OCI layout umoci built
+	Want   map[string]fileInfo
+	// Repos maps each pushed repository (tag v1) to how it was pushed.
+	Repos map[string]string
+}
+
+// Platforms of the fixture's index.
+var (
+	filesAMD64 = v1.Platform{OS: "linux", Architecture: "amd64"}
+	filesARM64 = v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}
+)
+
+// newFilesFixture builds the fixture image with umoci, unpacks it with
+// umoci for the expected tree, and pushes it with skopeo through Debian's
+// docker-registry: as a docker schema2 image (gzip), an OCI image (gzip),
+// an OCI image recompressed to zstd, a schema1 image, and an OCI index of
+// it and a small arm64 image.
+func newFilesFixture(t *testing.T) *filesFixture {
+	t.Helper()
+	requireTools(t, "umoci", "skopeo", registryBin)
+	fx := &filesFixture{Root: t.TempDir(), Layout: filepath.Join(t.TempDir(), "layout"), Repos: map[string]string{}}
+	umociImage(t, fx.Layout, "img", filesAMD64, filesLayers())
+	umociImage(t, fx.Layout, "arm", filesARM64, []filesLayer{{
+		tdir("etc", 0o755), tfile("etc/arch", 0o644, []byte("arm64\n")),
+	}})
+	layoutIndex(t, fx.Layout, "multi", map[string]v1.Platform{"img": filesAMD64, "arm": filesARM64}, "img", "arm")
+	fx.Want = snapshot(t, umociUnpack(t, fx.Layout, "img"))
+
+	r := startRegistry(t, fx.Root)
+	src := func(tag string) string { return "oci:" + fx.Layout + ":" + tag }
+	push := func(repo, how string, args ...string) {
+		skopeoCopy(t, args...)
+		fx.Repos[repo] = how
+	}
+	push("files/docker", "docker schema2, gzip", "--format", "v2s2", src("img"), r.ref("files/docker", "v1"))
+	push("files/oci", "OCI, gzip", "--format", "oci", src("img"), r.ref("files/oci", "v1"))
+	// skopeo 1.9 recompresses into an OCI layout (--dest-compress), then
+	// copies the zstd layers as they are.
+	zstdLayout := filepath.Join(t.TempDir(), "zstd")
+	skopeoCopy(t, "--dest-compress", "--dest-compress-format", "zstd", src("img"), "oci:"+zstdLayout+":img")
+	push("files/zstd", "OCI, zstd", "--format", "oci", "oci:"+zstdLayout+":img", r.ref("files/zstd", "v1"))
+	push("files/schema1", "docker schema1", "--format", "v2s1", src("img"), r.ref("files/schema1", "v1"))
+	skopeoCopy(t, "--multi-arch", "all", "--format", "oci", src("multi"), r.ref("files/multi", "v1"))
+	// The zstd push really is zstd: its layers say so.
+	if m := r.mustGetManifest("files/zstd", "v1"); !bytes.Contains(m.Body, []byte(v1.MediaTypeImageLayerZstd)) {
+		t.Fatalf("skopeo pushed files/zstd without zstd layers:\n%s", m.Body)
+	}
+	r.stop()
+	return fx
+}
+
+// storageState lists every file under root with its size and mtime, to
+// check that the mount wrote nothing.
+func storageState(t *testing.T, root string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %v %d %d\n", p, fi.Mode(), fi.Size(), fi.ModTime().UnixNano())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// manifestDigest returns the digest the tag of repo points at, through
+// the mount.
+func manifestDigest(t *testing.T, m *mount, repo, tag string) string {
+	t.Helper()
+	return sha(readFile(t, m.path(repo, "_manifests", tag)))
+}
+
+// TestFilesMatchUmoci compares _files/v1/ of every push of the fixture,
+// and its _files/sha256:<digest>/, with umoci's unpack of the same image:
+// paths, types, modes, owners, sizes, symlink targets, link counts, device
+// numbers, mtimes and the hash of every file. An index shows a directory
+// per platform. _files/ lists the tags and revisions; the repository's
+// listing does not show _files. Nothing is written to storage, and every
+// change below _files/ is refused.
+func TestFilesMatchUmoci(t *testing.T) {
+	fx := newFilesFixture(t)
+	before := storageState(t, fx.Root)
+	index := t.TempDir()
+	m := startMount(t, "filesystem", mountOpts{Root: fx.Root, Extra: []string{"--index-dir", index}})
+
+	for repo, how := range fx.Repos {
+		t.Run(strings.ReplaceAll(repo, "/", "_"), func(t *testing.T) {
+			got := listDir(t, m.path(repo, "_files"))
+			if len(got) != 2 || !strings.HasPrefix(got[0], "sha256:") || got[1] != "v1" {
+				t.Fatalf("%s/_files lists %v, want the revision and the tag", repo, got)
+			}
+			dgst := got[0]
+			// A schema1 manifest is served signed, and its revision is
+			// the digest of its payload.
+			if d := manifestDigest(t, m, repo, "v1"); d != dgst && repo != "files/schema1" {
+				t.Errorf("%s/_files lists revision %s, the tag points at %s", repo, dgst, d)
+			}
+			t.Logf("%s: %s", repo, how)
+			sameTree(t, fx.Want, snapshot(t, m.path(repo, "_files", "v1")))
+			sameTree(t, fx.Want, snapshot(t, m.path(repo, "_files", dgst)))
+		})
+	}
+
+	t.Run("index", func(t *testing.T) {
+		if got := listDir(t, m.path("files/multi/_files/v1")); !slices.Equal(got, []string{"linux-amd64", "linux-arm64-v8"}) {
+			t.Fatalf("the index's _files/v1 lists %v, want a directory per platform", got)
+		}
+		sameTree(t, fx.Want, snapshot(t, m.path("files/multi/_files/v1/linux-amd64")))
+		if got := string(readFile(t, m.path("files/multi/_files/v1/linux-arm64-v8/etc/arch"))); got != "arm64\n" {
+			t.Errorf("linux-arm64-v8/etc/arch reads %q", got)
+		}
+	})
+
+	t.Run("hidden from listings", func(t *testing.T) {
+		if got := listDir(t, m.path("files/oci")); slices.Contains(got, "_files") {
+			t.Errorf("the repository lists %v: _files must be reached by name only", got)
+		}
+	})
+
+	t.Run("read-only", func(t *testing.T) {
+		img := m.path("files/oci/_files/v1")
+		for _, cmd := range []string{
+			"touch " + img + "/etc/new",
+			"echo x >> " + img + "/etc/passwd",
+			"echo x > " + img + "/etc/passwd",
+			"rm " + img + "/etc/passwd",
+			"rm -r " + img + "/opaque",
+			"mkdir " + img + "/newdir",
+			"ln -s x " + img + "/newlink",
+			"ln " + img + "/etc/passwd " + img + "/etc/passwd2",
+			"mv " + img + "/etc/passwd " + img + "/etc/passwd3",
+			"chmod 600 " + img + "/etc/passwd",
+			"touch " + img + "/etc/passwd",
+			"truncate -s 0 " + img + "/etc/passwd",
+			"mkdir " + m.path("files/oci/_files/new"),
+			"rmdir " + img + "/gonedir-not-there " + img + "/opaque/sub 2>&1 || false",
+		} {
+			out, err := shErr(t, cmd)
+			if err == nil {
+				t.Errorf("%s succeeded", cmd)
+				continue
+			}
+			if !strings.Contains(out, "Operation not permitted") && !strings.Contains(out, "Read-only file system") &&
+				!strings.Contains(out, "No such file or directory") {
+				t.Errorf("%s: %s, want EPERM or EROFS", cmd, out)
+			}
+		}
+		sameTree(t, fx.Want, snapshot(t, img))
+	})
+
+	m.stop()
+	if after := storageState(t, fx.Root); after != before {
+		t.Errorf("the storage changed under a mount that only read _files/")
+	}
+	if ents, err := os.ReadDir(index); err != nil || len(ents) == 0 {
+		t.Errorf("the index directory %s holds %d entries (%v): no index was kept", index, len(ents), err)
+	}
+}
+
+// bigExpected is the large file's content.
+var bigExpected = sync.OnceValue(func() []byte { return seededBytes(17, filesBigSize) })
+
+// checkRandomReads reads the large file of the image at dir at seeded
+// random offsets and lengths, each with its own pread, and checks every
+// byte.
+func checkRandomReads(t *testing.T, dir string, seed uint64) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, "data", "big.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want := bigExpected()
+	rng := rand.New(rand.NewPCG(seed, 1))
+	buf := make([]byte, 256<<10)
+	for i := 0; i < 40; i++ {
+		off := rng.Int64N(filesBigSize)
+		n := 1 + rng.IntN(len(buf))
+		if i%10 == 0 {
+			off = filesBigSize - int64(n)/2 // across the end
+		}
+		got, err := f.ReadAt(buf[:n], off)
+		end := min(off+int64(n), filesBigSize)
+		if err != nil && !(errors.Is(err, io.EOF) && off+int64(n) > filesBigSize) {
+			t.Fatalf("pread %d bytes at %d: %v", n, off, err)
+		}
+		if int64(got) != end-off || !bytes.Equal(buf[:got], want[off:end]) {
+			t.Fatalf("pread %d bytes at %d: %d bytes that differ from the file's", n, off, got)
+		}
+	}
+}
+
+// TestFilesIndexReused reads the large file of the fixture at random
+// offsets through a fresh mount that finds the layer indexes built by an
+// earlier one, for gzip, zstd and schema1 pushes; then through one whose
+// index files were damaged, which rebuilds them and reads the same bytes.
+func TestFilesIndexReused(t *testing.T) {
+	fx := newFilesFixture(t)
+	index := t.TempDir()
+	repos := []string{"files/oci", "files/docker", "files/zstd", "files/schema1"}
+	m := startMount(t, "filesystem", mountOpts{Root: fx.Root, Extra: []string{"--index-dir", index}})
+	for _, repo := range repos {
+		if got := hashFile(t, m.path(repo, "_files/v1/data/big.bin")); got != fx.Want["data/big.bin"].Hash {
+			t.Fatalf("%s: data/big.bin hashes to %s, umoci's to %s", repo, got, fx.Want["data/big.bin"].Hash)
+		}
+	}
+	m.stop()
+	files := indexFiles(t, index)
+	if len(files) == 0 {
+		t.Fatalf("no index file in %s after reading every image", index)
+	}
+
+	m.start()
+	for i, repo := range repos {
+		checkRandomReads(t, m.path(repo, "_files/v1"), uint64(i))
+	}
+	m.stop()
+
+	// Damage every index file: a flipped byte in each, one cut short.
+	for i, p := range indexFiles(t, index) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) == 0 {
+			continue
+		}
+		if i == 0 {
+			b = b[:len(b)/2]
+		} else {
+			b[len(b)/2] ^= 0x55
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.start()
+	for i, repo := range repos {
+		checkRandomReads(t, m.path(repo, "_files/v1"), uint64(10+i))
+	}
+	sameTree(t, fx.Want, snapshot(t, m.path("files/oci/_files/v1")))
+}
+
+// indexFiles lists the regular files below dir.
+func indexFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			out = append(out, p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestFilesBrokenImages: a layer missing from the repository, a layer
+// blob cut short (with and without an index built before), and a layer of
+// a media type regfs does not read each make the image fail with an errno
+// (EIO, EIO, ENOTSUP) and a line in .regfs/errors that names the layer,
+// and never give a wrong byte.
+func TestFilesBrokenImages(t *testing.T) {
+	fx := newFilesFixture(t)
+	index := t.TempDir()
+	m := startMount(t, "filesystem", mountOpts{Root: fx.Root, Extra: []string{"--index-dir", index}})
+	// Build the index of the zstd image while its blobs are whole.
+	if got := hashFile(t, m.path("files/zstd/_files/v1/data/big.bin")); got != fx.Want["data/big.bin"].Hash {
+		t.Fatalf("files/zstd: data/big.bin hashes to %s before any damage", got)
+	}
+	layersOf := func(repo string) []v1.Descriptor {
+		var man v1.Manifest
+		if err := json.Unmarshal(readFile(t, m.path(repo, "_manifests", "v1")), &man); err != nil {
+			t.Fatal(err)
+		}
+		return man.Layers
+	}
+	ociLayers, zstdLayers := layersOf("files/oci"), layersOf("files/zstd")
+
+	// An image whose first layer has a media type nobody reads.
+	var weird v1.Manifest
+	if err := json.Unmarshal(readFile(t, m.path("files/oci", "_manifests", "v1")), &weird); err != nil {
+		t.Fatal(err)
+	}
+	weird.Layers[0].MediaType = "application/vnd.example.layer.v1.squashfs"
+	cpManifest(t, m, "files/oci", "weird", mustJSON(t, weird))
+	m.stop()
+
+	v2 := filepath.Join(fx.Root, "docker/registry/v2")
+	// files/oci loses the link of its second layer.
+	missing := ociLayers[1].Digest
+	if err := os.RemoveAll(filepath.Join(v2, "repositories/files/oci/_layers/sha256", missing.Encoded())); err != nil {
+		t.Fatal(err)
+	}
+	// files/zstd's big layer is cut to half.
+	big := zstdLayers[0]
+	data := filepath.Join(v2, "blobs/sha256", big.Digest.Encoded()[:2], big.Digest.Encoded(), "data")
+	if err := os.Truncate(data, big.Size/2); err != nil {
+		t.Fatal(err)
+	}
+
+	m.start()
+	errsWant := func(what string, reasons ...string) {
+		t.Helper()
+		errs := string(readFile(t, m.path(".regfs/errors")))
+		for _, r := range reasons {
+			if !strings.Contains(errs, r) {
+				t.Errorf("%s: .regfs/errors does not say %q:\n%s", what, r, errs)
+			}
+		}
+	}
+	failsWith := func(cmd, errno string) string {
+		t.Helper()
+		out, err := shErr(t, cmd)
+		if err == nil || !strings.Contains(out, errno) {
+			t.Errorf("%s: %v %s, want %q", cmd, err, out, errno)
+		}
+		return out
+	}
+
+	failsWith("ls "+m.path("files/oci/_files/v1/"), "Input/output error")
+	errsWant("missing layer", "files/oci/_files/v1", missing.String(), "not in storage")
+	// The same layers through a repository that has them all.
+	sameTree(t, fx.Want, snapshot(t, m.path("files/docker/_files/v1")))
+
+	failsWith("ls "+m.path("files/oci/_files/weird/"), "Operation not supported")
+	errsWant("unknown media type", "files/oci/_files/weird", "application/vnd.example.layer.v1.squashfs")
+
+	// With the index built before the damage, the listing works and the
+	// read fails where the blob ends: what it gave is the file's start.
+	out, err := exec.Command("cat", m.path("files/zstd/_files/v1/data/big.bin")).Output()
+	if err == nil {
+		t.Errorf("cat of a file in a truncated layer succeeded")
+	}
+	if !bytes.HasPrefix(bigExpected(), out) {
+		t.Errorf("cat of a file in a truncated layer gave %d bytes that are not the file's", len(out))
+	}
+	errsWant("truncated layer, indexed", big.Digest.String())
+	m.stop()
+
+	// Without an index, the image fails as a whole.
+	m.args = slices.Clone(m.args)
+	for i, a := range m.args {
+		if a == index {
+			m.args[i] = t.TempDir()
+		}
+	}
+	m.start()
+	failsWith("ls "+m.path("files/zstd/_files/v1/"), "Input/output error")
+	errsWant("truncated layer", "files/zstd/_files/v1", big.Digest.String())
 }
