@@ -42,6 +42,7 @@ func tinyConfig(t *testing.T) Config {
 	cfg.Repos = 50
 	cfg.Runs = 1
 	cfg.RandomReads = 50
+	cfg.ImageFiles = 300
 	cfg.TempDir = t.TempDir()
 	return cfg
 }
