@@ -412,14 +412,17 @@ func newFilesFixture(t *testing.T) *filesFixture {
 	return fx
 }
 
-// storageState lists every file under root with its size and mtime, to
-// check that the mount wrote nothing.
+// storageState lists every regular file under root with its size and
+// mtime, to check that the mount wrote nothing.
 func storageState(t *testing.T, root string) string {
 	t.Helper()
 	var b strings.Builder
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if d.IsDir() {
+			return nil
 		}
 		fi, err := d.Info()
 		if err != nil {
@@ -482,6 +485,55 @@ func TestFilesMatchUmoci(t *testing.T) {
 		}
 	})
 
+	t.Run("tools", func(t *testing.T) {
+		img := m.path("files/oci/_files/v1")
+		unpacked := umociUnpack(t, fx.Layout, "img")
+		// diff -r leaves out dev/: it would open the fifo.
+		sh(t, fmt.Sprintf("diff -r --no-dereference -x dev %q %q", unpacked, img))
+		cp := filepath.Join(t.TempDir(), "copy")
+		sh(t, fmt.Sprintf("cp -a %q %q", img, cp))
+		sameTree(t, fx.Want, snapshot(t, cp))
+		if got := strings.Fields(sh(t, fmt.Sprintf("cd %q && grep -rl 'one inode' . | sort", img))); !slices.Equal(got, []string{"./hl/a", "./hl/b"}) {
+			t.Errorf("grep -rl lists %v, want the two names of the hard link", got)
+		}
+		if got := strings.TrimSpace(sh(t, "readlink "+img+"/links/abs")); got != "/etc/hosts" {
+			t.Errorf("readlink links/abs: %q", got)
+		}
+	})
+
+	t.Run("tag moves", func(t *testing.T) {
+		var idx v1.Index
+		if err := json.Unmarshal(readFile(t, m.path("files/multi/_manifests/v1")), &idx); err != nil {
+			t.Fatal(err)
+		}
+		var arm digest.Digest
+		for _, c := range idx.Manifests {
+			if c.Platform != nil && c.Platform.Architecture == "arm64" {
+				arm = c.Digest
+			}
+		}
+		if arm == "" {
+			t.Fatalf("the index has no arm64 image: %+v", idx)
+		}
+		// A tag of its own, moved from the index to its arm64 image.
+		sh(t, fmt.Sprintf("ln %q %q", m.path("files/multi/_manifests/v1"), m.path("files/multi/_manifests/moving")))
+		if got := listDir(t, m.path("files/multi/_files/moving")); !slices.Equal(got, []string{"linux-amd64", "linux-arm64-v8"}) {
+			t.Fatalf("_files/moving lists %v before the move", got)
+		}
+		sh(t, fmt.Sprintf("ln -f %q %q", m.path("files/multi/_manifests", arm.String()), m.path("files/multi/_manifests/moving")))
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			b, err := os.ReadFile(m.path("files/multi/_files/moving/etc/arch"))
+			if err == nil && string(b) == "arm64\n" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("_files/moving does not show the image the tag moved to: %q %v", b, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+
 	t.Run("hidden from listings", func(t *testing.T) {
 		if got := listDir(t, m.path("files/oci")); slices.Contains(got, "_files") {
 			t.Errorf("the repository lists %v: _files must be reached by name only", got)
@@ -520,6 +572,10 @@ func TestFilesMatchUmoci(t *testing.T) {
 	})
 
 	m.stop()
+	// The tag moves changed storage; nothing else may have.
+	if err := os.RemoveAll(filepath.Join(fx.Root, "docker/registry/v2/repositories/files/multi/_manifests/tags/moving")); err != nil {
+		t.Fatal(err)
+	}
 	if after := storageState(t, fx.Root); after != before {
 		t.Errorf("the storage changed under a mount that only read _files/")
 	}
