@@ -31,9 +31,9 @@ func mkentry(length, kind, extra, value int) hentry {
 }
 
 func (e hentry) length() uint { return uint(e & 15) }
-func (e hentry) kind() int     { return int(e>>4) & 15 }
-func (e hentry) extra() uint   { return uint(e>>8) & 0xff }
-func (e hentry) value() int    { return int(e >> 16) }
+func (e hentry) kind() int    { return int(e>>4) & 15 }
+func (e hentry) extra() uint  { return uint(e>>8) & 0xff }
+func (e hentry) value() int   { return int(e >> 16) }
 
 const (
 	litPrimaryBits  = 10
