@@ -35,14 +35,14 @@ func (f BlobsFunc) Open(ctx context.Context, dgst digest.Digest) (Blob, error) {
 
 // Media types of layers this package reads.
 const (
-	MediaTypeTar          = "application/vnd.oci.image.layer.v1.tar"
-	MediaTypeTarGzip      = "application/vnd.oci.image.layer.v1.tar+gzip"
-	MediaTypeTarZstd      = "application/vnd.oci.image.layer.v1.tar+zstd"
-	MediaTypeForeignTar   = "application/vnd.oci.image.layer.nondistributable.v1.tar"
-	MediaTypeForeignGzip  = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-	MediaTypeForeignZstd  = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
-	MediaTypeDockerGzip   = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-	MediaTypeDockerForeig = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+	MediaTypeTar           = "application/vnd.oci.image.layer.v1.tar"
+	MediaTypeTarGzip       = "application/vnd.oci.image.layer.v1.tar+gzip"
+	MediaTypeTarZstd       = "application/vnd.oci.image.layer.v1.tar+zstd"
+	MediaTypeForeignTar    = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+	MediaTypeForeignGzip   = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+	MediaTypeForeignZstd   = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+	MediaTypeDockerGzip    = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+	MediaTypeDockerForeign = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 )
 
 // CheckpointSpacing is the amount of uncompressed output between two gzip
@@ -78,7 +78,7 @@ func CompressionOf(mediaType string) (Compression, error) {
 	switch mediaType {
 	case MediaTypeTar, MediaTypeForeignTar, "application/vnd.docker.image.rootfs.diff.tar":
 		return Uncompressed, nil
-	case MediaTypeTarGzip, MediaTypeForeignGzip, MediaTypeDockerGzip, MediaTypeDockerForeig:
+	case MediaTypeTarGzip, MediaTypeForeignGzip, MediaTypeDockerGzip, MediaTypeDockerForeign:
 		return Gzip, nil
 	case MediaTypeTarZstd, MediaTypeForeignZstd:
 		return Zstd, nil
