@@ -208,6 +208,20 @@ type statsSnapshot struct {
 	} `json:"cache"`
 	// DriverCalls counts storage driver calls by method.
 	DriverCalls map[string]int64 `json:"driver_calls"`
+	// FuseOps counts the FUSE requests served, by operation.
+	FuseOps map[string]struct {
+		Requests int64 `json:"requests"`
+	} `json:"fuse_ops"`
+}
+
+// fuseRequests is the number of FUSE requests served between two
+// snapshots.
+func fuseRequests(before, after statsSnapshot) int64 {
+	var n int64
+	for op, a := range after.FuseOps {
+		n += a.Requests - before.FuseOps[op].Requests
+	}
+	return n
 }
 
 // regfsStats reads .regfs/stats of a regfs mount.
