@@ -52,6 +52,10 @@ type images struct {
 	// layerRepo is the repository each layer was last read through, for
 	// the indexer's blob reads. Guarded by mu.
 	layerRepo map[digest.Digest]string
+	// lastFailure is the last failure imageFailed recorded, and when.
+	// Guarded by mu.
+	lastFailure   string
+	lastFailureAt time.Time
 }
 
 // treeBuild is one image's tree: done is closed once tree or err is set.
@@ -267,6 +271,11 @@ func imageErr(what string, err error) error {
 	return err
 }
 
+// failureRepeat is how long the same failure of the same path is recorded
+// once: the kernel retries a failed read, and ls looks up what it could
+// not list, so one command fails several requests.
+const failureRepeat = 10 * time.Second
+
 // imageFailed records in .regfs/errors and the log why an image (or a file
 // in it) at p cannot be read, for the errors the image view makes itself:
 // the errno alone (EIO, ENOTSUP) does not say which layer or why.
@@ -274,6 +283,18 @@ func (f *FS) imageFailed(p string, err error) {
 	if !errors.Is(err, errImageUnreadable) && !errors.Is(err, errImageUnsupported) {
 		return
 	}
-	f.errLog.add(rejection{time: time.Now(), path: p, reasons: reasonsOf(err)})
+	now := time.Now()
+	key := p + "\x00" + err.Error()
+	im := f.images
+	im.mu.Lock()
+	repeat := key == im.lastFailure && now.Sub(im.lastFailureAt) < failureRepeat
+	if !repeat {
+		im.lastFailure, im.lastFailureAt = key, now
+	}
+	im.mu.Unlock()
+	if repeat {
+		return
+	}
+	f.errLog.add(rejection{time: now, path: p, reasons: reasonsOf(err)})
 	f.log.Warn("image unreadable", "path", p, "reason", err.Error())
 }

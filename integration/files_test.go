@@ -520,6 +520,8 @@ func TestFilesMatchUmoci(t *testing.T) {
 		if got := listDir(t, m.path("files/multi/_files/moving")); !slices.Equal(got, []string{"linux-amd64", "linux-arm64-v8"}) {
 			t.Fatalf("_files/moving lists %v before the move", got)
 		}
+		inode := func() string { return strings.TrimSpace(sh(t, "stat -c %i "+m.path("files/multi/_files/moving"))) }
+		before := inode()
 		sh(t, fmt.Sprintf("ln -f %q %q", m.path("files/multi/_manifests", arm.String()), m.path("files/multi/_manifests/moving")))
 		deadline := time.Now().Add(10 * time.Second)
 		for {
@@ -531,6 +533,9 @@ func TestFilesMatchUmoci(t *testing.T) {
 				t.Fatalf("_files/moving does not show the image the tag moved to: %q %v", b, err)
 			}
 			time.Sleep(100 * time.Millisecond)
+		}
+		if inode() == before {
+			t.Errorf("_files/moving kept its inode %s when its tag moved to another image", before)
 		}
 	})
 
@@ -751,6 +756,10 @@ func TestFilesBrokenImages(t *testing.T) {
 	errsWant("missing layer", "files/oci/_files/v1", missing.String(), "not in storage")
 	// The same layers through a repository that has them all.
 	sameTree(t, fx.Want, snapshot(t, m.path("files/docker/_files/v1")))
+	// A failure is not kept: once the layer is linked again, the image
+	// shows.
+	sh(t, fmt.Sprintf("ln %q %q", m.path("files/docker/_layers", missing.String()), m.path("files/oci/_layers/")))
+	sameTree(t, fx.Want, snapshot(t, m.path("files/oci/_files/v1")))
 
 	failsWith("ls "+m.path("files/oci/_files/weird/"), "Operation not supported")
 	errsWant("unknown media type", "files/oci/_files/weird", "application/vnd.example.layer.v1.squashfs")
@@ -765,6 +774,10 @@ func TestFilesBrokenImages(t *testing.T) {
 		t.Errorf("cat of a file in a truncated layer gave %d bytes that are not the file's", len(out))
 	}
 	errsWant("truncated layer, indexed", big.Digest.String())
+	// One failed cat is one entry, however many reads the kernel retried.
+	if n := strings.Count(string(readFile(t, m.path(".regfs/errors"))), "files/zstd/_files/v1/data/"); n != 1 {
+		t.Errorf(".regfs/errors has %d entries for one failed cat, want 1", n)
+	}
 	m.stop()
 
 	// Without an index, the image fails as a whole.
