@@ -32,6 +32,10 @@ type frame struct {
 	Out  int64
 }
 
+// checkpointSpacing is CheckpointSpacing; tests lower it to get many
+// checkpoints from small layers.
+var checkpointSpacing int64 = CheckpointSpacing
+
 // index is what a build produces and an index file holds.
 type index struct {
 	digest   digest.Digest
@@ -133,7 +137,7 @@ func buildIndex(ctx context.Context, blob Blob, dgst digest.Digest, comp Compres
 		f.resetGzip(blob, size)
 		last := int64(0)
 		f.onBlock = func(f *inflater) {
-			if out := f.decodedPos(); out-last >= CheckpointSpacing {
+			if out := f.decodedPos(); out-last >= checkpointSpacing {
 				last = out
 				ix.cps = append(ix.cps, checkpoint{Out: out, Bit: f.bitPos(), win: append([]byte(nil), f.window()...)})
 			}

@@ -81,7 +81,7 @@ func compress(t testing.TB, raw []byte, c Compression, zstdFrame int) []byte {
 	case Uncompressed:
 		return raw
 	case Gzip:
-		return gzipBytes(t, raw, gzip.DefaultCompression)
+		return gzipBytes(t, raw, gzip.BestSpeed)
 	case Zstd:
 		enc, err := zstd.NewWriter(nil)
 		if err != nil {

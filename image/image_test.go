@@ -240,8 +240,17 @@ func bigFile(seed int64, n int) []byte {
 	return testData(seed, n)
 }
 
+// smallSpacing lowers the checkpoint spacing for one test, so that small
+// layers (fast under the race detector) have many checkpoints.
+func smallSpacing(t *testing.T) {
+	old := checkpointSpacing
+	checkpointSpacing = 128 << 10
+	t.Cleanup(func() { checkpointSpacing = old })
+}
+
 func TestLargeFileRandomReads(t *testing.T) {
-	big := bigFile(3, 11<<20)
+	smallSpacing(t)
+	big := bigFile(3, 3<<20)
 	files := []tf{
 		{name: "small-before", body: []byte("before")},
 		{name: "big", body: big},
@@ -252,7 +261,7 @@ func TestLargeFileRandomReads(t *testing.T) {
 		name  string
 		c     Compression
 		frame int
-	}{{"gzip", Gzip, 0}, {"zstd-frames", Zstd, 1 << 20}, {"zstd-one-frame", Zstd, 0}, {"tar", Uncompressed, 0}} {
+	}{{"gzip", Gzip, 0}, {"zstd-frames", Zstd, 256 << 10}, {"zstd-one-frame", Zstd, 0}, {"tar", Uncompressed, 0}} {
 		t.Run(tc.name, func(t *testing.T) {
 			blobs := newMemBlobs()
 			desc := blobs.add(compress(t, raw, tc.c, tc.frame), mediaType(tc.c))
@@ -264,9 +273,9 @@ func TestLargeFileRandomReads(t *testing.T) {
 					t.Fatal(err)
 				}
 				switch {
-				case tc.c == Gzip && l.Checkpoints() < 4:
-					t.Fatalf("%d checkpoints in an 11 MiB layer", l.Checkpoints())
-				case tc.frame > 0 && l.Checkpoints() < 11:
+				case tc.c == Gzip && l.Checkpoints() < 10:
+					t.Fatalf("%d checkpoints in a 3 MiB layer", l.Checkpoints())
+				case tc.frame > 0 && l.Checkpoints() < 12:
 					t.Fatalf("%d zstd frames", l.Checkpoints())
 				}
 				tree, err := Merge([]*Layer{l})
@@ -275,9 +284,9 @@ func TestLargeFileRandomReads(t *testing.T) {
 				}
 				n, _ := tree.Lookup("big")
 				r := rand.New(rand.NewSource(1))
-				for i := 0; i < 60; i++ {
+				for i := 0; i < 30; i++ {
 					off := r.Int63n(int64(len(big)) + 100)
-					buf := make([]byte, r.Intn(300<<10))
+					buf := make([]byte, r.Intn(200<<10))
 					k, err := tree.ReadAt(context.Background(), n, buf, off)
 					end := min(off+int64(len(buf)), int64(len(big)))
 					want := big[min(off, end):end]
@@ -308,7 +317,8 @@ func TestLargeFileRandomReads(t *testing.T) {
 // A sequential read in kernel-sized pieces continues one decoder instead
 // of starting again from a checkpoint for every piece.
 func TestSequentialReadsContinue(t *testing.T) {
-	big := bigFile(4, 6<<20)
+	smallSpacing(t)
+	big := bigFile(4, 2<<20)
 	blobs := newMemBlobs()
 	desc := blobs.add(compress(t, mkTar(t, []tf{{name: "big", body: big}}), Gzip, 0), MediaTypeTarGzip)
 	ix := newTestIndexer(t, "", blobs)
@@ -354,7 +364,8 @@ func indexFiles(t *testing.T, dir string) []string {
 }
 
 func TestCorruptIndexRebuilt(t *testing.T) {
-	big := bigFile(5, 5<<20)
+	smallSpacing(t)
+	big := bigFile(5, 1<<20)
 	raw := mkTar(t, []tf{{name: "big", body: big}, {name: "end", body: []byte("the end")}})
 	blobs := newMemBlobs()
 	desc := blobs.add(compress(t, raw, Gzip, 0), MediaTypeTarGzip)
@@ -431,11 +442,11 @@ func TestCorruptIndexRebuilt(t *testing.T) {
 }
 
 func TestTruncatedBlob(t *testing.T) {
-	big := bigFile(6, 3<<20)
+	big := bigFile(6, 1<<20)
 	raw := mkTar(t, []tf{{name: "big", body: big}, {name: "end", body: []byte("the end")}})
 	for _, c := range compressions {
 		t.Run(c.String(), func(t *testing.T) {
-			blob := compress(t, raw, c, 1<<20)
+			blob := compress(t, raw, c, 256<<10)
 			blobs := newMemBlobs()
 			dir := t.TempDir()
 			// Truncated from the start: no index, no file.
@@ -531,7 +542,7 @@ func TestMissingBlob(t *testing.T) {
 
 func TestConcurrentFirstAccessBuildsOnce(t *testing.T) {
 	blobs := newMemBlobs()
-	desc := blobs.add(compress(t, mkTar(t, []tf{{name: "f", body: bigFile(9, 3<<20)}}), Gzip, 0), MediaTypeTarGzip)
+	desc := blobs.add(compress(t, mkTar(t, []tf{{name: "f", body: bigFile(9, 1<<20)}}), Gzip, 0), MediaTypeTarGzip)
 	blobs.gate = make(chan struct{})
 	ix := newTestIndexer(t, t.TempDir(), blobs)
 	const callers = 16
@@ -587,7 +598,7 @@ func (b blockingBlob) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func TestInterruptedBuildLeavesNothing(t *testing.T) {
-	blob := compress(t, mkTar(t, []tf{{name: "f", body: bigFile(10, 2<<20)}}), Gzip, 0)
+	blob := compress(t, mkTar(t, []tf{{name: "f", body: bigFile(10, 1<<20)}}), Gzip, 0)
 	blobs := newMemBlobs()
 	desc := blobs.add(blob, MediaTypeTarGzip)
 	stop, cancelStop := context.WithCancel(context.Background())
@@ -642,10 +653,11 @@ func TestInterruptedBuildLeavesNothing(t *testing.T) {
 }
 
 func TestIndexDirBounded(t *testing.T) {
+	smallSpacing(t)
 	blobs := newMemBlobs()
 	var descs []ocispec.Descriptor
 	for i := range 4 {
-		descs = append(descs, blobs.add(compress(t, mkTar(t, []tf{{name: "f", body: bigFile(int64(20+i), 3<<20)}}), Gzip, 0), MediaTypeTarGzip))
+		descs = append(descs, blobs.add(compress(t, mkTar(t, []tf{{name: "f", body: bigFile(int64(20+i), 1<<20)}}), Gzip, 0), MediaTypeTarGzip))
 	}
 	dir := t.TempDir()
 	ix := newTestIndexer(t, dir, blobs)
