@@ -207,7 +207,7 @@ func (b *bench) imageFiles(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	b.log.Info("image written", "files", img.files, "bytes", formatBytes(img.bytes), "layer", formatBytes(img.layerSize), "took", time.Since(t).Round(time.Millisecond))
+	b.log.Info("image written", "files", img.files, "bytes", img.bytes, "layer", img.layerSize, "took", time.Since(t).Round(time.Millisecond))
 	unpacked := filepath.Join(b.tmp, "image-unpacked")
 	s := samples{}
 	for i := range b.cfg.Runs {
@@ -274,7 +274,7 @@ func (b *bench) imageFiles(ctx context.Context, rep *Report) error {
 	if err := os.RemoveAll(unpacked); err != nil {
 		return err
 	}
-	what := fmt.Sprintf("%d files, %s in a %s gzip layer", img.files, formatBytes(img.bytes), formatBytes(img.layerSize))
+	what := fmt.Sprintf("%d files, %.0f MiB in a %.1f MiB gzip layer", img.files, float64(img.bytes)/(1<<20), float64(img.layerSize)/(1<<20))
 	v, cmp := s.median("find regfs"), s.median("find unpacked")
 	rep.add(Row{ID: "F3", What: "warm find of _files/<tag>, " + what, Value: v, Unit: unitSeconds,
 		Against: "find of the tree umoci unpacked", Compare: cmp, Ratio: cmp / v,
