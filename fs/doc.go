@@ -13,6 +13,9 @@
 //	    _manifests/sha256:<hex>      revisions (revisionFile)
 //	    _uploads/sha256:<hex>        uploads named by expected digest (uploadsDir, uploadFile)
 //	    _uploads/<uuid>              uploads another writer left
+//	    _files/<tag or digest>/      an image's files, read-only, found by
+//	                                 name only (filesDir, imageDir, treeDir,
+//	                                 treeFile; package image merges the layers)
 //
 // Nodes are small comparable values ({*FS, repository, name}), never
 // pointers to per-node state: bazil keys its node table by the Node value,
