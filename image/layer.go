@@ -350,7 +350,7 @@ func (ix *Indexer) newLayer(idx *index, f *os.File) *Layer {
 type Layer struct {
 	ix   *Indexer
 	idx  *index
-	file *os.File // holds the checkpoint windows; nil when they are in memory
+	file *os.File    // holds the checkpoint windows; nil when they are in memory
 	bad  atomic.Bool // a window failed its checksum
 }
 
