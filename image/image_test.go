@@ -47,6 +47,7 @@ func testImage(t testing.TB) [][]tf {
 			{name: "dev/sda", typ: tar.TypeBlock, major: 8, minor: 0, mode: 0o660},
 			{name: "empty", body: nil},
 			{name: long, body: []byte("long name")},
+			{name: "really-empty", body: nil},
 			{name: "attrs", body: []byte("x"), xattrs: map[string]string{"user.k": "v", "security.capability": "\x01\x00"}, uid: 1000},
 			{name: "changed", body: []byte("one")},
 			{name: "gone-dir/x", body: []byte("x")},
@@ -160,6 +161,9 @@ func TestMerge(t *testing.T) {
 			}
 			if got := string(readAll(t, tree, "empty")); got != "not empty now" {
 				t.Errorf("empty = %q", got)
+			}
+			if n := must("really-empty"); n.Size != 0 || !n.Mode.IsRegular() || len(readAll(t, tree, "really-empty")) != 0 {
+				t.Errorf("really-empty: size %d mode %v", n.Size, n.Mode)
 			}
 			// Hard links: one inode, its link count, the content of the
 			// removed name.
@@ -299,6 +303,21 @@ func TestLargeFileRandomReads(t *testing.T) {
 				}
 				if got := string(readAll(t, tree, "small-after")); got != "after" {
 					t.Fatalf("small-after = %q", got)
+				}
+				// The whole stream, up to and past its end.
+				if l.Size() != int64(len(raw)) {
+					t.Fatalf("stream size %d, tar %d", l.Size(), len(raw))
+				}
+				for _, off := range []int64{0, 1, 511, 512, int64(len(raw)) - 700, int64(len(raw)) - 1} {
+					buf := make([]byte, 1000)
+					k, err := l.ReadAt(context.Background(), buf, off)
+					want := raw[off:min(off+1000, int64(len(raw)))]
+					if !bytes.Equal(buf[:k], want) || (k < len(buf)) != (err == io.EOF) {
+						t.Fatalf("stream read at %d: %d bytes, %v", off, k, err)
+					}
+				}
+				if k, err := l.ReadAt(context.Background(), make([]byte, 10), int64(len(raw))); k != 0 || err != io.EOF {
+					t.Fatalf("read at the end: %d, %v", k, err)
 				}
 			}
 			check(newTestIndexer(t, dir, blobs))
