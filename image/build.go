@@ -213,7 +213,7 @@ func entryOf(hdr *tar.Header, off int64) (Entry, bool) {
 		Offset:   off,
 	}
 	switch typ {
-	case tar.TypeReg, tar.TypeRegA, tar.TypeCont:
+	case tar.TypeReg, tar.TypeCont: // tar.Reader turns TypeRegA into TypeReg or TypeDir
 		typ = tar.TypeReg
 	case tar.TypeGNUSparse:
 		typ = tar.TypeReg

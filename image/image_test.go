@@ -48,6 +48,7 @@ func testImage(t testing.TB) [][]tf {
 			{name: "empty", body: nil},
 			{name: long, body: []byte("long name")},
 			{name: "really-empty", body: nil},
+			{name: "gnu/" + strings.Repeat("g", 200), body: []byte("gnu long name"), gnu: true},
 			{name: "attrs", body: []byte("x"), xattrs: map[string]string{"user.k": "v", "security.capability": "\x01\x00"}, uid: 1000},
 			{name: "changed", body: []byte("one")},
 			{name: "gone-dir/x", body: []byte("x")},
@@ -208,6 +209,9 @@ func TestMerge(t *testing.T) {
 			if got := string(readAll(t, tree, long)); got != "long name" {
 				t.Errorf("long name = %q", got)
 			}
+			if got := string(readAll(t, tree, "gnu/"+strings.Repeat("g", 200))); got != "gnu long name" {
+				t.Errorf("GNU long name = %q", got)
+			}
 			if n := must("attrs"); n.Xattrs["user.k"] != "v" || n.Xattrs["security.capability"] != "\x01\x00" || n.UID != 1000 || n.GID != 1000 {
 				t.Errorf("attrs: %v uid %d gid %d", n.Xattrs, n.UID, n.GID)
 			}
@@ -218,7 +222,7 @@ func TestMerge(t *testing.T) {
 			if n := must("usr"); n.Nlink != 3 {
 				t.Errorf("usr nlink %d", n.Nlink)
 			}
-			if n := tree.Root(); n.ID != 1 || n.Nlink != 2+6 {
+			if n := tree.Root(); n.ID != 1 || n.Nlink != 2+7 {
 				t.Errorf("root id %d nlink %d; %v", n.ID, n.Nlink, tree.Children(n))
 			}
 			// IDs: unique, and the same for the same layers.
