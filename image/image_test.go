@@ -371,6 +371,13 @@ func TestSequentialReadsContinue(t *testing.T) {
 	if opens := blobs.opens.Load() - before; opens != 1 {
 		t.Fatalf("%d decoders started for one sequential read", opens)
 	}
+	ix.Close()
+	if len(ix.idle) != 0 {
+		t.Fatal("Close left paused decoders")
+	}
+	if got := readAll(t, tree, "big"); !bytes.Equal(got, big) {
+		t.Fatal("content differs after Close")
+	}
 }
 
 func indexFiles(t *testing.T, dir string) []string {

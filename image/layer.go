@@ -113,6 +113,19 @@ func NewIndexer(opts Options) (*Indexer, error) {
 	return ix, nil
 }
 
+// Close closes the paused decoders (and the blobs they hold). Layers and
+// trees stay readable; a read after Close starts a new decoder.
+func (ix *Indexer) Close() error {
+	ix.idleMu.Lock()
+	idle := ix.idle
+	ix.idle = nil
+	ix.idleMu.Unlock()
+	for _, e := range idle {
+		e.r.close()
+	}
+	return nil
+}
+
 func fileName(d digest.Digest) string {
 	return d.Algorithm().String() + "-" + d.Encoded() + ".idx"
 }
