@@ -48,7 +48,7 @@ const (
 // CheckpointSpacing is the amount of uncompressed output between two gzip
 // checkpoints (the next deflate block boundary after it). A read decompresses
 // at most about this much before its first byte.
-const CheckpointSpacing = 2 << 20
+const CheckpointSpacing = 1 << 20
 
 // Compression is how a layer's tar stream is stored.
 type Compression uint8

@@ -18,11 +18,13 @@ import (
 type checkpoint struct {
 	Out int64
 	Bit int64
-	// The window: in memory (win), or in the index file at winOff.
+	// The window: in memory (win), or deflated in the index file at
+	// winOff (winLen bytes with CRC-32C winCRC, rawLen when inflated).
 	win    []byte
 	winOff int64
 	winLen int
 	winCRC uint32
+	rawLen int
 }
 
 // frame is a zstd frame: it starts at blob offset Comp and decodes to the
@@ -211,7 +213,7 @@ func entryOf(hdr *tar.Header, off int64) (Entry, bool) {
 		Offset:   off,
 	}
 	switch typ {
-	case tar.TypeReg, tar.TypeRegA, tar.TypeCont:
+	case tar.TypeReg, tar.TypeCont: // tar.Reader turns TypeRegA into TypeReg or TypeDir
 		typ = tar.TypeReg
 	case tar.TypeGNUSparse:
 		typ = tar.TypeReg

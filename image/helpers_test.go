@@ -28,6 +28,7 @@ type tf struct {
 	major  int64
 	minor  int64
 	xattrs map[string]string
+	gnu    bool // GNU format (long names in 'L' records) instead of PAX
 }
 
 var testTime = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
@@ -54,6 +55,9 @@ func mkTar(t testing.TB, files []tf) []byte {
 		}
 		if typ == tar.TypeReg {
 			h.Size = int64(len(f.body))
+		}
+		if f.gnu {
+			h.Format = tar.FormatGNU
 		}
 		if len(f.xattrs) > 0 {
 			h.PAXRecords = map[string]string{}

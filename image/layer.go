@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"log/slog"
 	"os"
@@ -114,6 +113,19 @@ func NewIndexer(opts Options) (*Indexer, error) {
 	return ix, nil
 }
 
+// Close closes the paused decoders (and the blobs they hold). Layers and
+// trees stay readable; a read after Close starts a new decoder.
+func (ix *Indexer) Close() error {
+	ix.idleMu.Lock()
+	idle := ix.idle
+	ix.idle = nil
+	ix.idleMu.Unlock()
+	for _, e := range idle {
+		e.r.close()
+	}
+	return nil
+}
+
 func fileName(d digest.Digest) string {
 	return d.Algorithm().String() + "-" + d.Encoded() + ".idx"
 }
@@ -184,7 +196,7 @@ func (ix *Indexer) loadOrBuild(ctx context.Context, d digest.Digest, comp Compre
 		idx, f, err := readIndex(p)
 		if err == nil && idx.digest != d {
 			f.Close()
-			err = fmt.Errorf("%w: it indexes %s", errIndexDamaged, idx.digest)
+			err = fmt.Errorf("%w: it indexes %s", ErrIndexDamaged, idx.digest)
 		}
 		if err == nil {
 			ix.used(name)
@@ -230,8 +242,6 @@ func (ix *Indexer) save(idx *index, name string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Windows are placed after the meta; their offsets come from a
-	// decode of what was written.
 	err = writeIndex(tmp, idx)
 	if err == nil {
 		err = tmp.Sync()
@@ -251,13 +261,6 @@ func (ix *Indexer) save(idx *index, name string) (*os.File, error) {
 	if err != nil {
 		tmp.Close()
 		return nil, err
-	}
-	// Window offsets in the file, as decodeMeta computes them.
-	off := int64(16 + len(encodeMeta(idx)))
-	for i := range idx.cps {
-		c := &idx.cps[i]
-		c.winOff, c.winLen, c.winCRC = off, len(c.win), crc32.Checksum(c.win, castagnoli)
-		off += int64(c.winLen)
 	}
 	ix.mu.Lock()
 	if old, ok := ix.files[name]; ok {
@@ -338,6 +341,9 @@ func (ix *Indexer) evictLocked(keep string) {
 // checksum: the file is removed and the layer dropped, so the next Layer
 // call rebuilds it.
 func (ix *Indexer) damaged(l *Layer, err error) {
+	if l.bad.Swap(true) {
+		return // reported already (the file may be a rebuilt one by now)
+	}
 	ix.log.Warn("image: a layer index is damaged; it is rebuilt at the next access", "layer", l.Digest(), "err", err)
 	ix.mu.Lock()
 	if cur, ok := ix.loaded.Peek(l.Digest()); ok && cur == l {
@@ -357,7 +363,8 @@ func (ix *Indexer) newLayer(idx *index, f *os.File) *Layer {
 type Layer struct {
 	ix   *Indexer
 	idx  *index
-	file *os.File // holds the checkpoint windows; nil when they are in memory
+	file *os.File    // holds the checkpoint windows; nil when they are in memory
+	bad  atomic.Bool // a window failed its checksum
 }
 
 // Digest returns the layer blob's digest.
@@ -536,39 +543,36 @@ func (l *Layer) reader(ctx context.Context, off int64) (streamReader, error) {
 		}
 		return &zstdReader{z, blob}, nil
 	}
+	// Start at the last checkpoint before off whose window is sound; a
+	// damaged window (the index is then rebuilt at the next access) costs
+	// time, never a wrong byte.
 	f := newInflater()
-	i := sort.Search(len(l.idx.cps), func(i int) bool { return l.idx.cps[i].Out > off })
-	if i == 0 {
-		f.resetGzip(blob, size)
+	for i := sort.Search(len(l.idx.cps), func(i int) bool { return l.idx.cps[i].Out > off }); i > 0; i-- {
+		c := &l.idx.cps[i-1]
+		win, err := l.window(c)
+		if err != nil {
+			continue
+		}
+		if err := f.resumeAt(blob, size, c.Bit, c.Out, win); err != nil {
+			blob.Close()
+			return nil, err
+		}
 		return &gzipReader{f, blob}, nil
 	}
-	win, err := l.window(i - 1)
-	if err != nil {
-		blob.Close()
-		return nil, err
-	}
-	c := l.idx.cps[i-1]
-	if err := f.resumeAt(blob, size, c.Bit, c.Out, win); err != nil {
-		blob.Close()
-		return nil, err
-	}
+	f.resetGzip(blob, size)
 	return &gzipReader{f, blob}, nil
 }
 
-// window returns checkpoint i's window, from memory or the index file.
-func (l *Layer) window(i int) ([]byte, error) {
-	c := &l.idx.cps[i]
+// window returns a checkpoint's window, from memory or the index file. A
+// damaged one is reported to the Indexer, which drops the index.
+func (l *Layer) window(c *checkpoint) ([]byte, error) {
 	if l.file == nil {
 		return c.win, nil
 	}
-	win := make([]byte, c.winLen)
-	_, err := l.file.ReadAt(win, c.winOff)
-	if err == nil && crc32.Checksum(win, castagnoli) != c.winCRC {
-		err = fmt.Errorf("%w: window %d checksum mismatch", errIndexDamaged, i)
-	}
+	win, err := readWindow(l.file, c)
 	if err != nil {
 		l.ix.damaged(l, err)
-		return nil, fmt.Errorf("layer index: %w", err)
+		return nil, err
 	}
 	return win, nil
 }
