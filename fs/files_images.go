@@ -91,6 +91,17 @@ func (im *images) indexer() (*image.Indexer, error) {
 	return im.ix, im.ixErr
 }
 
+// close closes the indexer's paused decoders and the blobs they hold,
+// when the mount ends. An indexer not made yet is never made.
+func (im *images) close() {
+	im.once.Do(func() { im.ixErr = errors.New("the mount has ended") })
+	if im.ix != nil {
+		if err := im.ix.Close(); err != nil {
+			im.f.log.Warn("closing the layer indexer", "error", err)
+		}
+	}
+}
+
 // openBlob opens a layer blob for the indexer, through the repository the
 // read is for (from ctx, else the one it was last read through): a blob
 // is only read where it is linked.

@@ -314,6 +314,7 @@ func (f *FS) Serve(conn *fuse.Conn) error {
 	// then stops whatever storage call is still running for them.
 	f.closeUploads()
 	f.cancel()
+	f.images.close()
 	return err
 }
 
