@@ -84,6 +84,11 @@
 // the mount itself (--gc-interval) hands its report to Collected, which
 // drops the names and listings of what it removed.
 //
+// Below _files/, a tag is resolved when its name is looked up and its
+// entry is valid for Options.EntryTTL; everything below it is named by the
+// manifest's digest and never changes, so its entries, attributes, file
+// pages and listings are kept for an hour or never dropped (files.go).
+//
 // A blob deleted from storage leaves the block cache (store.BlobDeleted,
 // or when the store finds its data gone), and the kernel's pages of the
 // layers open on it are dropped once regfs learns it is gone (an open or
