@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"bazil.org/fuse"
@@ -172,10 +173,7 @@ type imageDir struct {
 }
 
 func newImageDir(f *FS, repo, dir string, parent uint64, dgst digest.Digest, mtime time.Time) imageDir {
-	name := dir
-	if i := lastSlash(dir); i >= 0 {
-		name = dir[i+1:]
-	}
+	name := dir[strings.LastIndexByte(dir, '/')+1:]
 	return imageDir{
 		imageRefusals: imageRefusals{refusals{f: f, dir: joinPath(repo, reservedFiles+"/"+dir)}},
 		repo:          repo,
@@ -184,15 +182,6 @@ func newImageDir(f *FS, repo, dir string, parent uint64, dgst digest.Digest, mti
 		parent:        parent,
 		mtime:         unixNano(mtime),
 	}
-}
-
-func lastSlash(s string) int {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '/' {
-			return i
-		}
-	}
-	return -1
 }
 
 // Attr implements fs.Node. An image's root shows as an image's root does
