@@ -729,3 +729,50 @@ func TestIndexDirBounded(t *testing.T) {
 		t.Fatalf("kept %v; want the two most recent", files)
 	}
 }
+
+// Concurrent reads of one layer (FUSE reads arrive concurrently) each get
+// their own decoder and the right bytes.
+func TestConcurrentReads(t *testing.T) {
+	smallSpacing(t)
+	big := bigFile(13, 2<<20)
+	for _, c := range []Compression{Gzip, Zstd} {
+		t.Run(c.String(), func(t *testing.T) {
+			blobs := newMemBlobs()
+			desc := blobs.add(compress(t, mkTar(t, []tf{{name: "big", body: big}}), c, 256<<10), mediaType(c))
+			ix := newTestIndexer(t, t.TempDir(), blobs)
+			l, err := ix.Layer(context.Background(), desc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tree, _ := Merge([]*Layer{l})
+			n, _ := tree.Lookup("big")
+			var wg sync.WaitGroup
+			errs := make(chan error, 8)
+			for g := range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r := rand.New(rand.NewSource(int64(g)))
+					for i := 0; i < 10; i++ {
+						off := r.Int63n(int64(len(big)))
+						buf := make([]byte, 64<<10)
+						k, err := tree.ReadAt(context.Background(), n, buf, off)
+						if err != nil && err != io.EOF {
+							errs <- err
+							return
+						}
+						if !bytes.Equal(buf[:k], big[off:min(off+int64(len(buf)), int64(len(big)))]) {
+							errs <- fmt.Errorf("wrong bytes at %d", off)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+		})
+	}
+}

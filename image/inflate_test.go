@@ -174,3 +174,20 @@ func BenchmarkInflate(b *testing.B) {
 		}
 	})
 }
+
+// Gzip headers with the optional fields (extra, name, comment).
+func TestInflateHeaderFields(t *testing.T) {
+	var b bytes.Buffer
+	w := gzip.NewWriter(&b)
+	w.Header.Name = "layer.tar"
+	w.Header.Comment = "a comment"
+	w.Header.Extra = []byte("extra field bytes")
+	w.Write([]byte("payload"))
+	w.Close()
+	f := newInflater()
+	f.resetGzip(bytes.NewReader(b.Bytes()), int64(b.Len()))
+	got, err := io.ReadAll(f)
+	if err != nil || string(got) != "payload" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+}
