@@ -13,6 +13,9 @@
 //	    _manifests/sha256:<hex>      revisions (revisionFile)
 //	    _uploads/sha256:<hex>        uploads named by expected digest (uploadsDir, uploadFile)
 //	    _uploads/<uuid>              uploads another writer left
+//	    _files/<tag or digest>/      an image's files, read-only, found by
+//	                                 name only (filesDir, imageDir, treeDir,
+//	                                 treeFile; package image merges the layers)
 //
 // Nodes are small comparable values ({*FS, repository, name}), never
 // pointers to per-node state: bazil keys its node table by the Node value,
@@ -80,6 +83,11 @@
 // stores also have their entries and data invalidated. A collection run by
 // the mount itself (--gc-interval) hands its report to Collected, which
 // drops the names and listings of what it removed.
+//
+// Below _files/, a tag is resolved when its name is looked up and its
+// entry is valid for Options.EntryTTL; everything below it is named by the
+// manifest's digest and never changes, so its entries, attributes, file
+// pages and listings are kept for an hour or never dropped (files.go).
 //
 // A blob deleted from storage leaves the block cache (store.BlobDeleted,
 // or when the store finds its data gone), and the kernel's pages of the

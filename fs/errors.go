@@ -106,6 +106,10 @@ func classify(err error) syscall.Errno {
 		errors.Is(err, store.ErrInvalidOffset), errors.Is(err, store.ErrInvalidPath),
 		errors.Is(err, errWrongKind), errors.Is(err, errEmptyManifest):
 		return syscall.EINVAL
+	case errors.Is(err, errImageUnreadable):
+		return syscall.EIO
+	case errors.Is(err, errImageUnsupported):
+		return syscall.ENOTSUP
 	case errors.Is(err, store.ErrRepositoryNotEmpty), errors.Is(err, errNotEmpty):
 		return syscall.ENOTEMPTY
 	case errors.Is(err, store.ErrBlobUnknown), errors.Is(err, store.ErrManifestUnknown),

@@ -101,6 +101,11 @@ type Options struct {
 	// from when regfs served the listing, not from the last use.
 	// DefaultDirCacheTTL when zero.
 	DirCacheTTL time.Duration
+	// IndexDir is where the layer indexes of the image file view
+	// (_files/) are kept, at most IndexMaxBytes (0: no bound); "" keeps
+	// them in memory only.
+	IndexDir      string
+	IndexMaxBytes int64
 }
 
 // FS is the regfs file system. It serves one FUSE connection.
@@ -164,6 +169,8 @@ type FS struct {
 	manifests manifestBuffers
 	// openLayers are the layer nodes open for reading (openlayers.go).
 	openLayers openLayers
+	// images serves the image file view, _files/ (files_images.go).
+	images *images
 
 	stats counters
 	ops   *opTimer
@@ -226,6 +233,7 @@ func New(st store.Store, opts Options) *FS {
 		umask:     owner.Umask & os.ModePerm,
 	}
 	f.expiry = newDirExpiry(f, opts.DirCacheTTL)
+	f.images = newImages(f, opts.IndexDir, opts.IndexMaxBytes)
 	return f
 }
 
@@ -306,6 +314,7 @@ func (f *FS) Serve(conn *fuse.Conn) error {
 	// then stops whatever storage call is still running for them.
 	f.closeUploads()
 	f.cancel()
+	f.images.close()
 	return err
 }
 

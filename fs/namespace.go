@@ -23,7 +23,8 @@ var (
 
 // nsDir is a namespace directory below the root: a/, a/b/. Any of them may
 // be a repository, so each offers _layers, _manifests and _uploads besides
-// its sub-namespaces. It holds only directories. Its path (refusals.dir)
+// its sub-namespaces, and _files, the files of its images, which is
+// looked up but not listed (see filesDir). It holds only directories. Its path (refusals.dir)
 // is the namespace's name.
 type nsDir struct {
 	noXattr
@@ -56,6 +57,9 @@ func (d nsDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.L
 	case reservedUploads:
 		resp.EntryValid = immutableTTL
 		return newUploadsDir(d.f, d.dir), nil
+	case reservedFiles:
+		resp.EntryValid = immutableTTL
+		return newFilesDir(d.f, d.dir), nil
 	}
 	return d.f.lookupNamespace(ctx, d.dir, req.Name, resp)
 }

@@ -42,6 +42,7 @@ func tinyConfig(t *testing.T) Config {
 	cfg.Repos = 50
 	cfg.Runs = 1
 	cfg.RandomReads = 50
+	cfg.ImageFiles = 300
 	cfg.TempDir = t.TempDir()
 	return cfg
 }
@@ -97,6 +98,18 @@ func TestBenchTiny(t *testing.T) {
 		}
 		if !strings.Contains(out.String(), "| "+want.id+" | ") {
 			t.Errorf("the table has no %s line", want.id)
+		}
+	}
+	if _, err := exec.LookPath(umociBin); err == nil {
+		for _, want := range []struct{ id, against string }{
+			{"F3", "find of the tree umoci unpacked"},
+			{"F3", "find through the bare bazil passthrough"},
+			{"F4", "umoci unpack"},
+		} {
+			row, ok := rep.row(want.id, want.against)
+			if !ok || row.Value <= 0 || row.Compare <= 0 || row.Ratio <= 0 {
+				t.Errorf("%s against %q: %+v (found %v): want all positive", want.id, want.against, row, ok)
+			}
 		}
 	}
 	if _, err := exec.LookPath("rclone"); err == nil {

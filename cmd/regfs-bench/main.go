@@ -61,6 +61,8 @@ type Config struct {
 	Runs int
 	// RandomReads is the number of 4 KiB reads of P6.
 	RandomReads int
+	// ImageFiles is the number of files in the image of F3 and F4.
+	ImageFiles int
 	// CacheSize is regfs's block cache budget (--cache-size).
 	CacheSize int64
 	// Regfs is a regfs binary to measure; empty builds ./cmd/regfs.
@@ -82,6 +84,7 @@ func defaultConfig() Config {
 		Repos:       10000,
 		Runs:        3,
 		RandomReads: 2000,
+		ImageFiles:  20000,
 		CacheSize:   256 << 20,
 		Rclone:      true,
 	}
@@ -117,10 +120,11 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fl.IntVar(&cfg.Repos, "repos", cfg.Repos, "`N` repositories for P4")
 	fl.IntVar(&cfg.Runs, "runs", cfg.Runs, "`N` runs per figure (the median is shown)")
 	fl.IntVar(&cfg.RandomReads, "random-reads", cfg.RandomReads, "`N` random 4 KiB reads for P6")
+	fl.IntVar(&cfg.ImageFiles, "image-files", cfg.ImageFiles, "`N` files in the image of F3 and F4")
 	fl.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "regfs block cache budget `SIZE`")
 	fl.StringVar(&cfg.Regfs, "regfs", "", "regfs `BINARY` to measure (default: go build ./cmd/regfs)")
 	fl.BoolVar(&cfg.Rclone, "rclone", cfg.Rclone, "add rclone mount as a peer for P1/P2 when installed")
-	only := fl.String("only", "", "measure only these, comma-separated (`P1,P4`; P1 and P2 go together)")
+	only := fl.String("only", "", "measure only these, comma-separated (`P1,P4`; P1 and P2 go together, and F3 and F4)")
 	fl.StringVar(&cfg.TempDir, "tmpdir", "", "parent `DIR` of the temporary directory (default $TMPDIR or /tmp)")
 	if err := fl.Parse(args); err != nil {
 		return cfg, err
@@ -132,11 +136,14 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	if *only != "" {
 		for _, id := range strings.Split(*only, ",") {
 			id = strings.ToUpper(strings.TrimSpace(id))
-			if id == "P2" {
+			switch id {
+			case "P2":
 				id = "P1"
+			case "F4":
+				id = "F3"
 			}
-			if len(id) != 2 || id[0] != 'P' || id[1] < '1' || id[1] > '8' {
-				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8", id)
+			if id != "F3" && (len(id) != 2 || id[0] != 'P' || id[1] < '1' || id[1] > '8') {
+				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8, F3 or F4", id)
 			}
 			cfg.Only = append(cfg.Only, id)
 		}
@@ -155,6 +162,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 		return cfg, errors.New("-repos must be at least 1")
 	case cfg.Runs < 1:
 		return cfg, errors.New("-runs must be at least 1")
+	case cfg.ImageFiles < 1:
+		return cfg, errors.New("-image-files must be at least 1")
 	case cfg.RandomReads < 1:
 		return cfg, errors.New("-random-reads must be at least 1")
 	}

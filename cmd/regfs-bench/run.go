@@ -109,6 +109,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"P6", "P6 random reads", b.randomReads},
 		{"P7", "P7 first byte", b.firstByte},
 		{"P8", "P8 gc dry run", b.gcDryRun},
+		{"F3", "F3/F4 image files", b.imageFiles},
 	} {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -207,6 +208,20 @@ type statsSnapshot struct {
 	} `json:"cache"`
 	// DriverCalls counts storage driver calls by method.
 	DriverCalls map[string]int64 `json:"driver_calls"`
+	// FuseOps counts the FUSE requests served, by operation.
+	FuseOps map[string]struct {
+		Requests int64 `json:"requests"`
+	} `json:"fuse_ops"`
+}
+
+// fuseRequests is the number of FUSE requests served between two
+// snapshots.
+func fuseRequests(before, after statsSnapshot) int64 {
+	var n int64
+	for op, a := range after.FuseOps {
+		n += a.Requests - before.FuseOps[op].Requests
+	}
+	return n
 }
 
 // regfsStats reads .regfs/stats of a regfs mount.

@@ -56,7 +56,28 @@ type Config struct {
 	// GCInterval runs a collection that often inside the mount (0: never),
 	// with GCGrace as its grace window.
 	GCInterval, GCGrace time.Duration
+	// IndexDir keeps the layer indexes of the image file view (_files/),
+	// at most IndexMax bytes (0: no bound).
+	IndexDir string
+	IndexMax int64
 	Service
+}
+
+// defaultIndexMax bounds the index directory when --index-max is not given.
+const defaultIndexMax = 1 << 30
+
+// defaultIndexDir is where layer indexes are kept by default:
+// $XDG_CACHE_HOME/regfs/index, else ~/.cache/regfs/index; "" (indexes in
+// memory only) when neither can be told.
+func defaultIndexDir() string {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "regfs", "index")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(home, ".cache", "regfs", "index")
 }
 
 // Service is how regfs mount runs as a service and what it shows: the
@@ -167,6 +188,9 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	addServiceFlags(fs, &cfg.Service)
 	fs.DurationVar(&cfg.GCInterval, "gc-interval", 0, "run regfs gc (default flags) every `DURATION` inside the mount (default off)")
 	fs.DurationVar(&cfg.GCGrace, "gc-grace", gc.DefaultGrace, "grace window `AGE` of --gc-interval's runs (default 1h)")
+	cfg.IndexMax = defaultIndexMax
+	fs.StringVar(&cfg.IndexDir, "index-dir", "", "keep the layer indexes of _files/ in `DIR`, created if missing\n(default $XDG_CACHE_HOME/regfs/index or ~/.cache/regfs/index)")
+	fs.Var(size.Flag{N: &cfg.IndexMax}, "index-max", "bound the index directory to `SIZE`, least recently used removed\nfirst (default 1G; 0: no bound)")
 	return fs
 }
 
@@ -296,6 +320,18 @@ func parseMount(args []string, stdout, stderr io.Writer) (Config, error) {
 	}
 	if cfg.DirCacheTime <= 0 || cfg.AttrTimeout <= 0 {
 		return cfg, errors.New("--dir-cache-time and --attr-timeout must be positive")
+	}
+	if cfg.IndexMax < 0 {
+		return cfg, errors.New("--index-max must not be negative")
+	}
+	if cfg.IndexDir == "" {
+		cfg.IndexDir = defaultIndexDir()
+	} else {
+		abs, err := filepath.Abs(cfg.IndexDir)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.IndexDir = abs
 	}
 	return cfg, checkStorage(&cfg.Storage, true)
 }

@@ -21,12 +21,13 @@ var defaultService = Service{UID: -1, GID: -1, Umask: defaultUmask}
 
 func TestParseMount(t *testing.T) {
 	t.Setenv("XDG_DATA_HOME", "/xdg")
+	t.Setenv("XDG_CACHE_HOME", "/xdgcache")
 	cfg, err := parseMount([]string{"/mnt"}, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Config{Mountpoint: "/mnt", Storage: Storage{Driver: "filesystem", Root: "/xdg/regfs"}, CacheSize: 256 << 20, Service: defaultService, GCGrace: time.Hour,
-		DirCacheTime: time.Minute, AttrTimeout: time.Second}
+		DirCacheTime: time.Minute, AttrTimeout: time.Second, IndexDir: "/xdgcache/regfs/index", IndexMax: 1 << 30}
 	if cfg != want {
 		t.Errorf("defaults: %+v, want %+v", cfg, want)
 	}
@@ -37,7 +38,7 @@ func TestParseMount(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = Config{Mountpoint: "/m", Storage: Storage{Driver: "inmemory"}, ReadOnly: true, AllowOther: true, CacheSize: 1 << 30, Debug: true, Service: defaultService, GCGrace: time.Hour,
-		DirCacheTime: 5 * time.Minute, AttrTimeout: 2 * time.Second}
+		DirCacheTime: 5 * time.Minute, AttrTimeout: 2 * time.Second, IndexDir: "/xdgcache/regfs/index", IndexMax: 1 << 30}
 	if cfg != want {
 		t.Errorf("flags: %+v, want %+v", cfg, want)
 	}
@@ -47,10 +48,21 @@ func TestParseMount(t *testing.T) {
 	}
 
 	t.Setenv("XDG_DATA_HOME", "")
+	t.Setenv("XDG_CACHE_HOME", "")
 	t.Setenv("HOME", "/home/u")
 	cfg, err = parseMount([]string{"/m"}, io.Discard, io.Discard)
 	if err != nil || cfg.Root != filepath.Join("/home/u", ".local/share/regfs") {
 		t.Errorf("root from HOME: %q %v", cfg.Root, err)
+	}
+	if cfg.IndexDir != "/home/u/.cache/regfs/index" {
+		t.Errorf("index dir from HOME: %q", cfg.IndexDir)
+	}
+	cfg, err = parseMount([]string{"--index-dir", "idx", "--index-max", "64M", "/m"}, io.Discard, io.Discard)
+	if abs, _ := filepath.Abs("idx"); err != nil || cfg.IndexDir != abs || cfg.IndexMax != 64<<20 {
+		t.Errorf("--index-dir idx --index-max 64M: %q %d %v", cfg.IndexDir, cfg.IndexMax, err)
+	}
+	if _, err = parseMount([]string{"--index-max", "-1", "/m"}, io.Discard, io.Discard); err == nil {
+		t.Errorf("--index-max -1 accepted")
 	}
 	cfg, err = parseMount([]string{"--root", "/data", "/m"}, io.Discard, io.Discard)
 	if err != nil || cfg.Root != "/data" {

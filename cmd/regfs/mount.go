@@ -73,7 +73,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 	}
 	fsys := regfsfs.New(st, regfsfs.Options{ReadOnly: cfg.ReadOnly, Logger: log, Debug: cfg.Debug, Cache: c, Owner: owner(cfg.Service),
 		Version: version, Driver: cfg.Driver, GC: mountGC.Get,
-		DirCacheTTL: cfg.DirCacheTime, EntryTTL: cfg.AttrTimeout, AttrTTL: cfg.AttrTimeout})
+		DirCacheTTL: cfg.DirCacheTime, EntryTTL: cfg.AttrTimeout, AttrTTL: cfg.AttrTimeout,
+		IndexDir: cfg.IndexDir, IndexMaxBytes: cfg.IndexMax})
 
 	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(regfsfs.MountConfig{
 		ReadOnly:             cfg.ReadOnly,

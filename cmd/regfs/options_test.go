@@ -15,6 +15,7 @@ import (
 // the standard options are accepted.
 func TestMountOptions(t *testing.T) {
 	opts := "ro,allow_other,cache_size=2G,noauto,_netdev,x-systemd.automount,nofail,user,users,nodev,nosuid,noexec,relatime,defaults,default_permissions,comment=x,uid=5,gid=6,umask=027,metrics_addr=127.0.0.1:9,log_file=/var/log/regfs.log,debug"
+	t.Setenv("XDG_CACHE_HOME", "/xdgcache")
 	cfg, err := parseMount([]string{"--daemon", "/var/lib/docker-registry", "/srv/registry", "-o", opts}, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -23,7 +24,7 @@ func TestMountOptions(t *testing.T) {
 		Mountpoint: "/srv/registry",
 		Storage:    Storage{Driver: driverFilesystem, Root: "/var/lib/docker-registry"},
 		ReadOnly:   true, AllowOther: true, CacheSize: 2 << 30, Debug: true, GCGrace: time.Hour,
-		DirCacheTime: time.Minute, AttrTimeout: time.Second,
+		DirCacheTime: time.Minute, AttrTimeout: time.Second, IndexDir: "/xdgcache/regfs/index", IndexMax: 1 << 30,
 		Service: Service{Source: "/var/lib/docker-registry", Daemon: true, LogFile: "/var/log/regfs.log",
 			UID: 5, GID: 6, Umask: 0o027, MetricsAddr: "127.0.0.1:9"},
 	}
