@@ -75,7 +75,9 @@ type Options struct {
 	// where a stream is a request: a bounded range is read to its end, so
 	// the connection serves the next request, and the server sends nothing
 	// that is not read. A read's own blocks then load before its
-	// read-ahead starts, and the read-ahead window grows with the run: one
+	// read-ahead starts, a read that loads its block returns as soon as
+	// its own bytes are in (the rest arrives in the background), and the
+	// read-ahead window grows with the run: one
 	// block ahead when a run starts, twice as many each time the reader
 	// enters a new block, up to ReadAhead, so a short read (a file's
 	// header) does not fetch ReadAhead blocks nobody reads. Without it,
