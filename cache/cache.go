@@ -75,9 +75,20 @@ type Options struct {
 	// where a stream is a request: a bounded range is read to its end, so
 	// the connection serves the next request, and the server sends nothing
 	// that is not read. A read's own blocks then load before its
-	// read-ahead starts. Without it, streams run to the end of the blob and
-	// are kept for the next load (best for local files).
+	// read-ahead starts, a read that loads its block returns as soon as
+	// its own bytes are in (the rest arrives in the background), and the
+	// read-ahead window grows with the run: one
+	// block ahead when a run starts, twice as many each time the reader
+	// enters a new block, up to ReadAhead, so a short read (a file's
+	// header) does not fetch ReadAhead blocks nobody reads. Without it,
+	// streams run to the end of the blob and are kept for the next load
+	// (best for local files).
 	Ranged bool
+	// AheadLoads is the most read-ahead loads one Reader keeps in flight
+	// (ReadAhead if <= 0). With Ranged, ReadAhead may exceed it: the
+	// blocks ahead are then a window in which a load that ends starts
+	// the next one at once, so a slow load does not hold back the others.
+	AheadLoads int
 	// Prefault is the number of full-size block buffers allocated and
 	// written to up front, for the first loads of the process: a fresh
 	// buffer takes a page fault per 4 KiB on its first fill, which on a
@@ -133,6 +144,7 @@ type Cache struct {
 	blockSize  int
 	budget     int64
 	readAhead  int
+	aheadLoads int
 	maxStreams int
 	maxSkip    int64
 	attempts   int
@@ -221,6 +233,7 @@ func NewWithOptions(o Options) *Cache {
 		blockSize:  o.BlockSize,
 		budget:     max(o.Budget, 0),
 		readAhead:  o.ReadAhead,
+		aheadLoads: o.AheadLoads,
 		maxStreams: o.MaxStreams,
 		maxSkip:    o.MaxSkip,
 		attempts:   o.Attempts,
@@ -237,6 +250,9 @@ func NewWithOptions(o Options) *Cache {
 		c.readAhead = DefaultReadAhead
 	case c.readAhead < 0:
 		c.readAhead = 0
+	}
+	if c.aheadLoads <= 0 || c.aheadLoads > c.readAhead {
+		c.aheadLoads = c.readAhead
 	}
 	switch {
 	case c.maxStreams == 0:

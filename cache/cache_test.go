@@ -185,52 +185,61 @@ func TestReadAtEdges(t *testing.T) {
 func TestConcurrentRandomReadAt(t *testing.T) {
 	const bs = 4096
 	const size = 40*bs + 123
-	for name, budget := range map[string]int64{"roomy": 2 * size, "tight": 6 * bs, "zero": 0} {
-		t.Run(name, func(t *testing.T) {
-			src := newSource(size, 7)
-			c := NewWithOptions(Options{Budget: budget, BlockSize: bs, RetryDelay: -1})
-			r := c.NewReader("blob", size, src.open)
-			var wg sync.WaitGroup
-			errs := make(chan error, 8)
-			for g := range 8 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					rng := rand.New(rand.NewPCG(uint64(g), 2))
-					buf := make([]byte, 3*bs)
-					for range 300 {
-						off := rng.Int64N(size)
-						p := buf[:rng.IntN(len(buf))+1]
-						n, err := r.ReadAt(p, off)
-						want := src.data[off:min(off+int64(len(p)), size)]
-						if n != len(want) || !bytes.Equal(p[:n], want) {
-							errs <- fmt.Errorf("ReadAt(%d, %d) = %d bytes, %v: wrong data", len(p), off, n, err)
-							return
-						}
-						if wantErr := len(want) < len(p); (err == io.EOF) != wantErr || (err != nil && err != io.EOF) {
-							errs <- fmt.Errorf("ReadAt(%d, %d): err = %v", len(p), off, err)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Error(err)
-			}
-			if err := r.Close(); err != nil {
-				t.Fatal(err)
-			}
-			s := c.Stats()
-			if s.MaxBytes > s.Budget {
-				t.Errorf("MaxBytes %d > Budget %d", s.MaxBytes, s.Budget)
-			}
-			if n := streamsOpen(src); n != 0 {
-				t.Errorf("%d streams left open", n)
-			}
-		})
+	for _, ranged := range []bool{false, true} {
+		for name, budget := range map[string]int64{"roomy": 2 * size, "tight": 6 * bs, "zero": 0} {
+			testConcurrentRandomReadAt(t, fmt.Sprintf("%s/ranged=%v", name, ranged), budget, ranged)
+		}
 	}
+}
+
+// testConcurrentRandomReadAt is one case of TestConcurrentRandomReadAt.
+func testConcurrentRandomReadAt(t *testing.T, name string, budget int64, ranged bool) {
+	const bs = 4096
+	const size = 40*bs + 123
+	t.Run(name, func(t *testing.T) {
+		src := newSource(size, 7)
+		c := NewWithOptions(Options{Budget: budget, BlockSize: bs, RetryDelay: -1, Ranged: ranged})
+		r := c.NewReader("blob", size, src.open)
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(g), 2))
+				buf := make([]byte, 3*bs)
+				for range 300 {
+					off := rng.Int64N(size)
+					p := buf[:rng.IntN(len(buf))+1]
+					n, err := r.ReadAt(p, off)
+					want := src.data[off:min(off+int64(len(p)), size)]
+					if n != len(want) || !bytes.Equal(p[:n], want) {
+						errs <- fmt.Errorf("ReadAt(%d, %d) = %d bytes, %v: wrong data", len(p), off, n, err)
+						return
+					}
+					if wantErr := len(want) < len(p); (err == io.EOF) != wantErr || (err != nil && err != io.EOF) {
+						errs <- fmt.Errorf("ReadAt(%d, %d): err = %v", len(p), off, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s := c.Stats()
+		if s.MaxBytes > s.Budget {
+			t.Errorf("MaxBytes %d > Budget %d", s.MaxBytes, s.Budget)
+		}
+		if n := streamsOpen(src); n != 0 {
+			t.Errorf("%d streams left open", n)
+		}
+	})
 }
 
 func TestSingleFlight(t *testing.T) {
@@ -360,11 +369,17 @@ func TestLoadErrorsRetriedThenReturned(t *testing.T) {
 }
 
 func TestBudgetNeverExceeded(t *testing.T) {
+	for _, ranged := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ranged=%v", ranged), func(t *testing.T) { testBudgetNeverExceeded(t, ranged) })
+	}
+}
+
+func testBudgetNeverExceeded(t *testing.T, ranged bool) {
 	const bs = 4096
 	const budget = 8 * bs
 	const blobs = 6
 	const size = 50*bs + 17 // every blob alone is 6 times the budget
-	c := NewWithOptions(Options{Budget: budget, BlockSize: bs, ReadAhead: 8, RetryDelay: -1})
+	c := NewWithOptions(Options{Budget: budget, BlockSize: bs, ReadAhead: 8, RetryDelay: -1, Ranged: ranged})
 	srcs := make([]*source, blobs)
 	for i := range srcs {
 		srcs[i] = newSource(size, uint64(100+i))

@@ -32,7 +32,7 @@
 // it always makes progress and the cache allocates nothing beyond the
 // budget, however many readers there are and however large the blobs. The
 // memory a Reader itself holds is bounded too: a few idle streams and at
-// most ReadAhead loads in flight, each counted against the budget.
+// most AheadLoads loads in flight, each counted against the budget.
 //
 // # Single flight
 //
@@ -64,12 +64,20 @@
 // With Options.Ranged (a remote source) a read's own blocks are loaded
 // before read-ahead starts: started together they would share the
 // bandwidth, and the first byte of a fresh sequential read would wait for
-// the whole window.
+// the whole window. A read that loads its block returns as soon as its own
+// bytes have arrived; the rest of the block arrives in the background and
+// is cached whole (other readers of it wait for all of it), so a large
+// remote block does not delay the first byte. The window grows with the
+// run: one block ahead when it starts, doubled each time the reader enters
+// a new block, up to ReadAhead, so a short read of a fresh file does not
+// fetch a whole window nobody reads. A read-ahead load that ends starts the
+// next block of the window at once, and AheadLoads may keep fewer loads in
+// flight than the window holds, so that loads go on past a slow one.
 //
 // Read-ahead stops at the end of the blob, never lets the loads in flight
 // fill more than half the budget (demand reads keep the other half), keeps
-// at most ReadAhead loads in flight per Reader, and stops on Close, which
-// cancels its loads and waits for their goroutines.
+// at most AheadLoads (ReadAhead by default) loads in flight per Reader, and
+// stops on Close, which cancels its loads and waits for their goroutines.
 //
 // # Lower streams
 //

@@ -22,7 +22,8 @@ type Reader struct {
 	// ctx is cancelled by Close; lower streams are opened under it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// readAheads tracks the read-ahead goroutines, so Close can wait.
+	// readAheads tracks the read-ahead goroutines and the loads finishing
+	// in the background after loadFirst, so Close can wait.
 	readAheads sync.WaitGroup
 
 	mu sync.Mutex
@@ -39,6 +40,12 @@ type Reader struct {
 	raNext int64
 	// raInFlight counts this Reader's read-ahead loads; guarded by mu.
 	raInFlight int
+	// raTo is the last block index the current run reads ahead to;
+	// guarded by mu.
+	raTo int64
+	// raWindow is how many blocks past the furthest one read the current
+	// run reads ahead, with Options.Ranged (which grows it); guarded by mu.
+	raWindow int64
 }
 
 // stream is an open lower stream positioned at pos.
@@ -144,6 +151,11 @@ func (r *Reader) readBlock(dst []byte, idx, within int64) (int, error) {
 			return 0, err
 		}
 		return m, nil
+	case what == mustLoad && r.c.ranged:
+		if m, ok, err := r.loadFirst(dst, bk, ld, n, within); ok || err != nil {
+			return m, err
+		}
+		fallthrough
 	case what == mustLoad:
 		b, err = r.load(bk, ld, n, 1)
 		if err != nil {
@@ -163,6 +175,63 @@ func (r *Reader) load(bk blockKey, ld *load, n, pins int) (*block, error) {
 	abandoned := errors.Is(err, ErrClosed)
 	b := r.c.finish(bk, ld, n, data, err, abandoned, pins)
 	return b, err
+}
+
+// loadFirst runs the load ld of block bk (n bytes) for a demand read of
+// dst from offset within on (Options.Ranged): it returns the read's bytes
+// as soon as they have arrived and lets the rest of the block arrive in
+// the background, so a large block costs the first byte nothing. It
+// reports false, having done nothing, when the read needs the block to its
+// end or the Reader is closed; the caller then loads the block as usual.
+// A failure of the first bytes' request falls back to the usual load, with
+// its retries.
+func (r *Reader) loadFirst(dst []byte, bk blockKey, ld *load, n int, within int64) (int, bool, error) {
+	m := min(len(dst), n-int(within))
+	need := int(within) + m
+	if need == n || r.isClosed() {
+		return 0, false, nil
+	}
+	off := bk.idx * int64(r.c.blockSize)
+	data := r.c.getBuf(n)
+	r.c.opens.Add(1)
+	rc, err := r.open(driver.WithReadLength(r.ctx, int64(n)), off)
+	if err == nil {
+		if _, err = io.ReadFull(rc, data[:need]); err != nil {
+			rc.Close()
+		}
+	}
+	if err != nil {
+		err = r.fill(data, off)
+		b := r.c.finish(bk, ld, n, data, err, errors.Is(err, ErrClosed), 1)
+		if err != nil {
+			return 0, true, err
+		}
+		copy(dst[:m], b.data[within:])
+		r.c.unpin(b)
+		return m, true, nil
+	}
+	copy(dst[:m], data[within:need])
+	rest := func() {
+		_, err := io.ReadFull(rc, data[need:])
+		rc.Close()
+		if err != nil {
+			err = r.fill(data[need:], off+int64(need))
+		}
+		r.c.finish(bk, ld, n, data, err, errors.Is(err, ErrClosed), 0)
+	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		rest() // ends at once: the stream's context is cancelled
+		return m, true, nil
+	}
+	r.readAheads.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.readAheads.Done()
+		rest()
+	}()
+	return m, true, nil
 }
 
 // blockLen is the length of block idx: the last block of a blob is short.
@@ -189,29 +258,47 @@ func (r *Reader) access(off, end int64) error {
 	if r.closed {
 		return ErrClosed
 	}
-	slack := 2 * int64(r.c.blockSize)
+	bs := int64(r.c.blockSize)
+	slack := 2 * bs
 	near := r.lastEnd >= 0 && off >= r.lastEnd-slack && off <= r.lastEnd+slack
 	if near {
+		if r.c.ranged && (end-1)/bs > (r.lastEnd-1)/bs {
+			// The run entered a new block: widen the window.
+			r.raWindow = min(2*r.raWindow, int64(r.c.readAhead))
+		}
 		r.lastEnd = max(r.lastEnd, end)
 	} else {
 		// A new run starts here; one from the start reads ahead at once.
 		r.lastEnd = end
 		r.raNext = 0
+		r.raWindow = min(1, int64(r.c.readAhead))
 	}
 	if r.c.readAhead == 0 {
 		return nil
 	}
-	bs := int64(r.c.blockSize)
 	first, last := off/bs, (end-1)/bs
 	to := last // the blocks after the first one of this read are needed now
 	if near || off == 0 {
-		to = min(last+int64(r.c.readAhead), (r.size-1)/bs)
+		if r.c.ranged {
+			to = min((r.lastEnd-1)/bs+r.raWindow, (r.size-1)/bs)
+		} else {
+			to = min(last+int64(r.c.readAhead), (r.size-1)/bs)
+		}
 		// Make the blocks of this read the most recent, so that making room
 		// for the blocks ahead evicts blocks behind the reader, not these.
 		r.c.touch(r.key, first, last)
 	}
-	i := max(r.raNext, first+1)
-	for ; i <= to && r.raInFlight < r.c.readAhead; i++ {
+	r.raNext = max(r.raNext, first+1)
+	r.raTo = to
+	r.startAhead()
+	return nil
+}
+
+// startAhead starts read-ahead loads of the blocks from raNext to raTo
+// while fewer than Options.AheadLoads are in flight; r.mu is held.
+func (r *Reader) startAhead() {
+	i := r.raNext
+	for ; i <= r.raTo && r.raInFlight < r.c.aheadLoads; i++ {
 		bk := blockKey{r.key, i}
 		n := r.blockLen(i)
 		ld, ok := r.c.tryReadAhead(bk, n)
@@ -225,15 +312,19 @@ func (r *Reader) access(off, end int64) error {
 		}
 	}
 	r.raNext = i
-	return nil
 }
 
 // readAhead runs a read-ahead load.
 func (r *Reader) readAhead(bk blockKey, ld *load, n int) {
 	defer r.readAheads.Done()
-	_, _ = r.load(bk, ld, n, 0) // a failure is seen by waiters, or by a later demand load
+	_, err := r.load(bk, ld, n, 0) // a failure is seen by waiters, or by a later demand load
 	r.mu.Lock()
 	r.raInFlight--
+	if r.c.ranged && err == nil && !r.closed {
+		// The window may hold more blocks than loads in flight: the next
+		// one starts now, not when the reader next moves.
+		r.startAhead()
+	}
 	r.mu.Unlock()
 }
 

@@ -18,15 +18,128 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	regfss3 "github.com/regfs/regfs/driver/s3"
 )
 
 // The S3 read benchmark's shape: one 256 MiB layer; the plain client reads
-// it as 8 MiB ranged GETs, 8 in flight, as a tuned S3 downloader does.
+// it as ranged GETs of regfs's S3 block size, as many in flight as regfs
+// keeps (s3.CacheBlockSize, s3.CacheAheadLoads).
 const (
 	benchLayerSize = 256 << 20
-	benchPart      = 8 << 20
-	benchParallel  = 8
+	benchPart      = regfss3.CacheBlockSize
+	benchParallel  = regfss3.CacheAheadLoads
 )
+
+// TestS3BenchmarksTiny runs what BenchmarkS3ColdCat and
+// BenchmarkS3FirstByte measure once, on a 1 MiB layer and with the tests'
+// regfs binary, so that the benchmarks cannot rot; speed is not checked.
+func TestS3BenchmarksTiny(t *testing.T) {
+	e := newS3Bench(t, regfsBin, 1<<20)
+	regfsTime, getTime := e.coldCat(t)
+	t.Logf("cold cat: regfs %v, ranged GETs %v", regfsTime, getTime)
+	regfsTime, getTime = e.firstByte(t)
+	t.Logf("first byte: regfs %v, 1-byte GET %v", regfsTime, getTime)
+}
+
+// s3Bench is a regfs mount on S3 with one layer stored in repository
+// bench/app.
+type s3Bench struct {
+	m       *mount
+	layer   []byte
+	dgst    string
+	blobKey string
+	file    string // the layer's path in the mount
+	// buf receives the ranged GETs, allocated once so that its page faults
+	// are not measured.
+	buf []byte
+}
+
+// newS3Bench mounts regfs (the binary bin) on S3 and stores a layer of
+// size bytes.
+func newS3Bench(tb testing.TB, bin string, size int) *s3Bench {
+	m := startMount(tb, "s3", mountOpts{Bin: bin, Prefix: "bench"})
+	layer, dgst := benchLayer(size)
+	blobKey, err := putLayer(context.Background(), m.S3.Client(), m, "bench/app", layer, dgst)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &s3Bench{m: m, layer: layer, dgst: dgst, blobKey: blobKey, file: m.path("bench/app/_layers", dgst)}
+}
+
+// coldCat remounts, then runs `cat` of the layer through the mount and
+// reads the object with ranged GETs, and returns how long each took; both
+// must read the layer's bytes.
+func (e *s3Bench) coldCat(tb testing.TB) (regfsTime, getTime time.Duration) {
+	e.m.restart()
+	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer devNull.Close()
+	start := time.Now()
+	var stderr bytes.Buffer
+	cat := exec.Command("cat", e.file)
+	cat.Stdout = devNull // straight to the file: no pipe copy measured
+	cat.Stderr = &stderr
+	if err := cat.Run(); err != nil {
+		tb.Fatalf("cat: %v\n%s", err, stderr.String())
+	}
+	regfsTime = time.Since(start)
+
+	if e.buf == nil {
+		e.buf = make([]byte, len(e.layer))
+		clear(e.buf) // fault it in
+	}
+	start = time.Now()
+	if err := rangedGET(context.Background(), e.m.S3.Client(), e.m.Bucket, e.blobKey, e.buf); err != nil {
+		tb.Fatal(err)
+	}
+	getTime = time.Since(start)
+	if !bytes.Equal(e.buf, e.layer) {
+		tb.Fatal("the ranged GETs read other bytes than the layer's")
+	}
+	return regfsTime, getTime
+}
+
+// checkCat checks, outside any timing, that the mount serves the layer's
+// bytes.
+func (e *s3Bench) checkCat(tb testing.TB) {
+	out, err := exec.Command("sha256sum", e.file).Output()
+	if err != nil || "sha256:"+string(out[:64]) != e.dgst {
+		tb.Fatalf("sha256sum through the mount: %q, %v; want %s", out, err, e.dgst)
+	}
+}
+
+// firstByte remounts, then times `head -c1` of the layer and one ranged GET
+// of its first byte.
+func (e *s3Bench) firstByte(tb testing.TB) (regfsTime, getTime time.Duration) {
+	e.m.restart()
+	start := time.Now()
+	out, err := exec.Command("head", "-c1", e.file).Output()
+	regfsTime = time.Since(start)
+	if err != nil || len(out) != 1 || out[0] != e.layer[0] {
+		tb.Fatalf("head -c1: %q, %v; want %q", out, err, e.layer[:1])
+	}
+	client := e.m.S3.Client()
+	ctx := context.Background()
+	// The plain client's connection is open, as regfs's is after mounting.
+	for i := range 2 {
+		start = time.Now()
+		got, err := client.GetObject(ctx, &s3.GetObjectInput{Bucket: &e.m.Bucket, Key: &e.blobKey, Range: aws.String("bytes=0-0")})
+		if err == nil {
+			out, err = io.ReadAll(got.Body)
+			got.Body.Close()
+		}
+		if i == 1 {
+			getTime = time.Since(start)
+		}
+		if err != nil || len(out) != 1 || out[0] != e.layer[0] {
+			tb.Fatalf("1-byte GET: %q, %v", out, err)
+		}
+	}
+	return regfsTime, getTime
+}
 
 // BenchmarkS3ColdCat compares a cold `cat` of a 256 MiB layer through regfs
 // on the S3 driver with a plain ranged-GET client reading the same object
@@ -39,51 +152,14 @@ const (
 //
 // The daemon is built without -race for this (the tests' binary has it).
 func BenchmarkS3ColdCat(b *testing.B) {
-	m, layer, dgst, blobKey := s3BenchMount(b)
-	client := m.S3.Client()
-	ctx := context.Background()
-	file := m.path("bench/app/_layers", dgst)
-
-	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer devNull.Close()
-
+	e := newS3Bench(b, buildBenchRegfs(b), benchLayerSize)
 	var regfsTime, getTime time.Duration
-	buf := make([]byte, benchLayerSize)
-	b.SetBytes(benchLayerSize)
 	for b.Loop() {
-		b.StopTimer()
-		m.restart()
-		b.StartTimer()
-
-		start := time.Now()
-		var stderr bytes.Buffer
-		cat := exec.Command("cat", file)
-		cat.Stdout = devNull // straight to the file: no pipe copy measured
-		cat.Stderr = &stderr
-		if err := cat.Run(); err != nil {
-			b.Fatalf("cat: %v\n%s", err, stderr.String())
-		}
-		regfsTime += time.Since(start)
-
-		start = time.Now()
-		if err := rangedGET(ctx, client, m.Bucket, blobKey, buf); err != nil {
-			b.Fatal(err)
-		}
-		getTime += time.Since(start)
+		r, g := e.coldCat(b)
+		regfsTime += r
+		getTime += g
 	}
-	b.StopTimer()
-	if !bytes.Equal(buf, layer) {
-		b.Fatal("the ranged GETs read other bytes than the layer's")
-	}
-	// The bytes cat read are the layer's (checked once, outside the timing).
-	out, err := exec.Command("sha256sum", file).Output()
-	if err != nil || "sha256:"+string(out[:64]) != dgst {
-		b.Fatalf("sha256sum through the mount: %q, %v; want %s", out, err, dgst)
-	}
-
+	e.checkCat(b)
 	n := float64(b.N)
 	regfsMBs := n * benchLayerSize / 1e6 / regfsTime.Seconds()
 	getMBs := n * benchLayerSize / 1e6 / getTime.Seconds()
@@ -93,22 +169,14 @@ func BenchmarkS3ColdCat(b *testing.B) {
 	fmt.Printf("S3 cold cat: regfs %.0f MB/s, ranged GET %.0f MB/s, ratio %.2f\n", regfsMBs, getMBs, regfsMBs/getMBs)
 }
 
-// s3BenchMount builds regfs without -race, mounts it on S3 and stores the
-// benchmark's layer in repository bench/app. It returns the mount, the
-// layer, its digest and its object key.
-func s3BenchMount(b *testing.B) (*mount, []byte, string, string) {
+// buildBenchRegfs builds regfs without -race (the tests' binary has it).
+func buildBenchRegfs(b *testing.B) string {
 	bin := filepath.Join(b.TempDir(), "regfs")
 	build := exec.Command("go", "build", "-o", bin, "../cmd/regfs")
 	if out, err := build.CombinedOutput(); err != nil {
 		b.Fatalf("building regfs: %v\n%s", err, out)
 	}
-	m := startMount(b, "s3", mountOpts{Bin: bin, Prefix: "bench"})
-	layer, dgst := benchLayer()
-	blobKey, err := putLayer(context.Background(), m.S3.Client(), m, "bench/app", layer, dgst)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return m, layer, dgst, blobKey
+	return bin
 }
 
 // BenchmarkS3FirstByte (row S5) compares the first byte of a layer on a
@@ -118,35 +186,13 @@ func s3BenchMount(b *testing.B) (*mount, []byte, string, string) {
 //
 //	go test -run '^$' -bench BenchmarkS3FirstByte -benchtime 10x ./integration/
 func BenchmarkS3FirstByte(b *testing.B) {
-	m, layer, dgst, blobKey := s3BenchMount(b)
-	client := m.S3.Client()
-	ctx := context.Background()
-	file := m.path("bench/app/_layers", dgst)
+	e := newS3Bench(b, buildBenchRegfs(b), benchLayerSize)
 	var regfsTime, getTime time.Duration
 	for b.Loop() {
-		b.StopTimer()
-		m.restart()
-		b.StartTimer()
-
-		start := time.Now()
-		out, err := exec.Command("head", "-c1", file).Output()
-		regfsTime += time.Since(start)
-		if err != nil || len(out) != 1 || out[0] != layer[0] {
-			b.Fatalf("head -c1: %q, %v; want %q", out, err, layer[:1])
-		}
-
-		start = time.Now()
-		got, err := client.GetObject(ctx, &s3.GetObjectInput{Bucket: &m.Bucket, Key: &blobKey, Range: aws.String("bytes=0-0")})
-		if err == nil {
-			out, err = io.ReadAll(got.Body)
-			got.Body.Close()
-		}
-		getTime += time.Since(start)
-		if err != nil || len(out) != 1 || out[0] != layer[0] {
-			b.Fatalf("1-byte GET: %q, %v", out, err)
-		}
+		r, g := e.firstByte(b)
+		regfsTime += r
+		getTime += g
 	}
-	b.StopTimer()
 	n := float64(b.N)
 	regfsMs := regfsTime.Seconds() * 1e3 / n
 	getMs := getTime.Seconds() * 1e3 / n
@@ -156,10 +202,10 @@ func BenchmarkS3FirstByte(b *testing.B) {
 	fmt.Printf("S3 first byte: regfs %.2f ms, 1-byte GET %.2f ms, ratio %.2f\n", regfsMs, getMs, regfsMs/getMs)
 }
 
-// benchLayer returns 256 MiB of seeded pseudo-random bytes (incompressible,
-// the same every run) and their digest.
-func benchLayer() ([]byte, string) {
-	b := make([]byte, benchLayerSize)
+// benchLayer returns size seeded pseudo-random bytes (incompressible, the
+// same every run) and their digest.
+func benchLayer(size int) ([]byte, string) {
+	b := make([]byte, size)
 	rand.NewChaCha8([32]byte{'r', 'e', 'g', 'f', 's'}).Read(b)
 	sum := sha256.Sum256(b)
 	return b, "sha256:" + hex.EncodeToString(sum[:])

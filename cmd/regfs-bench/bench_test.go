@@ -130,6 +130,7 @@ func TestBenchTiny(t *testing.T) {
 	if n != 4 {
 		t.Errorf("%d P4 rows on driver calls and blob reads, want 4 (ls and find, cold and warm)", n)
 	}
+	checkS3Rows(t, rep, out.String())
 	assertCleanedUp(t, cfg.TempDir)
 }
 

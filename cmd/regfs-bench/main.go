@@ -124,7 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fl.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "regfs block cache budget `SIZE`")
 	fl.StringVar(&cfg.Regfs, "regfs", "", "regfs `BINARY` to measure (default: go build ./cmd/regfs)")
 	fl.BoolVar(&cfg.Rclone, "rclone", cfg.Rclone, "add rclone mount as a peer for P1/P2 when installed")
-	only := fl.String("only", "", "measure only these, comma-separated (`P1,P4`; P1 and P2 go together, and F3 and F4)")
+	only := fl.String("only", "", "measure only these, comma-separated (`P1,S1,F3`; P1 and P2 go together, and S1 and S2, F3 and F4)")
 	fl.StringVar(&cfg.TempDir, "tmpdir", "", "parent `DIR` of the temporary directory (default $TMPDIR or /tmp)")
 	if err := fl.Parse(args); err != nil {
 		return cfg, err
@@ -141,9 +141,11 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 				id = "P1"
 			case "F4":
 				id = "F3"
+			case "S2":
+				id = "S1"
 			}
-			if id != "F3" && (len(id) != 2 || id[0] != 'P' || id[1] < '1' || id[1] > '8') {
-				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8, F3 or F4", id)
+			if !knownMeasurement(id) {
+				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8, S1 to S6, F3 or F4", id)
 			}
 			cfg.Only = append(cfg.Only, id)
 		}
@@ -181,4 +183,21 @@ func formatBytes(n int64) string {
 		}
 	}
 	return strconv.FormatInt(n, 10) + " B"
+}
+
+// knownMeasurement tells whether id names a row -only can select.
+func knownMeasurement(id string) bool {
+	if id == "F3" {
+		return true
+	}
+	if len(id) != 2 {
+		return false
+	}
+	switch id[0] {
+	case 'P':
+		return id[1] >= '1' && id[1] <= '8'
+	case 'S':
+		return id[1] >= '1' && id[1] <= '6'
+	}
+	return false
 }

@@ -156,7 +156,7 @@ func (r *Report) write(w io.Writer) {
 	for _, m := range r.Machine {
 		fmt.Fprintf(w, "- %s\n", m)
 	}
-	fmt.Fprintf(w, "- data: a %s random layer, a %s layer for P5, %d repositories; median of %d runs; regfs --cache-size %s (and --dir-cache-time %v for P4, so that its warm rows measure the directory cache on any machine)\n\n",
+	fmt.Fprintf(w, "- data: a %s random layer, a %s layer for P5 and S6, %d repositories; median of %d runs; regfs --cache-size %s (and --dir-cache-time %v for P4, so that its warm rows measure the directory cache on any machine)\n\n",
 		formatBytes(c.LayerSize), formatBytes(c.BigSize), c.Repos, c.Runs, formatBytes(c.CacheSize), listingCacheTime)
 	fmt.Fprintln(w, "| id | measurement | regfs | compared with | comparison | ratio | target | met |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -164,7 +164,7 @@ func (r *Report) write(w io.Writer) {
 		fmt.Fprintf(w, "| %s |\n", strings.Join(row.cells(), " | "))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "ratio: regfs's speed over the comparison's (> 1: regfs is faster); for P5, regfs's peak RSS over the budget.")
+	fmt.Fprintln(w, "ratio: regfs's speed over the comparison's (> 1: regfs is faster); for P5 and S6, regfs's peak RSS over the budget.")
 }
 
 // machine describes the machine and the programs measured, for the report.

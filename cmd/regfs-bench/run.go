@@ -36,6 +36,8 @@ type bench struct {
 	// readAhead is the read_ahead_kb of the kernel bdi each kind of mount
 	// had, for the report.
 	readAhead map[string]int
+	// s3env is the S3 server of the S rows, once started (s3read.go).
+	s3env *s3Env
 }
 
 // run builds regfs, makes the data, measures and returns the report. Every
@@ -59,6 +61,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		stopWatch()
 		if cerr := b.mounts.closeAll(); cerr != nil {
 			err = errors.Join(err, cerr)
+		}
+		if serr := b.closeS3(); serr != nil {
+			err = errors.Join(err, serr)
 		}
 		if left, merr := mountsBelow(tmp); merr != nil || len(left) > 0 {
 			err = errors.Join(err, fmt.Errorf("not removing %s: still mounted below it: %v %v", tmp, left, merr))
@@ -109,6 +114,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"P6", "P6 random reads", b.randomReads},
 		{"P7", "P7 first byte", b.firstByte},
 		{"P8", "P8 gc dry run", b.gcDryRun},
+		{"S1", "S1/S2 sequential reads on S3", b.s3SequentialReads},
+		{"S5", "S5 first byte on S3", b.s3FirstByte},
+		{"S6", "S6 memory on S3", b.s3Memory},
 		{"F3", "F3/F4 image files", b.imageFiles},
 	} {
 		if err := ctx.Err(); err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/regfs/regfs/driver"
+	"github.com/regfs/regfs/driver/s3"
 )
 
 // defaultService is Service when no flag sets it.
@@ -139,7 +140,7 @@ func TestCommandLine(t *testing.T) {
 }
 
 func TestCacheOptions(t *testing.T) {
-	if o := cacheOptions(Config{Storage: Storage{Driver: driverS3}, CacheSize: 1 << 30}); o.BlockSize != 4<<20 || o.Budget != 1<<30 || !o.Ranged {
+	if o := cacheOptions(Config{Storage: Storage{Driver: driverS3}, CacheSize: 1 << 30}); o.BlockSize != s3.CacheBlockSize || o.AheadLoads != s3.CacheAheadLoads || o.Budget != 1<<30 || !o.Ranged {
 		t.Errorf("s3 cache options: %+v", o)
 	}
 	o := cacheOptions(Config{Storage: Storage{Driver: driverFilesystem}, CacheSize: 1 << 28})
@@ -165,7 +166,7 @@ func TestCacheOptions(t *testing.T) {
 			t.Errorf("cache size %d: %d blocks prefaulted, want %d", size, o.Prefault, want)
 		}
 	}
-	if o := cacheOptions(Config{Storage: Storage{Driver: driverS3}, CacheSize: 1 << 30}); o.Prefault != 2 {
-		t.Errorf("s3: %d blocks prefaulted, want 2", o.Prefault)
+	if o := cacheOptions(Config{Storage: Storage{Driver: driverS3}, CacheSize: 1 << 30}); o.Prefault != 0 {
+		t.Errorf("s3: %d blocks prefaulted, want none", o.Prefault)
 	}
 }

@@ -136,17 +136,18 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 }
 
 // cacheOptions sizes the block cache for the storage. On S3 every block
-// load is an HTTP request, so blocks are larger (4 MiB) and more are read
-// ahead: measured through the mount on a local versitygw, cold cat went from
-// 236-313 MB/s with 1 MiB blocks to 272-473 MB/s. Local storage keeps 1 MiB
-// blocks, which bound what a small random read pulls in.
+// load is an HTTP request, so blocks are larger and more are read ahead
+// (s3.CacheBlockSize and the rest; docs/benchmarks.md, "S3 reads (issue
+// 15)"). Local storage keeps 1 MiB blocks, which bound what a small random
+// read pulls in.
 //
 // The buffers of the first read's block and its read-ahead are made and
 // faulted in at start (Prefault), so a fresh mount's first read does not
 // wait for a page fault per 4 KiB: head -c1 of a layer on a fresh mount
 // went from 3.6-4.5 ms to 1.6-1.8 ms (medians of 5, alternating runs). On
-// S3 the first request costs more than the faults, and its blocks are
-// larger: two are enough.
+// S3 none are: a read that loads its block returns once its own bytes are
+// in (the rest of the 16 MiB block follows), so only their pages fault
+// first, and two prefaulted blocks would add 32 MiB to the daemon's memory.
 //
 // On S3 each block load is one GET of just that block (Ranged), read to its
 // end so that its connection serves the next GET; see docs/benchmarks.md,
@@ -159,9 +160,10 @@ func cacheOptions(cfg Config) cache.Options {
 		Prefault:  1 + cache.DefaultReadAhead,
 	}
 	if cfg.Driver == driverS3 {
-		o.BlockSize = 4 << 20
-		o.ReadAhead = 8
-		o.Prefault = 2
+		o.BlockSize = s3.CacheBlockSize
+		o.ReadAhead = s3.CacheReadAhead
+		o.AheadLoads = s3.CacheAheadLoads
+		o.Prefault = 0
 		o.Ranged = true
 	}
 	o.Prefault = int(min(int64(o.Prefault), cfg.CacheSize/int64(o.BlockSize)))

@@ -1,0 +1,336 @@
+package main
+
+// The S rows of issue 15 that read: regfs mounted with --driver s3 on a
+// versitygw on loopback, against what the same server gives a plain
+// aws-sdk-go-v2 client.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/opencontainers/go-digest"
+
+	regfss3 "github.com/regfs/regfs/driver/s3"
+	"github.com/regfs/regfs/driver/s3/s3test"
+)
+
+// s3Bucket is the bucket the S rows store the registry in.
+const s3Bucket = "regfs-bench"
+
+// s3Env is the S3 side of a run: a versitygw serving a temporary
+// directory, with the layers the S rows read stored in the registry's
+// layout.
+type s3Env struct {
+	srv    *s3test.Server
+	client *s3.Client
+	// stored are the blobs uploaded so far, by digest.
+	stored map[digest.Digest]bool
+	// err is why no server runs (versitygw not installed), for the report.
+	err error
+}
+
+// s3 returns the run's S3 server, starting it on first use, with blobs
+// stored in the first repository. It returns errNoS3 (wrapped) when
+// versitygw is not installed: the S rows are then left out.
+func (b *bench) s3(ctx context.Context, blobs ...blob) (*s3Env, error) {
+	if b.s3env == nil {
+		e := &s3Env{stored: map[digest.Digest]bool{}}
+		b.s3env = e
+		srv, err := s3test.Launch()
+		if err != nil {
+			e.err = err
+			return nil, err
+		}
+		e.srv, e.client = srv, srv.Client()
+		if err := srv.CreateBucket(ctx, s3Bucket); err != nil {
+			return nil, fmt.Errorf("creating bucket: %w", err)
+		}
+	}
+	e := b.s3env
+	if e.srv == nil {
+		return nil, e.err
+	}
+	for _, bl := range blobs {
+		if e.stored[bl.dgst] {
+			continue
+		}
+		start := time.Now()
+		if err := e.putBlob(ctx, b.ds.repos[0], bl); err != nil {
+			return nil, err
+		}
+		b.log.Info("stored on S3", "blob", formatBytes(bl.size), "took", time.Since(start).Round(time.Millisecond))
+		e.stored[bl.dgst] = true
+	}
+	return e, nil
+}
+
+// closeS3 stops the S3 server, removing what it stored.
+func (b *bench) closeS3() error {
+	if b.s3env == nil || b.s3env.srv == nil {
+		return nil
+	}
+	return b.s3env.srv.Stop()
+}
+
+// blobKey is the object key of blob d.
+func blobKey(d digest.Digest) string {
+	return path.Join(registryV2, "blobs", d.Algorithm().String(), d.Encoded()[:2], d.Encoded(), "data")
+}
+
+// putBlob stores bl and its link in repo, with the SDK (how it got there is
+// not what is measured).
+func (e *s3Env) putBlob(ctx context.Context, repo string, bl blob) error {
+	f, err := os.Open(bl.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	link := path.Join(registryV2, "repositories", repo, "_layers", bl.dgst.Algorithm().String(), bl.dgst.Encoded(), "link")
+	for _, o := range []struct {
+		key  string
+		body io.ReadSeeker
+	}{{blobKey(bl.dgst), f}, {link, strings.NewReader(bl.dgst.String())}} {
+		if _, err := e.client.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s3Bucket), Key: aws.String(o.key), Body: o.body}); err != nil {
+			return fmt.Errorf("putting %s: %w", o.key, err)
+		}
+	}
+	return nil
+}
+
+// startRegfsS3 mounts the bucket with regfs --driver s3, its cache empty.
+func (b *bench) startRegfsS3(e *s3Env) (*mount, error) {
+	dir := b.newMountpoint("regfs-s3")
+	argv := []string{
+		b.regfs, "mount", "--driver", "s3", "--s3-bucket", s3Bucket,
+		"--s3-endpoint", e.srv.Endpoint, "--s3-region", e.srv.Region,
+		"--cache-size", strconv.FormatInt(b.cfg.CacheSize, 10), dir,
+	}
+	return b.mounts.start("regfs", dir, argv, e.srv.Env(), "msg=mounted")
+}
+
+// rangedGETs reads the object key whole as ranged GETs of part bytes, at
+// most parallel at a time, each into a buffer its worker reuses (the bytes
+// go nowhere, as cat's go to /dev/null), and returns how long it took.
+func (e *s3Env) rangedGETs(ctx context.Context, key string, size int64, part, parallel int) (time.Duration, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	offs := make(chan int64)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	var total int64
+	start := time.Now()
+	for range parallel {
+		wg.Go(func() {
+			buf := make([]byte, part)
+			for off := range offs {
+				end := min(off+int64(part), size)
+				n, err := e.getRange(ctx, key, off, buf[:end-off])
+				mu.Lock()
+				total += int64(n)
+				if err != nil && firstErr == nil {
+					firstErr = err
+					cancel()
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for off := int64(0); off < size && ctx.Err() == nil; off += int64(part) {
+		offs <- off
+	}
+	close(offs)
+	wg.Wait()
+	d := time.Since(start)
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	if total != size {
+		return 0, fmt.Errorf("ranged GETs of %s read %d bytes, want %d", key, total, size)
+	}
+	return d, nil
+}
+
+// getRange reads len(buf) bytes of key at off with one ranged GET.
+func (e *s3Env) getRange(ctx context.Context, key string, off int64, buf []byte) (int, error) {
+	out, err := e.client.GetObject(ctx, &s3.GetObjectInput{
+		Bucket: aws.String(s3Bucket),
+		Key:    aws.String(key),
+		Range:  aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(len(buf))-1)),
+	})
+	if err != nil {
+		return 0, fmt.Errorf("GET %s at %d: %w", key, off, err)
+	}
+	defer out.Body.Close()
+	n, err := io.ReadFull(out.Body, buf)
+	if err != nil {
+		return n, fmt.Errorf("GET %s at %d: %w", key, off, err)
+	}
+	return n, nil
+}
+
+// s3Skipped logs why the S3 rows are left out and reports whether err is
+// that reason (versitygw not installed) rather than a failure.
+func (b *bench) s3Skipped(err error) bool {
+	if errors.Is(err, s3test.ErrNotInstalled) {
+		b.log.Warn("S3 rows left out", "reason", err)
+		return true
+	}
+	return false
+}
+
+// s3SequentialReads measures S1 (cold read of the layer through a fresh
+// --driver s3 mount, against ranged GETs of the same object with the part
+// size and loads in flight regfs's cache uses on S3) and S2 (the second
+// read on the same mount, against the second read of a filesystem driver
+// mount). The kinds take turns in each run.
+func (b *bench) s3SequentialReads(ctx context.Context, rep *Report) error {
+	layer := b.ds.layer
+	e, err := b.s3(ctx, layer)
+	if err != nil {
+		if b.s3Skipped(err) {
+			return nil
+		}
+		return err
+	}
+	part, parallel := regfss3.CacheBlockSize, regfss3.CacheAheadLoads
+	s := samples{}
+	for range b.cfg.Runs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := b.withMount(b.startRegfsS3(e))(func(m *mount) error {
+			return s.read2(layerPath(m.dir, b.ds.repos[0], layer.dgst), layer.size, "s3 cold", "s3 warm")
+		})
+		if err != nil {
+			return err
+		}
+		d, err := e.rangedGETs(ctx, blobKey(layer.dgst), layer.size, part, parallel)
+		if err != nil {
+			return err
+		}
+		s.add("get", rate(layer.size, d))
+		err = b.withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
+			return s.read2(layerPath(m.dir, b.ds.repos[0], layer.dgst), layer.size, "fs cold", "fs warm")
+		})
+		if err != nil {
+			return err
+		}
+	}
+	what := fmt.Sprintf("cold sequential read of the %s layer, --driver s3 on versitygw (loopback), fresh mount", formatBytes(layer.size))
+	v := s.median("s3 cold")
+	rep.add(Row{ID: "S1", What: what, Value: v, Unit: unitRate,
+		Against: fmt.Sprintf("ranged GETs of the object with aws-sdk-go-v2, %s parts, %d in flight (regfs's S3 block size and loads in flight)", formatBytes(int64(part)), parallel),
+		Compare: s.median("get"), Ratio: v / s.median("get"), Target: ">= 0.80", Goal: ratioAtLeast(0.8)})
+	rep.add(Row{ID: "S1", What: what, Value: v, Unit: unitRate,
+		Against: "regfs on the filesystem driver, cold read (backing file in page cache)",
+		Compare: s.median("fs cold"), Ratio: v / s.median("fs cold")})
+	v = s.median("s3 warm")
+	rep.add(Row{ID: "S2", What: "second read of the same layer, same --driver s3 mount", Value: v, Unit: unitRate,
+		Against: "regfs on the filesystem driver, second read", Compare: s.median("fs warm"),
+		Ratio: v / s.median("fs warm"), Target: ">= 0.90", Goal: ratioAtLeast(0.9)})
+	return nil
+}
+
+// s3FirstByte measures S5: head -c1 of the layer on a fresh --driver s3
+// mount (the lookups of its path, open and the first read), against one
+// ranged GET of 1 byte over a connection already open.
+func (b *bench) s3FirstByte(ctx context.Context, rep *Report) error {
+	layer := b.ds.layer
+	e, err := b.s3(ctx, layer)
+	if err != nil {
+		if b.s3Skipped(err) {
+			return nil
+		}
+		return err
+	}
+	key := blobKey(layer.dgst)
+	one := make([]byte, 1)
+	if _, err := e.getRange(ctx, key, 0, one); err != nil { // opens the connection
+		return err
+	}
+	s := samples{}
+	for range b.cfg.Runs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := b.withMount(b.startRegfsS3(e))(func(m *mount) error {
+			d, err := runCmd(ctx, nil, "head", "-c1", layerPath(m.dir, b.ds.repos[0], layer.dgst))
+			if err != nil {
+				return err
+			}
+			s.add("regfs", d.Seconds())
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		if _, err := e.getRange(ctx, key, 0, one); err != nil {
+			return err
+		}
+		s.add("get", time.Since(start).Seconds())
+	}
+	v, cmp := s.median("regfs"), s.median("get")
+	rep.add(Row{ID: "S5", What: "time to first byte: head -c1 of a layer, fresh --driver s3 mount",
+		Value: v, Unit: unitSeconds, Against: "one ranged GET of 1 byte (connection open)", Compare: cmp,
+		Ratio: cmp / v, Target: "<= 2x (ratio >= 0.50)", Goal: ratioAtLeast(0.5)})
+	return nil
+}
+
+// s3Memory measures S6: regfs's peak RSS on a --driver s3 mount while two
+// readers read the big layer at once, against the cache budget.
+func (b *bench) s3Memory(ctx context.Context, rep *Report) error {
+	big := b.ds.big
+	e, err := b.s3(ctx, big)
+	if err != nil {
+		if b.s3Skipped(err) {
+			return nil
+		}
+		return err
+	}
+	s := samples{}
+	for range b.cfg.Runs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := b.withMount(b.startRegfsS3(e))(func(m *mount) error {
+			p := layerPath(m.dir, b.ds.repos[0], big.dgst)
+			var wg sync.WaitGroup
+			errs := make([]error, 2)
+			for i := range errs {
+				wg.Go(func() { _, errs[i] = readSize(p, big.size) })
+			}
+			wg.Wait()
+			if err := errors.Join(errs...); err != nil {
+				return err
+			}
+			rss, err := peakRSS(m.pid())
+			if err != nil {
+				return err
+			}
+			s.add("rss", float64(rss))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	budget := float64(b.cfg.CacheSize)
+	v := s.median("rss")
+	rep.add(Row{ID: "S6", What: fmt.Sprintf("peak RSS of regfs (VmHWM) while reading a %s layer twice in parallel, --driver s3", formatBytes(big.size)),
+		Value: v, Unit: unitBytes, Against: "the cache budget (--cache-size)", Compare: budget,
+		Ratio:  v / budget,
+		Target: "<= budget + 64 MiB", Goal: func(r Row) bool { return r.Value <= budget+rssSlack }})
+	return nil
+}
