@@ -57,6 +57,9 @@ type Config struct {
 	// with GCGrace as its grace window.
 	GCInterval, GCGrace time.Duration
 	Service
+	// Registry, when its URL is set, mounts a registry's API instead of
+	// storage (registry.go).
+	Registry Registry
 }
 
 // Service is how regfs mount runs as a service and what it shows: the
@@ -157,6 +160,7 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	cfg.DirCacheTime = regfsfs.DefaultDirCacheTTL
 	cfg.AttrTimeout = regfsfs.DefaultAttrTTL
 	addStorageFlags(fs, &cfg.Storage, true)
+	addRegistryFlags(fs, &cfg.Registry)
 	fs.BoolVar(&cfg.ReadOnly, "read-only", false, "refuse every write with EROFS")
 	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users use the mount, as the modes allow (the kernel\nchecks them; see --uid, --gid, --umask; needs user_allow_other in\n/etc/fuse.conf when not root)")
 	fs.BoolVar(&cfg.NoDefaultPermissions, "no-default-permissions", false, "with --allow-other, let every user do what the daemon's user may:\nthe kernel checks no modes (unsafe unless every local user is trusted)")
@@ -296,6 +300,9 @@ func parseMount(args []string, stdout, stderr io.Writer) (Config, error) {
 	}
 	if cfg.DirCacheTime <= 0 || cfg.AttrTimeout <= 0 {
 		return cfg, errors.New("--dir-cache-time and --attr-timeout must be positive")
+	}
+	if err := checkRegistry(fs, &cfg); err != nil || cfg.Registry.URL != "" {
+		return cfg, err
 	}
 	return cfg, checkStorage(&cfg.Storage, true)
 }
