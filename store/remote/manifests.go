@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/docker/libtrust"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regfs/regfs/store"
@@ -51,7 +53,7 @@ func (s *remoteStore) fetch(ctx context.Context, repo, ref string) ([]byte, stri
 	if err != nil {
 		return nil, "", "", err
 	}
-	got := digest.FromBytes(body)
+	got := manifestDigest(body)
 	if want, err := digest.Parse(ref); err == nil && want != got {
 		return nil, "", "", &store.CorruptBlobError{Path: "/v2/" + repo + "/manifests/" + ref, Expected: want, Actual: got, Size: int64(len(body))}
 	}
@@ -63,6 +65,20 @@ func (s *remoteStore) fetch(ctx context.Context, repo, ref string) ([]byte, stri
 	s.manifests[got] = cachedManifest{content: body, mediaType: mt}
 	s.mu.Unlock()
 	return body, mt, got, nil
+}
+
+// manifestDigest is the digest a registry names a manifest by: of its
+// bytes, or for a signed schema1 manifest of its payload (the registry
+// signs it anew on every GET).
+func manifestDigest(body []byte) digest.Digest {
+	if bytes.Contains(body, []byte(`"signatures"`)) {
+		if js, err := libtrust.ParsePrettySignature(body, "signatures"); err == nil {
+			if payload, err := js.Payload(); err == nil {
+				return digest.FromBytes(payload)
+			}
+		}
+	}
+	return digest.FromBytes(body)
 }
 
 // mediaType is a manifest's media type: its mediaType field, else the
@@ -176,7 +192,7 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 	if err := json.Unmarshal(content, &probe); err != nil {
 		return "", &store.ManifestVerificationError{Errs: []error{&store.ManifestInvalidError{Reason: "not JSON: " + err.Error()}}}
 	}
-	dgst := digest.FromBytes(content)
+	dgst := manifestDigest(content)
 	if want != "" && want != dgst {
 		return "", &store.DigestMismatchError{Expected: want, Actual: dgst, Size: int64(len(content))}
 	}
@@ -196,7 +212,7 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 		dgst = d
 	}
 	m.r.s.mu.Lock()
-	if d := digest.FromBytes(content); d == dgst {
+	if d := manifestDigest(content); d == dgst {
 		m.r.s.manifests[d] = cachedManifest{content: content, mediaType: mt}
 	}
 	m.r.s.mu.Unlock()
