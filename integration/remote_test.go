@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Tests of regfs mount --registry (issue 18): the store over a running
@@ -105,5 +105,153 @@ func TestRemoteReads(t *testing.T) {
 	}
 }
 
-var _ = filepath.Join
-var _ = v1.MediaTypeImageManifest
+// pushThroughMount copies an image's blobs into repo's _uploads/ and
+// checks that each is a layer after its close.
+func pushThroughMount(t *testing.T, m *mount, repo string, img testImage) {
+	t.Helper()
+	for _, b := range img.blobs() {
+		src := writeFile(t, b.Data)
+		sh(t, "cp "+shellQuote(src)+" "+shellQuote(m.path(repo, "_uploads", b.Desc.Digest.String())))
+		if got := statSize(t, m.path(repo, "_layers", b.Desc.Digest.String())); got != b.Desc.Size {
+			t.Fatalf("%s/_layers/%s after the upload: %d bytes, want %d", repo, b.Desc.Digest, got, b.Desc.Size)
+		}
+	}
+}
+
+// TestRemoteWrites: pushes through --registry land in the registry as a
+// client's would, and skopeo pulls them byte for byte; ln, rm and their
+// refusals map onto the API.
+func TestRemoteWrites(t *testing.T) {
+	requireTools(t, registryBin, "skopeo")
+	r := startRegistry(t, t.TempDir())
+	m := startRegistryMount(t, "http://"+r.Addr, "", nil)
+
+	// A 20 MiB layer: a 16 MiB PATCH, the rest with the final PUT.
+	img := newTestImage(t, platformAMD64, layerSpec{7, 20 << 20}, layerSpec{8, 1000})
+	sh(t, "mkdir -p "+shellQuote(m.path("team/app")))
+	pushThroughMount(t, m, "team/app", img)
+	docker := img.dockerManifest(t)
+	sh(t, "cp "+shellQuote(writeFile(t, docker.Data))+" "+shellQuote(m.path("team/app/_manifests/v1")))
+	sh(t, "cp "+shellQuote(writeFile(t, img.Manifest.Data))+" "+shellQuote(m.path("team/app/_manifests", img.Manifest.Desc.Digest.String())))
+	sh(t, "ln "+shellQuote(m.path("team/app/_manifests", img.Manifest.Desc.Digest.String()))+" "+shellQuote(m.path("team/app/_manifests/oci")))
+
+	if got := r.mustGetManifest("team/app", "v1"); !bytes.Equal(got.Body, docker.Data) {
+		t.Errorf("registry serves team/app:v1 as %s, want the pushed %s", got.Digest, docker.Desc.Digest)
+	}
+	if got := r.mustGetManifest("team/app", "oci"); !bytes.Equal(got.Body, img.Manifest.Data) {
+		t.Errorf("registry serves team/app:oci as %s, want the OCI manifest pushed by digest and tagged with ln", got.Digest)
+	}
+	// skopeo pulls what was pushed, byte for byte.
+	dir := t.TempDir()
+	skopeoCopy(t, r.ref("team/app", "oci"), "oci:"+dir+":pulled")
+	for _, b := range img.blobs() {
+		if got := layoutBlob(t, dir, b.Desc.Digest); !bytes.Equal(got, b.Data) {
+			t.Errorf("skopeo pulled blob %s with other bytes", b.Desc.Digest)
+		}
+	}
+	if got := catFile(t, m.path("team/app/_manifests/oci")); !bytes.Equal(got, img.Manifest.Data) {
+		t.Errorf("team/app/_manifests/oci reads %d bytes, not the OCI manifest", len(got))
+	}
+
+	// Cross-repository ln: a mount at the registry, nothing copied by regfs.
+	layer := img.Layers[0].Desc.Digest.String()
+	sh(t, "mkdir -p "+shellQuote(m.path("other"))+" && ln "+shellQuote(m.path("team/app/_layers", layer))+" "+shellQuote(m.path("other/_layers/")))
+	if status, size := r.headBlob("other", digest.Digest(layer)); status != 200 || size != img.Layers[0].Desc.Size {
+		t.Errorf("registry HEAD other/blobs/%s after ln: %d, %d bytes", layer, status, size)
+	}
+	if got := listDir(t, m.path("other/_layers")); !slices.Contains(got, layer) {
+		t.Errorf("other/_layers lists %v after ln, missing %s", got, layer)
+	}
+
+	// rm of a tag: distribution 2.8 has no DELETE by tag: ENOTSUP, the
+	// reason in the log, the tag still there.
+	if err := os.Remove(m.path("team/app/_manifests/oci")); !errors.Is(err, syscall.ENOTSUP) {
+		t.Errorf("rm of a tag on distribution 2.8: %v, want ENOTSUP", err)
+	}
+	if log := m.logText(); !strings.Contains(log, "does not delete tags") {
+		t.Errorf("the log does not say why rm of a tag failed:\n%s", log)
+	}
+	if tags := r.tags("team/app"); !slices.Contains(tags, "oci") {
+		t.Errorf("registry lists %v after the refused rm, missing oci", tags)
+	}
+	// rm of a revision: DELETE by digest, its tag goes with it.
+	sh(t, "rm "+shellQuote(m.path("team/app/_manifests", docker.Desc.Digest.String())))
+	if got := r.getManifest("team/app", docker.Desc.Digest.String()); got.Status != 404 {
+		t.Errorf("registry GET of the removed revision: %d, want 404", got.Status)
+	}
+	if tags := r.tags("team/app"); slices.Contains(tags, "v1") {
+		t.Errorf("registry still lists tag v1 of the removed revision: %v", tags)
+	}
+
+	// A wrong digest: the close fails with EBADMSG, the upload stays.
+	wrong := digest.FromString("something else").String()
+	if out, err := shErr(t, "cp "+shellQuote(writeFile(t, []byte("not it")))+" "+shellQuote(m.path("team/app/_uploads", wrong))); err == nil ||
+		!strings.Contains(out, "Bad message") {
+		t.Errorf("cp of the wrong bytes to _uploads/%s: %v %s, want EBADMSG", wrong, err, out)
+	}
+	if got := listDir(t, m.path("team/app/_uploads")); !slices.Contains(got, wrong) {
+		t.Errorf("_uploads lists %v after the mismatch, missing the upload", got)
+	}
+	sh(t, "rm "+shellQuote(m.path("team/app/_uploads", wrong)))
+	if got := listDir(t, m.path("team/app/_uploads")); len(got) != 0 {
+		t.Errorf("_uploads lists %v after rm", got)
+	}
+
+	// A manifest whose layer the registry does not have: EBADMSG, and the
+	// registry's reason in .regfs/errors.
+	orphan := newTestImage(t, platformAMD64, layerSpec{99, 100})
+	if out, err := shErr(t, "cp "+shellQuote(writeFile(t, orphan.Manifest.Data))+" "+shellQuote(m.path("team/app/_manifests/orphan"))); err == nil ||
+		!strings.Contains(out, "Bad message") {
+		t.Errorf("cp of a manifest with missing blobs: %v %s, want EBADMSG", err, out)
+	}
+	if errs := catFile(t, m.path(".regfs/errors")); !bytes.Contains(errs, []byte("MANIFEST_BLOB_UNKNOWN")) {
+		t.Errorf(".regfs/errors does not give the registry's reason:\n%s", errs)
+	}
+}
+
+// TestRemoteUploadResumes: an upload killed with regfs (kill -9) resumes
+// from the state directory at the offset the registry's session has, and
+// completes byte for byte.
+func TestRemoteUploadResumes(t *testing.T) {
+	requireTools(t, registryBin)
+	r := startRegistry(t, t.TempDir())
+	state := t.TempDir()
+	m := startRegistryMount(t, "http://"+r.Addr, state, nil)
+	data := make([]byte, 40<<20)
+	for i := range data {
+		data[i] = byte(i * 7 / 5)
+	}
+	d := digest.FromBytes(data).String()
+	src := writeFile(t, data)
+	up := m.path("app", "_uploads", d)
+	sh(t, "mkdir -p "+shellQuote(m.path("app")))
+	// 20 MiB, fsync'd (one 16 MiB chunk and the rest sent), then regfs
+	// is killed with the file still open.
+	f, err := os.OpenFile(up, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data[:20<<20]); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	m.kill()
+	f.Close() // ENOTCONN: the mount is gone
+	m.start()
+	size := statSize(t, up)
+	if size != 20<<20 {
+		t.Fatalf("after kill -9 the upload has %d bytes, want the 20 MiB fsync made durable at the registry", size)
+	}
+	sh(t, fmt.Sprintf("tail -c +%d %s >> %s", size+1, shellQuote(src), shellQuote(up)))
+	if status, n := r.headBlob("app", digest.Digest(d)); status != 200 || n != int64(len(data)) {
+		t.Fatalf("registry HEAD of the resumed blob: %d, %d bytes", status, n)
+	}
+	if _, got := r.getBlob("app", digest.Digest(d)); !bytes.Equal(got, data) {
+		t.Errorf("registry serves the resumed blob with other bytes")
+	}
+	if ents, _ := filepath.Glob(filepath.Join(state, "*", "uploads", "*.json")); len(ents) != 0 {
+		t.Errorf("state directory keeps %v after the commit", ents)
+	}
+}

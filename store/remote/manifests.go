@@ -379,7 +379,10 @@ func (t *tagService) Untag(ctx context.Context, tag string) error {
 		case he.Status == http.StatusNotFound && he.has("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "TAG_UNKNOWN"):
 			return notFound(err, store.ErrTagUnknown, tag)
 		case he.Status == http.StatusBadRequest || he.Status == http.StatusMethodNotAllowed || he.has("UNSUPPORTED", "DIGEST_INVALID"):
-			return fmt.Errorf("%w: %w (%v)", store.ErrUnsupported, errTagDelete, he)
+			err := fmt.Errorf("%w: %w (%v)", store.ErrUnsupported, errTagDelete, he)
+			// fs answers ENOTSUP without logging it: say why here.
+			t.r.s.log.Warn("tag not removed", "repository", t.r.name, "tag", tag, "error", err)
+			return err
 		}
 	}
 	return err

@@ -205,6 +205,11 @@ func (s *remoteStore) known(ctx context.Context) ([]string, error) {
 		names = append(names, n)
 	}
 	s.mu.Unlock()
+	if s.state != nil {
+		// A repository with an upload in progress (and nothing else yet)
+		// exists for regfs, also after a restart.
+		names = append(names, s.state.repos()...)
+	}
 	sort.Strings(names)
 	return slices.Compact(names), nil
 }
@@ -245,7 +250,7 @@ func (s *remoteStore) IsRepository(ctx context.Context, name string) (bool, erro
 	s.mu.Lock()
 	seen := s.seen[name]
 	s.mu.Unlock()
-	if seen {
+	if seen || (s.state != nil && slices.Contains(s.state.repos(), name)) {
 		return true, nil
 	}
 	_, _, err := s.c.do(ctx, &request{method: http.MethodGet, path: "/v2/" + name + "/tags/list", query: map[string][]string{"n": {"1"}},

@@ -122,3 +122,20 @@ func (d *stateDir) list(repo string) ([]*uploadState, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
+
+// repos returns the repositories with uploads in progress.
+func (d *stateDir) repos() []string {
+	ents, err := os.ReadDir(d.dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok {
+			if st, err := d.load(id); err == nil {
+				out = append(out, st.Repo)
+			}
+		}
+	}
+	return out
+}

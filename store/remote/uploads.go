@@ -237,8 +237,13 @@ type upload struct {
 	size  int64
 	buf   []byte
 	chunk int
-	sent  int64 // bytes handed to the sender
-	done  bool
+	// id and expected are the state's, copied: the sender rewrites st.
+	id       string
+	expected digest.Digest
+	// minChunk is the registry's OCI-Chunk-Min-Length (0: none).
+	minChunk int64
+	sent     int64 // bytes handed to the sender
+	done     bool
 
 	queue chan chunk
 	wg    sync.WaitGroup // the chunks queued and not yet sent
@@ -256,14 +261,14 @@ type chunk struct {
 
 func newUpload(ctx context.Context, r *repository, st *uploadState, h hash.Hash) *upload {
 	size := max(int64(r.s.chunk), st.MinChunk)
-	up := &upload{r: r, ctx: ctx, svc: &uploadService{r}, st: st, h: h, size: st.Offset, sent: st.Offset, chunk: int(size),
+	up := &upload{r: r, ctx: ctx, svc: &uploadService{r}, st: st, h: h, size: st.Offset, sent: st.Offset, chunk: int(size), minChunk: st.MinChunk, id: st.ID, expected: st.Expected,
 		queue: make(chan chunk, 1), stop: make(chan struct{}), ended: make(chan struct{})}
 	go up.sender()
 	return up
 }
 
-func (up *upload) ID() string              { return up.st.ID }
-func (up *upload) Expected() digest.Digest { return up.st.Expected }
+func (up *upload) ID() string              { return up.id }
+func (up *upload) Expected() digest.Digest { return up.expected }
 func (up *upload) Size() int64             { return up.size }
 
 func (up *upload) failure() error {
@@ -287,7 +292,7 @@ func (up *upload) WriteAt(p []byte, off int64) (int, error) {
 // chunk goes to the sender.
 func (up *upload) Write(p []byte) (int, error) {
 	if up.done {
-		return 0, fmt.Errorf("%w: upload %s is finished", store.ErrUploadUnknown, up.st.ID)
+		return 0, fmt.Errorf("%w: upload %s is finished", store.ErrUploadUnknown, up.id)
 	}
 	if err := up.failure(); err != nil {
 		return 0, err
@@ -364,7 +369,7 @@ func (up *upload) patch(c chunk) error {
 			}
 		}
 		if err != nil {
-			return notFound(err, store.ErrUploadUnknown, up.st.ID)
+			return notFound(err, store.ErrUploadUnknown, up.id)
 		}
 	}
 	if resp != nil {
@@ -382,7 +387,7 @@ func (up *upload) patch(c chunk) error {
 // drain sends what is buffered (when the registry takes a chunk that
 // small) and waits for the sender.
 func (up *upload) drain(final bool) error {
-	if !final && (int64(len(up.buf)) >= up.st.MinChunk || up.st.MinChunk == 0) {
+	if !final && int64(len(up.buf)) >= up.minChunk {
 		up.enqueue()
 	}
 	up.wg.Wait()
@@ -407,15 +412,15 @@ func (up *upload) Flush(ctx context.Context) error {
 // match the rest goes with the final PUT ?digest=.
 func (up *upload) Commit(ctx context.Context) (store.Descriptor, error) {
 	if up.done {
-		return store.Descriptor{}, fmt.Errorf("%w: upload %s is finished", store.ErrUploadUnknown, up.st.ID)
+		return store.Descriptor{}, fmt.Errorf("%w: upload %s is finished", store.ErrUploadUnknown, up.id)
 	}
 	if err := up.failure(); err != nil {
 		_ = up.drain(true)
 		return store.Descriptor{}, err
 	}
 	got := digest.NewDigest(digest.SHA256, up.h)
-	if got != up.st.Expected {
-		return store.Descriptor{}, &store.DigestMismatchError{Expected: up.st.Expected, Actual: got, Size: up.size}
+	if got != up.expected {
+		return store.Descriptor{}, &store.DigestMismatchError{Expected: up.expected, Actual: got, Size: up.size}
 	}
 	if err := up.drain(true); err != nil {
 		return store.Descriptor{}, err
@@ -429,17 +434,20 @@ func (up *upload) Commit(ctx context.Context) (store.Descriptor, error) {
 	if len(rest) > 0 {
 		hdr.Set("Content-Range", contentRange(up.sent, int64(len(rest))))
 	}
-	_, _, err := s.c.do(ctx, &request{method: http.MethodPut, path: up.st.Location, query: map[string][]string{"digest": {up.st.Expected.String()}},
+	up.mu.Lock()
+	location := up.st.Location
+	up.mu.Unlock()
+	_, _, err := s.c.do(ctx, &request{method: http.MethodPut, path: location, query: map[string][]string{"digest": {up.expected.String()}},
 		body: rest, header: hdr, scopes: repoScopes(up.r.name), want: []int{http.StatusCreated, http.StatusNoContent}})
 	if err != nil {
-		return store.Descriptor{}, rejectedBlob(notFound(err, store.ErrUploadUnknown, up.st.ID), up.st.Expected, up.size)
+		return store.Descriptor{}, rejectedBlob(notFound(err, store.ErrUploadUnknown, up.id), up.expected, up.size)
 	}
 	up.finish()
-	if err := s.state.remove(up.st.ID); err != nil {
+	if err := s.state.remove(up.id); err != nil {
 		s.log.Warn("removing a committed upload's state", "error", err)
 	}
-	s.note(up.r.name, up.st.Expected, false)
-	return store.Descriptor{Digest: up.st.Expected, Size: up.size}, nil
+	s.note(up.r.name, up.expected, false)
+	return store.Descriptor{Digest: up.expected, Size: up.size}, nil
 }
 
 // finish stops the sender.
@@ -470,5 +478,5 @@ func (up *upload) Cancel(ctx context.Context) error {
 		up.wg.Wait()
 		up.finish()
 	}
-	return up.svc.Cancel(ctx, up.st.ID)
+	return up.svc.Cancel(ctx, up.id)
 }
