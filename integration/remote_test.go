@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -253,5 +256,133 @@ func TestRemoteUploadResumes(t *testing.T) {
 	}
 	if ents, _ := filepath.Glob(filepath.Join(state, "*", "uploads", "*.json")); len(ents) != 0 {
 		t.Errorf("state directory keeps %v after the commit", ents)
+	}
+}
+
+// faultProxy forwards TCP connections to a registry; Stall stops it
+// forwarding anything (new and open connections alike), Drop closes
+// every connection after it has sent 1 MiB to the client.
+type faultProxy struct {
+	ln     net.Listener
+	target string
+	mode   atomic.Int32 // proxyPass, proxyStall or proxyDrop
+	closed chan struct{}
+}
+
+const (
+	proxyPass = iota
+	proxyStall
+	proxyDrop
+)
+
+func startFaultProxy(t *testing.T, target string) *faultProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &faultProxy{ln: ln, target: target, closed: make(chan struct{})}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+	t.Cleanup(func() { close(p.closed); ln.Close() })
+	return p
+}
+
+func (p *faultProxy) serve(c net.Conn) {
+	defer c.Close()
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	done := make(chan struct{}, 2)
+	go func() { p.pipe(s, c, false); done <- struct{}{} }()
+	go func() { p.pipe(c, s, true); done <- struct{}{} }()
+	<-done
+}
+
+// pipe copies src to dst, holding each chunk while the proxy stalls.
+func (p *faultProxy) pipe(dst, src net.Conn, toClient bool) {
+	buf := make([]byte, 32<<10)
+	var sent int64
+	for {
+		n, err := src.Read(buf)
+		for p.mode.Load() == proxyStall {
+			select {
+			case <-p.closed:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+			sent += int64(n)
+		}
+		if err != nil || (toClient && p.mode.Load() == proxyDrop && sent > 1<<20) {
+			dst.Close()
+			src.Close()
+			return
+		}
+	}
+}
+
+// TestRemoteFaults: a registry that stalls gives EIO or ETIMEDOUT within
+// --registry-timeout, never a hang; one that drops connections mid-body
+// gives the right bytes or an error, never wrong bytes.
+func TestRemoteFaults(t *testing.T) {
+	requireTools(t, registryBin)
+	r := startRegistry(t, t.TempDir())
+	p := startFaultProxy(t, r.Addr)
+	m := startRegistryMount(t, "http://"+p.ln.Addr().String(), "", nil, "--registry-timeout", "2s", "--cache-size", "64M")
+	layers := map[string][]byte{}
+	sh(t, "mkdir -p "+shellQuote(m.path("app")))
+	for i := range 3 {
+		data := make([]byte, 12<<20)
+		for j := range data {
+			data[j] = byte(j*(i+3) + j>>12)
+		}
+		d := digest.FromBytes(data).String()
+		layers[d] = data
+		sh(t, "cp "+shellQuote(writeFile(t, data))+" "+shellQuote(m.path("app/_uploads", d)))
+	}
+	var names []string
+	for d := range layers {
+		names = append(names, d)
+	}
+	slices.Sort(names)
+
+	p.mode.Store(proxyStall)
+	_, err := os.ReadFile(m.path("app/_layers", names[0]))
+	if e := errnoOf(err); e != syscall.EIO && e != syscall.ETIMEDOUT {
+		t.Errorf("cat of a layer through a stalled registry: %v, want EIO or ETIMEDOUT", err)
+	}
+	if _, err := os.ReadDir(m.path("app/_manifests")); err == nil {
+		t.Errorf("ls of _manifests through a stalled registry succeeded")
+	}
+
+	p.mode.Store(proxyDrop)
+	for _, d := range names[1:] {
+		got, err := os.ReadFile(m.path("app/_layers", d))
+		if err == nil && !bytes.Equal(got, layers[d]) {
+			t.Errorf("cat of %s while the registry drops connections: wrong bytes", d)
+		}
+		if err != nil {
+			if e := errnoOf(err); e != syscall.EIO && e != syscall.ETIMEDOUT {
+				t.Errorf("cat of %s while the registry drops connections: %v, want the bytes, EIO or ETIMEDOUT", d, err)
+			}
+		}
+	}
+	p.mode.Store(proxyPass)
+	if got := catFile(t, m.path("app/_layers", names[0])); !bytes.Equal(got, layers[names[0]]) {
+		t.Errorf("cat after the registry recovered: wrong bytes")
 	}
 }

@@ -175,6 +175,11 @@ func cacheOptions(cfg Config) cache.Options {
 		o.Prefault = 2
 		o.Ranged = true
 	}
+	if cfg.Driver == driverRegistry {
+		// store/remote retries what is worth it (429, 5xx, a dropped
+		// connection) itself; a stall already took its timeout.
+		o.Attempts = 1
+	}
 	o.Prefault = int(min(int64(o.Prefault), cfg.CacheSize/int64(o.BlockSize)))
 	return o
 }

@@ -324,8 +324,10 @@ func retryable(ctx context.Context, err error) bool {
 	if errors.As(err, &he) {
 		return he.Status == http.StatusTooManyRequests || he.Status >= 500
 	}
+	// A registry that stalled for the whole timeout is not asked again:
+	// the caller gets ETIMEDOUT after one timeout, not several.
 	var se *store.StorageError
-	return errors.As(err, &se) && !errors.Is(err, context.Canceled)
+	return errors.As(err, &se) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
 // idleTimer cancels a call that makes no progress for its timeout.
