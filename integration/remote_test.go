@@ -2,10 +2,21 @@ package integration
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -384,5 +395,209 @@ func TestRemoteFaults(t *testing.T) {
 	p.mode.Store(proxyPass)
 	if got := catFile(t, m.path("app/_layers", names[0])); !bytes.Equal(got, layers[names[0]]) {
 		t.Errorf("cat after the registry recovered: wrong bytes")
+	}
+}
+
+// testCA is a certificate authority made by a test, and the key and
+// certificate it issued for 127.0.0.1, as PEM files.
+type testCA struct {
+	CA, Cert, Key string
+	pool          *x509.CertPool
+}
+
+func newTestCA(t *testing.T) testCA {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "regfs test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(crand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := testCA{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem"), pool: x509.NewCertPool()}
+	ca.pool.AddCert(caCert)
+	for path, block := range map[string]*pem.Block{
+		ca.CA:   {Type: "CERTIFICATE", Bytes: caDER},
+		ca.Cert: {Type: "CERTIFICATE", Bytes: der},
+		ca.Key:  {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ca
+}
+
+// authRegistryConfig is a registry with TLS or token auth: storage, http
+// (with its tls block) and auth sections filled in.
+const authRegistryConfig = `version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %s
+  secret: regfs-integration-fixed-secret%s
+auth:
+%s
+`
+
+// startAuthRegistry runs docker-registry with the given http tls block
+// and auth section, and waits until /v2/ answers (200 or 401).
+func startAuthRegistry(t *testing.T, tlsBlock, auth string, client *http.Client, scheme string) *registry {
+	t.Helper()
+	requireTools(t, registryBin)
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(t.TempDir(), "config.yml")
+	root := t.TempDir()
+	if err := os.WriteFile(conf, fmt.Appendf(nil, authRegistryConfig, root, addr, tlsBlock, auth), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &registry{t: t, Root: root, Addr: addr, log: &syncBuffer{}, done: make(chan error, 1), http: client}
+	r.cmd = exec.Command(registryBin, "serve", conf)
+	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(r.stop)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := client.Get(scheme + "://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
+				return r
+			}
+		}
+		select {
+		case err := <-r.done:
+			r.done <- err
+			t.Fatalf("registry exited: %v\n%s", err, r.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry on %s not ready: %v\n%s", addr, err, r.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// dockerConfigEnv writes a docker config.json giving user:pass for host and
+// returns the environment that makes regfs read it (and no other).
+func dockerConfigEnv(t *testing.T, host, user, pass string) []string {
+	t.Helper()
+	dir := t.TempDir()
+	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+	cfg := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, host, auth)
+	if err := os.MkdirAll(filepath.Join(dir, ".docker"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".docker", "config.json"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"HOME=" + dir, "DOCKER_CONFIG=" + filepath.Join(dir, ".docker"), "REGISTRY_AUTH_FILE=", "XDG_RUNTIME_DIR=" + dir}
+}
+
+// checkAuthRoundTrip pushes an image through an authenticated mount, reads
+// it back, and checks that a mount with the wrong password gets EACCES and
+// that no password is in any log.
+func checkAuthRoundTrip(t *testing.T, url, host, user, pass string, extra ...string) {
+	t.Helper()
+	m := startRegistryMount(t, url, "", dockerConfigEnv(t, host, user, pass), extra...)
+	img := newTestImage(t, platformAMD64, layerSpec{21, 5 << 20}, layerSpec{22, 100})
+	sh(t, "mkdir -p "+shellQuote(m.path("secure/app")))
+	pushThroughMount(t, m, "secure/app", img)
+	sh(t, "cp "+shellQuote(writeFile(t, img.Manifest.Data))+" "+shellQuote(m.path("secure/app/_manifests/v1")))
+	if got := listDir(t, m.path("secure")); !slices.Contains(got, "app") {
+		t.Errorf("ls secure lists %v, want app (from the catalog)", got)
+	}
+	if got := catFile(t, m.path("secure/app/_manifests/v1")); !bytes.Equal(got, img.Manifest.Data) {
+		t.Errorf("secure/app/_manifests/v1 reads other bytes")
+	}
+	for _, b := range img.Layers {
+		if got := catFile(t, m.path("secure/app/_layers", b.Desc.Digest.String())); !bytes.Equal(got, b.Data) {
+			t.Errorf("layer %s reads other bytes", b.Desc.Digest)
+		}
+	}
+
+	bad := startRegistryMount(t, url, "", dockerConfigEnv(t, host, user, "wrong-"+pass), extra...)
+	if _, err := os.ReadDir(bad.path("secure/app/_manifests")); !errors.Is(err, syscall.EACCES) {
+		t.Errorf("ls with the wrong password: %v, want EACCES", err)
+	}
+	bad.stop()
+	m.stop()
+	enc := base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+	for _, log := range []string{m.logText(), bad.logText()} {
+		if strings.Contains(log, pass) || strings.Contains(log, enc) {
+			t.Errorf("the daemon's log shows the credentials:\n%s", log)
+		}
+	}
+}
+
+// TestRemoteBasicAuthTLS: htpasswd Basic auth over TLS with a CA made by
+// the test (--registry-ca); the credentials come from a docker
+// config.json.
+func TestRemoteBasicAuthTLS(t *testing.T) {
+	requireTools(t, registryBin, "perl")
+	ca := newTestCA(t)
+	const user, pass = "regfs", "Tr0ub4dor-3"
+	hash := strings.TrimSpace(sh(t, `perl -e 'print crypt($ARGV[0], "\$2b\$05\$".$ARGV[1])' `+pass+` abcdefghijklmnopqrstuu`))
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte(user+":"+hash+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool}}}
+	r := startAuthRegistry(t, fmt.Sprintf("\n  tls:\n    certificate: %s\n    key: %s", ca.Cert, ca.Key),
+		fmt.Sprintf("  htpasswd:\n    realm: regfs-test\n    path: %s", htpasswd), client, "https")
+	checkAuthRoundTrip(t, "https://"+r.Addr, r.Addr, user, pass, "--registry-ca", ca.CA)
+
+	// Without the CA the certificate is refused (EIO, the reason in the
+	// log); --registry-insecure skips the check.
+	m := startRegistryMount(t, "https://"+r.Addr, "", dockerConfigEnv(t, r.Addr, user, pass))
+	if _, err := os.ReadDir(m.path("secure/app/_manifests")); err == nil {
+		t.Errorf("ls through a registry whose certificate is not trusted succeeded")
+	}
+	m.stop()
+	if !strings.Contains(m.logText(), "certificate") {
+		t.Errorf("the log does not say the certificate was refused:\n%s", m.logText())
+	}
+	m = startRegistryMount(t, "https://"+r.Addr, "", dockerConfigEnv(t, r.Addr, user, pass), "--registry-insecure")
+	if got := listDir(t, m.path("secure/app/_manifests")); !slices.Contains(got, "v1") {
+		t.Errorf("--registry-insecure: _manifests lists %v", got)
 	}
 }

@@ -141,6 +141,9 @@ func (c *client) transport(ctx context.Context, scopes []string) (http.RoundTrip
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	if err := c.pingTLS(ctx); err != nil {
+		return nil, err
+	}
 	t, err = transport.NewWithContext(ctx, c.reg, auth, c.inner, scopes)
 	if err != nil {
 		return nil, authError(err)
@@ -149,6 +152,29 @@ func (c *client) transport(ctx context.Context, scopes []string) (http.RoundTrip
 	c.transports[key] = t
 	c.mu.Unlock()
 	return t, nil
+}
+
+// pingTLS checks that an https registry answers over TLS. Without it a
+// registry on a loopback or private address whose certificate is refused
+// would be pinged again over plain http by go-containerregistry (which
+// treats such addresses as maybe insecure), and the error would be that
+// attempt's, not the certificate's; after it, the https ping succeeds and
+// no request is ever sent in the clear.
+func (c *client) pingTLS(ctx context.Context) error {
+	if c.base.Scheme != "https" {
+		return nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/v2/", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.inner.RoundTrip(req)
+	if err != nil {
+		return &store.StorageError{Op: "GET", Path: "/v2/", Err: redactErr(err)}
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	return nil
 }
 
 // authError turns a failed handshake into a store error: a refusal of the
