@@ -5,16 +5,19 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	crand "crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/libtrust"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -42,7 +46,12 @@ func startRegistryMount(t *testing.T, url, stateDir string, env []string, extra 
 	m.args = append([]string{"mount", "--registry", url, "--state-dir", stateDir, "--dir-cache-time", "1s"}, extra...)
 	m.args = append(m.args, m.Dir)
 	m.start()
-	t.Cleanup(m.stop)
+	t.Cleanup(func() {
+		m.stop()
+		if t.Failed() {
+			t.Logf("regfs %s log:\n%s", m.Dir, m.logText())
+		}
+	})
 	return m
 }
 
@@ -599,5 +608,116 @@ func TestRemoteBasicAuthTLS(t *testing.T) {
 	m = startRegistryMount(t, "https://"+r.Addr, "", dockerConfigEnv(t, r.Addr, user, pass), "--registry-insecure")
 	if got := listDir(t, m.path("secure/app/_manifests")); !slices.Contains(got, "v1") {
 		t.Errorf("--registry-insecure: _manifests lists %v", got)
+	}
+}
+
+// tokenIssuer is a small token server of the registry's token auth: it
+// checks Basic credentials and issues ES256 JWTs granting every scope
+// asked for, signed with a key whose certificate is the registry's
+// rootcertbundle. It counts the tokens it issued.
+type tokenIssuer struct {
+	srv        *httptest.Server
+	key        *ecdsa.PrivateKey
+	kid        string
+	bundle     string
+	user, pass string
+	issued     atomic.Int32
+}
+
+const (
+	tokenService = "regfs-test-registry"
+	tokenIssuerN = "regfs-test-issuer"
+)
+
+func newTokenIssuer(t *testing.T, user, pass string) *tokenIssuer {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "regfs token issuer"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := libtrust.FromCryptoPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ti := &tokenIssuer{key: key, kid: pub.KeyID(), bundle: filepath.Join(t.TempDir(), "token-ca.pem"), user: user, pass: pass}
+	if err := os.WriteFile(ti.bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ti.srv = httptest.NewServer(http.HandlerFunc(ti.serve))
+	t.Cleanup(ti.srv.Close)
+	return ti
+}
+
+func (ti *tokenIssuer) serve(w http.ResponseWriter, r *http.Request) {
+	u, p, ok := r.BasicAuth()
+	if !ok || u != ti.user || p != ti.pass {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprint(w, `{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}`)
+		return
+	}
+	type access struct {
+		Type    string   `json:"type"`
+		Name    string   `json:"name"`
+		Actions []string `json:"actions"`
+	}
+	grants := []access{}
+	for _, scope := range r.URL.Query()["scope"] {
+		for _, one := range strings.Fields(scope) {
+			parts := strings.Split(one, ":")
+			if len(parts) < 3 {
+				continue
+			}
+			grants = append(grants, access{Type: parts[0], Name: strings.Join(parts[1:len(parts)-1], ":"), Actions: strings.Split(parts[len(parts)-1], ",")})
+		}
+	}
+	now := time.Now()
+	claims := map[string]any{"iss": tokenIssuerN, "sub": u, "aud": tokenService, "exp": now.Add(5 * time.Minute).Unix(),
+		"nbf": now.Add(-time.Minute).Unix(), "iat": now.Unix(), "jti": fmt.Sprint(now.UnixNano()), "access": grants}
+	header := map[string]any{"typ": "JWT", "alg": "ES256", "kid": ti.kid}
+	enc := func(v any) string {
+		b, _ := json.Marshal(v)
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	input := enc(header) + "." + enc(claims)
+	sum := sha256.Sum256([]byte(input))
+	rr, ss, err := ecdsa.Sign(crand.Reader, ti.key, sum[:])
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	sig := make([]byte, 64)
+	rr.FillBytes(sig[:32])
+	ss.FillBytes(sig[32:])
+	token := input + "." + base64.RawURLEncoding.EncodeToString(sig)
+	ti.issued.Add(1)
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"token":%q,"access_token":%q,"expires_in":300,"issued_at":%q}`, token, token, now.UTC().Format(time.RFC3339))
+}
+
+// TestRemoteTokenAuth: the registry's token auth (realm, service, issuer,
+// rootcertbundle) with a token issuer written here: regfs runs the bearer
+// flow with the docker config's credentials, pushes and reads, and the
+// wrong password is EACCES.
+func TestRemoteTokenAuth(t *testing.T) {
+	requireTools(t, registryBin)
+	const user, pass = "regfs", "c0rrect-h0rse"
+	ti := newTokenIssuer(t, user, pass)
+	client := &http.Client{Timeout: 10 * time.Second}
+	// The realm is named by host name: go-containerregistry refuses a
+	// realm at a private or loopback IP literal other than the
+	// registry's own host:port (a guard against SSRF).
+	realm := strings.Replace(ti.srv.URL, "127.0.0.1", "localhost", 1) + "/token"
+	r := startAuthRegistry(t, "", fmt.Sprintf("  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s",
+		realm, tokenService, tokenIssuerN, ti.bundle), client, "http")
+	checkAuthRoundTrip(t, "http://"+r.Addr, r.Addr, user, pass)
+	if ti.issued.Load() == 0 {
+		t.Errorf("the token issuer issued no token: the mount did not use the bearer flow")
 	}
 }
