@@ -120,7 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fl.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "regfs block cache budget `SIZE`")
 	fl.StringVar(&cfg.Regfs, "regfs", "", "regfs `BINARY` to measure (default: go build ./cmd/regfs)")
 	fl.BoolVar(&cfg.Rclone, "rclone", cfg.Rclone, "add rclone mount as a peer for P1/P2 when installed")
-	only := fl.String("only", "", "measure only these, comma-separated (`P1,P4`; P1 and P2 go together)")
+	only := fl.String("only", "", "measure only these, comma-separated (`P1,P4`; P1 and P2 go together, and R1-R3)")
 	fl.StringVar(&cfg.TempDir, "tmpdir", "", "parent `DIR` of the temporary directory (default $TMPDIR or /tmp)")
 	if err := fl.Parse(args); err != nil {
 		return cfg, err
@@ -135,8 +135,13 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 			if id == "P2" {
 				id = "P1"
 			}
+			if id == "R1" || id == "R2" || id == "R3" {
+				id = "R" // the remote rows share one registry and dataset
+				cfg.Only = append(cfg.Only, id)
+				continue
+			}
 			if len(id) != 2 || id[0] != 'P' || id[1] < '1' || id[1] > '8' {
-				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8", id)
+				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8 or R1 to R3", id)
 			}
 			cfg.Only = append(cfg.Only, id)
 		}

@@ -109,6 +109,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"P6", "P6 random reads", b.randomReads},
 		{"P7", "P7 first byte", b.firstByte},
 		{"P8", "P8 gc dry run", b.gcDryRun},
+		{"R", "R1-R3 remote registry", b.remote},
 	} {
 		if err := ctx.Err(); err != nil {
 			return nil, err

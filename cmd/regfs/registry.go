@@ -84,7 +84,11 @@ func checkRegistry(fs *flag.FlagSet, cfg *Config) error {
 // openRegistry makes the store over the registry cfg names.
 func openRegistry(cfg Config, c *cache.Cache, log *slog.Logger) (store.Store, error) {
 	return remote.New(remote.Options{URL: cfg.Registry.URL, CAFile: cfg.Registry.CAFile, Insecure: cfg.Registry.Insecure,
-		StateDir: cfg.Registry.StateDir, Cache: c, Logger: log, Timeout: cfg.Registry.Timeout})
+		StateDir: cfg.Registry.StateDir, Cache: c, Logger: log, Timeout: cfg.Registry.Timeout,
+		// The catalog and the tags, digests and revisions read are reused
+		// as long as the kernel may keep the listings and attributes
+		// they make.
+		CatalogTTL: cfg.DirCacheTime, AttrTTL: cfg.AttrTimeout})
 }
 
 // mountAttrs are the log attributes that say what is mounted.

@@ -39,6 +39,33 @@ type client struct {
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // by joined scopes; guarded by mu
+	calls      map[string]int64             // requests by method and endpoint; guarded by mu
+}
+
+// endpoint names the kind of API path p is, for the counters.
+func endpoint(p string) string {
+	switch {
+	case p == "/v2/" || p == "/v2":
+		return "ping"
+	case strings.HasPrefix(p, "/v2/_catalog"):
+		return "catalog"
+	case strings.Contains(p, "/blobs/uploads/"):
+		return "uploads"
+	case strings.Contains(p, "/blobs/"):
+		return "blobs"
+	case strings.Contains(p, "/manifests/"):
+		return "manifests"
+	case strings.HasSuffix(p, "/tags/list"):
+		return "tags"
+	}
+	return "other"
+}
+
+// count records one request.
+func (c *client) count(method, path string) {
+	c.mu.Lock()
+	c.calls[method+" "+endpoint(path)]++
+	c.mu.Unlock()
 }
 
 // newClient checks the URL and builds the TLS settings.
@@ -112,6 +139,7 @@ func newClient(o Options) (*client, error) {
 		attempts:   attempts,
 		delay:      max(delay, 0),
 		transports: map[string]http.RoundTripper{},
+		calls:      map[string]int64{},
 	}, nil
 }
 
@@ -302,6 +330,7 @@ func (c *client) once(ctx context.Context, t http.RoundTripper, r *request, u *u
 	for k, vs := range r.header {
 		req.Header[k] = vs
 	}
+	c.count(r.method, u.Path)
 	resp, err := t.RoundTrip(req)
 	if err != nil {
 		watch.stop()
@@ -403,7 +432,14 @@ func (w *watchedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// drainOnClose is how much of an unread body Close reads away, so that
+// the connection serves the next request: a block load reads exactly its
+// bytes and never sees the EOF, and closing a body before its EOF closes
+// the connection.
+const drainOnClose = 64 << 10
+
 func (w *watchedBody) Close() error {
+	_, _ = io.Copy(io.Discard, io.LimitReader(w.rc, drainOnClose))
 	w.watch.stop()
 	err := w.rc.Close()
 	w.cancel()

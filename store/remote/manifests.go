@@ -64,6 +64,8 @@ func (s *remoteStore) fetch(ctx context.Context, repo, ref string) ([]byte, stri
 	}
 	s.manifests[got] = cachedManifest{content: body, mediaType: mt}
 	s.mu.Unlock()
+	s.recent.put(tagKey(repo, ref), got)
+	s.recent.put(tagKey(repo, got.String()), got)
 	return body, mt, got, nil
 }
 
@@ -164,16 +166,39 @@ func (m *manifestService) Exists(ctx context.Context, dgst digest.Digest) (bool,
 // headManifest HEADs a manifest reference and returns its digest
 // (Docker-Content-Digest, else a GET to hash it).
 func (s *remoteStore) headManifest(ctx context.Context, repo, ref string) (digest.Digest, error) {
+	if v, ok := s.recent.get(tagKey(repo, ref)); ok {
+		return v.(digest.Digest), nil
+	}
 	resp, _, err := s.c.do(ctx, &request{method: http.MethodHead, path: "/v2/" + repo + "/manifests/" + ref, header: acceptHeader(),
 		scopes: pullScopes(repo), want: []int{http.StatusOK}})
 	if err != nil {
 		return "", err
 	}
 	if d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil {
+		s.recent.put(tagKey(repo, ref), d)
 		return d, nil
 	}
 	_, _, d, err := s.fetch(ctx, repo, ref)
 	return d, err
+}
+
+// tagKey and tagsKey are the recent cache's keys of a reference's digest
+// and a repository's tag list.
+func tagKey(repo, ref string) string { return "ref " + repo + ":" + ref }
+func tagsKey(repo string) string     { return "tags " + repo }
+
+// resolveTag GETs a tag's manifest (its digest and bytes in one request,
+// the bytes kept in the manifest cache) unless its digest is recent.
+func (s *remoteStore) resolveTag(ctx context.Context, repo, tag string) (digest.Digest, error) {
+	if v, ok := s.recent.get(tagKey(repo, tag)); ok {
+		return v.(digest.Digest), nil
+	}
+	_, _, d, err := s.fetch(ctx, repo, tag)
+	if err != nil {
+		return "", err
+	}
+	s.recent.put(tagKey(repo, tag), d)
+	return d, nil
 }
 
 // Put implements store.ManifestService: PUT by tag, or by digest when
@@ -217,7 +242,14 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 	}
 	m.r.s.mu.Unlock()
 	m.r.s.note(m.r.name, dgst, true)
+	m.r.s.changed(m.r.name)
 	return dgst, nil
+}
+
+// changed forgets what recent holds of repo, after a change made here.
+func (s *remoteStore) changed(repo string) {
+	s.recent.dropPrefix(tagsKey(repo))
+	s.recent.dropPrefix(tagKey(repo, ""))
 }
 
 // Delete implements store.ManifestService: DELETE by digest, which also
@@ -232,6 +264,7 @@ func (m *manifestService) Delete(ctx context.Context, dgst digest.Digest) error 
 		return notFound(err, store.ErrManifestUnknown, dgst.String())
 	}
 	m.r.s.forget(m.r.name, dgst, true)
+	m.r.s.changed(m.r.name)
 	return nil
 }
 
@@ -253,7 +286,7 @@ func (s *remoteStore) reachable(ctx context.Context, repo string) (revs, blobs [
 	set := map[digest.Digest]bool{}
 	var queue []digest.Digest
 	for _, t := range tags {
-		d, err := s.headManifest(ctx, repo, t)
+		d, err := s.resolveTag(ctx, repo, t)
 		if err != nil {
 			if isNotFoundErr(err) {
 				continue // untagged meanwhile
@@ -355,6 +388,7 @@ func (t *tagService) Tag(ctx context.Context, tag string, dgst digest.Digest) er
 	if err != nil {
 		return rejectedManifest(err)
 	}
+	t.r.s.changed(t.r.name)
 	return nil
 }
 
@@ -372,6 +406,7 @@ func (t *tagService) Untag(ctx context.Context, tag string) error {
 	_, _, err := t.r.s.c.do(ctx, &request{method: http.MethodDelete, path: t.r.path("manifests/" + tag),
 		scopes: writeScopes(t.r.name), want: []int{http.StatusAccepted, http.StatusOK, http.StatusNoContent}})
 	if err == nil {
+		t.r.s.changed(t.r.name)
 		return nil
 	}
 	if he := httpErr(err); he != nil {
@@ -391,15 +426,24 @@ func (t *tagService) Untag(ctx context.Context, tag string) error {
 // List implements store.TagService: tags/list, every page. A repository
 // the registry does not know has no tags.
 func (t *tagService) List(ctx context.Context) ([]string, error) {
+	tags, err := t.list(ctx)
+	if isStatus(err, http.StatusNotFound) {
+		return nil, nil
+	}
+	return tags, err
+}
+
+// list is List with a repository the registry does not know an error.
+func (t *tagService) list(ctx context.Context) ([]string, error) {
+	if v, ok := t.r.s.recent.get(tagsKey(t.r.name)); ok {
+		return slices.Clone(v.([]string)), nil
+	}
 	var tags []string
 	next := t.r.path("tags/list")
 	q := map[string][]string{"n": {itoa(tagsPage)}}
 	for next != "" {
 		resp, body, err := t.r.s.c.do(ctx, &request{method: http.MethodGet, path: next, query: q, scopes: pullScopes(t.r.name), want: []int{http.StatusOK}})
 		if err != nil {
-			if isStatus(err, http.StatusNotFound) {
-				return nil, nil
-			}
 			return nil, err
 		}
 		var page struct {
@@ -413,7 +457,9 @@ func (t *tagService) List(ctx context.Context) ([]string, error) {
 	}
 	t.r.s.sawRepo(t.r.name)
 	sort.Strings(tags)
-	return slices.Compact(tags), nil
+	tags = slices.Compact(tags)
+	t.r.s.recent.put(tagsKey(t.r.name), slices.Clone(tags))
+	return tags, nil
 }
 
 // LinkTime implements store.TagService: zero (the API has no times).

@@ -96,7 +96,23 @@ type Options struct {
 	RetryDelay time.Duration
 	// ChunkSize is the upload chunk size (DefaultChunkSize if 0).
 	ChunkSize int
+	// CatalogTTL is how long a fetched catalog answers for the
+	// repositories (a registry walks its storage for each one; a walk of
+	// the tree would ask for it per directory). Repositories another
+	// client adds show within it. DefaultCatalogTTL if 0.
+	CatalogTTL time.Duration
+	// AttrTTL is how long a repository's tag list, a tag's digest and a
+	// revision's existence are reused (see recent); DefaultAttrTTL if 0,
+	// none if negative.
+	AttrTTL time.Duration
 }
+
+// DefaultAttrTTL is Options.AttrTTL's default, the kernel attribute
+// time of a mount.
+const DefaultAttrTTL = time.Second
+
+// DefaultCatalogTTL is Options.CatalogTTL's default.
+const DefaultCatalogTTL = 10 * time.Second
 
 // remoteStore is the Store. It is safe for concurrent use.
 type remoteStore struct {
@@ -121,7 +137,13 @@ type remoteStore struct {
 	// manifests caches manifests by digest (they never change); guarded
 	// by mu.
 	manifests map[digest.Digest]cachedManifest
-	// tagsUnsupported is set once the registry refused a DELETE by tag.
+	// catalogNames, catalogOK and catalogAt are the last catalog and when
+	// it was fetched; guarded by mu.
+	catalogNames []string
+	catalogOK    bool
+	catalogAt    time.Time
+	catalogTTL   time.Duration
+	recent       *recent
 }
 
 type cachedManifest struct {
@@ -141,15 +163,24 @@ func New(o Options) (store.Store, error) {
 		return nil, err
 	}
 	s := &remoteStore{
-		c:         c,
-		cache:     o.Cache,
-		log:       o.Logger,
-		chunk:     o.ChunkSize,
-		seen:      map[string]bool{},
-		revs:      map[string]map[digest.Digest]bool{},
-		layers:    map[string]map[digest.Digest]bool{},
-		from:      map[digest.Digest]string{},
-		manifests: map[digest.Digest]cachedManifest{},
+		c:          c,
+		cache:      o.Cache,
+		log:        o.Logger,
+		chunk:      o.ChunkSize,
+		seen:       map[string]bool{},
+		revs:       map[string]map[digest.Digest]bool{},
+		layers:     map[string]map[digest.Digest]bool{},
+		from:       map[digest.Digest]string{},
+		manifests:  map[digest.Digest]cachedManifest{},
+		catalogTTL: o.CatalogTTL,
+	}
+	attrTTL := o.AttrTTL
+	if attrTTL == 0 {
+		attrTTL = DefaultAttrTTL
+	}
+	s.recent = newRecent(attrTTL)
+	if s.catalogTTL <= 0 {
+		s.catalogTTL = DefaultCatalogTTL
 	}
 	if s.cache == nil {
 		s.cache = cache.NewWithOptions(cache.Options{Budget: store.DefaultCacheBudget, BlockSize: 4 << 20, Ranged: true})
@@ -168,9 +199,30 @@ func New(o Options) (store.Store, error) {
 	return s, nil
 }
 
-// catalog lists the registry's repositories, every page. A registry whose
-// catalog is off (404, 401, 403, UNSUPPORTED) lists none: ok is false.
-func (s *remoteStore) catalog(ctx context.Context) (names []string, ok bool, err error) {
+// catalog returns the registry's repositories, fetched at most once per
+// catalogTTL.
+func (s *remoteStore) catalog(ctx context.Context) ([]string, bool, error) {
+	s.mu.Lock()
+	if !s.catalogAt.IsZero() && time.Since(s.catalogAt) < s.catalogTTL {
+		names, ok := slices.Clone(s.catalogNames), s.catalogOK
+		s.mu.Unlock()
+		return names, ok, nil
+	}
+	s.mu.Unlock()
+	names, ok, err := s.fetchCatalog(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	s.mu.Lock()
+	s.catalogNames, s.catalogOK, s.catalogAt = names, ok, time.Now()
+	s.mu.Unlock()
+	return slices.Clone(names), ok, nil
+}
+
+// fetchCatalog lists the registry's repositories, every page. A registry
+// whose catalog is off (404, 401, 403, UNSUPPORTED) lists none: ok is
+// false.
+func (s *remoteStore) fetchCatalog(ctx context.Context) (names []string, ok bool, err error) {
 	next := "/v2/_catalog"
 	q := map[string][]string{"n": {itoa(catalogPage)}}
 	for next != "" {
@@ -253,15 +305,31 @@ func (s *remoteStore) IsRepository(ctx context.Context, name string) (bool, erro
 	if seen || (s.state != nil && slices.Contains(s.state.repos(), name)) {
 		return true, nil
 	}
-	_, _, err := s.c.do(ctx, &request{method: http.MethodGet, path: "/v2/" + name + "/tags/list", query: map[string][]string{"n": {"1"}},
-		scopes: pullScopes(name), want: []int{http.StatusOK}})
+	names, ok, err := s.catalog(ctx)
 	if err != nil {
+		return false, err
+	}
+	if ok {
+		if slices.Contains(names, name) {
+			return true, nil
+		}
+		// A namespace of listed repositories is not one itself (the
+		// catalog lists every repository that has one).
+		for _, n := range names {
+			if strings.HasPrefix(n, name+"/") {
+				return false, nil
+			}
+		}
+	}
+	// Not listed (no catalog, or made since it was fetched): a repository
+	// whose tags/list answers. The list is kept for the readdir that
+	// usually follows.
+	if _, err := (&tagService{&repository{s: s, name: name}}).list(ctx); err != nil {
 		if isStatus(err, http.StatusNotFound) {
 			return false, nil
 		}
 		return false, err
 	}
-	s.sawRepo(name)
 	return true, nil
 }
 
@@ -310,6 +378,18 @@ func (s *remoteStore) RemoveRepository(ctx context.Context, name string) error {
 	delete(s.layers, name)
 	s.mu.Unlock()
 	return nil
+}
+
+// Stats implements store.StatsReporter: the requests sent, by method and
+// endpoint ("GET blobs", "HEAD manifests", ...).
+func (s *remoteStore) Stats() store.Stats {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	calls := make(map[string]int64, len(s.c.calls))
+	for k, v := range s.c.calls {
+		calls[k] = v
+	}
+	return store.Stats{DriverCalls: calls}
 }
 
 // Usage implements store.Store: a registry does not say.
