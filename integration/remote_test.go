@@ -115,6 +115,18 @@ func TestRemoteReads(t *testing.T) {
 			t.Errorf("pread of 5 MiB at 3 MiB of %s: %d bytes, %v; not the registry's", name, n, err)
 		}
 	}
+	// .regfs/stats counts the requests by method and endpoint.
+	var stats struct {
+		DriverCalls map[string]int64 `json:"driver_calls"`
+	}
+	if err := json.Unmarshal(catFile(t, m.path(".regfs/stats")), &stats); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"GET catalog", "GET tags", "GET manifests", "GET blobs", "HEAD blobs"} {
+		if stats.DriverCalls[k] == 0 {
+			t.Errorf(".regfs/stats driver_calls has no %q: %v", k, stats.DriverCalls)
+		}
+	}
 	// A missing name is ENOENT, not EIO.
 	for _, p := range []string{
 		m.path("interop/oci", "_manifests", "nosuchtag"),
@@ -564,6 +576,9 @@ func checkAuthRoundTrip(t *testing.T, url, host, user, pass string, extra ...str
 		}
 	}
 
+	if stats := catFile(t, m.path(".regfs/stats")); bytes.Contains(stats, []byte(pass)) {
+		t.Errorf(".regfs/stats shows the password:\n%s", stats)
+	}
 	bad := startRegistryMount(t, url, "", dockerConfigEnv(t, host, user, "wrong-"+pass), extra...)
 	if _, err := os.ReadDir(bad.path("secure/app/_manifests")); !errors.Is(err, syscall.EACCES) {
 		t.Errorf("ls with the wrong password: %v, want EACCES", err)

@@ -116,8 +116,9 @@ func curlUpload(ctx context.Context, addr, repo string, bl blob) (time.Duration,
 	if u.RawQuery != "" {
 		sep = "&"
 	}
-	if _, err := runCmd(ctx, io.Discard, "curl", "-sSf", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
-		"--data-binary", "@"+bl.path, loc+sep+"digest="+bl.dgst.String()); err != nil {
+	// -T streams the file (--data-binary would read it into memory).
+	if _, err := runCmd(ctx, io.Discard, "curl", "-sSf", "-T", bl.path, "-H", "Content-Type: application/octet-stream",
+		loc+sep+"digest="+bl.dgst.String()); err != nil {
 		return 0, err
 	}
 	return time.Since(start), nil

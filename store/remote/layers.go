@@ -167,19 +167,12 @@ func (l *layerService) copyFrom(ctx context.Context, from string, dgst digest.Di
 	return nil
 }
 
-// readCloserReader closes its body at EOF (the PUT's transport reads it
-// but does not close it for us when it is not an io.ReadCloser we own).
+// readCloserReader hands a GET's body to the PUT, whose transport closes
+// it once sent.
 type readCloserReader struct{ rc io.ReadCloser }
 
-func (r readCloserReader) Read(p []byte) (int, error) {
-	n, err := r.rc.Read(p)
-	if err != nil {
-		r.rc.Close()
-	}
-	return n, err
-}
-
-func (r readCloserReader) Close() error { return r.rc.Close() }
+func (r readCloserReader) Read(p []byte) (int, error) { return r.rc.Read(p) }
+func (r readCloserReader) Close() error               { return r.rc.Close() }
 
 // Unlink implements store.LayerService: DELETE of the blob in the
 // repository, where the registry allows deletes.

@@ -196,3 +196,5 @@ func TestSecretsNotInErrors(t *testing.T) {
 	}
 	_ = io.EOF
 }
+
+func base64Std(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
