@@ -55,6 +55,19 @@ func startRegistryMount(t *testing.T, url, stateDir string, env []string, extra 
 	return m
 }
 
+// waitLog waits until the daemon's log, which reaches the test through a
+// pipe, has a line containing s; false if it has none within 10 s.
+func waitLog(m *mount, s string) bool {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(m.logText(), s) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 // pushFixtures pushes every manifest kind with skopeo, as
 // testRegistryWritesRegfsReads does, and returns the repositories.
 func pushFixtures(t *testing.T, r *registry) []string {
@@ -203,8 +216,8 @@ func TestRemoteWrites(t *testing.T) {
 	if err := os.Remove(m.path("team/app/_manifests/oci")); !errors.Is(err, syscall.ENOTSUP) {
 		t.Errorf("rm of a tag on distribution 2.8: %v, want ENOTSUP", err)
 	}
-	if log := m.logText(); !strings.Contains(log, "does not delete tags") {
-		t.Errorf("the log does not say why rm of a tag failed:\n%s", log)
+	if !waitLog(m, "does not delete tags") {
+		t.Errorf("the log does not say why rm of a tag failed:\n%s", m.logText())
 	}
 	if tags := r.tags("team/app"); !slices.Contains(tags, "oci") {
 		t.Errorf("registry lists %v after the refused rm, missing oci", tags)
@@ -617,7 +630,7 @@ func TestRemoteBasicAuthTLS(t *testing.T) {
 		t.Errorf("ls through a registry whose certificate is not trusted succeeded")
 	}
 	m.stop()
-	if !strings.Contains(m.logText(), "certificate") {
+	if !waitLog(m, "certificate") {
 		t.Errorf("the log does not say the certificate was refused:\n%s", m.logText())
 	}
 	m = startRegistryMount(t, "https://"+r.Addr, "", dockerConfigEnv(t, r.Addr, user, pass), "--registry-insecure")
