@@ -210,6 +210,14 @@ func TestRemoteWrites(t *testing.T) {
 	if got := listDir(t, m.path("other/_layers")); !slices.Contains(got, layer) {
 		t.Errorf("other/_layers lists %v after ln, missing %s", got, layer)
 	}
+	// rm of a layer: DELETE of the blob in that repository only.
+	sh(t, "rm "+shellQuote(m.path("other/_layers", layer)))
+	if status, _ := r.headBlob("other", digest.Digest(layer)); status != 404 {
+		t.Errorf("registry HEAD other/blobs/%s after rm: %d, want 404", layer, status)
+	}
+	if status, _ := r.headBlob("team/app", digest.Digest(layer)); status != 200 {
+		t.Errorf("registry HEAD team/app/blobs/%s after rm in other: %d, want 200", layer, status)
+	}
 
 	// rm of a tag: distribution 2.8 has no DELETE by tag: ENOTSUP, the
 	// reason in the log, the tag still there.
