@@ -222,7 +222,8 @@ READY=1 is sent then.
 SOURCE names the storage instead of --driver and --root or --s3-*: a
 directory (the filesystem driver's root, which must exist),
 s3://BUCKET/PREFIX (the s3 driver; --s3-endpoint and --s3-region as
-flags or options), or inmemory. The second form is what mount -t fuse.regfs
+flags or options), http(s)://HOST[:PORT] (a registry's API, as --registry),
+or inmemory. The second form is what mount -t fuse.regfs
 and an fstab line run (through mount.fuse3); it is a daemon unless
 -o daemon=false.
 
@@ -313,7 +314,7 @@ func checkSourceAlone(fs *flag.FlagSet) error {
 	var err error
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "driver", "root", "s3-bucket", "s3-prefix":
+		case "driver", "root", "s3-bucket", "s3-prefix", "registry":
 			if err == nil {
 				err = fmt.Errorf("--%s (%s) and a SOURCE both name the storage: use one", f.Name, strings.ReplaceAll(f.Name, "-", "_"))
 			}

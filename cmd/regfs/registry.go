@@ -62,7 +62,7 @@ func checkRegistry(fs *flag.FlagSet, cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Source != "" {
+	if cfg.Source != "" && cfg.Source != r.URL {
 		return errors.New("--registry and a SOURCE both name the storage: use one")
 	}
 	if r.Timeout < 0 {

@@ -31,6 +31,18 @@ func TestRegistryFlags(t *testing.T) {
 			t.Errorf("regfs mount %s: accepted", strings.Join(args, " "))
 		}
 	}
+	// The mount helper's form: the registry's URL as the SOURCE, the
+	// flags as options.
+	cfg2, err := parseMount([]string{"https://registry.example:5000", "/mnt", "-o", "registry_ca=/ca.pem,state_dir=/s,ro"}, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg2.Registry.URL != "https://registry.example:5000" || cfg2.Registry.CAFile != "/ca.pem" || cfg2.Registry.StateDir != "/s" || !cfg2.ReadOnly || cfg2.Driver != driverRegistry {
+		t.Errorf("SOURCE form parsed %+v", cfg2)
+	}
+	if _, err := parseMount([]string{"--registry", "http://a", "https://b", "/mnt"}, io.Discard, io.Discard); err == nil {
+		t.Error("--registry beside a registry SOURCE: accepted")
+	}
 	o := cacheOptions(cfg)
 	if !o.Ranged || o.BlockSize != 4<<20 || o.Attempts != 1 {
 		t.Errorf("registry cache options: %+v", o)
