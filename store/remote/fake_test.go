@@ -395,3 +395,79 @@ func TestKeychain(t *testing.T) {
 		check(t, f)
 	})
 }
+
+// TestResumeAtRegistryOffset: after a crash an upload resumes at the
+// offset the registry's session has when regfs holds a hash state for it:
+// ahead of the saved offset (regfs died between the registry taking a
+// chunk and saving that it did) or behind it (the registry lost a chunk it
+// had taken: the smaller is trusted). The blob then commits whole.
+func TestResumeAtRegistryOffset(t *testing.T) {
+	data := bytes.Repeat([]byte("resumable upload "), (4<<20)/17+1)[:4<<20]
+	d := digest.FromBytes(data)
+	for _, c := range []struct {
+		name string
+		// damage changes the state file or the registry's session after
+		// three chunks (3 MiB) were acknowledged, and returns the offset
+		// the upload must resume at.
+		damage func(t *testing.T, f *fakeRegistry, st *uploadState) int64
+	}{
+		{"registry ahead", func(t *testing.T, f *fakeRegistry, st *uploadState) int64 {
+			st.Pending, st.PendingHash = st.Offset, st.Hash
+			st.Offset, st.Hash = 2<<20, st.Earlier[2<<20]
+			return 3 << 20
+		}},
+		{"registry behind", func(t *testing.T, f *fakeRegistry, st *uploadState) int64 {
+			for _, b := range f.uploads {
+				b.Truncate(2 << 20)
+			}
+			return 2 << 20
+		}},
+		{"registry at zero", func(t *testing.T, f *fakeRegistry, st *uploadState) int64 {
+			for _, b := range f.uploads {
+				b.Reset()
+			}
+			return 0
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFakeRegistry()
+			stateDir := t.TempDir()
+			st := newTestStore(t, f, Options{ChunkSize: 1 << 20, StateDir: stateDir})
+			ctx := context.Background()
+			r, _ := st.Repository("app")
+			up, err := r.Uploads().Create(ctx, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			up.Write(data[:3<<20])
+			if err := up.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s := st.(*remoteStore)
+			saved, err := s.state.load(up.ID())
+			if err != nil || saved.Offset != 3<<20 {
+				t.Fatalf("saved state %+v, %v: want 3 MiB acknowledged", saved, err)
+			}
+			f.mu.Lock()
+			want := c.damage(t, f, saved)
+			f.mu.Unlock()
+			if err := s.state.save(saved); err != nil {
+				t.Fatal(err)
+			}
+			up, err = r.Uploads().Resume(ctx, up.ID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if up.Size() != want {
+				t.Fatalf("resumed at %d, want %d", up.Size(), want)
+			}
+			up.Write(data[want:])
+			if _, err := up.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(f.blobs["app@"+d.String()], data) {
+				t.Error("the registry holds other bytes")
+			}
+		})
+	}
+}

@@ -41,6 +41,11 @@ type uploadState struct {
 	// after it; zero when none is.
 	Pending     int64  `json:"pending,omitempty"`
 	PendingHash []byte `json:"pendingHash,omitempty"`
+	// Earlier are the hash states after the last few acknowledged chunks
+	// before Offset, by offset: a registry found behind Offset (it lost
+	// what it had acknowledged) is resumed at its own offset when one of
+	// them is there.
+	Earlier map[int64][]byte `json:"earlier,omitempty"`
 	// MinChunk is the registry's OCI-Chunk-Min-Length.
 	MinChunk int64 `json:"minChunk,omitempty"`
 }

@@ -9,6 +9,7 @@ import (
 	"hash"
 	"net/http"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,7 +59,7 @@ func (u *uploadService) start(ctx context.Context, st *uploadState) error {
 	if loc == "" {
 		return &store.StorageError{Op: "POST", Path: u.r.path("blobs/uploads/"), Err: errors.New("registry sent no Location for the upload")}
 	}
-	st.Location, st.Offset, st.Hash, st.Pending, st.PendingHash = loc, 0, nil, 0, nil
+	st.Location, st.Offset, st.Hash, st.Pending, st.PendingHash, st.Earlier = loc, 0, nil, 0, nil, nil
 	if n, err := strconv.ParseInt(resp.Header.Get("OCI-Chunk-Min-Length"), 10, 64); err == nil && n > 0 {
 		st.MinChunk = n
 	}
@@ -86,25 +87,37 @@ func (u *uploadService) Resume(ctx context.Context, id string) (store.Upload, er
 		return nil, err
 	}
 	h := sha256.New()
-	switch {
-	case err != nil:
+	if err != nil {
 		// The session is gone (expired, purged, or its state token is
 		// older than the registry's offset): start over.
 		s.log.Warn("upload session lost at the registry: starting it again from zero", "repository", u.r.name, "upload", id, "expected", st.Expected, "error", err)
 		if err := u.restart(ctx, st); err != nil {
 			return nil, err
 		}
-	case remote.matches(st.Pending) && st.Pending > 0 && restoreHash(h, st.PendingHash):
-		st.Offset, st.Hash = st.Pending, st.PendingHash
-	case remote.matches(st.Offset) && (st.Offset == 0 || restoreHash(h, st.Hash)):
-	case remote.matches(0):
-		h = sha256.New()
-		st.Offset, st.Hash = 0, nil
-	default:
-		s.log.Warn("upload session at an offset regfs cannot account for: starting it again from zero", "repository", u.r.name, "upload", id,
-			"expected", st.Expected, "registry_offset", remote.end, "saved_offset", st.Offset)
+	} else if off, state, ok := st.resumeAt(remote); ok {
+		if remote.location != "" {
+			st.Location = remote.location
+		}
+		// The registry's offset, which regfs has a hash state for: the
+		// chunk being sent when regfs died (the registry took it), what
+		// was saved, or an earlier chunk (the registry is behind: the
+		// smaller is trusted).
+		if off > 0 {
+			restoreHash(h, state)
+		}
+		if off != st.Offset {
+			s.log.Info("upload resumed at the registry's offset", "repository", u.r.name, "upload", id, "saved_offset", st.Offset, "offset", off)
+		}
+		st.Offset, st.Hash = off, state
+		for o := range st.Earlier {
+			if o >= off {
+				delete(st.Earlier, o)
+			}
+		}
+	} else {
+		s.log.Warn("upload session at an offset regfs has no hash state for: starting it again from zero", "repository", u.r.name, "upload", id,
+			"expected", st.Expected, "registry_offset", remote.end+1, "saved_offset", st.Offset)
 		_ = u.deleteSession(ctx, st.Location)
-		h = sha256.New()
 		if err := u.restart(ctx, st); err != nil {
 			return nil, err
 		}
@@ -121,9 +134,40 @@ func (u *uploadService) restart(ctx context.Context, st *uploadState) error {
 	return u.start(ctx, st)
 }
 
+// resumeAt picks the largest offset the registry's session may be at that
+// st has a hash state for (0 needs none).
+func (st *uploadState) resumeAt(remote rangeEnd) (int64, []byte, bool) {
+	type cand struct {
+		off   int64
+		state []byte
+	}
+	cands := []cand{{st.Pending, st.PendingHash}, {st.Offset, st.Hash}}
+	for o, h := range st.Earlier {
+		cands = append(cands, cand{o, h})
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i].off > cands[j].off })
+	for _, c := range cands {
+		if c.off > 0 && remote.matches(c.off) && restoreHash(sha256.New(), c.state) {
+			return c.off, c.state, true
+		}
+	}
+	if remote.matches(0) {
+		return 0, nil, true
+	}
+	return 0, nil, false
+}
+
+// maxEarlier is how many earlier hash states an upload keeps.
+const maxEarlier = 8
+
 // rangeEnd is a session's Range header: 0-<last byte>. "0-0" is what
 // distribution sends for both an empty session and one byte.
-type rangeEnd struct{ end int64 }
+type rangeEnd struct {
+	end int64
+	// location is the session's URL as the status gave it ("" if not):
+	// some registries renew a state token in it.
+	location string
+}
 
 func (r rangeEnd) matches(off int64) bool {
 	if r.end == 0 {
@@ -142,9 +186,9 @@ func (u *uploadService) sessionOffset(ctx context.Context, location string) (ran
 	_, last, ok := strings.Cut(rng, "-")
 	n, perr := strconv.ParseInt(last, 10, 64)
 	if !ok || perr != nil {
-		return rangeEnd{}, nil
+		return rangeEnd{location: resp.Header.Get("Location")}, nil
 	}
-	return rangeEnd{end: n}, nil
+	return rangeEnd{end: n, location: resp.Header.Get("Location")}, nil
 }
 
 func (u *uploadService) deleteSession(ctx context.Context, location string) error {
@@ -376,6 +420,22 @@ func (up *upload) patch(c chunk) error {
 		if loc := resp.Header.Get("Location"); loc != "" {
 			st.Location = loc
 		}
+	}
+	if st.Offset > 0 && len(st.Hash) > 0 {
+		earlier := make(map[int64][]byte, maxEarlier)
+		keep := []int64{st.Offset}
+		for o := range st.Earlier {
+			keep = append(keep, o)
+		}
+		sort.Slice(keep, func(i, j int) bool { return keep[i] > keep[j] })
+		for _, o := range keep[:min(len(keep), maxEarlier)] {
+			if o == st.Offset {
+				earlier[o] = st.Hash
+			} else {
+				earlier[o] = st.Earlier[o]
+			}
+		}
+		st.Earlier = earlier
 	}
 	st.Offset, st.Hash, st.Pending, st.PendingHash = st.Pending, c.hash, 0, nil
 	up.mu.Lock()
