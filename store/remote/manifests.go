@@ -59,14 +59,25 @@ func (s *remoteStore) fetch(ctx context.Context, repo, ref string) ([]byte, stri
 	}
 	mt := mediaType(resp.Header.Get("Content-Type"), body)
 	s.mu.Lock()
-	if len(s.manifests) >= maxCachedManifests {
-		clear(s.manifests)
-	}
-	s.manifests[got] = cachedManifest{content: body, mediaType: mt}
+	s.cacheManifest(got, cachedManifest{content: body, mediaType: mt})
 	s.mu.Unlock()
 	s.recent.put(tagKey(repo, ref), got)
 	s.recent.put(tagKey(repo, got.String()), got)
 	return body, mt, got, nil
+}
+
+// cacheManifest keeps a manifest's bytes; past maxCachedManifestBytes the
+// cache starts over. Its caller holds s.mu.
+func (s *remoteStore) cacheManifest(d digest.Digest, m cachedManifest) {
+	if _, ok := s.manifests[d]; ok {
+		return
+	}
+	if s.manifestBytes+len(m.content) > maxCachedManifestBytes {
+		clear(s.manifests)
+		s.manifestBytes = 0
+	}
+	s.manifests[d] = m
+	s.manifestBytes += len(m.content)
 }
 
 // manifestDigest is the digest a registry names a manifest by: of its
@@ -238,7 +249,7 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 	}
 	m.r.s.mu.Lock()
 	if d := manifestDigest(content); d == dgst {
-		m.r.s.manifests[d] = cachedManifest{content: content, mediaType: mt}
+		m.r.s.cacheManifest(d, cachedManifest{content: content, mediaType: mt})
 	}
 	m.r.s.mu.Unlock()
 	m.r.s.note(m.r.name, dgst, true)

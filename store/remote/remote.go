@@ -136,7 +136,8 @@ type remoteStore struct {
 	from map[digest.Digest]string
 	// manifests caches manifests by digest (they never change); guarded
 	// by mu.
-	manifests map[digest.Digest]cachedManifest
+	manifests     map[digest.Digest]cachedManifest
+	manifestBytes int // the bytes in manifests; guarded by mu
 	// catalogNames, catalogOK and catalogAt are the last catalog and when
 	// it was fetched; guarded by mu.
 	catalogNames []string
@@ -151,9 +152,9 @@ type cachedManifest struct {
 	mediaType string
 }
 
-// maxCachedManifests bounds the manifest cache (each at most 4 MiB, most a
-// few KiB).
-const maxCachedManifests = 4096
+// maxCachedManifestBytes bounds the bytes of the manifest cache (a
+// manifest is at most 4 MiB, most are a few KiB).
+const maxCachedManifestBytes = 32 << 20
 
 // New returns a Store over the registry at o.URL. It does not call the
 // registry: the first request authenticates.
