@@ -38,8 +38,6 @@ type fakeRegistry struct {
 	minChunk  int                      // OCI-Chunk-Min-Length, 0 for none
 	auth      map[string]bool          // Authorization headers seen
 	repos     map[string]bool          // repositories with something
-	extra     map[string]func(http.ResponseWriter, *http.Request) bool
-	_         struct{}
 }
 
 func newFakeRegistry() *fakeRegistry {

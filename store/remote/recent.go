@@ -53,13 +53,6 @@ func (r *recent) put(key string, v any) {
 	r.m[key] = recentEntry{v: v, at: time.Now()}
 }
 
-// drop forgets key (after a change made here).
-func (r *recent) drop(key string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.m, key)
-}
-
 // dropPrefix forgets every key starting with prefix.
 func (r *recent) dropPrefix(prefix string) {
 	r.mu.Lock()

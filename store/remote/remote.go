@@ -116,12 +116,11 @@ const DefaultCatalogTTL = 10 * time.Second
 
 // remoteStore is the Store. It is safe for concurrent use.
 type remoteStore struct {
-	c      *client
-	cache  *cache.Cache
-	log    *slog.Logger
-	state  *stateDir
-	chunk  int
-	prefix string // the state directory's key of this registry
+	c     *client
+	cache *cache.Cache
+	log   *slog.Logger
+	state *stateDir
+	chunk int
 
 	mu sync.Mutex
 	// seen are the repositories found by name or created here (the
