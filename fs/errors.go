@@ -93,6 +93,10 @@ func classify(err error) syscall.Errno {
 		return syscall.ENOSPC
 	case errors.Is(err, syscall.EDQUOT):
 		return syscall.EDQUOT
+	// A store over a registry's API reports a refusal of its credentials
+	// (401, 403) as a storage failure caused by EACCES.
+	case errors.Is(err, syscall.EACCES):
+		return syscall.EACCES
 	case errors.Is(err, context.Canceled):
 		return syscall.EINTR
 	case errors.Is(err, context.DeadlineExceeded):

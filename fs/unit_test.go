@@ -60,6 +60,8 @@ func TestClassify(t *testing.T) {
 		{&store.CorruptBlobError{Path: "/x/data"}, syscall.EIO},
 		{errors.New("something else"), syscall.EIO},
 		{wrap(syscall.ENOSPC), syscall.ENOSPC},
+		// A registry refusing the credentials (store/remote): EACCES.
+		{storageErr(nil, fmt.Errorf("401: %w", syscall.EACCES)), syscall.EACCES},
 		{wrap(syscall.ENOENT), syscall.EIO}, // a raw errno from a backend is a hiccup, not "not found"
 		{storageErr(store.ErrUnsupported, driver.UnsupportedMethodError{Method: "Move"}), syscall.ENOTSUP},
 		{errImmutable, syscall.EPERM},

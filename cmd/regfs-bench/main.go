@@ -124,7 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fl.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "regfs block cache budget `SIZE`")
 	fl.StringVar(&cfg.Regfs, "regfs", "", "regfs `BINARY` to measure (default: go build ./cmd/regfs)")
 	fl.BoolVar(&cfg.Rclone, "rclone", cfg.Rclone, "add rclone mount as a peer for P1/P2 when installed")
-	only := fl.String("only", "", "measure only these, comma-separated (`P1,S1,F3`; P1 and P2 go together, and S1 and S2, F3 and F4)")
+	only := fl.String("only", "", "measure only these, comma-separated (`P1,S1,F3,R1`; P1 and P2 go together, as do S1 and S2, F3 and F4, R1 to R3)")
 	fl.StringVar(&cfg.TempDir, "tmpdir", "", "parent `DIR` of the temporary directory (default $TMPDIR or /tmp)")
 	if err := fl.Parse(args); err != nil {
 		return cfg, err
@@ -144,8 +144,11 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 			case "S2":
 				id = "S1"
 			}
+			if id == "R1" || id == "R2" || id == "R3" {
+				id = "R" // the remote rows share one registry and dataset
+			}
 			if !knownMeasurement(id) {
-				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8, S1 to S6, F3 or F4", id)
+				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8, S1 to S6, F3, F4 or R1 to R3", id)
 			}
 			cfg.Only = append(cfg.Only, id)
 		}
@@ -187,7 +190,7 @@ func formatBytes(n int64) string {
 
 // knownMeasurement tells whether id names a row -only can select.
 func knownMeasurement(id string) bool {
-	if id == "F3" {
+	if id == "F3" || id == "R" {
 		return true
 	}
 	if len(id) != 2 {

@@ -118,6 +118,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"S5", "S5 first byte on S3", b.s3FirstByte},
 		{"S6", "S6 memory on S3", b.s3Memory},
 		{"F3", "F3/F4 image files", b.imageFiles},
+		{"R", "R1-R3 remote registry", b.remote},
 	} {
 		if err := ctx.Err(); err != nil {
 			return nil, err

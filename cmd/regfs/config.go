@@ -61,6 +61,9 @@ type Config struct {
 	IndexDir string
 	IndexMax int64
 	Service
+	// Registry, when its URL is set, mounts a registry's API instead of
+	// storage (registry.go).
+	Registry Registry
 }
 
 // defaultIndexMax bounds the index directory when --index-max is not given.
@@ -178,6 +181,7 @@ func newMountFlags(cfg *Config) *flag.FlagSet {
 	cfg.DirCacheTime = regfsfs.DefaultDirCacheTTL
 	cfg.AttrTimeout = regfsfs.DefaultAttrTTL
 	addStorageFlags(fs, &cfg.Storage, true)
+	addRegistryFlags(fs, &cfg.Registry)
 	fs.BoolVar(&cfg.ReadOnly, "read-only", false, "refuse every write with EROFS")
 	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users use the mount, as the modes allow (the kernel\nchecks them; see --uid, --gid, --umask; needs user_allow_other in\n/etc/fuse.conf when not root)")
 	fs.BoolVar(&cfg.NoDefaultPermissions, "no-default-permissions", false, "with --allow-other, let every user do what the daemon's user may:\nthe kernel checks no modes (unsafe unless every local user is trusted)")
@@ -242,7 +246,8 @@ READY=1 is sent then.
 SOURCE names the storage instead of --driver and --root or --s3-*: a
 directory (the filesystem driver's root, which must exist),
 s3://BUCKET/PREFIX (the s3 driver; --s3-endpoint and --s3-region as
-flags or options), or inmemory. The second form is what mount -t fuse.regfs
+flags or options), http(s)://HOST[:PORT] (a registry's API, as --registry),
+or inmemory. The second form is what mount -t fuse.regfs
 and an fstab line run (through mount.fuse3); it is a daemon unless
 -o daemon=false.
 
@@ -333,6 +338,9 @@ func parseMount(args []string, stdout, stderr io.Writer) (Config, error) {
 		}
 		cfg.IndexDir = abs
 	}
+	if err := checkRegistry(fs, &cfg); err != nil || cfg.Registry.URL != "" {
+		return cfg, err
+	}
 	return cfg, checkStorage(&cfg.Storage, true)
 }
 
@@ -342,7 +350,7 @@ func checkSourceAlone(fs *flag.FlagSet) error {
 	var err error
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "driver", "root", "s3-bucket", "s3-prefix":
+		case "driver", "root", "s3-bucket", "s3-prefix", "registry":
 			if err == nil {
 				err = fmt.Errorf("--%s (%s) and a SOURCE both name the storage: use one", f.Name, strings.ReplaceAll(f.Name, "-", "_"))
 			}

@@ -53,21 +53,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 		}
 		defer metricsLn.Close()
 	}
-	d, err := openDriver(ctx, cfg.Storage)
-	if err != nil {
-		return err
-	}
-	if j, ok := d.(driver.Janitor); ok && !cfg.ReadOnly {
-		go cleanLeftovers(ctx, log, j)
-	}
 	setMemoryLimit(cfg.CacheSize)
 	c := cache.NewWithOptions(cacheOptions(cfg))
-	if spec := os.Getenv(testPauseEnv); spec != "" {
-		if d, err = withTestPause(d, spec, log); err != nil {
-			return err
-		}
+	var d driver.StorageDriver
+	var st store.Store
+	if cfg.Registry.URL != "" {
+		st, err = openRegistry(cfg, c, log)
+	} else {
+		d, st, err = openStore(ctx, cfg, c, log)
 	}
-	st, err := store.New(d, store.Options{Cache: c, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -103,7 +97,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 	if err := regfsfs.SetReadAhead(mnt); err != nil {
 		log.Debug("kernel read-ahead left at its default", "error", err)
 	}
-	log.Info("mounted", append([]any{"mountpoint", mnt, "pid", os.Getpid(), "driver", cfg.Driver}, append(storageAttrs(cfg.Storage),
+	log.Info("mounted", append([]any{"mountpoint", mnt, "pid", os.Getpid(), "driver", cfg.Driver}, append(mountAttrs(cfg),
 		"read_only", cfg.ReadOnly, "cache_size", size.Format(cfg.CacheSize))...)...)
 	defer startGCInMount(ctx, cfg, st, d, log, fsys.Collected)()
 	notifySystemd(log, "READY=1\nSTATUS=mounted "+mnt)
@@ -135,6 +129,24 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func()) error 
 	}
 }
 
+// openStore opens the storage driver and the store over it.
+func openStore(ctx context.Context, cfg Config, c *cache.Cache, log *slog.Logger) (driver.StorageDriver, store.Store, error) {
+	d, err := openDriver(ctx, cfg.Storage)
+	if err != nil {
+		return nil, nil, err
+	}
+	if j, ok := d.(driver.Janitor); ok && !cfg.ReadOnly {
+		go cleanLeftovers(ctx, log, j)
+	}
+	if spec := os.Getenv(testPauseEnv); spec != "" {
+		if d, err = withTestPause(d, spec, log); err != nil {
+			return nil, nil, err
+		}
+	}
+	st, err := store.New(d, store.Options{Cache: c, Logger: log})
+	return d, st, err
+}
+
 // cacheOptions sizes the block cache for the storage. On S3 every block
 // load is an HTTP request, so blocks are larger and more are read ahead
 // (s3.CacheBlockSize and the rest; docs/benchmarks.md, "S3 reads (issue
@@ -159,12 +171,21 @@ func cacheOptions(cfg Config) cache.Options {
 		Retryable: retryable,
 		Prefault:  1 + cache.DefaultReadAhead,
 	}
-	if cfg.Driver == driverS3 {
+	switch cfg.Driver {
+	case driverS3:
 		o.BlockSize = s3.CacheBlockSize
 		o.ReadAhead = s3.CacheReadAhead
 		o.AheadLoads = s3.CacheAheadLoads
 		o.Prefault = 0
 		o.Ranged = true
+	case driverRegistry:
+		o.BlockSize = 4 << 20
+		o.ReadAhead = 8
+		o.Prefault = 2
+		o.Ranged = true
+		// store/remote retries what is worth it (429, 5xx, a dropped
+		// connection) itself; a stall already took its timeout.
+		o.Attempts = 1
 	}
 	o.Prefault = int(min(int64(o.Prefault), cfg.CacheSize/int64(o.BlockSize)))
 	return o

@@ -165,8 +165,10 @@ func applySource(fs *flag.FlagSet, source string) error {
 			return set("s3-prefix", p)
 		}
 		return nil
+	case strings.HasPrefix(source, "http://") || strings.HasPrefix(source, "https://"):
+		return set("registry", source) // a registry's API (registry.go)
 	case strings.Contains(source, "://"):
-		return fmt.Errorf("mount source %q: unknown scheme, want a directory, s3://BUCKET/PREFIX or inmemory", source)
+		return fmt.Errorf("mount source %q: unknown scheme, want a directory, s3://BUCKET/PREFIX, http(s)://REGISTRY or inmemory", source)
 	}
 	if err := set("driver", driverFilesystem); err != nil {
 		return err

@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// The remote registry rows (issue 18): regfs mount --registry against a
+// docker-registry on 127.0.0.1, compared with curl doing the same requests.
+//
+//	R1: cold cat of the layer through a fresh mount (the name looked up
+//	    first, its data not read), against curl GET of the blob;
+//	R2: cp of the upload file into _uploads/, against curl POST + PUT of it;
+//	R3: ls -l of the tags of min(-repos, 1000) repositories on a fresh
+//	    mount, against the same tags/list requests alone (one curl per
+//	    repository in one process: curl's --next).
+
+// remoteRepos caps R3's repositories at the issue's 1,000.
+const remoteRepos = 1000
+
+// remoteRegistry is the docker-registry the R rows run against.
+type remoteRegistry struct {
+	addr string
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// startRemoteRegistry runs docker-registry over root on a free port and
+// waits for /v2/.
+func (b *bench) startRemoteRegistry(ctx context.Context, root string) (*remoteRegistry, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	conf := filepath.Join(b.tmp, "remote-registry.yml")
+	yml := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", root, addr)
+	if err := os.WriteFile(conf, []byte(yml), 0o644); err != nil {
+		return nil, err
+	}
+	r := &remoteRegistry{addr: addr, done: make(chan error, 1)}
+	r.cmd = exec.Command(gcRegistryBin, "serve", conf)
+	r.cmd.Stdout, r.cmd.Stderr = io.Discard, io.Discard
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := r.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return r, nil
+			}
+		}
+		select {
+		case err := <-r.done:
+			return nil, fmt.Errorf("%s exited: %v", gcRegistryBin, err)
+		case <-ctx.Done():
+			r.stop()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			r.stop()
+			return nil, fmt.Errorf("%s on %s not ready within 20s", gcRegistryBin, addr)
+		}
+	}
+}
+
+func (r *remoteRegistry) stop() {
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.done:
+	case <-time.After(5 * time.Second):
+		_ = r.cmd.Process.Kill()
+		<-r.done
+	}
+}
+
+// curlUpload pushes path to repo as one blob: POST, then one PUT ?digest=
+// of the whole file (a monolithic upload).
+func curlUpload(ctx context.Context, addr, repo string, bl blob) (time.Duration, error) {
+	start := time.Now()
+	resp, err := http.Post("http://"+addr+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusAccepted || loc == "" {
+		return 0, fmt.Errorf("POST of an upload: %s", resp.Status)
+	}
+	u, err := url.Parse(loc)
+	if err != nil {
+		return 0, err
+	}
+	if !u.IsAbs() {
+		loc = "http://" + addr + loc
+	}
+	sep := "?"
+	if u.RawQuery != "" {
+		sep = "&"
+	}
+	// -T streams the file (--data-binary would read it into memory).
+	if _, err := runCmd(ctx, io.Discard, "curl", "-sSf", "-T", bl.path, "-H", "Content-Type: application/octet-stream",
+		loc+sep+"digest="+bl.dgst.String()); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// remote measures R1-R3.
+func (b *bench) remote(ctx context.Context, rep *Report) error {
+	for _, tool := range []string{gcRegistryBin, "curl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			rep.add(Row{ID: "R1", What: "remote registry rows", Text: "not measured", Against: tool + " not installed"})
+			return nil
+		}
+	}
+	root := filepath.Join(b.tmp, "remote-registry")
+	repos := min(b.cfg.Repos, remoteRepos)
+	if _, err := writeGCRegistry(ctx, root, repos); err != nil {
+		return err
+	}
+	reg, err := b.startRemoteRegistry(ctx, root)
+	if err != nil {
+		return err
+	}
+	defer reg.stop()
+	regURL := "http://" + reg.addr
+	layer, up := b.ds.layer, b.ds.upload
+	if _, err := curlUpload(ctx, reg.addr, "bench/app", layer); err != nil {
+		return fmt.Errorf("pushing the layer: %w", err)
+	}
+	s := samples{}
+	for run := range b.cfg.Runs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		// R1: curl, then a cold cat through a fresh mount (its cache empty).
+		d, err := runCmd(ctx, io.Discard, "curl", "-sSf", "-o", os.DevNull, regURL+"/v2/bench/app/blobs/"+layer.dgst.String())
+		if err != nil {
+			return err
+		}
+		s.add("curl get", rate(layer.size, d))
+		err = b.withMount(b.startRegfsRemote(regURL))(func(m *mount) error {
+			// The lookups (a catalog of the whole registry among them)
+			// are made first: the row is about the bytes, as curl's is.
+			p := filepath.Join(m.dir, "bench/app/_layers", layer.dgst.String())
+			if _, err := os.Stat(p); err != nil {
+				return err
+			}
+			n, d, err := readAll(p)
+			if err != nil {
+				return err
+			}
+			if n != layer.size {
+				return fmt.Errorf("cat through --registry read %d bytes, want %d", n, layer.size)
+			}
+			s.add("regfs cat", rate(layer.size, d))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+
+		// R2: a fresh repository per run for each, so both upload all of it.
+		d, err = curlUpload(ctx, reg.addr, "bench/curl"+strconv.Itoa(run), up)
+		if err != nil {
+			return err
+		}
+		s.add("curl put", rate(up.size, d))
+		err = b.withMount(b.startRegfsRemote(regURL))(func(m *mount) error {
+			dir := filepath.Join(m.dir, "bench/cp"+strconv.Itoa(run))
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			d, err := runCmd(ctx, nil, "cp", up.path, filepath.Join(dir, "_uploads", up.dgst.String()))
+			if err != nil {
+				return err
+			}
+			if fi, err := os.Stat(filepath.Join(dir, "_layers", up.dgst.String())); err != nil || fi.Size() != up.size {
+				return fmt.Errorf("the upload through --registry is not a %d-byte layer: %v", up.size, err)
+			}
+			s.add("regfs cp", rate(up.size, d))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+
+		// R3: every repository's tags/list in one curl, then ls -l of
+		// every _manifests on a fresh mount.
+		args := []string{"-sSf"}
+		for i := range repos {
+			if i > 0 {
+				args = append(args, "--next", "-sSf")
+			}
+			args = append(args, "-o", os.DevNull, fmt.Sprintf("%s/v2/gc%05d/app/tags/list", regURL, i))
+		}
+		if d, err = runCmd(ctx, io.Discard, "curl", args...); err != nil {
+			return err
+		}
+		s.add("curl tags", d.Seconds())
+		err = b.withMount(b.startRegfsRemote(regURL))(func(m *mount) error {
+			dirs := make([]string, repos)
+			for i := range repos {
+				dirs[i] = filepath.Join(m.dir, fmt.Sprintf("gc%05d/app/_manifests", i))
+			}
+			var lines lineCounter
+			d, err := runCmd(ctx, &lines, "ls", append([]string{"-l"}, dirs...)...)
+			if err != nil {
+				return err
+			}
+			// Per directory: its name, "total", the tag and the revision,
+			// and a blank line between directories.
+			if lines.n < 3*repos {
+				return fmt.Errorf("ls -l of %d repositories' _manifests printed %d lines", repos, lines.n)
+			}
+			s.add("regfs ls", d.Seconds())
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	v := s.median("regfs cat")
+	rep.add(Row{ID: "R1", What: fmt.Sprintf("cold cat of a %s layer through --registry", formatBytes(layer.size)), Value: v, Unit: unitRate,
+		Against: "curl GET of the same blob", Compare: s.median("curl get"), Ratio: v / s.median("curl get"), Target: ">= 0.8x", Goal: ratioAtLeast(0.8)})
+	v = s.median("regfs cp")
+	rep.add(Row{ID: "R2", What: fmt.Sprintf("cp of a %s layer into _uploads/ through --registry", formatBytes(up.size)), Value: v, Unit: unitRate,
+		Against: "curl POST + monolithic PUT of the same file", Compare: s.median("curl put"), Ratio: v / s.median("curl put"), Target: ">= 0.7x", Goal: ratioAtLeast(0.7)})
+	v = s.median("regfs ls")
+	rep.add(Row{ID: "R3", What: fmt.Sprintf("ls -l of %d repositories' tags through --registry", repos), Value: v, Unit: unitSeconds,
+		Against: "the same tags/list requests alone (curl)", Compare: s.median("curl tags"), Ratio: s.median("curl tags") / v, Target: ">= 0.5x", Goal: ratioAtLeast(0.5)})
+	return nil
+}
+
+// startRegfsRemote mounts the registry at url with --registry, a fresh
+// state directory and an empty cache.
+func (b *bench) startRegfsRemote(url string) (*mount, error) {
+	dir := b.newMountpoint("regfs-remote")
+	state := dir + "-state"
+	argv := []string{b.regfs, "mount", "--registry", url, "--state-dir", state,
+		"--cache-size", strconv.FormatInt(b.cfg.CacheSize, 10), dir}
+	m, err := b.mounts.start("regfs-remote", dir, argv, nil, "msg=mounted")
+	if err != nil {
+		return nil, errors.Join(err, os.RemoveAll(state))
+	}
+	return m, nil
+}
