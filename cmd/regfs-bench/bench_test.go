@@ -131,6 +131,7 @@ func TestBenchTiny(t *testing.T) {
 		t.Errorf("%d P4 rows on driver calls and blob reads, want 4 (ls and find, cold and warm)", n)
 	}
 	checkS3Rows(t, rep, out.String())
+	checkRemoteRows(t, rep)
 	assertCleanedUp(t, cfg.TempDir)
 }
 

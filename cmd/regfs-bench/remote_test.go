@@ -1,0 +1,39 @@
+package main
+
+import (
+	"os/exec"
+	"testing"
+
+	"github.com/regfs/regfs/internal/testenv"
+)
+
+// checkRemoteRows checks the R rows of a tiny run: each measured, with a
+// positive value, comparison and ratio. Outside CI a missing registry or
+// curl leaves them out; in CI that fails.
+func checkRemoteRows(t *testing.T, rep *Report) {
+	t.Helper()
+	for _, tool := range []string{gcRegistryBin, "curl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if testenv.InCI() {
+				t.Errorf("%s is not installed: the R rows were not measured", tool)
+			} else {
+				t.Logf("%s not installed: the R rows were left out", tool)
+			}
+			return
+		}
+	}
+	for _, want := range []struct{ id, against string }{
+		{"R1", "curl GET of the same blob"},
+		{"R2", "curl POST + monolithic PUT of the same file"},
+		{"R3", "the same tags/list requests alone (curl)"},
+	} {
+		row, ok := rep.row(want.id, want.against)
+		if !ok {
+			t.Errorf("no %s row against %q", want.id, want.against)
+			continue
+		}
+		if row.Value <= 0 || row.Compare <= 0 || row.Ratio <= 0 {
+			t.Errorf("%s against %q: value %v, comparison %v, ratio %v: want all positive", want.id, want.against, row.Value, row.Compare, row.Ratio)
+		}
+	}
+}
