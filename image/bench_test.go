@@ -190,3 +190,42 @@ func BenchmarkF2(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/op")
 }
+
+// BenchmarkMerge merges one layer of 50,000 entries (500 directories of
+// 100 files, names like a real /usr); what a fresh mount does per image
+// before its first lookup.
+func BenchmarkMerge(b *testing.B) {
+	var files []tf
+	for d := 0; d < 500; d++ {
+		dir := fmt.Sprintf("usr/lib/python3/dist-packages/pkg%03d/sub", d)
+		files = append(files, tf{name: dir + "/", typ: tar.TypeDir})
+		for f := 0; f < 99; f++ {
+			files = append(files, tf{name: fmt.Sprintf("%s/module_%03d.py", dir, f), body: []byte("x")})
+		}
+	}
+	blobs := newMemBlobs()
+	desc := blobs.add(mkTar(b, files), MediaTypeTar)
+	dir := b.TempDir()
+	ix := newTestIndexer(b, dir, blobs)
+	if _, err := ix.Layer(context.Background(), desc); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("load", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			ix := newTestIndexer(b, dir, blobs)
+			if _, err := ix.Layer(context.Background(), desc); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	l, _ := ix.Layer(context.Background(), desc)
+	b.Run("merge", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if _, err := Merge([]*Layer{l}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

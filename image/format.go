@@ -146,8 +146,12 @@ func readWindow(f io.ReaderAt, c *checkpoint) ([]byte, error) {
 	return win[:n], nil
 }
 
+// decoder reads the meta. Strings are cut from one string copy of the
+// whole meta (str, which b is the unread tail of), so decoding tens of
+// thousands of names allocates once.
 type decoder struct {
 	b   []byte
+	str string
 	err error
 }
 
@@ -190,7 +194,11 @@ func (d *decoder) count(min int) int {
 
 func (d *decoder) s() string {
 	n := d.count(1)
-	v := string(d.b[:n])
+	if n == 0 {
+		return ""
+	}
+	at := len(d.str) - len(d.b)
+	v := d.str[at : at+n]
 	d.b = d.b[n:]
 	return v
 }
@@ -206,7 +214,7 @@ func (d *decoder) byte() uint8 {
 }
 
 func decodeMeta(b []byte, windowsAt int64) (*index, error) {
-	d := &decoder{b: b}
+	d := &decoder{b: b, str: string(b)}
 	ix := &index{}
 	ix.digest = digest.Digest(d.s())
 	ix.comp = Compression(d.byte())

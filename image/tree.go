@@ -5,9 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"io/fs"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -25,6 +25,10 @@ type Tree struct {
 	layers []*Layer
 	root   *Node
 	nodes  int
+	// dirs caches directories by path while merging; cleared whenever a
+	// directory leaves the tree.
+	dirs map[string]*Node
+	slab []Node // nodes are allocated from here while merging
 	// Skipped lists entries that could not be applied (a hard link to a
 	// name that does not exist), as "layer N: name: reason".
 	Skipped []string
@@ -72,8 +76,15 @@ type Dirent struct {
 // the inode its target names at that point; one to a missing name or a
 // directory is skipped and listed in Tree.Skipped.
 func Merge(layers []*Layer) (*Tree, error) {
-	t := &Tree{layers: layers}
+	hint := 0
+	for _, l := range layers {
+		if l != nil {
+			hint += len(l.Entries())
+		}
+	}
+	t := &Tree{layers: layers, dirs: map[string]*Node{}, slab: make([]Node, 0, hint+16)}
 	t.root = &Node{Mode: fs.ModeDir | 0o755, kidMap: map[string]*Node{}}
+	t.dirs[""] = t.root
 	for li, l := range layers {
 		if l == nil {
 			return nil, fmt.Errorf("image: layer %d is nil", li)
@@ -93,14 +104,14 @@ func Merge(layers []*Layer) (*Tree, error) {
 			}
 			if base == whiteoutOpaque {
 				for name, k := range d.kidMap {
-					unlink(k)
+					t.unlink(k)
 					delete(d.kidMap, name)
 				}
 				continue
 			}
 			name := base[len(whiteoutPrefix):]
 			if k, ok := d.kidMap[name]; ok {
-				unlink(k)
+				t.unlink(k)
 				delete(d.kidMap, name)
 			}
 		}
@@ -108,7 +119,8 @@ func Merge(layers []*Layer) (*Tree, error) {
 			t.add(li, &entries[i])
 		}
 	}
-	t.finish()
+	t.slab = nil
+	t.finish(hint)
 	return t, nil
 }
 
@@ -122,13 +134,16 @@ func splitName(name string) (dir, base string) {
 
 // walk returns the node at a clean relative path while merging.
 func (t *Tree) walk(p string) *Node {
-	n := t.root
-	if p == "" {
-		return n
+	if d, ok := t.dirs[p]; ok {
+		return d
 	}
-	for _, c := range strings.Split(p, "/") {
-		if n.kidMap == nil {
-			return nil
+	n := t.root
+	for rest := p; rest != ""; {
+		c := rest
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			c, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
 		}
 		k, ok := n.kidMap[c]
 		if !ok {
@@ -136,36 +151,61 @@ func (t *Tree) walk(p string) *Node {
 		}
 		n = k
 	}
+	if n.IsDir() {
+		t.dirs[p] = n
+	}
 	return n
 }
 
 // unlink drops one name of n (and of everything below a directory).
-func unlink(n *Node) {
+func (t *Tree) unlink(n *Node) {
 	n.Nlink--
+	if n.IsDir() && len(t.dirs) > 1 {
+		clear(t.dirs)
+		t.dirs[""] = t.root
+	}
 	for _, k := range n.kidMap {
-		unlink(k)
+		t.unlink(k)
 	}
 }
 
 // mkdirs returns the directory at p, making missing ones (and replacing
 // anything else in the way) the way extracting a tar does.
 func (t *Tree) mkdirs(p string) *Node {
-	n := t.root
-	if p == "" {
-		return n
+	if d, ok := t.dirs[p]; ok {
+		return d
 	}
-	for _, c := range strings.Split(p, "/") {
+	n := t.root
+	for rest := p; rest != ""; {
+		c := rest
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			c, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
+		}
 		k, ok := n.kidMap[c]
 		if !ok || !k.IsDir() {
 			if ok {
-				unlink(k)
+				t.unlink(k)
 			}
-			k = &Node{Mode: fs.ModeDir | 0o755, Nlink: 1, kidMap: map[string]*Node{}}
+			k = t.newNode()
+			k.Mode, k.Nlink, k.kidMap = fs.ModeDir|0o755, 1, map[string]*Node{}
 			n.kidMap[c] = k
 		}
 		n = k
 	}
+	t.dirs[p] = n
 	return n
+}
+
+// newNode returns a zero Node from the slab: one allocation for most of a
+// tree's nodes instead of one each.
+func (t *Tree) newNode() *Node {
+	if len(t.slab) == cap(t.slab) {
+		t.slab = make([]Node, 0, 1024)
+	}
+	t.slab = t.slab[:len(t.slab)+1]
+	return &t.slab[len(t.slab)-1]
 }
 
 func (t *Tree) add(li int, e *Entry) {
@@ -187,10 +227,11 @@ func (t *Tree) add(li int, e *Entry) {
 			setAttrs(old, e)
 			return
 		}
-		n := &Node{Nlink: 1, kidMap: map[string]*Node{}}
+		n := t.newNode()
+		n.Nlink, n.kidMap = 1, map[string]*Node{}
 		setAttrs(n, e)
 		if exists {
-			unlink(old)
+			t.unlink(old)
 		}
 		parent.kidMap[base] = n
 	case tar.TypeLink:
@@ -203,19 +244,20 @@ func (t *Tree) add(li int, e *Entry) {
 			return
 		}
 		if exists {
-			unlink(old)
+			t.unlink(old)
 		}
 		target.Nlink++
 		parent.kidMap[base] = target
 	default:
-		n := &Node{Nlink: 1}
+		n := t.newNode()
+		n.Nlink = 1
 		setAttrs(n, e)
 		if e.Type == tar.TypeReg {
 			n.Size = e.Size
 			n.layer, n.entry = li, e
 		}
 		if exists {
-			unlink(old)
+			t.unlink(old)
 		}
 		parent.kidMap[base] = n
 	}
@@ -233,36 +275,55 @@ func setAttrs(n *Node, e *Entry) {
 	n.Devmajor, n.Devminor = e.Devmajor, e.Devminor
 }
 
+// FNV-1a, 64 bits, fed a byte at a time so a child's hash continues its
+// parent's without building the path.
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+)
+
+func fnvAdd(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= fnvPrime
+	}
+	return h
+}
+
 // finish sorts directories, counts directory links and numbers the nodes:
-// each node's ID derives from the first path that reaches it in name order.
-func (t *Tree) finish() {
-	used := map[uint64]bool{0: true, 1: true}
+// each node's ID is the FNV-1a hash of the first path that reaches it in
+// name order ("/a/b"), the next free value on a collision.
+func (t *Tree) finish(hint int) {
+	t.dirs = nil
+	used := make(map[uint64]struct{}, hint+2)
+	used[0], used[1] = struct{}{}, struct{}{}
 	t.root.ID = 1
 	t.nodes = 1
-	var visit func(n *Node, p string)
-	visit = func(n *Node, p string) {
+	var visit func(n *Node, h uint64)
+	visit = func(n *Node, h uint64) {
 		n.kids = make([]Dirent, 0, len(n.kidMap))
 		for name, k := range n.kidMap {
 			n.kids = append(n.kids, Dirent{name, k})
 		}
 		n.kidMap = nil
-		sort.Slice(n.kids, func(i, j int) bool { return n.kids[i].Name < n.kids[j].Name })
+		slices.SortFunc(n.kids, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
 		n.Nlink = 2
 		for _, d := range n.kids {
-			kp := p + "/" + d.Name
 			k := d.Node
 			if k.ID == 0 {
-				h := fnv.New64a()
-				h.Write([]byte(kp))
-				id := h.Sum64()
-				for used[id] {
+				kh := fnvAdd(fnvAdd(h, "/"), d.Name)
+				id := kh
+				for {
+					if _, ok := used[id]; !ok {
+						break
+					}
 					id++
 				}
-				used[id] = true
+				used[id] = struct{}{}
 				k.ID = id
 				t.nodes++
 				if k.IsDir() {
-					visit(k, kp)
+					visit(k, kh)
 				}
 			}
 			if k.IsDir() {
@@ -270,7 +331,7 @@ func (t *Tree) finish() {
 			}
 		}
 	}
-	visit(t.root, "")
+	visit(t.root, fnvOffset)
 }
 
 // Root returns the root directory.
