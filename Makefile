@@ -45,13 +45,15 @@ fuzz: ## Run each fuzz target for FUZZTIME.
 # (regfs against a bare bazil passthrough, direct reads, sha256 alone; rclone mount
 # where installed), then the S3 rows (regfs on versitygw against plain ranged GETs:
 # S1 cold cat, S5 first byte)
-# and the cache reader against direct file reads. BENCHFLAGS passes flags to
+# the cache reader against direct file reads, and F1/F2 (a 1 GiB gzip layer's
+# index build against compress/gzip alone; a small file read from a saved index). BENCHFLAGS passes flags to
 # cmd/regfs-bench (e.g. BENCHFLAGS="-runs 5" or "-only P1,P3").
 BENCHFLAGS ?=
 bench: build ## Side-by-side speed ratios (docs/benchmarks.md), S3 row, cache benchmarks.
 	$(GO) run ./cmd/regfs-bench -regfs $(BIN) $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench 'BenchmarkS3(ColdCat|FirstByte)' -benchtime 3x ./integration/
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./cache/
+	REGFS_BENCH_LAYER_MB=1024 $(GO) test -run '^$$' -bench 'BenchmarkF[12]$$' -benchtime 1x ./image/
 
 lint: vet fmt-check ## gofmt, go vet, and staticcheck when installed.
 	@if command -v staticcheck >/dev/null 2>&1; then staticcheck ./...; else echo "staticcheck not installed: skipped"; fi
