@@ -120,7 +120,7 @@ func newImpl(root string) (*impl, error) {
 	d := &impl{root: abs, rootFile: f, rootFD: int(f.Fd())}
 	var id [8]byte
 	crand.Read(id[:])
-	d.id = hex.EncodeToString(id[:])
+	d.id = ownerID(hex.EncodeToString(id[:]))
 	// Fail now, not on the first read, on a kernel without openat2.
 	if fd, err := d.open("/", unix.O_PATH|unix.O_DIRECTORY); err != nil {
 		f.Close()

@@ -200,6 +200,11 @@ func (d *impl) scan(ctx context.Context, remove bool) ([]string, error) {
 				// Delete here still removing it.
 				continue
 			}
+			if ownerAlive(n) {
+				// Another live process's entry: in use, or created and
+				// not yet locked (owner.go).
+				continue
+			}
 			unlock, ok := claim(fd, n)
 			if !ok {
 				continue
