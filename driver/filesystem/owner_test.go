@@ -27,10 +27,10 @@ func TestLeftoversSkipLiveOwner(t *testing.T) {
 	}
 	gone := cmd.Process.Pid
 	names := map[string]bool{ // name -> a leftover
-		ownerID("aaaa") + ".1": false,
+		ownerID("aaaa") + ".1":                                 false,
 		strconv.Itoa(gone) + "-" + procStart(self) + "-bbbb.2": true, // pid exited
-		strconv.Itoa(self) + "-1-cccc.3":                        true, // pid reused: another start time
-		"dddd.4":                                                true, // no owner to ask
+		strconv.Itoa(self) + "-1-cccc.3":                       true, // pid reused: another start time
+		"dddd.4":                                               true, // no owner to ask
 	}
 	var want []string
 	for n, left := range names {
