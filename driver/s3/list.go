@@ -79,12 +79,97 @@ func (d *impl) List(ctx context.Context, path string) ([]string, error) {
 	return slices.Compact(names), nil
 }
 
-// Walk lists every key below path in one paged listing (no delimiter: one
-// request per 1000 keys, not one per directory), makes up the directories
-// and sorts the whole in tree order before calling fn, since key order is
-// not tree order ("a-b" sorts before "a/x", but the directory "a" comes
-// before "a-b"). It holds the listing in memory, about 100 bytes a key.
+// Walk lists the children of path with one delimited listing (a request
+// per 1,000 children) and hands them to fn in tree order. Only when fn
+// descends into a directory (returns nil for it) does it list every key
+// below path in one paged listing without a delimiter (a request per 1,000
+// keys, not one per directory), and go on from that directory with it.
+// So a walk that skips every child directory, as listing the repositories
+// of a namespace does, costs one request however many keys lie below, and
+// a walk of a whole tree costs one request more than the flat listing
+// alone. Keys are not in tree order ("a-b" sorts before "a/x", but the
+// directory "a" comes before "a-b"): the flat listing is held in memory,
+// about 100 bytes a key, and sorted before it is walked.
 func (d *impl) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
+	children, err := d.listChildren(ctx, path)
+	if err != nil {
+		return err
+	}
+	if len(children) == 0 && path != "/" {
+		return driver.PathNotFoundError{Path: path, Driver: Name}
+	}
+	for _, c := range children {
+		err := fn(c)
+		switch {
+		case err == driver.ErrSkipDir || (err == nil && !c.IsDir):
+			continue
+		case err != nil:
+			return err
+		}
+		// fn descends into c: the rest of the walk comes from the flat
+		// listing, from c's first child on.
+		entries, err := d.listTree(ctx, path)
+		if err != nil {
+			return err
+		}
+		i, _ := slices.BinarySearchFunc(entries, c.Path, func(e driver.FileInfo, p string) int { return treeCompare(e.Path, p) })
+		for i < len(entries) && entries[i].Path == c.Path {
+			i++
+		}
+		return driver.WalkEntries(entries[i:], fn)
+	}
+	return nil
+}
+
+// listChildren returns the direct children of the directory at path, in
+// tree order, from one delimited listing: objects with their size and
+// time, directories from the common prefixes. Names that are not valid
+// path components are left out.
+func (d *impl) listChildren(ctx context.Context, path string) ([]driver.FileInfo, error) {
+	prefix := d.dirPrefix(path)
+	var out []driver.FileInfo
+	err := d.list(ctx, path, prefix, "/", func(page *s3.ListObjectsV2Output) error {
+		for _, cp := range page.CommonPrefixes {
+			name := strings.TrimSuffix(strings.TrimPrefix(aws.ToString(cp.Prefix), prefix), "/")
+			if driver.ValidComponent(name) {
+				out = append(out, driver.FileInfo{Path: driver.Child(path, name), IsDir: true})
+			}
+		}
+		for _, obj := range page.Contents {
+			name := strings.TrimPrefix(aws.ToString(obj.Key), prefix)
+			if driver.ValidComponent(name) {
+				out = append(out, driver.FileInfo{
+					Path:    driver.Child(path, name),
+					Size:    aws.ToInt64(obj.Size),
+					ModTime: aws.ToTime(obj.LastModified),
+				})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b driver.FileInfo) int {
+		if c := treeCompare(a.Path, b.Path); c != 0 {
+			return c
+		}
+		if a.IsDir == b.IsDir {
+			return 0
+		}
+		if a.IsDir {
+			return -1
+		}
+		return 1
+	})
+	// A name both an object and a directory (written by another tool) is
+	// listed once, as the directory.
+	return slices.CompactFunc(out, func(a, b driver.FileInfo) bool { return a.Path == b.Path }), nil
+}
+
+// listTree returns every object below path and the directories they make
+// up, in tree order, from one paged listing without a delimiter.
+func (d *impl) listTree(ctx context.Context, path string) ([]driver.FileInfo, error) {
 	var entries []driver.FileInfo
 	dirs := map[string]bool{}
 	err := d.list(ctx, path, d.dirPrefix(path), "", func(page *s3.ListObjectsV2Output) error {
@@ -106,14 +191,10 @@ func (d *impl) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
 		return nil
 	})
 	if err != nil {
-		return err
-	}
-	if len(entries) == 0 && path != "/" {
-		return driver.PathNotFoundError{Path: path, Driver: Name}
+		return nil, err
 	}
 	slices.SortFunc(entries, func(a, b driver.FileInfo) int { return treeCompare(a.Path, b.Path) })
-
-	return driver.WalkEntries(entries, fn)
+	return entries, nil
 }
 
 // parent returns the directory of a path other than "/".

@@ -1,0 +1,361 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+)
+
+// The shapes of rows S3 and S4 (issue 15).
+const (
+	uploadBenchSize = 1 << 30 // S3: a 1 GiB layer
+	listBenchRepos  = 1000    // S4: 1,000 repositories
+)
+
+// BenchmarkS3Upload (row S3) compares `cp` of a 1 GiB layer into
+// `_uploads/sha256:<hex>` of a mount on the S3 driver (the close that
+// verifies and commits it included) with aws-sdk-go-v2's upload manager
+// (feature/s3/manager: multipart, its default part size and concurrency)
+// putting the same file to the same versitygw. Both read the file from the
+// page cache. Each iteration runs both once, alternately, into a
+// repository of its own, and removes the blob afterwards, so that every
+// commit stores the blob anew. The target is >= 0.7:
+//
+//	go test -run '^$' -bench BenchmarkS3Upload -benchtime 3x ./integration/
+//
+// The daemon is built without -race for this (the tests' binary has it).
+func BenchmarkS3Upload(b *testing.B) {
+	m := startMount(b, "s3", mountOpts{Bin: benchBinary(b), Prefix: "bench"})
+	src, dgst := uploadSource(b, uploadBenchSize)
+	var regfsTime, mgrTime time.Duration
+	b.SetBytes(uploadBenchSize)
+	i := 0
+	for b.Loop() {
+		r, u := uploadOnce(b, m, src, dgst, i)
+		regfsTime += r
+		mgrTime += u
+		i++
+	}
+	b.StopTimer()
+	n := float64(b.N) * uploadBenchSize / 1e6
+	regfsMBs, mgrMBs := n/regfsTime.Seconds(), n/mgrTime.Seconds()
+	b.ReportMetric(regfsMBs, "regfs-MB/s")
+	b.ReportMetric(mgrMBs, "manager-MB/s")
+	b.ReportMetric(regfsMBs/mgrMBs, "ratio")
+	fmt.Printf("S3 upload: regfs cp %.0f MB/s, upload manager %.0f MB/s, ratio %.2f\n", regfsMBs, mgrMBs, regfsMBs/mgrMBs)
+}
+
+// BenchmarkS3List (row S4) compares `ls -l` of a mount on the S3 driver
+// holding 1,000 repositories, cold (a fresh mount every iteration), with
+// ListObjectsV2 of the same prefix (repositories/, delimiter "/", every
+// page) by the SDK alone. It fails if the listing read any blob (a block
+// cache load or a driver Reader). The target is >= 0.5:
+//
+//	go test -run '^$' -bench BenchmarkS3List -benchtime 5x ./integration/
+func BenchmarkS3List(b *testing.B) {
+	m := startMount(b, "s3", mountOpts{Bin: benchBinary(b), Prefix: "bench"})
+	putRepos(b, m, listBenchRepos)
+	var regfsTime, listTime time.Duration
+	var calls map[string]int64
+	for b.Loop() {
+		b.StopTimer()
+		m.restart()
+		b.StartTimer()
+		r, l, c := listOnce(b, m, listBenchRepos)
+		regfsTime += r
+		listTime += l
+		calls = c
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	regfsMs, listMs := regfsTime.Seconds()*1e3/n, listTime.Seconds()*1e3/n
+	b.ReportMetric(regfsMs, "regfs-ms")
+	b.ReportMetric(listMs, "list-ms")
+	b.ReportMetric(listMs/regfsMs, "ratio")
+	fmt.Printf("S3 ls -l of %d repositories, cold: regfs %.1f ms, ListObjectsV2 %.1f ms, ratio %.2f; driver calls %v\n",
+		listBenchRepos, regfsMs, listMs, listMs/regfsMs, calls)
+}
+
+// TestS3WriteBenchTiny runs the bodies of BenchmarkS3Upload and
+// BenchmarkS3List once on tiny data (a 12 MiB layer, more than one
+// multipart part; 30 repositories), so that they cannot rot. No time is
+// checked; what is checked is that the upload commits the right bytes and
+// that the listing lists every repository without reading a blob.
+func TestS3WriteBenchTiny(t *testing.T) {
+	m := startMount(t, "s3", mountOpts{Prefix: "bench"})
+	src, dgst := uploadSource(t, 12<<20)
+	uploadOnce(t, m, src, dgst, 0)
+	m = startMount(t, "s3", mountOpts{Prefix: "bench"})
+	putRepos(t, m, 30)
+	m.restart()
+	listOnce(t, m, 30)
+}
+
+// benchBinary builds regfs without -race for a benchmark.
+func benchBinary(tb testing.TB) string {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "regfs")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/regfs")
+	if out, err := build.CombinedOutput(); err != nil {
+		tb.Fatalf("building regfs: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// uploadSource writes size seeded pseudo-random bytes to a file and
+// returns its path and digest. The file is read once, so both uploaders
+// read it from the page cache.
+func uploadSource(tb testing.TB, size int) (string, string) {
+	tb.Helper()
+	f, err := os.CreateTemp(tb.TempDir(), "layer")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	rng := rand.NewChaCha8([32]byte{'u', 'p'})
+	h := sha256.New()
+	buf := make([]byte, 4<<20)
+	for left := size; left > 0; left -= len(buf) {
+		buf = buf[:min(left, len(buf))]
+		rng.Read(buf)
+		h.Write(buf)
+		if _, err := f.Write(buf); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return f.Name(), "sha256:" + hex.EncodeToString(h.Sum(nil))
+}
+
+// uploadOnce pushes src through the mount with cp into a new repository
+// (bench/upN) and with the upload manager to a key of its own, checks the
+// commit, then removes both objects and the blob (outside the timing). It
+// returns the two durations.
+func uploadOnce(tb testing.TB, m *mount, src, dgst string, i int) (regfsTime, mgrTime time.Duration) {
+	tb.Helper()
+	ctx := context.Background()
+	client := m.S3.Client()
+	if b, ok := tb.(*testing.B); ok {
+		b.StopTimer()
+		defer b.StartTimer()
+	}
+	repo := fmt.Sprintf("bench/up%d", i)
+	if err := os.MkdirAll(m.path(repo), 0o755); err != nil {
+		tb.Fatal(err)
+	}
+
+	start := time.Now()
+	var stderr bytes.Buffer
+	cp := exec.Command("cp", src, m.path(repo, "_uploads", dgst))
+	cp.Stderr = &stderr
+	if err := cp.Run(); err != nil {
+		tb.Fatalf("cp into _uploads: %v\n%s\n%s", err, stderr.String(), m.logText())
+	}
+	regfsTime = time.Since(start)
+	if _, err := os.Stat(m.path(repo, "_layers", dgst)); err != nil {
+		tb.Fatalf("the upload did not become a layer: %v", err)
+	}
+
+	f, err := os.Open(src)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	key := path.Join(m.Prefix, "manager", dgst[len("sha256:"):])
+	up := manager.NewUploader(client)
+	start = time.Now()
+	if _, err := up.Upload(ctx, &s3.PutObjectInput{Bucket: &m.Bucket, Key: &key, Body: f}); err != nil {
+		tb.Fatalf("upload manager: %v", err)
+	}
+	mgrTime = time.Since(start)
+
+	hexd := dgst[len("sha256:"):]
+	blobKey := path.Join(m.Prefix, "docker/registry/v2/blobs/sha256", hexd[:2], hexd, "data")
+	for _, k := range []string{key, blobKey} {
+		head, err := client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &m.Bucket, Key: aws.String(k)})
+		if err != nil {
+			tb.Fatalf("HEAD %s: %v", k, err)
+		}
+		if fi, _ := os.Stat(src); aws.ToInt64(head.ContentLength) != fi.Size() {
+			tb.Fatalf("%s has %d bytes, want %d", k, aws.ToInt64(head.ContentLength), fi.Size())
+		}
+		if _, err := client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &m.Bucket, Key: aws.String(k)}); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return regfsTime, mgrTime
+}
+
+// putRepos stores n repositories (bench/rNNNN would be a namespace: they
+// are top-level, r0000 to rNNNN) with the SDK directly, in the registry's
+// layout: each has a layer, a config and a tagged manifest revision, which
+// is 5 link keys (their blobs are not needed to list them).
+func putRepos(tb testing.TB, m *mount, n int) {
+	tb.Helper()
+	ctx := context.Background()
+	client := m.S3.Client()
+	v2 := path.Join(m.Prefix, "docker/registry/v2/repositories")
+	keys := make(chan [2]string)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for range 8 {
+		wg.Go(func() {
+			for k := range keys {
+				_, err := client.PutObject(ctx, &s3.PutObjectInput{Bucket: &m.Bucket, Key: aws.String(k[0]), Body: strings.NewReader(k[1])})
+				if err != nil {
+					mu.Lock()
+					firstErr = cmpOr(firstErr, err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for i := range n {
+		repo := path.Join(v2, fmt.Sprintf("r%04d", i))
+		dg := func(what string) (string, string) {
+			s := sha256.Sum256(fmt.Appendf(nil, "%s %d", what, i))
+			h := hex.EncodeToString(s[:])
+			return "sha256:" + h, h
+		}
+		layer, lh := dg("layer")
+		config, ch := dg("config")
+		mf, mh := dg("manifest")
+		for _, k := range [][2]string{
+			{path.Join(repo, "_layers/sha256", lh, "link"), layer},
+			{path.Join(repo, "_layers/sha256", ch, "link"), config},
+			{path.Join(repo, "_manifests/revisions/sha256", mh, "link"), mf},
+			{path.Join(repo, "_manifests/tags/latest/current/link"), mf},
+			{path.Join(repo, "_manifests/tags/latest/index/sha256", mh, "link"), mf},
+		} {
+			keys <- k
+		}
+	}
+	close(keys)
+	wg.Wait()
+	if firstErr != nil {
+		tb.Fatal(firstErr)
+	}
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// listOnce runs `ls -l` of the mount, which must list n repositories and
+// read no blob, then lists the repositories/ prefix with ListObjectsV2 and
+// the delimiter, every page. It returns both durations and the driver
+// calls the ls cost.
+func listOnce(tb testing.TB, m *mount, n int) (regfsTime, listTime time.Duration, calls map[string]int64) {
+	tb.Helper()
+	b, isBench := tb.(*testing.B)
+	pause := func() {
+		if isBench {
+			b.StopTimer()
+		}
+	}
+	resume := func() {
+		if isBench {
+			b.StartTimer()
+		}
+	}
+	pause()
+	before := mountStats(tb, m)
+	resume()
+
+	start := time.Now()
+	out, err := exec.Command("ls", "-l", m.Dir).CombinedOutput()
+	regfsTime = time.Since(start)
+	if err != nil {
+		tb.Fatalf("ls -l: %v\n%s", err, out)
+	}
+
+	pause()
+	after := mountStats(tb, m)
+	if got := strings.Count(string(out), " r0"); got != n {
+		tb.Fatalf("ls -l listed %d repositories, want %d:\n%s", got, n, out)
+	}
+	calls = map[string]int64{}
+	for op, c := range after.DriverCalls {
+		if d := c - before.DriverCalls[op]; d != 0 {
+			calls[op] = d
+		}
+	}
+	if testing.Verbose() {
+		for op, o := range after.FuseOps {
+			if d := o.Requests - before.FuseOps[op].Requests; d > 0 {
+				tb.Logf("FUSE %s: %d requests, %.1f ms", op, d, (o.Seconds-before.FuseOps[op].Seconds)*1e3)
+			}
+		}
+		tb.Logf("driver Walk %.1f ms", (after.DriverLatency["Walk"].Seconds-before.DriverLatency["Walk"].Seconds)*1e3)
+	}
+	if calls["Reader"] != 0 || after.Cache.Loads != before.Cache.Loads {
+		tb.Fatalf("ls -l read blobs: %d driver Readers, %d block loads", calls["Reader"], after.Cache.Loads-before.Cache.Loads)
+	}
+	resume()
+
+	ctx := context.Background()
+	client := m.S3.Client()
+	prefix := path.Join(m.Prefix, "docker/registry/v2/repositories") + "/"
+	start = time.Now()
+	pages := s3.NewListObjectsV2Paginator(client, &s3.ListObjectsV2Input{Bucket: &m.Bucket, Prefix: &prefix, Delimiter: aws.String("/")})
+	listed := 0
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		listed += len(page.CommonPrefixes)
+	}
+	listTime = time.Since(start)
+	if listed != n {
+		tb.Fatalf("ListObjectsV2 listed %d prefixes, want %d", listed, n)
+	}
+	return regfsTime, listTime, calls
+}
+
+// benchStats is the part of .regfs/stats the benchmarks read.
+type benchStats struct {
+	DriverCalls map[string]int64 `json:"driver_calls"`
+	Cache       struct {
+		Loads int64 `json:"loads"`
+	} `json:"cache"`
+	DriverLatency map[string]struct {
+		Seconds float64 `json:"seconds"`
+	} `json:"driver_latency"`
+	FuseOps map[string]struct {
+		Requests int64   `json:"requests"`
+		Seconds  float64 `json:"seconds"`
+	} `json:"fuse_ops"`
+}
+
+func mountStats(tb testing.TB, m *mount) benchStats {
+	tb.Helper()
+	b, err := os.ReadFile(m.path(".regfs/stats"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var s benchStats
+	if err := json.Unmarshal(b, &s); err != nil {
+		tb.Fatalf(".regfs/stats: %v", err)
+	}
+	return s
+}
