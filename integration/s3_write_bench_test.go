@@ -159,6 +159,7 @@ func uploadOnce(tb testing.TB, m *mount, src, dgst string, i int) (regfsTime, mg
 		tb.Fatal(err)
 	}
 
+	before := mountStats(tb, m)
 	start := time.Now()
 	var stderr bytes.Buffer
 	cp := exec.Command("cp", src, m.path(repo, "_uploads", dgst))
@@ -167,6 +168,16 @@ func uploadOnce(tb testing.TB, m *mount, src, dgst string, i int) (regfsTime, mg
 		tb.Fatalf("cp into _uploads: %v\n%s\n%s", err, stderr.String(), m.logText())
 	}
 	regfsTime = time.Since(start)
+	if testing.Verbose() {
+		after := mountStats(tb, m)
+		var ops []string
+		for op, l := range after.DriverLatency {
+			if d := l.Seconds - before.DriverLatency[op].Seconds; d > 0.001 {
+				ops = append(ops, fmt.Sprintf("%s %d calls %.0f ms", op, after.DriverCalls[op]-before.DriverCalls[op], d*1e3))
+			}
+		}
+		tb.Logf("cp %.0f ms; driver: %s", regfsTime.Seconds()*1e3, strings.Join(ops, ", "))
+	}
 	if _, err := os.Stat(m.path(repo, "_layers", dgst)); err != nil {
 		tb.Fatalf("the upload did not become a layer: %v", err)
 	}

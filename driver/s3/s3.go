@@ -148,6 +148,9 @@ type impl struct {
 	maxCopySize int64 // largest CopyObject and UploadPartCopy (5 GiB)
 	// A writer's part sizes, see partSize.
 	writePartMin, writePartMax int64
+	// sends holds a token per part being sent in the background, by all
+	// the writers (driverPartsInFlight).
+	sends chan struct{}
 }
 
 func newImpl(ctx context.Context, p Params) (*impl, error) {
@@ -176,6 +179,7 @@ func newImpl(ctx context.Context, p Params) (*impl, error) {
 		maxCopySize:  5 << 30,
 		writePartMin: minWritePart,
 		writePartMax: maxWritePart,
+		sends:        make(chan struct{}, driverPartsInFlight),
 	}
 	if root != "" {
 		d.prefix = root + "/"
