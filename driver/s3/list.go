@@ -29,6 +29,12 @@ func (d *impl) list(ctx context.Context, path, prefix, delimiter string, fn func
 	if delimiter != "" {
 		in.Delimiter = &delimiter
 	}
+	return d.listFrom(ctx, path, in, fn)
+}
+
+// listFrom is list of the pages that in asks for, from its continuation
+// token on if it has one.
+func (d *impl) listFrom(ctx context.Context, path string, in *s3.ListObjectsV2Input, fn func(*s3.ListObjectsV2Output) error) error {
 	pages := s3.NewListObjectsV2Paginator(d.client, in)
 	for pages.HasMorePages() {
 		cctx, cancel := d.callCtx(ctx, 0)
@@ -79,24 +85,41 @@ func (d *impl) List(ctx context.Context, path string) ([]string, error) {
 	return slices.Compact(names), nil
 }
 
-// Walk lists the children of path with one delimited listing (a request
-// per 1,000 children) and hands them to fn in tree order. Only when fn
-// descends into a directory (returns nil for it) does it list every key
-// below path in one paged listing without a delimiter (a request per 1,000
-// keys, not one per directory), and go on from that directory with it.
-// So a walk that skips every child directory, as listing the repositories
-// of a namespace does, costs one request however many keys lie below, and
-// a walk of a whole tree costs one request more than the flat listing
-// alone. Keys are not in tree order ("a-b" sorts before "a/x", but the
-// directory "a" comes before "a-b"): the flat listing is held in memory,
-// about 100 bytes a key, and sorted before it is walked.
+// walkProbe is how many keys the first request of a Walk asks for.
+const walkProbe = 100
+
+// Walk lists the keys below path in one paged listing without a delimiter
+// (a request per 1,000 keys, not one per directory), whose first page asks
+// for walkProbe keys: a small tree, such as a repository's _layers/, is
+// one request. A larger one is walked from a delimited listing of its
+// children (a request per 1,000 children), and only when fn descends into
+// a directory (returns nil for it) are the rest of the keys listed, from
+// the first page on. So a walk that skips every directory below it, as
+// listing the repositories of a namespace does, costs two requests however
+// many keys lie below, and a walk of a whole large tree two more than the
+// flat listing alone. Keys are not in tree order ("a-b" sorts before
+// "a/x", but the directory "a" comes before "a-b"): the flat listing is
+// held in memory, about 100 bytes a key, and sorted before it is walked.
 func (d *impl) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
+	prefix := d.dirPrefix(path)
+	in := &s3.ListObjectsV2Input{Bucket: &d.bucket, Prefix: &prefix, MaxKeys: aws.Int32(walkProbe)}
+	cctx, cancel := d.callCtx(ctx, 0)
+	first, err := d.client.ListObjectsV2(cctx, in)
+	cancel()
+	if err != nil {
+		return d.opErr("ListObjectsV2", path, err)
+	}
+	t := newTree(d, path)
+	t.add(first)
+	if !aws.ToBool(first.IsTruncated) {
+		if len(t.entries) == 0 && path != "/" {
+			return driver.PathNotFoundError{Path: path, Driver: Name}
+		}
+		return driver.WalkEntries(t.sorted(), fn)
+	}
 	children, err := d.listChildren(ctx, path)
 	if err != nil {
 		return err
-	}
-	if len(children) == 0 && path != "/" {
-		return driver.PathNotFoundError{Path: path, Driver: Name}
 	}
 	for _, c := range children {
 		err := fn(c)
@@ -108,10 +131,15 @@ func (d *impl) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
 		}
 		// fn descends into c: the rest of the walk comes from the flat
 		// listing, from c's first child on.
-		entries, err := d.listTree(ctx, path)
+		rest := &s3.ListObjectsV2Input{Bucket: &d.bucket, Prefix: &prefix, ContinuationToken: first.NextContinuationToken}
+		err = d.listFrom(ctx, path, rest, func(page *s3.ListObjectsV2Output) error {
+			t.add(page)
+			return nil
+		})
 		if err != nil {
 			return err
 		}
+		entries := t.sorted()
 		i, _ := slices.BinarySearchFunc(entries, c.Path, func(e driver.FileInfo, p string) int { return treeCompare(e.Path, p) })
 		for i < len(entries) && entries[i].Path == c.Path {
 			i++
@@ -167,34 +195,42 @@ func (d *impl) listChildren(ctx context.Context, path string) ([]driver.FileInfo
 	return slices.CompactFunc(out, func(a, b driver.FileInfo) bool { return a.Path == b.Path }), nil
 }
 
-// listTree returns every object below path and the directories they make
-// up, in tree order, from one paged listing without a delimiter.
-func (d *impl) listTree(ctx context.Context, path string) ([]driver.FileInfo, error) {
-	var entries []driver.FileInfo
-	dirs := map[string]bool{}
-	err := d.list(ctx, path, d.dirPrefix(path), "", func(page *s3.ListObjectsV2Output) error {
-		for _, obj := range page.Contents {
-			p, ok := d.rel(aws.ToString(obj.Key))
-			if !ok {
-				continue
-			}
-			entries = append(entries, driver.FileInfo{
-				Path:    p,
-				Size:    aws.ToInt64(obj.Size),
-				ModTime: aws.ToTime(obj.LastModified),
-			})
-			for dir := parent(p); len(dir) > len(path) && !dirs[dir]; dir = parent(dir) {
-				dirs[dir] = true
-				entries = append(entries, driver.FileInfo{Path: dir, IsDir: true})
-			}
+// tree collects the objects below path from pages of a flat listing, and
+// the directories they make up.
+type tree struct {
+	d       *impl
+	path    string
+	entries []driver.FileInfo
+	dirs    map[string]bool
+}
+
+func newTree(d *impl, path string) *tree {
+	return &tree{d: d, path: path, dirs: map[string]bool{}}
+}
+
+// add adds the objects of page whose keys are driver paths.
+func (t *tree) add(page *s3.ListObjectsV2Output) {
+	for _, obj := range page.Contents {
+		p, ok := t.d.rel(aws.ToString(obj.Key))
+		if !ok {
+			continue
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
+		t.entries = append(t.entries, driver.FileInfo{
+			Path:    p,
+			Size:    aws.ToInt64(obj.Size),
+			ModTime: aws.ToTime(obj.LastModified),
+		})
+		for dir := parent(p); len(dir) > len(t.path) && !t.dirs[dir]; dir = parent(dir) {
+			t.dirs[dir] = true
+			t.entries = append(t.entries, driver.FileInfo{Path: dir, IsDir: true})
+		}
 	}
-	slices.SortFunc(entries, func(a, b driver.FileInfo) int { return treeCompare(a.Path, b.Path) })
-	return entries, nil
+}
+
+// sorted returns the entries in tree order.
+func (t *tree) sorted() []driver.FileInfo {
+	slices.SortFunc(t.entries, func(a, b driver.FileInfo) int { return treeCompare(a.Path, b.Path) })
+	return t.entries
 }
 
 // parent returns the directory of a path other than "/".
