@@ -44,13 +44,15 @@ fuzz: ## Run each fuzz target for FUZZTIME.
 # generates its own data, prints one markdown table of ratios measured side by side
 # (regfs against a bare bazil passthrough, direct reads, sha256 alone; rclone mount
 # where installed), then the S3 rows (regfs on versitygw against plain ranged GETs:
-# S1 cold cat, S5 first byte)
+# S1 cold cat, S5 first byte; S3 cp into _uploads against the SDK's upload manager,
+# S4 ls -l of 1,000 repositories against ListObjectsV2)
 # and the cache reader against direct file reads. BENCHFLAGS passes flags to
 # cmd/regfs-bench (e.g. BENCHFLAGS="-runs 5" or "-only P1,P3").
 BENCHFLAGS ?=
 bench: build ## Side-by-side speed ratios (docs/benchmarks.md), S3 row, cache benchmarks.
 	$(GO) run ./cmd/regfs-bench -regfs $(BIN) $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench 'BenchmarkS3(ColdCat|FirstByte)' -benchtime 3x ./integration/
+	$(GO) test -run '^$$' -bench 'BenchmarkS3(Upload|List)' -benchtime 3x ./integration/
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./cache/
 
 lint: vet fmt-check ## gofmt, go vet, and staticcheck when installed.

@@ -31,7 +31,9 @@
 // completing a multipart upload). A writer reopened with append starts a new
 // multipart upload whose first parts are server-side copies of the existing
 // object (UploadPartCopy), or re-sends its bytes when it is smaller than the
-// 5 MiB minimum part. See writer.go for the part sizes. A process that dies
+// 5 MiB minimum part. A writer sends its full parts in the background, four
+// at a time at most, while Write takes the next bytes. See writer.go for
+// the part sizes and the bounds on memory. A process that dies
 // between two Closes leaves an incomplete multipart upload, invisible but
 // billed on AWS: give the bucket an AbortIncompleteMultipartUpload lifecycle
 // rule.
