@@ -209,8 +209,12 @@ func uploadOnce(tb testing.TB, m *mount, src, dgst string, i int) (regfsTime, mo
 	}
 	defer f.Close()
 	key := path.Join(m.Prefix, "manager", dgst[len("sha256:"):])
+	// Issue 15 names the upload manager as row S3's baseline; its makers
+	// deprecated it for feature/s3/transfermanager (docs/decisions.md).
+	//lint:ignore SA1019 the baseline the issue names
 	up := manager.NewUploader(client)
 	start = time.Now()
+	//lint:ignore SA1019 the baseline the issue names
 	if _, err := up.Upload(ctx, &s3.PutObjectInput{Bucket: &m.Bucket, Key: &key, Body: f}); err != nil {
 		tb.Fatalf("upload manager: %v", err)
 	}
