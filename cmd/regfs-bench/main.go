@@ -120,7 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fl.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "regfs block cache budget `SIZE`")
 	fl.StringVar(&cfg.Regfs, "regfs", "", "regfs `BINARY` to measure (default: go build ./cmd/regfs)")
 	fl.BoolVar(&cfg.Rclone, "rclone", cfg.Rclone, "add rclone mount as a peer for P1/P2 when installed")
-	only := fl.String("only", "", "measure only these, comma-separated (`P1,P4`; P1 and P2 go together)")
+	only := fl.String("only", "", "measure only these, comma-separated (`P1,P4`; P1 and P2 go together, and S3 and S4)")
 	fl.StringVar(&cfg.TempDir, "tmpdir", "", "parent `DIR` of the temporary directory (default $TMPDIR or /tmp)")
 	if err := fl.Parse(args); err != nil {
 		return cfg, err
@@ -132,11 +132,14 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	if *only != "" {
 		for _, id := range strings.Split(*only, ",") {
 			id = strings.ToUpper(strings.TrimSpace(id))
-			if id == "P2" {
+			switch id {
+			case "P2":
 				id = "P1"
+			case "S4":
+				id = "S3"
 			}
-			if len(id) != 2 || id[0] != 'P' || id[1] < '1' || id[1] > '8' {
-				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8", id)
+			if id != "S3" && (len(id) != 2 || id[0] != 'P' || id[1] < '1' || id[1] > '8') {
+				return cfg, fmt.Errorf("-only: unknown measurement %q: want P1 to P8, S3 or S4", id)
 			}
 			cfg.Only = append(cfg.Only, id)
 		}

@@ -109,6 +109,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"P6", "P6 random reads", b.randomReads},
 		{"P7", "P7 first byte", b.firstByte},
 		{"P8", "P8 gc dry run", b.gcDryRun},
+		{"S3", "S3/S4 uploads and listings on S3", b.s3Writes},
 	} {
 		if err := ctx.Err(); err != nil {
 			return nil, err
