@@ -3,7 +3,9 @@ package s3
 import (
 	"context"
 	"io"
+	"math"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -248,4 +250,63 @@ func TestWriterCancelWaitsForParts(t *testing.T) {
 	if _, err := d.Stat(ctx, "/obj"); !driver.IsNotFound(err) {
 		t.Errorf("Stat after Cancel = %v, want not found", err)
 	}
+}
+
+// TestWriterChargesMemoryLimit: while a writer holds part buffers beyond
+// its first, the Go memory limit is raised by their size, and it is back
+// where it was once the writer is closed or cancelled; without a limit
+// nothing changes.
+func TestWriterChargesMemoryLimit(t *testing.T) {
+	const base = 1 << 40
+	old := debug.SetMemoryLimit(base)
+	defer debug.SetMemoryLimit(old)
+	g := newGated()
+	d := gatedDriver(t, g)
+	ctx := t.Context()
+	for _, cancel := range []bool{false, true} {
+		w, err := d.Writer(ctx, "/obj", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.setOpen(false)
+		if _, err := w.Write(randomBytes(3*5<<20+1, 21)); err != nil {
+			t.Fatal(err)
+		}
+		g.waitInFlight(t, 3)
+		// Three parts held by the server and a fourth filling: three
+		// buffers beyond the first.
+		if got := debug.SetMemoryLimit(-1) - base; got != 3*5<<20 {
+			t.Errorf("memory limit raised by %d with four buffers, want %d", got, 3*5<<20)
+		}
+		g.setOpen(true)
+		if cancel {
+			err = w.Cancel(ctx)
+			w.Close()
+		} else {
+			err = w.Close()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := debug.SetMemoryLimit(-1); got != base {
+			t.Errorf("memory limit %d after the writer is done (cancelled: %v), want %d", got, cancel, base)
+		}
+	}
+	if err := d.Delete(ctx, "/obj"); err != nil && !driver.IsNotFound(err) {
+		t.Fatal(err)
+	}
+
+	debug.SetMemoryLimit(math.MaxInt64)
+	w, err := d.Writer(ctx, "/obj", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, w, randomBytes(3*5<<20+1, 22))
+	if got := debug.SetMemoryLimit(-1); got != math.MaxInt64 {
+		t.Errorf("memory limit %d without a limit set, want none", got)
+	}
+	if err := w.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
 }
