@@ -44,14 +44,16 @@ fuzz: ## Run each fuzz target for FUZZTIME.
 # generates its own data, prints one markdown table of ratios measured side by side
 # (regfs against a bare bazil passthrough, direct reads, sha256 alone; rclone mount
 # where installed), then the S3 rows (regfs on versitygw against plain ranged GETs:
-# S1 cold cat, S5 first byte)
-# the cache reader against direct file reads, and F1/F2 (a 1 GiB gzip layer's
-# index build against compress/gzip alone; a small file read from a saved index). BENCHFLAGS passes flags to
+# S1 cold cat, S5 first byte; S3 cp into _uploads against the SDK's upload manager,
+# S4 ls -l of 1,000 repositories against ListObjectsV2), the cache reader against
+# direct file reads, and F1/F2 (a 1 GiB gzip layer's index build against
+# compress/gzip alone; a small file read from a saved index). BENCHFLAGS passes flags to
 # cmd/regfs-bench (e.g. BENCHFLAGS="-runs 5" or "-only P1,P3").
 BENCHFLAGS ?=
 bench: build ## Side-by-side speed ratios (docs/benchmarks.md), S3 row, cache benchmarks.
 	$(GO) run ./cmd/regfs-bench -regfs $(BIN) $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench 'BenchmarkS3(ColdCat|FirstByte)' -benchtime 3x ./integration/
+	$(GO) test -run '^$$' -bench 'BenchmarkS3(Upload|List)' -benchtime 3x ./integration/
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./cache/
 	REGFS_BENCH_LAYER_MB=1024 $(GO) test -run '^$$' -bench 'BenchmarkF[12]$$' -benchtime 1x ./image/
 

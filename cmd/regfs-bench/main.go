@@ -124,7 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fl.Var(size.Flag{N: &cfg.CacheSize}, "cache-size", "regfs block cache budget `SIZE`")
 	fl.StringVar(&cfg.Regfs, "regfs", "", "regfs `BINARY` to measure (default: go build ./cmd/regfs)")
 	fl.BoolVar(&cfg.Rclone, "rclone", cfg.Rclone, "add rclone mount as a peer for P1/P2 when installed")
-	only := fl.String("only", "", "measure only these, comma-separated (`P1,S1,F3,R1`; P1 and P2 go together, as do S1 and S2, F3 and F4, R1 to R3)")
+	only := fl.String("only", "", "measure only these, comma-separated (`P1,S1,F3,R1`; P1 and P2 go together, as do S1 and S2, S3 and S4, F3 and F4, R1 to R3)")
 	fl.StringVar(&cfg.TempDir, "tmpdir", "", "parent `DIR` of the temporary directory (default $TMPDIR or /tmp)")
 	if err := fl.Parse(args); err != nil {
 		return cfg, err
@@ -141,6 +141,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 				id = "P1"
 			case "F4":
 				id = "F3"
+			case "S4":
+				id = "S3"
 			case "S2":
 				id = "S1"
 			}

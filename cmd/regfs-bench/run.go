@@ -119,6 +119,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"S6", "S6 memory on S3", b.s3Memory},
 		{"F3", "F3/F4 image files", b.imageFiles},
 		{"R", "R1-R3 remote registry", b.remote},
+		{"S3", "S3/S4 uploads and listings on S3", b.s3Writes},
 	} {
 		if err := ctx.Err(); err != nil {
 			return nil, err

@@ -29,6 +29,12 @@ func (d *impl) list(ctx context.Context, path, prefix, delimiter string, fn func
 	if delimiter != "" {
 		in.Delimiter = &delimiter
 	}
+	return d.listFrom(ctx, path, in, fn)
+}
+
+// listFrom is list of the pages that in asks for, from its continuation
+// token on if it has one.
+func (d *impl) listFrom(ctx context.Context, path string, in *s3.ListObjectsV2Input, fn func(*s3.ListObjectsV2Output) error) error {
 	pages := s3.NewListObjectsV2Paginator(d.client, in)
 	for pages.HasMorePages() {
 		cctx, cancel := d.callCtx(ctx, 0)
@@ -79,41 +85,152 @@ func (d *impl) List(ctx context.Context, path string) ([]string, error) {
 	return slices.Compact(names), nil
 }
 
-// Walk lists every key below path in one paged listing (no delimiter: one
-// request per 1000 keys, not one per directory), makes up the directories
-// and sorts the whole in tree order before calling fn, since key order is
-// not tree order ("a-b" sorts before "a/x", but the directory "a" comes
-// before "a-b"). It holds the listing in memory, about 100 bytes a key.
+// walkProbe is how many keys the first request of a Walk asks for.
+const walkProbe = 100
+
+// Walk lists the keys below path in one paged listing without a delimiter
+// (a request per 1,000 keys, not one per directory), whose first page asks
+// for walkProbe keys: a small tree, such as a repository's _layers/, is
+// one request. A larger one is walked from a delimited listing of its
+// children (a request per 1,000 children), and only when fn descends into
+// a directory (returns nil for it) are the rest of the keys listed, from
+// the first page on. So a walk that skips every directory below it, as
+// listing the repositories of a namespace does, costs two requests however
+// many keys lie below, and a walk of a whole large tree two more than the
+// flat listing alone. Keys are not in tree order ("a-b" sorts before
+// "a/x", but the directory "a" comes before "a-b"): the flat listing is
+// held in memory, about 100 bytes a key, and sorted before it is walked.
 func (d *impl) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
-	var entries []driver.FileInfo
-	dirs := map[string]bool{}
-	err := d.list(ctx, path, d.dirPrefix(path), "", func(page *s3.ListObjectsV2Output) error {
-		for _, obj := range page.Contents {
-			p, ok := d.rel(aws.ToString(obj.Key))
-			if !ok {
-				continue
+	prefix := d.dirPrefix(path)
+	in := &s3.ListObjectsV2Input{Bucket: &d.bucket, Prefix: &prefix, MaxKeys: aws.Int32(walkProbe)}
+	cctx, cancel := d.callCtx(ctx, 0)
+	first, err := d.client.ListObjectsV2(cctx, in)
+	cancel()
+	if err != nil {
+		return d.opErr("ListObjectsV2", path, err)
+	}
+	t := newTree(d, path)
+	t.add(first)
+	if !aws.ToBool(first.IsTruncated) {
+		if len(t.entries) == 0 && path != "/" {
+			return driver.PathNotFoundError{Path: path, Driver: Name}
+		}
+		return driver.WalkEntries(t.sorted(), fn)
+	}
+	children, err := d.listChildren(ctx, path)
+	if err != nil {
+		return err
+	}
+	for _, c := range children {
+		err := fn(c)
+		switch {
+		case err == driver.ErrSkipDir || (err == nil && !c.IsDir):
+			continue
+		case err != nil:
+			return err
+		}
+		// fn descends into c: the rest of the walk comes from the flat
+		// listing, from c's first child on.
+		rest := &s3.ListObjectsV2Input{Bucket: &d.bucket, Prefix: &prefix, ContinuationToken: first.NextContinuationToken}
+		err = d.listFrom(ctx, path, rest, func(page *s3.ListObjectsV2Output) error {
+			t.add(page)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		entries := t.sorted()
+		i, _ := slices.BinarySearchFunc(entries, c.Path, func(e driver.FileInfo, p string) int { return treeCompare(e.Path, p) })
+		for i < len(entries) && entries[i].Path == c.Path {
+			i++
+		}
+		return driver.WalkEntries(entries[i:], fn)
+	}
+	return nil
+}
+
+// listChildren returns the direct children of the directory at path, in
+// tree order, from one delimited listing: objects with their size and
+// time, directories from the common prefixes. Names that are not valid
+// path components are left out.
+func (d *impl) listChildren(ctx context.Context, path string) ([]driver.FileInfo, error) {
+	prefix := d.dirPrefix(path)
+	var out []driver.FileInfo
+	err := d.list(ctx, path, prefix, "/", func(page *s3.ListObjectsV2Output) error {
+		for _, cp := range page.CommonPrefixes {
+			name := strings.TrimSuffix(strings.TrimPrefix(aws.ToString(cp.Prefix), prefix), "/")
+			if driver.ValidComponent(name) {
+				out = append(out, driver.FileInfo{Path: driver.Child(path, name), IsDir: true})
 			}
-			entries = append(entries, driver.FileInfo{
-				Path:    p,
-				Size:    aws.ToInt64(obj.Size),
-				ModTime: aws.ToTime(obj.LastModified),
-			})
-			for dir := parent(p); len(dir) > len(path) && !dirs[dir]; dir = parent(dir) {
-				dirs[dir] = true
-				entries = append(entries, driver.FileInfo{Path: dir, IsDir: true})
+		}
+		for _, obj := range page.Contents {
+			name := strings.TrimPrefix(aws.ToString(obj.Key), prefix)
+			if driver.ValidComponent(name) {
+				out = append(out, driver.FileInfo{
+					Path:    driver.Child(path, name),
+					Size:    aws.ToInt64(obj.Size),
+					ModTime: aws.ToTime(obj.LastModified),
+				})
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if len(entries) == 0 && path != "/" {
-		return driver.PathNotFoundError{Path: path, Driver: Name}
-	}
-	slices.SortFunc(entries, func(a, b driver.FileInfo) int { return treeCompare(a.Path, b.Path) })
+	slices.SortFunc(out, func(a, b driver.FileInfo) int {
+		if c := treeCompare(a.Path, b.Path); c != 0 {
+			return c
+		}
+		if a.IsDir == b.IsDir {
+			return 0
+		}
+		if a.IsDir {
+			return -1
+		}
+		return 1
+	})
+	// A name both an object and a directory (written by another tool) is
+	// listed once, as the directory.
+	return slices.CompactFunc(out, func(a, b driver.FileInfo) bool { return a.Path == b.Path }), nil
+}
 
-	return driver.WalkEntries(entries, fn)
+// tree collects the objects below path from pages of a flat listing, and
+// the directories they make up.
+type tree struct {
+	d       *impl
+	path    string
+	entries []driver.FileInfo
+	dirs    map[string]bool
+}
+
+func newTree(d *impl, path string) *tree {
+	return &tree{d: d, path: path, dirs: map[string]bool{}}
+}
+
+// add adds the objects of page whose keys are driver paths.
+func (t *tree) add(page *s3.ListObjectsV2Output) {
+	for _, obj := range page.Contents {
+		p, ok := t.d.rel(aws.ToString(obj.Key))
+		if !ok {
+			continue
+		}
+		t.entries = append(t.entries, driver.FileInfo{
+			Path:    p,
+			Size:    aws.ToInt64(obj.Size),
+			ModTime: aws.ToTime(obj.LastModified),
+		})
+		for dir := parent(p); len(dir) > len(t.path) && !t.dirs[dir]; dir = parent(dir) {
+			t.dirs[dir] = true
+			t.entries = append(t.entries, driver.FileInfo{Path: dir, IsDir: true})
+		}
+	}
+}
+
+// sorted returns the entries in tree order.
+func (t *tree) sorted() []driver.FileInfo {
+	slices.SortFunc(t.entries, func(a, b driver.FileInfo) int { return treeCompare(a.Path, b.Path) })
+	return t.entries
 }
 
 // parent returns the directory of a path other than "/".

@@ -31,7 +31,9 @@
 // completing a multipart upload). A writer reopened with append starts a new
 // multipart upload whose first parts are server-side copies of the existing
 // object (UploadPartCopy), or re-sends its bytes when it is smaller than the
-// 5 MiB minimum part. See writer.go for the part sizes. A process that dies
+// 5 MiB minimum part. A writer sends its full parts in the background, four
+// at a time at most, while Write takes the next bytes. See writer.go for
+// the part sizes and the bounds on memory. A process that dies
 // between two Closes leaves an incomplete multipart upload, invisible but
 // billed on AWS: give the bucket an AbortIncompleteMultipartUpload lifecycle
 // rule.
@@ -148,6 +150,9 @@ type impl struct {
 	maxCopySize int64 // largest CopyObject and UploadPartCopy (5 GiB)
 	// A writer's part sizes, see partSize.
 	writePartMin, writePartMax int64
+	// sends holds a token per part being sent in the background, by all
+	// the writers (driverPartsInFlight).
+	sends chan struct{}
 }
 
 func newImpl(ctx context.Context, p Params) (*impl, error) {
@@ -176,6 +181,7 @@ func newImpl(ctx context.Context, p Params) (*impl, error) {
 		maxCopySize:  5 << 30,
 		writePartMin: minWritePart,
 		writePartMax: maxWritePart,
+		sends:        make(chan struct{}, driverPartsInFlight),
 	}
 	if root != "" {
 		d.prefix = root + "/"

@@ -7,6 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"runtime/debug"
+	"slices"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -17,18 +21,29 @@ import (
 
 // Part sizes of a writer's multipart upload.
 //
-// S3 allows 10,000 parts of 5 MiB to 5 GiB (the last one may be smaller),
-// and a writer holds one part in memory, so the part size is a compromise
-// between memory and the largest object. A part is 10 MiB while the object
-// is below about 5 GB; after that it is 1/500 of the bytes before it,
-// rounded up to a MiB, and at most 256 MiB. An object of 1 TiB takes about
-// 5,700 parts; the part limit is reached only beyond 2 TiB (TestPartSizes
-// checks both). Container layers are rarely above a few GB, so in practice a
-// writer holds at most 10 MiB.
+// S3 allows 10,000 parts of 5 MiB to 5 GiB (the last one may be smaller).
+// A part is 10 MiB while the object is below about 5 GB; after that it is
+// 1/500 of the bytes before it, rounded up to a MiB, and at most 256 MiB.
+// An object of 1 TiB takes about 5,700 parts; the part limit is reached
+// only beyond 2 TiB (TestPartSizes checks both). Container layers are
+// rarely above a few GB, so in practice a part is 10 MiB.
 const (
 	minWritePart = 10 << 20
 	maxWritePart = 256 << 20
 	maxParts     = 10_000
+)
+
+// Parts in flight. A full part is sent on a goroutine of its own while the
+// writer fills the next one, so that the bytes keep coming in while earlier
+// parts travel: a writer has at most partsInFlight parts being sent and one
+// filling (50 MiB with 10 MiB parts), and a Write that would start one more
+// waits for one to finish. All the writers of a driver share
+// driverPartsInFlight sends, so that many uploads at once do not multiply
+// the memory: a writer that finds none free sends its part itself,
+// before Write returns, as a writer without concurrency would.
+const (
+	partsInFlight       = 4
+	driverPartsInFlight = 16
 )
 
 // partSize returns the size of the part that starts after before bytes.
@@ -51,8 +66,10 @@ func (d *impl) Writer(ctx context.Context, path string, append bool) (driver.Fil
 		// Write and Close take no context, and the one Writer was given
 		// may end with the request that opened the file: they use it only
 		// for its values, with a deadline per request.
-		ctx: context.WithoutCancel(ctx),
+		ctx:  context.WithoutCancel(ctx),
+		slot: make(chan struct{}, partsInFlight),
 	}
+	w.idle.L = &w.mu
 	if !append {
 		return w, nil
 	}
@@ -87,9 +104,15 @@ func (d *impl) Writer(ctx context.Context, path string, append bool) (driver.Fil
 
 // writer writes one object. Its bytes go to a buffer of one part; a full
 // buffer becomes a part of a multipart upload, started on the first full
-// part. Close or Commit then makes the object: one PutObject if no upload
-// was started, else the completion of the upload. base enforces the state
-// machine (no Write after Close, Close at most once after Cancel).
+// part, and is sent in the background (see partsInFlight). Close or Commit
+// then makes the object: one PutObject if no upload was started, else the
+// completion of the upload once every part is sent. base enforces the
+// state machine (no Write after Close, Close at most once after Cancel).
+//
+// A part that fails to send keeps its bytes: the next Write returns the
+// failure without taking any byte (the bytes taken before stay taken), and
+// the Write, Commit or Close after it sends the part again. So Size and
+// the counts Write returns are always what Close would store.
 type writer struct {
 	d      *impl
 	path   string
@@ -102,36 +125,59 @@ type writer struct {
 	// pendingCopy is the size of the existing object, still to be copied
 	// into the upload when it starts; 0 once copied or if there is none.
 	pendingCopy int64
-	buf         []byte // written and not yet sent
+	buf         []byte // written and not yet in a part
 	dirty       bool   // Write was called with bytes: Close must change the object
 
 	uploadID *string // the multipart upload, once started
-	parts    []types.CompletedPart
-	sent     int64 // bytes in the upload's parts
-	done     bool  // the object is made (Commit or Close) or cancelled
+	sent     int64   // bytes before buf: copied, or in parts sent or being sent
+	numbered int32   // part numbers given out
+	// charged is what the writer's buffers added to the Go memory limit
+	// (chargeMemoryLimit), given back when it is done.
+	charged int64
+	done    bool // the object is made (Commit or Close) or cancelled
+
+	// slot holds a token per part of this writer being sent.
+	slot chan struct{}
+
+	mu   sync.Mutex
+	idle sync.Cond // signalled when a send ends
+	// parts are the parts sent, in any order; failed the parts whose send
+	// failed, to be sent again, and err the first failure not yet
+	// returned by Write. spare are buffers of parts sent, for reuse.
+	parts  []types.CompletedPart
+	failed []part
+	err    error
+	spare  [][]byte
+}
+
+// part is a part of the upload and its bytes.
+type part struct {
+	num int32
+	buf []byte
 }
 
 func (w *writer) Size() int64 { return w.size }
 
-// Write appends p to the buffer, sending each part as it fills up. The
-// buffer is sent when more bytes arrive after it is full, not as soon as it
-// is full, so that n counts exactly the bytes accepted if sending fails.
+// Write appends p to the buffer, handing each part to be sent as it fills
+// up. The buffer is handed over when more bytes arrive after it is full,
+// not as soon as it is full, so that n counts exactly the bytes accepted if
+// sending fails.
 func (w *writer) Write(p []byte) (int, error) {
+	if err := w.resend(w.ctx); err != nil {
+		return 0, err
+	}
 	n := 0
 	for len(p) > 0 {
 		limit := w.d.partSize(w.sent + w.pendingCopy)
 		if int64(len(w.buf)) >= limit {
-			if err := w.flush(w.ctx); err != nil {
+			if err := w.send(w.ctx); err != nil {
 				return n, err
 			}
 			continue
 		}
 		take := int(min(limit-int64(len(w.buf)), int64(len(p))))
 		if need := len(w.buf) + take; need > cap(w.buf) {
-			// Grow to at most one part, not to twice what is needed.
-			nb := make([]byte, len(w.buf), min(limit, max(int64(need), 2*int64(cap(w.buf)))))
-			copy(nb, w.buf)
-			w.buf = nb
+			w.grow(need, limit)
 		}
 		w.buf = append(w.buf, p[:take]...)
 		w.size += int64(take)
@@ -142,32 +188,141 @@ func (w *writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// flush sends the buffer as the next part.
-func (w *writer) flush(ctx context.Context) error {
-	if err := w.start(ctx); err != nil {
+// grow makes room in buf for need bytes: a spare buffer of a whole part if
+// there is one, else one of twice the capacity, at most limit.
+func (w *writer) grow(need int, limit int64) {
+	w.mu.Lock()
+	var nb []byte
+	for len(w.spare) > 0 && nb == nil {
+		b := w.spare[len(w.spare)-1]
+		w.spare = w.spare[:len(w.spare)-1]
+		if int64(cap(b)) >= limit {
+			nb = b[:len(w.buf)]
+		}
+	}
+	w.mu.Unlock()
+	if nb == nil {
+		size := min(limit, max(int64(need), 2*int64(cap(w.buf))))
+		if w.numbered > 0 {
+			size = limit // a part was full: so will this one be
+			// A buffer beyond the one a writer filling parts one at a
+			// time would hold: charged to the memory limit.
+			w.charged += chargeMemoryLimit(size)
+		}
+		nb = make([]byte, len(w.buf), size)
+	}
+	copy(nb, w.buf)
+	w.buf = nb
+}
+
+// resend returns the failure of a part sent in the background if Write has
+// not returned it yet (once); after that, it sends the failed parts again,
+// here, and returns the first failure.
+func (w *writer) resend(ctx context.Context) error {
+	w.mu.Lock()
+	err, failed := w.err, w.failed
+	w.err = nil
+	if err == nil {
+		w.failed = nil
+	}
+	w.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	if len(w.parts) >= maxParts {
-		return w.fail("UploadPart", fmt.Errorf("object exceeds %d parts", maxParts))
+	for i, pt := range failed {
+		if err := w.sendPart(ctx, pt); err != nil {
+			// sendPart kept pt; the others are kept with it.
+			w.mu.Lock()
+			w.failed = append(w.failed, failed[i+1:]...)
+			w.mu.Unlock()
+			return err
+		}
 	}
-	num := int32(len(w.parts) + 1)
-	cctx, cancel := w.d.callCtx(ctx, int64(len(w.buf)))
+	return nil
+}
+
+// nextPart makes the buffer the next part of the upload, which it starts
+// if it is not yet.
+func (w *writer) nextPart(ctx context.Context) (part, error) {
+	if err := w.start(ctx); err != nil {
+		return part{}, err
+	}
+	if w.numbered >= maxParts {
+		return part{}, w.fail("UploadPart", fmt.Errorf("object exceeds %d parts", maxParts))
+	}
+	w.numbered++
+	pt := part{num: w.numbered, buf: w.buf}
+	w.sent += int64(len(w.buf))
+	w.buf = nil
+	return pt, nil
+}
+
+// send hands the buffer over as the next part: to a goroutine of its own
+// when the writer and the driver have a send to spare, after waiting for
+// one of the writer's own to end if it has partsInFlight; else it sends it
+// itself.
+func (w *writer) send(ctx context.Context) error {
+	pt, err := w.nextPart(ctx)
+	if err != nil {
+		return err
+	}
+	w.slot <- struct{}{} // waits while partsInFlight parts are being sent
+	select {
+	case w.d.sends <- struct{}{}:
+		go func() {
+			err := w.sendPart(ctx, pt)
+			<-w.d.sends
+			w.mu.Lock()
+			if err != nil && w.err == nil {
+				w.err = err
+			}
+			<-w.slot
+			w.idle.Broadcast()
+			w.mu.Unlock()
+		}()
+		return nil
+	default:
+		// A failed part is kept in failed, and the next call sends it
+		// again.
+		err := w.sendPart(ctx, pt)
+		<-w.slot
+		return err
+	}
+}
+
+// sendPart sends one part. Its buffer becomes a spare once sent; a part
+// that fails is kept in failed.
+func (w *writer) sendPart(ctx context.Context, pt part) error {
+	cctx, cancel := w.d.callCtx(ctx, int64(len(pt.buf)))
 	defer cancel()
 	out, err := w.d.client.UploadPart(cctx, &s3.UploadPartInput{
 		Bucket:        &w.d.bucket,
 		Key:           &w.key,
 		UploadId:      w.uploadID,
-		PartNumber:    &num,
-		Body:          bytes.NewReader(w.buf),
-		ContentLength: aws.Int64(int64(len(w.buf))),
+		PartNumber:    &pt.num,
+		Body:          bytes.NewReader(pt.buf),
+		ContentLength: aws.Int64(int64(len(pt.buf))),
 	})
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if err != nil {
+		w.failed = append(w.failed, pt)
 		return w.fail("UploadPart", err)
 	}
-	w.parts = append(w.parts, types.CompletedPart{ETag: out.ETag, PartNumber: &num})
-	w.sent += int64(len(w.buf))
-	w.buf = w.buf[:0]
+	w.parts = append(w.parts, types.CompletedPart{ETag: out.ETag, PartNumber: &pt.num})
+	if len(w.spare) <= partsInFlight {
+		w.spare = append(w.spare, pt.buf[:0])
+	}
 	return nil
+}
+
+// wait waits until no part of the writer is being sent.
+func (w *writer) wait() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for len(w.slot) > 0 {
+		w.idle.Wait()
+	}
 }
 
 // start starts the multipart upload if it is not yet, with the existing
@@ -187,6 +342,7 @@ func (w *writer) start(ctx context.Context) error {
 			return err
 		}
 		w.parts = parts
+		w.numbered = int32(len(parts))
 		w.sent, w.pendingCopy = w.pendingCopy, 0
 	}
 	w.uploadID = id
@@ -210,17 +366,66 @@ func (w *writer) finish(ctx context.Context) error {
 	case w.uploadID == nil && !w.dirty:
 		// Appending nothing to a large object: no need to copy it.
 	default:
+		w.wait()
+		w.mu.Lock()
+		w.err = nil // the failed parts are sent again now
+		w.mu.Unlock()
+		if err := w.resend(ctx); err != nil {
+			return err
+		}
 		if w.uploadID == nil || len(w.buf) > 0 {
-			if err := w.flush(ctx); err != nil {
+			pt, err := w.nextPart(ctx)
+			if err != nil {
+				return err
+			}
+			if err := w.sendPart(ctx, pt); err != nil {
 				return err
 			}
 		}
-		if err := w.d.completeUpload(ctx, w.path, w.key, w.uploadID, w.parts); err != nil {
+		w.mu.Lock()
+		parts := slices.Clone(w.parts)
+		w.mu.Unlock()
+		slices.SortFunc(parts, func(a, b types.CompletedPart) int { return int(*a.PartNumber - *b.PartNumber) })
+		if err := w.d.completeUpload(ctx, w.path, w.key, w.uploadID, parts); err != nil {
 			return err
 		}
 	}
-	w.done, w.buf, w.parts = true, nil, nil
+	w.done, w.buf, w.parts, w.spare = true, nil, nil, nil
+	w.uncharge()
 	return nil
+}
+
+// memoryLimitMu serialises the changes chargeMemoryLimit makes.
+var memoryLimitMu sync.Mutex
+
+// chargeMemoryLimit raises the Go runtime's memory limit by n bytes (lowers
+// it for a negative n) and returns n, or 0 when no limit is set.
+//
+// The part buffers a writer holds beyond one are outside the budget that
+// cmd/regfs sets the limit from (the block cache plus a headroom that
+// counts one part per upload). Near a full cache, the collector would
+// otherwise run back to back while an upload holds them: the stream of a
+// 512 MiB cp into _uploads/ took 5.9-6.3 s with the cache full against
+// 2.9-3.5 s with it empty. So the limit grows with them for as long as the
+// writer holds them, and the process's memory stays what the limit and
+// the writers' buffers add up to.
+func chargeMemoryLimit(n int64) int64 {
+	memoryLimitMu.Lock()
+	defer memoryLimitMu.Unlock()
+	limit := debug.SetMemoryLimit(-1)
+	if limit == math.MaxInt64 || limit+n < 0 {
+		return 0
+	}
+	debug.SetMemoryLimit(limit + n)
+	return n
+}
+
+// uncharge gives back what the writer's buffers added to the memory limit.
+func (w *writer) uncharge() {
+	if w.charged != 0 {
+		chargeMemoryLimit(-w.charged)
+		w.charged = 0
+	}
 }
 
 // Close makes the object, or aborts the upload if it cannot, so that no
@@ -228,7 +433,13 @@ func (w *writer) finish(ctx context.Context) error {
 func (w *writer) Close() error {
 	err := w.finish(w.ctx)
 	if err != nil && w.uploadID != nil {
+		w.wait()
 		w.d.abort(w.path, w.key, w.uploadID)
+	}
+	if err != nil {
+		w.wait()
+		w.buf, w.parts, w.spare, w.failed = nil, nil, nil, nil
+		w.uncharge()
 	}
 	w.done = true
 	return err
@@ -241,7 +452,9 @@ func (w *writer) Commit(ctx context.Context) error { return w.finish(ctx) }
 // Cancel aborts the upload and deletes the object, earlier writers' bytes
 // included.
 func (w *writer) Cancel(ctx context.Context) error {
-	w.done, w.buf = true, nil
+	w.wait() // a part that lands after the abort would stay behind
+	w.done, w.buf, w.spare, w.failed = true, nil, nil, nil
+	w.uncharge()
 	if w.uploadID != nil {
 		cctx, cancel := w.d.callCtx(ctx, 0)
 		defer cancel()

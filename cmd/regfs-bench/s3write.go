@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/regfs/regfs/driver/s3/s3test"
+)
+
+// s3ListRepos is how many repositories S4 lists (issue 15: 1,000), or
+// -repos if that is fewer.
+const s3ListRepos = 1000
+
+// s3Prefix is the key prefix of the registry in the benchmark's bucket.
+const s3Prefix = "regfs"
+
+// s3Bench is a versitygw on loopback with one bucket, for S3 and S4.
+type s3Bench struct {
+	srv    *s3test.Server
+	bucket string
+	client *s3.Client
+}
+
+// startS3 mounts regfs on the benchmark's bucket, its cache empty.
+func (b *bench) startS3(s *s3Bench) (*mount, error) {
+	dir := b.newMountpoint("regfs-s3")
+	argv := []string{
+		b.regfs, "mount", "--driver", "s3", "--s3-bucket", s.bucket,
+		"--s3-endpoint", s.srv.Endpoint, "--s3-region", s.srv.Region, "--s3-prefix", s3Prefix,
+		"--cache-size", strconv.FormatInt(b.cfg.CacheSize, 10), dir,
+	}
+	return b.mounts.start("regfs-s3", dir, argv, s.srv.Env(), "msg=mounted")
+}
+
+// s3Writes measures S3 and S4 of issue 15 on a versitygw started for them
+// (posix backend, in the temporary directory's parent like its own data):
+// S3, cp of the upload file into _uploads/sha256:<hex> of an S3 mount
+// against aws-sdk-go-v2's upload manager putting the same file; S4, ls -l
+// of up to 1,000 repositories on a fresh S3 mount against ListObjectsV2 of
+// the same prefix, with the blob reads it cost. Without versitygw the rows
+// say so.
+func (b *bench) s3Writes(ctx context.Context, rep *Report) error {
+	srv, err := s3test.Launch()
+	if errors.Is(err, s3test.ErrNotInstalled) {
+		for _, id := range []string{"S3", "S4"} {
+			rep.add(Row{ID: id, What: "S3 driver", Text: "not measured", Against: err.Error()})
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	s := &s3Bench{srv: srv, bucket: "regfs-bench", client: srv.Client()}
+	if err := srv.CreateBucket(ctx, s.bucket); err != nil {
+		return fmt.Errorf("creating the bucket: %w\n%s", err, srv.Log())
+	}
+	if err := b.s3Upload(ctx, rep, s); err != nil {
+		return fmt.Errorf("S3: %w", err)
+	}
+	if err := b.s3List(ctx, rep, s); err != nil {
+		return fmt.Errorf("S4: %w", err)
+	}
+	return nil
+}
+
+// s3Upload measures S3. Each run pushes the file into a repository of its
+// own through a fresh mount, then with the upload manager, alternately,
+// and removes both objects after checking their size.
+func (b *bench) s3Upload(ctx context.Context, rep *Report, s *s3Bench) error {
+	up := b.ds.upload
+	smp := samples{}
+	for run := range b.cfg.Runs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		repo := fmt.Sprintf("bench/up%d", run)
+		err := b.withMount(b.startS3(s))(func(m *mount) error {
+			if err := os.MkdirAll(filepath.Join(m.dir, repo), 0o755); err != nil {
+				return err
+			}
+			d, err := runCmd(ctx, nil, "cp", up.path, filepath.Join(m.dir, repo, "_uploads", up.dgst.String()))
+			if err != nil {
+				return err
+			}
+			smp.add("regfs", rate(up.size, d))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(up.path)
+		if err != nil {
+			return err
+		}
+		key := path.Join(s3Prefix, "manager", up.dgst.Encoded())
+		//lint:ignore SA1019 the baseline issue 15 names (docs/decisions.md)
+		uploader := manager.NewUploader(s.client)
+		start := time.Now()
+		//lint:ignore SA1019 the baseline issue 15 names
+		_, err = uploader.Upload(ctx, &s3.PutObjectInput{Bucket: &s.bucket, Key: &key, Body: f})
+		d := time.Since(start)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("upload manager: %w", err)
+		}
+		smp.add("manager", rate(up.size, d))
+		blobKey := path.Join(s3Prefix, registryV2, "blobs/sha256", up.dgst.Encoded()[:2], up.dgst.Encoded(), "data")
+		for _, k := range []string{blobKey, key} {
+			head, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: aws.String(k)})
+			if err != nil {
+				return fmt.Errorf("HEAD %s: %w", k, err)
+			}
+			if n := aws.ToInt64(head.ContentLength); n != up.size {
+				return fmt.Errorf("%s has %d bytes, want %d", k, n, up.size)
+			}
+			if _, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: aws.String(k)}); err != nil {
+				return err
+			}
+		}
+	}
+	regfs, mgr := smp.median("regfs"), smp.median("manager")
+	rep.add(Row{ID: "S3", What: fmt.Sprintf("cp of a %s layer into _uploads/sha256:<hex> of an S3 mount (versitygw on loopback), commit included", formatBytes(up.size)),
+		Value: regfs, Unit: unitRate,
+		Against: "aws-sdk-go-v2's upload manager (feature/s3/manager, defaults) putting the same file", Compare: mgr,
+		Ratio: regfs / mgr, Target: ">= 0.70", Goal: ratioAtLeast(0.7)})
+	return nil
+}
+
+// s3List measures S4: the repositories are stored with the SDK directly
+// (5 link keys each, as putRepos in the integration benchmark), then each
+// run lists them with ls -l on a fresh mount and with ListObjectsV2 alone.
+func (b *bench) s3List(ctx context.Context, rep *Report, s *s3Bench) error {
+	n := min(b.cfg.Repos, s3ListRepos)
+	if err := s.putRepos(ctx, n); err != nil {
+		return err
+	}
+	smp := samples{}
+	prefix := path.Join(s3Prefix, registryV2, "repositories") + "/"
+	for range b.cfg.Runs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := b.withMount(b.startS3(s))(func(m *mount) error {
+			before, err := regfsStats(m.dir)
+			if err != nil {
+				return err
+			}
+			var out bytes.Buffer
+			d, err := runCmd(ctx, &out, "ls", "-l", m.dir)
+			if err != nil {
+				return err
+			}
+			after, err := regfsStats(m.dir)
+			if err != nil {
+				return err
+			}
+			// The upload step's namespace "bench" is listed too.
+			if got := strings.Count(out.String(), " r0"); got != n {
+				return fmt.Errorf("ls -l listed %d repositories, want %d", got, n)
+			}
+			var reads int64
+			if after.Cache != nil && before.Cache != nil {
+				reads = after.Cache.Loads - before.Cache.Loads
+			}
+			reads += after.DriverCalls["Reader"] - before.DriverCalls["Reader"]
+			smp.add("regfs", d.Seconds())
+			smp.add("blob reads", float64(reads))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		pages := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, Delimiter: aws.String("/")})
+		listed := 0
+		for pages.HasMorePages() {
+			page, err := pages.NextPage(ctx)
+			if err != nil {
+				return err
+			}
+			listed += len(page.CommonPrefixes)
+		}
+		smp.add("list", time.Since(start).Seconds())
+		if listed < n {
+			return fmt.Errorf("ListObjectsV2 listed %d prefixes, want at least %d", listed, n)
+		}
+	}
+	regfs, list := smp.median("regfs"), smp.median("list")
+	what := fmt.Sprintf("ls -l of %d repositories on an S3 mount, cold (fresh mount)", n)
+	rep.add(Row{ID: "S4", What: what, Value: regfs, Unit: unitSeconds,
+		Against: "ListObjectsV2 of the same prefix with delimiter, every page, by the SDK alone", Compare: list,
+		Ratio: list / regfs, Target: ">= 0.50", Goal: ratioAtLeast(0.5)})
+	reads := smp.median("blob reads")
+	rep.add(Row{ID: "S4", What: what + ": blob reads", Text: fmt.Sprintf("%.0f", reads),
+		Against: "driver Readers and block cache loads", CompareText: "-",
+		Target: "0 blob reads", Met: metText(reads == 0)})
+	return nil
+}
+
+// putRepos stores n repositories r0000 to rNNNN in the registry's layout
+// (a layer, a config and a tagged revision: 5 link keys each), 8 requests
+// at a time.
+func (s *s3Bench) putRepos(ctx context.Context, n int) error {
+	type kv struct{ key, body string }
+	keys := make(chan kv)
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	for range 8 {
+		wg.Go(func() {
+			for k := range keys {
+				_, err := s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &s.bucket, Key: aws.String(k.key), Body: strings.NewReader(k.body)})
+				if err != nil {
+					mu.Lock()
+					firstErr = errors.Join(firstErr, err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	v2 := path.Join(s3Prefix, registryV2, "repositories")
+	for i := range n {
+		repo := path.Join(v2, fmt.Sprintf("r%04d", i))
+		dg := func(what string) (string, string) {
+			sum := sha256.Sum256(fmt.Appendf(nil, "%s %d", what, i))
+			h := hex.EncodeToString(sum[:])
+			return "sha256:" + h, h
+		}
+		layer, lh := dg("layer")
+		config, ch := dg("config")
+		mf, mh := dg("manifest")
+		for _, k := range []kv{
+			{path.Join(repo, "_layers/sha256", lh, "link"), layer},
+			{path.Join(repo, "_layers/sha256", ch, "link"), config},
+			{path.Join(repo, "_manifests/revisions/sha256", mh, "link"), mf},
+			{path.Join(repo, "_manifests/tags/latest/current/link"), mf},
+			{path.Join(repo, "_manifests/tags/latest/index/sha256", mh, "link"), mf},
+		} {
+			keys <- k
+		}
+	}
+	close(keys)
+	wg.Wait()
+	return firstErr
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/regfs/regfs/internal/testenv"
+)
+
+// TestS3WritesTiny runs S3 and S4 once on tiny data (a 4 MiB upload, 50
+// repositories) against a versitygw of their own, so that they cannot
+// rot: both rows have figures, the listing read no blob, and nothing is
+// left behind. No figure is checked against its target.
+func TestS3WritesTiny(t *testing.T) {
+	needFUSE(t)
+	if _, err := exec.LookPath("versitygw"); err != nil {
+		testenv.SkipOrFail(t, "versitygw is not installed (scripts/versitygw.sh install): %v", err)
+	}
+	cfg := tinyConfig(t)
+	cfg.Only = []string{"S3"}
+	rep, err := run(context.Background(), cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	rep.write(&out)
+	t.Log("\n" + out.String())
+	for _, want := range []struct{ id, against string }{
+		{"S3", "aws-sdk-go-v2's upload manager"},
+		{"S4", "ListObjectsV2"},
+	} {
+		row, ok := rep.row(want.id, want.against)
+		if !ok {
+			t.Errorf("no %s row against %q", want.id, want.against)
+			continue
+		}
+		if row.Value <= 0 || row.Compare <= 0 || row.Ratio <= 0 {
+			t.Errorf("%s: value %v, comparison %v, ratio %v: want all positive", want.id, row.Value, row.Compare, row.Ratio)
+		}
+	}
+	row, ok := rep.row("S4", "driver Readers")
+	if !ok || row.Met != "yes" {
+		t.Errorf("S4 blob reads row %+v (found %v): the listing read blobs", row, ok)
+	}
+	if !strings.Contains(out.String(), "| S4 | ") {
+		t.Error("the table has no S4 line")
+	}
+	assertCleanedUp(t, cfg.TempDir)
+}
