@@ -74,8 +74,27 @@ var tests = []struct {
 // return a fresh driver or a shared one; it should register its own cleanup
 // with t.Cleanup.
 func Run(t *testing.T, newDriver func(t *testing.T) driver.StorageDriver) {
+	RunWith(t, newDriver, Options{})
+}
+
+// Options tell the suite what the server under a driver is known to do
+// that the driver cannot hide.
+type Options struct {
+	// EmptyDirsListed, when set, says why the server lists a directory
+	// that holds no object (versitygw's posix backend makes the
+	// directories of an object before the object, and lists them as
+	// common prefixes meanwhile; S3 itself lists only keys): the check
+	// that a new directory is listed only with its object is skipped.
+	EmptyDirsListed string
+}
+
+// RunWith is Run with what opts say of the server.
+func RunWith(t *testing.T, newDriver func(t *testing.T) driver.StorageDriver, opts Options) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.name == "NewDirectoriesAppearWhole" && opts.EmptyDirsListed != "" {
+				t.Skip(opts.EmptyDirsListed)
+			}
 			t.Parallel()
 			e := newEnv(t, newDriver(t))
 			tc.fn(e)
