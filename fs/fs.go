@@ -280,7 +280,7 @@ func MountOptions(c MountConfig) []fuse.MountOption {
 // Serve serves conn until it is closed (the file system is unmounted). An
 // FS serves one connection; after Serve returns it is done.
 func (f *FS) Serve(conn *fuse.Conn) error {
-	cfg := &fs.Config{Debug: f.ops.observe}
+	cfg := &fs.Config{Debug: f.ops.observe, WithContext: guardWrites}
 	if f.opts.Debug {
 		cfg.Debug = func(msg any) {
 			f.ops.observe(msg)
@@ -444,6 +444,21 @@ func (f *FS) removeMkdirDir(parent, name string) {
 	if len(f.dirs[parent]) == 0 {
 		delete(f.dirs, parent)
 	}
+}
+
+// guardWrites gives every request that may change storage a context that
+// an interrupt cancels only until the store begins to write
+// (store.GuardWrites): an interrupted link, unlink, rename or mkdir either
+// did nothing and fails with EINTR, or completes. Reads keep the request's
+// own context, so an interrupted cat stops at once.
+func guardWrites(ctx context.Context, req fuse.Request) context.Context {
+	switch req.(type) {
+	case *fuse.CreateRequest, *fuse.MkdirRequest, *fuse.LinkRequest, *fuse.RemoveRequest,
+		*fuse.RenameRequest, *fuse.SetattrRequest, *fuse.SymlinkRequest, *fuse.MknodRequest,
+		*fuse.SetxattrRequest, *fuse.RemovexattrRequest, *fuse.FsyncRequest:
+		return store.GuardWrites(ctx)
+	}
+	return ctx
 }
 
 // invalidateEntry tells the kernel to forget name in dir.

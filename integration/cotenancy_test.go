@@ -242,7 +242,9 @@ func (c *coRun) onMount(ctx context.Context, f func() error) (killed bool, err e
 	}
 	g := c.gen.Load()
 	err = f()
-	return c.gen.Load() != g, err
+	// An odd g means the kill began between the wait and the load: f may
+	// have run on the dying daemon or on the bare mountpoint.
+	return g%2 == 1 || c.gen.Load() != g, err
 }
 
 // errnoName names err's errno ("EINVAL"), or "" if it has none.
@@ -760,6 +762,7 @@ func (c *coRun) mountWriterFS(ctx context.Context, rng *rand.Rand) {
 	md := &coModel{tags: map[string]digest.Digest{}, revs: map[digest.Digest]bool{}, layers: map[digest.Digest]bool{}, ln: map[digest.Digest]bool{}}
 	man := func(elem ...string) string { return c.m.path(append([]string{coFS, "_manifests"}, elem...)...) }
 	stableBlobs := append(c.imgs[0].blobs(), c.imgs[1].Layers...)
+	var history []string // the last operations, for a failure's log
 	for ctx.Err() == nil {
 		if md.dirty {
 			killed, err := c.onMount(ctx, func() error { return c.readModel(md) })
@@ -771,6 +774,7 @@ func (c *coRun) mountWriterFS(ctx context.Context, rng *rand.Rand) {
 				return
 			}
 			md.dirty = false
+			history = append(history, fmt.Sprintf("%s read back: tags %v", time.Now().Format("15:04:05.000"), md.tags))
 			c.count("mount: co/fs read back after a kill")
 		}
 		var what string
@@ -889,20 +893,31 @@ func (c *coRun) mountWriterFS(ctx context.Context, rng *rand.Rand) {
 			}
 		}
 		killed, err := c.onMount(ctx, apply)
+		note := func(s string) {
+			history = append(history, fmt.Sprintf("%s %s: %s", time.Now().Format("15:04:05.000"), what, s))
+			if len(history) > 12 {
+				history = history[1:]
+			}
+		}
 		switch {
 		case killed:
+			note(fmt.Sprintf("cut by a kill (%v)", err))
 			md.dirty = true
 			c.count("mount: co/fs operations cut by a kill")
 			continue
 		case err != nil:
+			note(err.Error())
 			c.fail("co/fs through the mount: %s: %v (%s)", what, err, errnoName(err))
+			c.t.Logf("co/fs model: tags %v, revisions %d\nlast operations:\n  %s\n%s", md.tags, len(md.revs), strings.Join(history, "\n  "), c.storedTags(coFS))
 			md.dirty = true
 			continue
 		}
+		note("done")
 		c.count("mount: co/fs operations")
 		killed, err = c.onMount(ctx, func() error { return c.checkModel(ctx, md) })
 		switch {
 		case killed:
+			note("check cut by a kill")
 			md.dirty = true
 		case err != nil && ctx.Err() == nil:
 			c.fail("after %s: %v", what, err)
@@ -911,6 +926,35 @@ func (c *coRun) mountWriterFS(ctx context.Context, rng *rand.Rand) {
 			c.count("mount: co/fs states checked on both sides")
 		}
 	}
+}
+
+// storedTags describes repo's tags as they are on disk, read directly
+// from the storage root: each tag's current link and whether the revision
+// it names is linked. A failure's log shows it, to tell a wrong model from
+// a wrong mount.
+func (c *coRun) storedTags(repo string) string {
+	base := filepath.Join(c.root, "docker/registry/v2/repositories", repo, "_manifests")
+	dirs, err := os.ReadDir(filepath.Join(base, "tags"))
+	if err != nil {
+		return "stored tags: " + err.Error()
+	}
+	var b strings.Builder
+	b.WriteString("stored tags:")
+	for _, d := range dirs {
+		link, err := os.ReadFile(filepath.Join(base, "tags", d.Name(), "current", "link"))
+		if err != nil {
+			fmt.Fprintf(&b, "\n  %s: %v", d.Name(), err)
+			continue
+		}
+		dg, perr := digest.Parse(string(link))
+		if perr != nil {
+			fmt.Fprintf(&b, "\n  %s -> %q (not a digest)", d.Name(), link)
+			continue
+		}
+		_, rerr := os.Stat(filepath.Join(base, "revisions", dg.Algorithm().String(), dg.Encoded(), "link"))
+		fmt.Fprintf(&b, "\n  %s -> %s (revision linked: %v)", d.Name(), link, rerr == nil)
+	}
+	return b.String()
 }
 
 // readModel reads co/fs and co/ln back from the mount.

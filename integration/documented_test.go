@@ -274,15 +274,17 @@ func checkNoUploadsInStorage(t *testing.T, m *mount) {
 }
 
 // TestDocumentedEINTR: "EINTR: the request was interrupted". A tag write
-// (ln) is held in the daemon before its storage write (the REGFS_TEST_PAUSE
-// hook stands for a stalled backend); a signal to the blocked thread makes
-// the kernel send FUSE_INTERRUPT, and the ln fails with EINTR, tagging
-// nothing, while the mount goes on serving.
+// (ln) is held in the daemon while it checks the revision, before any
+// storage write (the REGFS_TEST_PAUSE hook stands for a stalled backend);
+// a signal to the blocked thread makes the kernel send FUSE_INTERRUPT, and
+// the ln fails with EINTR, tagging nothing, while the mount goes on
+// serving. (Once a write has begun, an interrupt no longer stops the
+// request: fs's TestInterruptAfterWriteCompletes.)
 func TestDocumentedEINTR(t *testing.T) {
 	m := startMount(t, "filesystem", mountOpts{})
 	mf := pushImage(t, m, "app", "v1", 1)
 	m.stop()
-	m.env = append(m.env, testPauseEnvName+"=PutContent /_manifests/tags/v2/")
+	m.env = append(m.env, testPauseEnvName+"=Stat /_manifests/revisions/")
 	m.start()
 
 	var err error

@@ -13,7 +13,8 @@ import (
 // driver's typed error said, and which keeps the driver's error as its
 // cause. Nothing above the store needs the driver package to read an
 // error. Errors a WalkFn returns, and io.EOF from a stream, pass through
-// unchanged.
+// unchanged. Every call that changes storage passes beginWrite first (see
+// GuardWrites).
 type translated struct {
 	driver.StorageDriver
 }
@@ -54,6 +55,9 @@ func (t translated) GetContent(ctx context.Context, p string) ([]byte, error) {
 }
 
 func (t translated) PutContent(ctx context.Context, p string, content []byte) error {
+	if err := beginWrite(ctx); err != nil {
+		return storageErr("PutContent", p, err)
+	}
 	return storageErr("PutContent", p, t.StorageDriver.PutContent(ctx, p, content))
 }
 
@@ -66,6 +70,9 @@ func (t translated) Reader(ctx context.Context, p string, offset int64) (io.Read
 }
 
 func (t translated) Writer(ctx context.Context, p string, append bool) (driver.FileWriter, error) {
+	if err := beginWrite(ctx); err != nil {
+		return nil, storageErr("Writer", p, err)
+	}
 	w, err := t.StorageDriver.Writer(ctx, p, append)
 	if err != nil {
 		return nil, storageErr("Writer", p, err)
@@ -84,10 +91,16 @@ func (t translated) List(ctx context.Context, p string) ([]string, error) {
 }
 
 func (t translated) Move(ctx context.Context, src, dst string) error {
+	if err := beginWrite(ctx); err != nil {
+		return storageErr("Move", src, err)
+	}
 	return storageErr("Move", src, t.StorageDriver.Move(ctx, src, dst))
 }
 
 func (t translated) Delete(ctx context.Context, p string) error {
+	if err := beginWrite(ctx); err != nil {
+		return storageErr("Delete", p, err)
+	}
 	return storageErr("Delete", p, t.StorageDriver.Delete(ctx, p))
 }
 

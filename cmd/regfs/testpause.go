@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"sync/atomic"
 
 	"github.com/regfs/regfs/driver"
 )
@@ -13,7 +14,9 @@ import (
 // testPauseEnv names a hook for tests, not an option for users: when the
 // variable holds "<method> <regexp>", the daemon stops for good before the
 // first storage call of that method (PutContent, Move, Delete or Writer;
-// "*" for any of them) whose path (for Move, the destination) matches the
+// "*" for any of them; or Stat or GetContent, named alone, of which only
+// the first matching call is held, so that the daemon goes on serving
+// reads after it) whose path (for Move, the destination) matches the
 // regular expression, after logging it (msg=test-pause). The crash test (integration/crash_test.go) waits for that
 // line and sends SIGKILL, reaching states that random kill times rarely hit,
 // such as a revision stored but not yet tagged. Unset, nothing is wrapped.
@@ -38,6 +41,7 @@ type pauseDriver struct {
 	method string
 	re     *regexp.Regexp
 	log    *slog.Logger
+	read   atomic.Bool // a Stat or GetContent was held already
 }
 
 // at blocks a matching call until its context ends (in practice, until the
@@ -77,4 +81,22 @@ func (p *pauseDriver) Delete(ctx context.Context, path string) error {
 		return err
 	}
 	return p.StorageDriver.Delete(ctx, path)
+}
+
+func (p *pauseDriver) Stat(ctx context.Context, path string) (driver.FileInfo, error) {
+	if p.method == "Stat" && p.re.MatchString(path) && p.read.CompareAndSwap(false, true) {
+		if err := p.at(ctx, "Stat", path); err != nil {
+			return driver.FileInfo{}, err
+		}
+	}
+	return p.StorageDriver.Stat(ctx, path)
+}
+
+func (p *pauseDriver) GetContent(ctx context.Context, path string) ([]byte, error) {
+	if p.method == "GetContent" && p.re.MatchString(path) && p.read.CompareAndSwap(false, true) {
+		if err := p.at(ctx, "GetContent", path); err != nil {
+			return nil, err
+		}
+	}
+	return p.StorageDriver.GetContent(ctx, path)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -44,5 +45,31 @@ func TestTestPause(t *testing.T) {
 	}
 	if _, err := withTestPause(inmemory.New(), "PutContent", logger); err == nil || !strings.Contains(err.Error(), testPauseEnv) {
 		t.Errorf("a spec without a regexp: err %v", err)
+	}
+}
+
+// TestTestPauseReadOnce: a read named by the hook is held the first time
+// only, so that the daemon goes on serving reads after it.
+func TestTestPauseReadOnce(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	inner := inmemory.New()
+	ctx := context.Background()
+	if err := inner.PutContent(ctx, "/a/revisions/link", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	d, err := withTestPause(inner, "Stat /revisions/", logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Stat(ctx, "/a/other"); err == nil {
+		t.Error("Stat of a missing path succeeded")
+	}
+	ctx2, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := d.Stat(ctx2, "/a/revisions/link"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("first matching Stat: err %v, want it held until its context ended", err)
+	}
+	if _, err := d.Stat(ctx, "/a/revisions/link"); err != nil {
+		t.Errorf("second matching Stat: %v, want it to pass", err)
 	}
 }
