@@ -164,6 +164,9 @@ type FS struct {
 	manifests manifestBuffers
 	// openLayers are the layer nodes open for reading (openlayers.go).
 	openLayers openLayers
+	// foundLayers holds each thread's last layer lookup, for the open
+	// that follows it (layers.go).
+	foundLayers foundLayers
 
 	stats counters
 	ops   *opTimer
