@@ -178,7 +178,7 @@ func (l layerFile) Attr(ctx context.Context, a *fuse.Attr) error {
 
 // Open implements fs.NodeOpener. The kernel keeps the page cache across
 // opens: the bytes behind a digest cannot change. An open that follows
-// its own process's lookup of the layer at once (open(2) of a path the
+// its own thread's lookup of the layer at once (open(2) of a path the
 // kernel had not looked up, or had to look up again) uses what that
 // lookup found; any other open states the link and the data again, so
 // that a layer or blob deleted by another writer is not opened, nor its
