@@ -81,7 +81,9 @@ func TestFirstByteDriverCalls(t *testing.T) {
 
 		before = m.callsByMethod()
 		m.must("head -c1 again "+p, func() (err error) { _, err = readFirstByte(p); return err })
-		if got, want := callsSince(before, m.callsByMethod()), map[string]int64{"Stat": 2}; !maps.Equal(got, want) {
+		got = callsSince(before, m.callsByMethod())
+		delete(got, "Reader") // the first read's read-ahead may still be loading
+		if want := map[string]int64{"Stat": 2}; !maps.Equal(got, want) {
 			t.Errorf("%s: a second open, its name cached, made the driver calls %v, want %v", c.repo, got, want)
 		}
 	}
