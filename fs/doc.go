@@ -93,7 +93,9 @@
 // or when the store finds its data gone), and the kernel's pages of the
 // layers open on it are dropped once regfs learns it is gone (an open or
 // lookup fails, or Collected): a descriptor opened before then gets an
-// error, not the deleted bytes (openlayers.go).
+// error, not the deleted bytes (openlayers.go). A layer's open right after
+// its own thread's lookup of it uses what that lookup stated; any other
+// open states the layer again (layers.go).
 //
 // File data is read through the store's global block cache (package
 // cache); the read handler is a ReadAt into the kernel's buffer. Every

@@ -171,6 +171,9 @@ type FS struct {
 	openLayers openLayers
 	// images serves the image file view, _files/ (files_images.go).
 	images *images
+	// foundLayers holds each thread's last layer lookup, for the open
+	// that follows it (layers.go).
+	foundLayers foundLayers
 
 	stats counters
 	ops   *opTimer

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"bazil.org/fuse"
@@ -62,18 +63,21 @@ func (d layersDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fu
 	if err != nil {
 		return nil, d.f.errno("lookup", p, err)
 	}
-	desc, err := repo.Layers().Stat(ctx, dgst)
+	info, err := repo.Layers().Lookup(ctx, dgst)
 	if err != nil {
 		d.f.noteBlobUnknown(dgst, err)
 		return nil, d.f.errno("lookup", p, err)
 	}
-	mtime, err := d.f.linkTime(ctx, d.dir, dgst, repo.Layers().LinkTime)
-	if err != nil {
-		return nil, d.f.errno("lookup", p, err)
-	}
+	// The time of the last listing, if it has the name, wins: an object
+	// store lists times to the millisecond but states them to the second,
+	// and ls -l must not show another time than ls --full-time did.
+	mtime, _ := d.f.linkTime(ctx, d.dir, dgst, func(context.Context, digest.Digest) (time.Time, error) {
+		return info.ModTime, nil
+	})
 	d.f.noteTime(d.dir, mtime)
+	d.f.foundLayers.put(req.Pid, d.repo, info)
 	resp.EntryValid = d.f.opts.EntryTTL
-	return layerFile{f: d.f, repo: d.repo, dgst: dgst, size: desc.Size, mtime: mtime}, nil
+	return layerFile{f: d.f, repo: d.repo, dgst: dgst, size: info.Size, mtime: mtime}, nil
 }
 
 // ReadDirAll implements fs.HandleReadDirAller.
@@ -173,7 +177,12 @@ func (l layerFile) Attr(ctx context.Context, a *fuse.Attr) error {
 }
 
 // Open implements fs.NodeOpener. The kernel keeps the page cache across
-// opens: the bytes behind a digest cannot change.
+// opens: the bytes behind a digest cannot change. An open that follows
+// its own thread's lookup of the layer at once (open(2) of a path the
+// kernel had not looked up, or had to look up again) uses what that
+// lookup found; any other open states the link and the data again, so
+// that a layer or blob deleted by another writer is not opened, nor its
+// pages kept by the kernel served again.
 func (l layerFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fs.Handle, error) {
 	if !req.Flags.IsReadOnly() {
 		return nil, l.f.refuseWrite("open", l.path())
@@ -182,8 +191,10 @@ func (l layerFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.O
 	if err != nil {
 		return nil, l.f.errno("open", l.path(), err)
 	}
-	r, err := repo.Layers().Open(ctx, l.dgst)
-	if err != nil {
+	var r store.BlobReader
+	if info, ok := l.f.foundLayers.take(req.Pid, l.repo, l.dgst); ok {
+		r = repo.Layers().OpenFound(info)
+	} else if r, err = repo.Layers().Open(ctx, l.dgst); err != nil {
 		l.f.noteBlobUnknown(l.dgst, err)
 		return nil, l.f.errno("open", l.path(), err)
 	}
@@ -194,4 +205,66 @@ func (l layerFile) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.O
 // Setattr implements fs.NodeSetattrer.
 func (l layerFile) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
 	return l.f.setattrFixed("setattr", l.path(), req)
+}
+
+// foundFresh is how long a layer lookup vouches for the open that follows
+// it in the same thread: the two requests of one open(2), which on a
+// loaded machine may be this far apart. The storage a lookup stated may
+// have changed since, as it may between any open's own check and its
+// first read; the kernel itself trusts the name for the entry timeout.
+const foundFresh = 100 * time.Millisecond
+
+// foundLayers holds the last layer lookup of each calling thread (the pid
+// the kernel puts in a FUSE request is the thread's), until the open that
+// uses it, which the kernel sends right after the lookup, and only once.
+type foundLayers struct {
+	mu sync.Mutex
+	// byPid is guarded by mu.
+	byPid map[uint32]foundLayer
+}
+
+type foundLayer struct {
+	repo string
+	info store.LayerInfo
+	at   time.Time
+}
+
+// foundLayersMax bounds byPid: beyond it the stale entries are dropped.
+const foundLayersMax = 256
+
+// put notes that thread pid looked up info in repo just now.
+func (fl *foundLayers) put(pid uint32, repo string, info store.LayerInfo) {
+	if pid == 0 {
+		return // the kernel's own request: no open follows it
+	}
+	now := time.Now()
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if fl.byPid == nil {
+		fl.byPid = map[uint32]foundLayer{}
+	}
+	if len(fl.byPid) >= foundLayersMax {
+		for p, e := range fl.byPid {
+			if now.Sub(e.at) > foundFresh {
+				delete(fl.byPid, p)
+			}
+		}
+	}
+	fl.byPid[pid] = foundLayer{repo: repo, info: info, at: now}
+}
+
+// take returns and forgets what pid's last lookup found of dgst in repo,
+// if that was its last lookup and happened within foundFresh.
+func (fl *foundLayers) take(pid uint32, repo string, dgst digest.Digest) (store.LayerInfo, bool) {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	e, ok := fl.byPid[pid]
+	if !ok {
+		return store.LayerInfo{}, false
+	}
+	delete(fl.byPid, pid)
+	if e.repo != repo || e.info.Digest != dgst || time.Since(e.at) > foundFresh {
+		return store.LayerInfo{}, false
+	}
+	return e.info, true
 }

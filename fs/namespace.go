@@ -162,26 +162,16 @@ func (f *FS) lookupNamespace(ctx context.Context, parent, name string, resp *fus
 }
 
 // namespaceExists tells whether parent/name is a directory: made by mkdir,
-// a repository, a namespace holding repositories, or at least a directory
-// storage lists.
+// or a directory in storage (a repository, a namespace holding
+// repositories, or an empty directory a driver keeps), which one listing
+// of it tells. A lookup needs no more: every one of them is the same
+// namespace directory.
 func (f *FS) namespaceExists(ctx context.Context, parent, name string) (bool, error) {
 	p := joinPath(parent, name)
 	if f.hasMkdirDir(p) {
 		return true, nil
 	}
-	if ok, err := f.st.IsRepository(ctx, p); err != nil || ok {
-		return ok, err
-	}
-	kids, err := f.st.Children(ctx, p)
-	if err != nil || len(kids) > 0 {
-		return len(kids) > 0, err
-	}
-	siblings, err := f.st.Children(ctx, parent)
-	if err != nil {
-		return false, err
-	}
-	i := sort.SearchStrings(siblings, name)
-	return i < len(siblings) && siblings[i] == name, nil
+	return f.st.IsDirectory(ctx, p)
 }
 
 // readNamespace lists the sub-namespaces of p, whose directory is dir:

@@ -19,39 +19,71 @@ type layerService struct {
 	repo *repository
 }
 
-// Stat implements LayerService: it reads the link (71 bytes) and stats the
-// blob's data for its size; the blob itself is never read.
+// Stat implements LayerService: it stats the link and the blob's data (see
+// stat); the blob itself is never read.
 func (l *layerService) Stat(ctx context.Context, dgst digest.Digest) (Descriptor, error) {
-	desc, _, err := l.stat(ctx, dgst)
-	return desc, err
+	info, err := l.stat(ctx, dgst)
+	return info.Descriptor, err
 }
 
-// stat is Stat that also returns the link's target, whose data is what is
-// served.
-func (l *layerService) stat(ctx context.Context, dgst digest.Digest) (Descriptor, digest.Digest, error) {
+// Lookup implements LayerService.
+func (l *layerService) Lookup(ctx context.Context, dgst digest.Digest) (LayerInfo, error) {
+	return l.stat(ctx, dgst)
+}
+
+// stat finds the blob dgst linked here: the size of its data, the link's
+// modification time and the blob whose data is served. The link and the
+// data are stated at once, so that on a remote driver a lookup waits for
+// one round trip, not two. A link of 71 bytes is not read: in the
+// registry's layout a layer's link names its own directory's digest (fsck
+// reports one that does not as a link-mismatch), and a listing takes it
+// for that digest without reading it either. A link of any other size is
+// read, with readLink's re-reads of a link being rewritten, and, like the
+// registry, regfs then serves what it names.
+func (l *layerService) stat(ctx context.Context, dgst digest.Digest) (LayerInfo, error) {
 	linkPath, err := pathFor(layerLinkPathSpec{name: l.repo.name, digest: dgst})
 	if err != nil {
-		return Descriptor{}, "", err
+		return LayerInfo{}, err
 	}
-	target, err := l.repo.s.readLink(ctx, linkPath)
-	if err != nil {
+	type sized struct {
+		size int64
+		err  error
+	}
+	data := make(chan sized, 1)
+	go func() {
+		n, err := l.repo.s.blobSize(ctx, dgst)
+		data <- sized{n, err}
+	}()
+	fi, err := l.repo.s.driver.Stat(ctx, linkPath)
+	ds := <-data
+	notLinked := func(err error) error {
 		if isNotFound(err) {
-			return Descriptor{}, "", fmt.Errorf("%w: %s not linked in %s", ErrBlobUnknown, dgst, l.repo.name)
+			return fmt.Errorf("%w: %s not linked in %s", ErrBlobUnknown, dgst, l.repo.name)
 		}
-		return Descriptor{}, "", err
+		return err
 	}
-	// Like the registry, the link's target is what is served; it is the
-	// same digest unless another tool wrote the link.
-	size, err := l.repo.s.blobSize(ctx, target)
 	if err != nil {
-		if errors.Is(err, ErrBlobUnknown) {
+		return LayerInfo{}, notLinked(err)
+	}
+	target := dgst
+	if fi.IsDir || fi.Size != int64(linkSize) {
+		if target, err = l.repo.s.readLink(ctx, linkPath); err != nil {
+			return LayerInfo{}, notLinked(err)
+		}
+		if target != dgst {
+			n, err := l.repo.s.blobSize(ctx, target)
+			ds = sized{n, err}
+		}
+	}
+	if ds.err != nil {
+		if errors.Is(ds.err, ErrBlobUnknown) {
 			// Deleted by another process (a registry's gc): readers
 			// still open on it must not be served its cached blocks.
 			l.repo.s.forgetBlob(target)
 		}
-		return Descriptor{}, "", err
+		return LayerInfo{}, ds.err
 	}
-	return Descriptor{Digest: dgst, Size: size}, target, nil
+	return LayerInfo{Descriptor: Descriptor{Digest: dgst, Size: ds.size}, ModTime: fi.ModTime, target: target}, nil
 }
 
 // blobSize stats a blob's data; ErrBlobUnknown when it is missing.
@@ -93,11 +125,20 @@ func (l *layerService) LinkTime(ctx context.Context, dgst digest.Digest) (time.T
 
 // Open implements LayerService.
 func (l *layerService) Open(ctx context.Context, dgst digest.Digest) (BlobReader, error) {
-	desc, target, err := l.stat(ctx, dgst)
+	info, err := l.stat(ctx, dgst)
 	if err != nil {
 		return nil, err
 	}
-	return l.repo.s.openBlob(desc, target), nil
+	return l.OpenFound(info), nil
+}
+
+// OpenFound implements LayerService.
+func (l *layerService) OpenFound(info LayerInfo) BlobReader {
+	target := info.target
+	if target == "" {
+		target = info.Digest
+	}
+	return l.repo.s.openBlob(info.Descriptor, target)
 }
 
 // openBlob returns a reader over the data of blob target through the shared

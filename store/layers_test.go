@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -314,6 +315,122 @@ func TestLinkTimes(t *testing.T) {
 			revs, err := r.Manifests().Linked(ctx)
 			if err != nil || len(revs) != 1 || revs[0].ModTime.IsZero() {
 				t.Errorf("Manifests().Linked = %v, %v", revs, err)
+			}
+		})
+	}
+}
+
+// callsSince returns the driver calls s made since before, by method,
+// leaving out methods with none.
+func callsSince(s Store, before map[string]int64) map[string]int64 {
+	out := map[string]int64{}
+	for op, n := range s.(StatsReporter).Stats().DriverCalls {
+		if d := n - before[op]; d != 0 {
+			out[op] = d
+		}
+	}
+	return out
+}
+
+// TestLayerLookup: Lookup finds a layer with two driver Stats, the link's
+// and the data's, and reads neither; its time is the link's, its size the
+// data's, and OpenFound reads the blob with no other call than the block
+// loads. A link of 71 bytes is not read (the layout's link names its own
+// digest); one of another size is, and an empty one stays corrupt.
+func TestLayerLookup(t *testing.T) {
+	for _, dc := range drivers {
+		t.Run(dc.name, func(t *testing.T) {
+			ctx := context.Background()
+			td := dc.new(t, "")
+			s := newStore(t, td)
+			r := repo(t, s, "team/app")
+			content := []byte("layer one")
+			l1 := pushBlob(t, r, content)
+
+			before := s.(StatsReporter).Stats().DriverCalls
+			info, err := r.Layers().Lookup(ctx, l1)
+			if err != nil || info.Digest != l1 || info.Size != int64(len(content)) {
+				t.Fatalf("Lookup = %+v, %v", info, err)
+			}
+			if got, want := callsSince(s, before), map[string]int64{"Stat": 2}; !maps.Equal(got, want) {
+				t.Errorf("Lookup made the driver calls %v, want %v", got, want)
+			}
+			if lt, err := r.Layers().LinkTime(ctx, l1); err != nil || !info.ModTime.Equal(lt) {
+				t.Errorf("Lookup's time %v, LinkTime %v, %v", info.ModTime, lt, err)
+			}
+			before = s.(StatsReporter).Stats().DriverCalls
+			br := r.Layers().OpenFound(info)
+			got, err := io.ReadAll(br)
+			br.Close()
+			if err != nil || !bytes.Equal(got, content) {
+				t.Fatalf("OpenFound read %q, %v", got, err)
+			}
+			calls := callsSince(s, before)
+			if calls["Reader"] < 1 {
+				t.Errorf("OpenFound's read made no Reader call: %v", calls)
+			}
+			delete(calls, "Reader")
+			if len(calls) != 0 {
+				t.Errorf("OpenFound and its read made the driver calls %v besides Reader", calls)
+			}
+
+			if _, err := r.Layers().Lookup(ctx, digest.FromString("not linked")); !errors.Is(err, ErrBlobUnknown) {
+				t.Errorf("Lookup of a layer not linked: %v", err)
+			}
+			l2 := pushBlob(t, r, []byte("layer two"))
+			if err := td.Delete(ctx, mustPath(blobDataPathSpec{digest: l2})); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.Layers().Lookup(ctx, l2); !errors.Is(err, ErrBlobUnknown) {
+				t.Errorf("Lookup of a layer whose data is gone: %v", err)
+			}
+			l3 := pushBlob(t, r, []byte("layer three"))
+			if err := td.PutContent(ctx, mustPath(layerLinkPathSpec{name: "team/app", digest: l3}), nil); err != nil {
+				t.Fatal(err)
+			}
+			var bad *CorruptLinkError
+			if _, err := r.Layers().Lookup(ctx, l3); !errors.As(err, &bad) {
+				t.Errorf("Lookup of a layer whose link is empty: %v, want a CorruptLinkError", err)
+			}
+		})
+	}
+}
+
+// TestIsDirectory: a repository, a namespace holding one and an empty
+// directory are directories, each told by one List; a missing name and a
+// file are not.
+func TestIsDirectory(t *testing.T) {
+	for _, dc := range drivers {
+		t.Run(dc.name, func(t *testing.T) {
+			ctx := context.Background()
+			td := dc.new(t, "")
+			s := newStore(t, td)
+			pushBlob(t, repo(t, s, "team/app"), []byte("layer"))
+			if err := td.PutContent(ctx, mustPath(repositoryPathSpec{name: "team/file"}), []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			cases := []struct {
+				name string
+				want bool
+			}{{"team/app", true}, {"team", true}, {"nope", false}, {"team/nope", false}, {"team/file", false}}
+			if td.root != "" {
+				if err := os.MkdirAll(filepath.Join(td.root, mustPath(repositoryPathSpec{name: "team/empty"})), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				cases = append(cases, struct {
+					name string
+					want bool
+				}{"team/empty", true})
+			}
+			for _, c := range cases {
+				before := s.(StatsReporter).Stats().DriverCalls
+				got, err := s.IsDirectory(ctx, c.name)
+				if err != nil || got != c.want {
+					t.Errorf("IsDirectory(%q) = %v, %v; want %v", c.name, got, err, c.want)
+				}
+				if calls, want := callsSince(s, before), map[string]int64{"List": 1}; !maps.Equal(calls, want) {
+					t.Errorf("IsDirectory(%q) made the driver calls %v, want %v", c.name, calls, want)
+				}
 			}
 		})
 	}

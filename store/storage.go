@@ -134,6 +134,24 @@ func (s *storage) IsRepository(ctx context.Context, name string) (bool, error) {
 	return s.hasRepoMarker(ctx, dir)
 }
 
+// IsDirectory implements Store. A List answers with the directory's
+// entries or not-found, on every driver in one request for a repository
+// (three entries at most); a Stat costs an object store two (a HEAD, then
+// a listing of one key), and the entries are not needed.
+func (s *storage) IsDirectory(ctx context.Context, name string) (bool, error) {
+	dir, err := pathFor(repositoryPathSpec{name: name})
+	if err != nil {
+		return false, err
+	}
+	if _, err := s.driver.List(ctx, dir); err != nil {
+		if isNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
 // hasRepoMarker tells whether the directory has a _layers, _manifests or
 // _uploads child.
 func (s *storage) hasRepoMarker(ctx context.Context, dir string) (bool, error) {

@@ -40,6 +40,12 @@ type Store interface {
 	// IsRepository tells whether name exists in storage as a repository.
 	IsRepository(ctx context.Context, name string) (bool, error)
 
+	// IsDirectory tells whether name is a directory in storage: a
+	// repository, a namespace holding repositories, or a directory a
+	// driver with directories keeps empty. It is one listing of the
+	// directory, which does not tell the three apart.
+	IsDirectory(ctx context.Context, name string) (bool, error)
+
 	// Repositories lists every repository, sorted (what the registry's
 	// catalog lists).
 	Repositories(ctx context.Context) ([]string, error)
@@ -141,6 +147,26 @@ type LayerService interface {
 	// LinkTime returns the modification time of the blob's link in this
 	// repository (when it was linked); ErrBlobUnknown when not linked.
 	LinkTime(ctx context.Context, dgst digest.Digest) (time.Time, error)
+	// Lookup is Stat with the link's modification time, what a file's
+	// attributes need, in one round trip: the link and the blob's data
+	// are stated at once, and neither is read.
+	Lookup(ctx context.Context, dgst digest.Digest) (LayerInfo, error)
+	// OpenFound returns a reader over the blob a Lookup just found,
+	// without asking storage again. A blob deleted since is found missing
+	// by the reader's first block load.
+	OpenFound(info LayerInfo) BlobReader
+}
+
+// LayerInfo is what Lookup learns of a blob linked into a repository.
+type LayerInfo struct {
+	// Descriptor is the blob's digest and the size of its data.
+	Descriptor
+	// ModTime is the link's modification time: when the blob was linked
+	// here. Zero when the driver has no times.
+	ModTime time.Time
+	// target is the blob whose data is served: Digest, unless the link
+	// (not 71 bytes, so read) names another.
+	target digest.Digest
 }
 
 // Linked is a digest linked into a repository and its link's modification

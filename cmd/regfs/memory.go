@@ -11,8 +11,11 @@ import (
 // (8 MiB each, store's maxUploadBacklog), the store's manifest cache (8 MiB,
 // store's manifestCacheBudget) and
 // the runtime itself. Manifests open for reading are not in it: they are
-// charged to the cache budget (see fs's manifestBuffers).
-const memoryHeadroom = 48 << 20
+// charged to the cache budget (see fs's manifestBuffers). 48 MiB let S6
+// (regfs-bench: two readers of a 4 GiB layer on S3, 256 MiB budget) peak
+// at 323 MiB, over its target of budget + 64 MiB, as the binary's own
+// pages come on top; 40 MiB gave 314 MiB (docs/benchmarks.md, "S3 reads").
+const memoryHeadroom = 40 << 20
 
 // setMemoryLimit caps the Go runtime's memory at the cache budget plus
 // memoryHeadroom, unless GOMEMLIMIT sets a limit of its own.

@@ -44,7 +44,12 @@ func (l *layerService) Open(ctx context.Context, dgst digest.Digest) (store.Blob
 	if err != nil {
 		return nil, err
 	}
-	s, repo := l.r.s, l.r.name
+	return l.openDesc(desc), nil
+}
+
+// openDesc returns a reader over the blob desc names, whose size is known.
+func (l *layerService) openDesc(desc store.Descriptor) store.BlobReader {
+	s, repo, dgst := l.r.s, l.r.name, desc.Digest
 	open := func(ctx context.Context, offset int64) (io.ReadCloser, error) {
 		rng := "bytes=" + strconv.FormatInt(offset, 10) + "-"
 		if n, ok := driver.ReadLength(ctx); ok && n > 0 {
@@ -66,7 +71,23 @@ func (l *layerService) Open(ctx context.Context, dgst digest.Digest) (store.Blob
 	}
 	key := "remote:" + dgst.String() + "@" + strconv.FormatInt(desc.Size, 10)
 	cr := s.cache.NewReader(key, desc.Size, open)
-	return &blobReader{SectionReader: io.NewSectionReader(cr, 0, desc.Size), cr: cr, desc: desc}, nil
+	return &blobReader{SectionReader: io.NewSectionReader(cr, 0, desc.Size), cr: cr, desc: desc}
+}
+
+// Lookup implements store.LayerService: the HEAD of Stat (the API keeps
+// no link times).
+func (l *layerService) Lookup(ctx context.Context, dgst digest.Digest) (store.LayerInfo, error) {
+	desc, err := l.Stat(ctx, dgst)
+	if err != nil {
+		return store.LayerInfo{}, err
+	}
+	return store.LayerInfo{Descriptor: desc}, nil
+}
+
+// OpenFound implements store.LayerService: a reader over the blob a Lookup
+// found, with no request until its first block load.
+func (l *layerService) OpenFound(info store.LayerInfo) store.BlobReader {
+	return l.openDesc(info.Descriptor)
 }
 
 // blobReader gives a cache.Reader the BlobReader interface.

@@ -333,6 +333,16 @@ func (s *remoteStore) IsRepository(ctx context.Context, name string) (bool, erro
 	return true, nil
 }
 
+// IsDirectory implements store.Store: a namespace of the repositories the
+// mount knows of, or a repository.
+func (s *remoteStore) IsDirectory(ctx context.Context, name string) (bool, error) {
+	kids, err := s.Children(ctx, name)
+	if err != nil || len(kids) > 0 {
+		return len(kids) > 0, err
+	}
+	return s.IsRepository(ctx, name)
+}
+
 // sawRepo records that name exists.
 func (s *remoteStore) sawRepo(name string) {
 	s.mu.Lock()
