@@ -84,8 +84,10 @@ type Options struct {
 	// streams run to the end of the blob and are kept for the next load
 	// (best for local files).
 	Ranged bool
-	// AheadLoads is the most read-ahead loads one Reader keeps in flight
-	// (ReadAhead if <= 0). With Ranged, ReadAhead may exceed it: the
+	// AheadLoads is, with Ranged, the most read-ahead loads one Reader
+	// keeps in flight (ReadAhead if <= 0); without Ranged every block of
+	// the read-ahead is started at once, as local reads always were.
+	// With Ranged, ReadAhead may exceed it: the
 	// blocks ahead are then a window in which a load that ends starts
 	// the next one at once, so a slow load does not hold back the others.
 	AheadLoads int

@@ -294,11 +294,13 @@ func (r *Reader) access(off, end int64) error {
 	return nil
 }
 
-// startAhead starts read-ahead loads of the blocks from raNext to raTo
-// while fewer than Options.AheadLoads are in flight; r.mu is held.
+// startAhead starts read-ahead loads of the blocks from raNext to raTo,
+// with Options.Ranged while fewer than Options.AheadLoads are in flight
+// (without it, as before the cap: every block of the window at once); r.mu
+// is held.
 func (r *Reader) startAhead() {
 	i := r.raNext
-	for ; i <= r.raTo && r.raInFlight < r.c.aheadLoads; i++ {
+	for ; i <= r.raTo && (!r.c.ranged || r.raInFlight < r.c.aheadLoads); i++ {
 		bk := blockKey{r.key, i}
 		n := r.blockLen(i)
 		ld, ok := r.c.tryReadAhead(bk, n)
