@@ -140,10 +140,13 @@ type remoteStore struct {
 	// catalogNames, catalogOK and catalogAt are the last catalog and when
 	// it was fetched; guarded by mu.
 	catalogNames []string
-	catalogOK    bool
-	catalogAt    time.Time
-	catalogTTL   time.Duration
-	recent       *recent
+	// catalogSorted is catalogNames sorted, for the read-ahead.
+	catalogSorted []string
+	catalogOK     bool
+	catalogAt     time.Time
+	catalogTTL    time.Duration
+	recent        *recent
+	ahead         *ahead
 }
 
 type cachedManifest struct {
@@ -173,6 +176,7 @@ func New(o Options) (store.Store, error) {
 		from:       map[digest.Digest]string{},
 		manifests:  map[digest.Digest]cachedManifest{},
 		catalogTTL: o.CatalogTTL,
+		ahead:      newAhead(),
 	}
 	attrTTL := o.AttrTTL
 	if attrTTL == 0 {
@@ -215,6 +219,7 @@ func (s *remoteStore) catalog(ctx context.Context) ([]string, bool, error) {
 	}
 	s.mu.Lock()
 	s.catalogNames, s.catalogOK, s.catalogAt = names, ok, time.Now()
+	s.catalogSorted = sortedCatalog(names)
 	s.mu.Unlock()
 	return slices.Clone(names), ok, nil
 }
