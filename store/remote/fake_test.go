@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -467,5 +468,40 @@ func TestResumeAtRegistryOffset(t *testing.T) {
 				t.Error("the registry holds other bytes")
 			}
 		})
+	}
+}
+
+// TestCommitShortThenAppend: a commit before every byte is written is a
+// digest mismatch that sends nothing final; the rest appended after it
+// commits the blob. The digest is of every byte written, those still
+// buffered or waiting for the hasher included.
+func TestCommitShortThenAppend(t *testing.T) {
+	f := newFakeRegistry()
+	st := newTestStore(t, f, Options{ChunkSize: 1 << 20})
+	ctx := context.Background()
+	r, _ := st.Repository("app")
+	data := bytes.Repeat([]byte("append after a mismatch "), (5<<20)/24)
+	d := digest.FromBytes(data)
+	up, err := r.Uploads().Create(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(data)/2 + 12345 // a full chunk queued and part of one buffered
+	for off := 0; off < half; off += 128 << 10 {
+		up.Write(data[off:min(off+128<<10, half)])
+	}
+	var mismatch *store.DigestMismatchError
+	if _, err := up.Commit(ctx); !errors.As(err, &mismatch) || mismatch.Actual != digest.FromBytes(data[:half]) {
+		t.Fatalf("commit of half the bytes: %v, want a mismatch naming their digest", err)
+	}
+	if n := f.count("PUT other"); n != 0 {
+		t.Fatalf("%d final PUTs after a mismatch", n)
+	}
+	up.Write(data[half:])
+	if _, err := up.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(f.blobs["app@"+d.String()], data) {
+		t.Error("the registry holds other bytes")
 	}
 }
