@@ -505,3 +505,37 @@ func TestCommitShortThenAppend(t *testing.T) {
 		t.Error("the registry holds other bytes")
 	}
 }
+
+// TestUploadRepositoryListed: a repository whose only content is an
+// upload in progress is listed, also by a store started later over the
+// same state directory, and is not once the upload is cancelled.
+func TestUploadRepositoryListed(t *testing.T) {
+	f := newFakeRegistry()
+	f.noCatalog = true
+	dir := t.TempDir()
+	ctx := context.Background()
+	st := newTestStore(t, f, Options{StateDir: dir})
+	r, _ := st.Repository("new/app")
+	up, err := r.Uploads().Create(ctx, digest.FromString("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Close()
+	// The state directory is the registry URL's: the same server.
+	later, err := New(Options{URL: st.(*remoteStore).c.base.String(), StateDir: dir, RetryDelay: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if c, err := later.Children(ctx, ""); err != nil || strings.Join(c, ",") != "new" {
+			t.Fatalf("Children with an upload in new/app: %v, %v", c, err)
+		}
+	}
+	r, _ = later.Repository("new/app")
+	if err := r.Uploads().Cancel(ctx, up.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := later.Children(ctx, ""); err != nil || len(c) != 0 {
+		t.Errorf("Children after the upload was cancelled: %v, %v", c, err)
+	}
+}
