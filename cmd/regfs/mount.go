@@ -179,9 +179,11 @@ func cacheOptions(cfg Config) cache.Options {
 		o.Prefault = 0
 		o.Ranged = true
 	case driverRegistry:
-		o.BlockSize = 4 << 20
-		o.ReadAhead = 8
-		o.Prefault = 2
+		// A block is a ranged GET as on S3: the same sizes.
+		o.BlockSize = s3.CacheBlockSize
+		o.ReadAhead = s3.CacheReadAhead
+		o.AheadLoads = s3.CacheAheadLoads
+		o.Prefault = 0
 		o.Ranged = true
 		// store/remote retries what is worth it (429, 5xx, a dropped
 		// connection) itself; a stall already took its timeout.
