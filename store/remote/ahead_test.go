@@ -66,7 +66,9 @@ func TestListAhead(t *testing.T) {
 		}
 	}
 	for i := 7; i < 6+aheadRepos; i++ {
+		f.mu.Lock()
 		before := len(f.log)
+		f.mu.Unlock()
 		list(i)
 		f.mu.Lock()
 		sent := f.log[before:]

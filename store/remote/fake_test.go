@@ -539,3 +539,26 @@ func TestUploadRepositoryListed(t *testing.T) {
 		t.Errorf("Children after the upload was cancelled: %v, %v", c, err)
 	}
 }
+
+// TestOnePingPerRegistry: a registry without a bearer challenge is pinged
+// when the store first calls it, not again for each repository.
+func TestOnePingPerRegistry(t *testing.T) {
+	f := newFakeRegistry()
+	for i := range 5 {
+		f.tag(fmt.Sprintf("r%d/app", i), "v1", []byte("x"))
+	}
+	st := newTestStore(t, f, Options{})
+	ctx := context.Background()
+	for i := range 5 {
+		r, _ := st.Repository(fmt.Sprintf("r%d/app", i))
+		if tags, err := r.Tags().List(ctx); err != nil || len(tags) != 1 {
+			t.Fatalf("r%d: tags %v, %v", i, tags, err)
+		}
+		if _, err := r.Uploads().Create(ctx, digest.FromString("y")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.count("GET ping"); n > 2 {
+		t.Errorf("%d pings for 5 repositories, want the first call's", n)
+	}
+}
