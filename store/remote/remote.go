@@ -340,20 +340,21 @@ func (s *remoteStore) IsRepository(ctx context.Context, name string) (bool, erro
 	if seen || (s.state != nil && slices.Contains(s.state.repos(), name)) {
 		return true, nil
 	}
-	names, ok, err := s.catalog(ctx)
-	if err != nil {
+	if _, _, err := s.catalog(ctx); err != nil {
 		return false, err
 	}
+	s.mu.Lock()
+	names, ok := s.catalogSorted, s.catalogOK
+	s.mu.Unlock()
 	if ok {
-		if slices.Contains(names, name) {
+		if _, found := slices.BinarySearch(names, name); found {
 			return true, nil
 		}
 		// A namespace of listed repositories is not one itself (the
-		// catalog lists every repository that has one).
-		for _, n := range names {
-			if strings.HasPrefix(n, name+"/") {
-				return false, nil
-			}
+		// catalog lists every repository that has one); those under it
+		// sort right after name+"/".
+		if i, _ := slices.BinarySearch(names, name+"/"); i < len(names) && strings.HasPrefix(names[i], name+"/") {
+			return false, nil
 		}
 	}
 	// Not listed (no catalog, or made since it was fetched): a repository
