@@ -163,7 +163,9 @@ func openStore(ctx context.Context, cfg Config, c *cache.Cache, log *slog.Logger
 //
 // On S3 each block load is one GET of just that block (Ranged), read to its
 // end so that its connection serves the next GET; see docs/benchmarks.md,
-// "S3 reads (issue 15)", for what it changed.
+// "S3 reads (issue 15)", for what it changed. A registry mounted with
+// --registry serves blocks the same way (ranged GETs of the blob) and gets
+// the same sizes ("Remote registry (issue 18)").
 func cacheOptions(cfg Config) cache.Options {
 	o := cache.Options{
 		Budget:    cfg.CacheSize,
@@ -179,9 +181,11 @@ func cacheOptions(cfg Config) cache.Options {
 		o.Prefault = 0
 		o.Ranged = true
 	case driverRegistry:
-		o.BlockSize = 4 << 20
-		o.ReadAhead = 8
-		o.Prefault = 2
+		// A block is a ranged GET as on S3: the same sizes.
+		o.BlockSize = s3.CacheBlockSize
+		o.ReadAhead = s3.CacheReadAhead
+		o.AheadLoads = s3.CacheAheadLoads
+		o.Prefault = 0
 		o.Ranged = true
 		// store/remote retries what is worth it (429, 5xx, a dropped
 		// connection) itself; a stall already took its timeout.

@@ -4,6 +4,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/regfs/regfs/driver/s3"
 )
 
 // TestRegistryFlags: --registry mounts a registry's API, its state
@@ -44,7 +46,7 @@ func TestRegistryFlags(t *testing.T) {
 		t.Error("--registry beside a registry SOURCE: accepted")
 	}
 	o := cacheOptions(cfg)
-	if !o.Ranged || o.BlockSize != 4<<20 || o.Attempts != 1 {
+	if !o.Ranged || o.BlockSize != s3.CacheBlockSize || o.ReadAhead != s3.CacheReadAhead || o.Attempts != 1 {
 		t.Errorf("registry cache options: %+v", o)
 	}
 }

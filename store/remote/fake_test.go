@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -467,5 +468,97 @@ func TestResumeAtRegistryOffset(t *testing.T) {
 				t.Error("the registry holds other bytes")
 			}
 		})
+	}
+}
+
+// TestCommitShortThenAppend: a commit before every byte is written is a
+// digest mismatch that sends nothing final; the rest appended after it
+// commits the blob. The digest is of every byte written, those still
+// buffered or waiting for the hasher included.
+func TestCommitShortThenAppend(t *testing.T) {
+	f := newFakeRegistry()
+	st := newTestStore(t, f, Options{ChunkSize: 1 << 20})
+	ctx := context.Background()
+	r, _ := st.Repository("app")
+	data := bytes.Repeat([]byte("append after a mismatch "), (5<<20)/24)
+	d := digest.FromBytes(data)
+	up, err := r.Uploads().Create(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(data)/2 + 12345 // a full chunk queued and part of one buffered
+	for off := 0; off < half; off += 128 << 10 {
+		up.Write(data[off:min(off+128<<10, half)])
+	}
+	var mismatch *store.DigestMismatchError
+	if _, err := up.Commit(ctx); !errors.As(err, &mismatch) || mismatch.Actual != digest.FromBytes(data[:half]) {
+		t.Fatalf("commit of half the bytes: %v, want a mismatch naming their digest", err)
+	}
+	if n := f.count("PUT other"); n != 0 {
+		t.Fatalf("%d final PUTs after a mismatch", n)
+	}
+	up.Write(data[half:])
+	if _, err := up.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(f.blobs["app@"+d.String()], data) {
+		t.Error("the registry holds other bytes")
+	}
+}
+
+// TestUploadRepositoryListed: a repository whose only content is an
+// upload in progress is listed, also by a store started later over the
+// same state directory, and is not once the upload is cancelled.
+func TestUploadRepositoryListed(t *testing.T) {
+	f := newFakeRegistry()
+	f.noCatalog = true
+	dir := t.TempDir()
+	ctx := context.Background()
+	st := newTestStore(t, f, Options{StateDir: dir})
+	r, _ := st.Repository("new/app")
+	up, err := r.Uploads().Create(ctx, digest.FromString("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Close()
+	// The state directory is the registry URL's: the same server.
+	later, err := New(Options{URL: st.(*remoteStore).c.base.String(), StateDir: dir, RetryDelay: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if c, err := later.Children(ctx, ""); err != nil || strings.Join(c, ",") != "new" {
+			t.Fatalf("Children with an upload in new/app: %v, %v", c, err)
+		}
+	}
+	r, _ = later.Repository("new/app")
+	if err := r.Uploads().Cancel(ctx, up.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := later.Children(ctx, ""); err != nil || len(c) != 0 {
+		t.Errorf("Children after the upload was cancelled: %v, %v", c, err)
+	}
+}
+
+// TestOnePingPerRegistry: a registry without a bearer challenge is pinged
+// when the store first calls it, not again for each repository.
+func TestOnePingPerRegistry(t *testing.T) {
+	f := newFakeRegistry()
+	for i := range 5 {
+		f.tag(fmt.Sprintf("r%d/app", i), "v1", []byte("x"))
+	}
+	st := newTestStore(t, f, Options{})
+	ctx := context.Background()
+	for i := range 5 {
+		r, _ := st.Repository(fmt.Sprintf("r%d/app", i))
+		if tags, err := r.Tags().List(ctx); err != nil || len(tags) != 1 {
+			t.Fatalf("r%d: tags %v, %v", i, tags, err)
+		}
+		if _, err := r.Uploads().Create(ctx, digest.FromString("y")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.count("GET ping"); n > 2 {
+		t.Errorf("%d pings for 5 repositories, want the first call's", n)
 	}
 }

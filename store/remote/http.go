@@ -39,7 +39,11 @@ type client struct {
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // by joined scopes; guarded by mu
-	calls      map[string]int64             // requests by method and endpoint; guarded by mu
+	// shared, once set, serves every scope: the registry answered the
+	// ping without a bearer challenge (anonymous or Basic), where scopes
+	// play no part. Guarded by mu.
+	shared http.RoundTripper
+	calls  map[string]int64 // requests by method and endpoint; guarded by mu
 }
 
 // endpoint names the kind of API path p is, for the counters.
@@ -154,11 +158,16 @@ func writeScopes(repo string) []string { return []string{pushScope(repo), delete
 
 // transport returns the authenticated transport for scopes, making it on
 // first use (which pings the registry and, for a bearer registry, fetches a
-// token).
+// token). A registry without a bearer challenge gets one transport for
+// every scope: without it each repository's first request cost a ping and
+// a reading of the credentials.
 func (c *client) transport(ctx context.Context, scopes []string) (http.RoundTripper, error) {
 	key := strings.Join(scopes, " ")
 	c.mu.Lock()
 	t := c.transports[key]
+	if c.shared != nil {
+		t = c.shared
+	}
 	c.mu.Unlock()
 	if t != nil {
 		return t, nil
@@ -172,14 +181,55 @@ func (c *client) transport(ctx context.Context, scopes []string) (http.RoundTrip
 	if err := c.pingTLS(ctx); err != nil {
 		return nil, err
 	}
-	t, err = transport.NewWithContext(ctx, c.reg, auth, c.inner, scopes)
+	ping := &pingSeen{RoundTripper: c.inner}
+	t, err = transport.NewWithContext(ctx, c.reg, auth, ping, scopes)
 	if err != nil {
 		return nil, authError(err)
 	}
 	c.mu.Lock()
 	c.transports[key] = t
+	if ping.answered() && !ping.bearer() {
+		c.shared = t
+	}
 	c.mu.Unlock()
 	return t, nil
+}
+
+// pingSeen passes requests on and notes the registry's answers to the
+// handshake's ping (GET /v2/): whether one came, and whether one asked for
+// a bearer token.
+type pingSeen struct {
+	http.RoundTripper
+	mu        sync.Mutex
+	seen      bool // guarded by mu
+	hasBearer bool // guarded by mu
+}
+
+func (p *pingSeen) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := p.RoundTripper.RoundTrip(req)
+	if err == nil && (req.URL.Path == "/v2/" || req.URL.Path == "/v2") {
+		p.mu.Lock()
+		p.seen = true
+		for _, h := range resp.Header.Values("WWW-Authenticate") {
+			if len(h) >= 6 && strings.EqualFold(h[:6], "bearer") {
+				p.hasBearer = true
+			}
+		}
+		p.mu.Unlock()
+	}
+	return resp, err
+}
+
+func (p *pingSeen) answered() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.seen
+}
+
+func (p *pingSeen) bearer() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hasBearer
 }
 
 // pingTLS checks that an https registry answers over TLS. Without it a

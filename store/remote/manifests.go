@@ -446,6 +446,7 @@ func (t *tagService) List(ctx context.Context) ([]string, error) {
 
 // list is List with a repository the registry does not know an error.
 func (t *tagService) list(ctx context.Context) ([]string, error) {
+	t.r.s.listed(ctx, t.r.name)
 	if v, ok := t.r.s.recent.get(tagsKey(t.r.name)); ok {
 		return slices.Clone(v.([]string)), nil
 	}

@@ -126,6 +126,9 @@ type remoteStore struct {
 	// seen are the repositories found by name or created here (the
 	// catalog may be disabled or partial); guarded by mu.
 	seen map[string]bool
+	// unlisted are the names in seen that catalogSorted lacks (what
+	// known adds to the catalog); guarded by mu.
+	unlisted map[string]bool
 	// revs and layers are, per repository, the revisions and blobs this
 	// process pushed, linked or saw; guarded by mu.
 	revs   map[string]map[digest.Digest]bool
@@ -140,10 +143,13 @@ type remoteStore struct {
 	// catalogNames, catalogOK and catalogAt are the last catalog and when
 	// it was fetched; guarded by mu.
 	catalogNames []string
-	catalogOK    bool
-	catalogAt    time.Time
-	catalogTTL   time.Duration
-	recent       *recent
+	// catalogSorted is catalogNames sorted, for the read-ahead.
+	catalogSorted []string
+	catalogOK     bool
+	catalogAt     time.Time
+	catalogTTL    time.Duration
+	recent        *recent
+	ahead         *ahead
 }
 
 type cachedManifest struct {
@@ -168,11 +174,13 @@ func New(o Options) (store.Store, error) {
 		log:        o.Logger,
 		chunk:      o.ChunkSize,
 		seen:       map[string]bool{},
+		unlisted:   map[string]bool{},
 		revs:       map[string]map[digest.Digest]bool{},
 		layers:     map[string]map[digest.Digest]bool{},
 		from:       map[digest.Digest]string{},
 		manifests:  map[digest.Digest]cachedManifest{},
 		catalogTTL: o.CatalogTTL,
+		ahead:      newAhead(),
 	}
 	attrTTL := o.AttrTTL
 	if attrTTL == 0 {
@@ -215,6 +223,11 @@ func (s *remoteStore) catalog(ctx context.Context) ([]string, bool, error) {
 	}
 	s.mu.Lock()
 	s.catalogNames, s.catalogOK, s.catalogAt = names, ok, time.Now()
+	s.catalogSorted = sortedCatalog(names)
+	clear(s.unlisted)
+	for n := range s.seen {
+		s.markSeen(n)
+	}
 	s.mu.Unlock()
 	return slices.Clone(names), ok, nil
 }
@@ -246,22 +259,42 @@ func (s *remoteStore) fetchCatalog(ctx context.Context) (names []string, ok bool
 	return names, true, nil
 }
 
-// known is the catalog plus the repositories seen, sorted.
+// markSeen records that name exists; its caller holds s.mu.
+func (s *remoteStore) markSeen(name string) {
+	s.seen[name] = true
+	if _, ok := slices.BinarySearch(s.catalogSorted, name); !ok {
+		s.unlisted[name] = true
+	}
+}
+
+// known is the catalog plus the repositories seen, sorted. The slice may
+// be shared: callers do not change it. A walk of the tree asks for it on
+// every lookup of a directory, so the catalog's sorted copy is reused as
+// it is when nothing is to be added.
 func (s *remoteStore) known(ctx context.Context) ([]string, error) {
-	names, _, err := s.catalog(ctx)
-	if err != nil {
+	if _, _, err := s.catalog(ctx); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
-	for n := range s.seen {
-		names = append(names, n)
+	names := s.catalogSorted
+	var extra []string
+	for n := range s.unlisted {
+		extra = append(extra, n)
 	}
 	s.mu.Unlock()
 	if s.state != nil {
 		// A repository with an upload in progress (and nothing else yet)
 		// exists for regfs, also after a restart.
-		names = append(names, s.state.repos()...)
+		for _, n := range s.state.repos() {
+			if _, ok := slices.BinarySearch(names, n); !ok {
+				extra = append(extra, n)
+			}
+		}
 	}
+	if len(extra) == 0 {
+		return names, nil
+	}
+	names = append(slices.Clone(names), extra...)
 	sort.Strings(names)
 	return slices.Compact(names), nil
 }
@@ -277,9 +310,11 @@ func (s *remoteStore) Children(ctx context.Context, prefix string) ([]string, er
 	if p != "" {
 		p += "/"
 	}
-	for _, n := range names {
+	// names is sorted: those under p are one run, from the first >= p.
+	i, _ := slices.BinarySearch(names, p)
+	for _, n := range names[i:] {
 		if !strings.HasPrefix(n, p) {
-			continue
+			break
 		}
 		rest := n[len(p):]
 		if i := strings.IndexByte(rest, '/'); i >= 0 {
@@ -305,20 +340,21 @@ func (s *remoteStore) IsRepository(ctx context.Context, name string) (bool, erro
 	if seen || (s.state != nil && slices.Contains(s.state.repos(), name)) {
 		return true, nil
 	}
-	names, ok, err := s.catalog(ctx)
-	if err != nil {
+	if _, _, err := s.catalog(ctx); err != nil {
 		return false, err
 	}
+	s.mu.Lock()
+	names, ok := s.catalogSorted, s.catalogOK
+	s.mu.Unlock()
 	if ok {
-		if slices.Contains(names, name) {
+		if _, found := slices.BinarySearch(names, name); found {
 			return true, nil
 		}
 		// A namespace of listed repositories is not one itself (the
-		// catalog lists every repository that has one).
-		for _, n := range names {
-			if strings.HasPrefix(n, name+"/") {
-				return false, nil
-			}
+		// catalog lists every repository that has one); those under it
+		// sort right after name+"/".
+		if i, _ := slices.BinarySearch(names, name+"/"); i < len(names) && strings.HasPrefix(names[i], name+"/") {
+			return false, nil
 		}
 	}
 	// Not listed (no catalog, or made since it was fetched): a repository
@@ -346,13 +382,14 @@ func (s *remoteStore) IsDirectory(ctx context.Context, name string) (bool, error
 // sawRepo records that name exists.
 func (s *remoteStore) sawRepo(name string) {
 	s.mu.Lock()
-	s.seen[name] = true
+	s.markSeen(name)
 	s.mu.Unlock()
 }
 
 // Repositories implements store.Store.
 func (s *remoteStore) Repositories(ctx context.Context) ([]string, error) {
-	return s.known(ctx)
+	names, err := s.known(ctx)
+	return slices.Clone(names), err
 }
 
 // Repository implements store.Store.
@@ -385,6 +422,7 @@ func (s *remoteStore) RemoveRepository(ctx context.Context, name string) error {
 	}
 	s.mu.Lock()
 	delete(s.seen, name)
+	delete(s.unlisted, name)
 	delete(s.layers, name)
 	s.mu.Unlock()
 	return nil
@@ -427,7 +465,7 @@ func (r *repository) path(rest string) string { return "/v2/" + r.name + "/" + r
 func (s *remoteStore) note(repo string, d digest.Digest, rev bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.seen[repo] = true
+	s.markSeen(repo)
 	m := s.layers
 	if rev {
 		m = s.revs

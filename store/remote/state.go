@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -21,6 +23,17 @@ import (
 // upload: <dir>/<hash of the registry URL>/uploads/<id>.json.
 type stateDir struct {
 	dir string
+
+	// repos caches repos(): every lookup of a directory asks for it.
+	// It is valid while gen is unchanged (this process saved or removed
+	// nothing since) and the directory's mtime is modTime (nor did
+	// another). Guarded by mu.
+	mu         sync.Mutex
+	gen        uint64
+	cachedGen  uint64
+	cached     []string
+	cachedMod  time.Time
+	cachedSome bool
 }
 
 // uploadState is an upload's file. The registry's session may be ahead of
@@ -73,6 +86,7 @@ func (d *stateDir) save(st *uploadState) error {
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return &store.StorageError{Op: "save upload state", Path: tmp, Err: err}
 	}
+	defer d.changed()
 	if err := os.Rename(tmp, d.path(st.ID)); err != nil {
 		return &store.StorageError{Op: "save upload state", Path: tmp, Err: err}
 	}
@@ -99,6 +113,7 @@ func (d *stateDir) load(id string) (*uploadState, error) {
 }
 
 func (d *stateDir) remove(id string) error {
+	defer d.changed()
 	err := os.Remove(d.path(id))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return &store.StorageError{Op: "remove upload state", Path: d.path(id), Err: err}
@@ -130,6 +145,36 @@ func (d *stateDir) list(repo string) ([]*uploadState, error) {
 
 // repos returns the repositories with uploads in progress.
 func (d *stateDir) repos() []string {
+	fi, err := os.Stat(d.dir)
+	if err != nil {
+		return nil
+	}
+	d.mu.Lock()
+	gen := d.gen
+	if d.cachedSome && d.cachedGen == gen && d.cachedMod.Equal(fi.ModTime()) {
+		out := slices.Clone(d.cached)
+		d.mu.Unlock()
+		return out
+	}
+	d.mu.Unlock()
+	out := d.readRepos()
+	d.mu.Lock()
+	if d.gen == gen {
+		d.cached, d.cachedGen, d.cachedMod, d.cachedSome = slices.Clone(out), gen, fi.ModTime(), true
+	}
+	d.mu.Unlock()
+	return out
+}
+
+// changed invalidates the cache of repos.
+func (d *stateDir) changed() {
+	d.mu.Lock()
+	d.gen++
+	d.mu.Unlock()
+}
+
+// readRepos is repos, read from the files.
+func (d *stateDir) readRepos() []string {
 	ents, err := os.ReadDir(d.dir)
 	if err != nil {
 		return nil

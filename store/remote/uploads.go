@@ -267,16 +267,20 @@ func (u *uploadService) Cancel(ctx context.Context, id string) error {
 	return u.r.s.state.remove(id)
 }
 
-// upload is one open upload. Chunks of the store's chunk size (at least
-// the registry's minimum) are PATCHed by a goroutine of its own while the
-// next one fills; Commit sends the rest with the final PUT.
+// upload is one open upload. A write only copies into the chunk being
+// filled; a full chunk (the store's chunk size, at least the registry's
+// minimum) is hashed by one goroutine and PATCHed by another while the next
+// fills, so the FUSE write that fills it does not wait for the hash.
+// Commit sends the rest with the final PUT.
 type upload struct {
 	r   *repository
 	ctx context.Context
 	svc *uploadService
 
 	// Fields below belong to the caller (not safe for concurrent use).
-	st    *uploadState // offsets in it are the sender's once started
+	st *uploadState // offsets in it are the sender's once started
+	// h is the hash of the bytes handed to the hasher; the hasher owns it
+	// while chunks are queued (hashed tells when none is).
 	h     hash.Hash
 	size  int64
 	buf   []byte
@@ -289,12 +293,17 @@ type upload struct {
 	sent     int64 // bytes handed to the sender
 	done     bool
 
-	queue chan chunk
-	wg    sync.WaitGroup // the chunks queued and not yet sent
-	mu    sync.Mutex
-	err   error // the sender's failure; guarded by mu
-	stop  chan struct{}
-	ended chan struct{}
+	hashq chan chunk // chunks to hash, then to queue
+	// spare holds a chunk buffer the registry took, for the next chunk:
+	// a fresh 16 MiB buffer costs a page fault per 4 KiB and garbage.
+	spare  chan []byte
+	hashed sync.WaitGroup // the chunks handed to the hasher and not yet hashed
+	queue  chan chunk
+	wg     sync.WaitGroup // the chunks queued and not yet sent
+	mu     sync.Mutex
+	err    error // the sender's failure; guarded by mu
+	stop   chan struct{}
+	ended  chan struct{}
 }
 
 type chunk struct {
@@ -306,7 +315,8 @@ type chunk struct {
 func newUpload(ctx context.Context, r *repository, st *uploadState, h hash.Hash) *upload {
 	size := max(int64(r.s.chunk), st.MinChunk)
 	up := &upload{r: r, ctx: ctx, svc: &uploadService{r}, st: st, h: h, size: st.Offset, sent: st.Offset, chunk: int(size), minChunk: st.MinChunk, id: st.ID, expected: st.Expected,
-		queue: make(chan chunk, 1), stop: make(chan struct{}), ended: make(chan struct{})}
+		hashq: make(chan chunk), spare: make(chan []byte, 1), queue: make(chan chunk, 1), stop: make(chan struct{}), ended: make(chan struct{})}
+	go up.hasher()
 	go up.sender()
 	return up
 }
@@ -332,8 +342,8 @@ func (up *upload) WriteAt(p []byte, off int64) (int, error) {
 	return up.Write(p)
 }
 
-// Write implements store.Upload: the bytes are hashed and buffered; a full
-// chunk goes to the sender.
+// Write implements store.Upload: the bytes are buffered; a full chunk goes
+// to the hasher, then the sender.
 func (up *upload) Write(p []byte) (int, error) {
 	if up.done {
 		return 0, fmt.Errorf("%w: upload %s is finished", store.ErrUploadUnknown, up.id)
@@ -344,11 +354,15 @@ func (up *upload) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
 		if up.buf == nil {
-			up.buf = make([]byte, 0, up.chunk)
+			select {
+			case b := <-up.spare:
+				up.buf = b[:0]
+			default:
+				up.buf = make([]byte, 0, up.chunk)
+			}
 		}
 		k := min(len(p), up.chunk-len(up.buf))
 		up.buf = append(up.buf, p[:k]...)
-		up.h.Write(p[:k])
 		up.size += int64(k)
 		p = p[k:]
 		if len(up.buf) == up.chunk {
@@ -358,16 +372,50 @@ func (up *upload) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// enqueue hands the buffer to the sender.
+// enqueue hands the buffer to the hasher, which hands it to the sender.
 func (up *upload) enqueue() {
 	if len(up.buf) == 0 {
 		return
 	}
-	c := chunk{data: up.buf, off: up.sent, hash: saveHash(up.h)}
+	c := chunk{data: up.buf, off: up.sent}
 	up.sent += int64(len(up.buf))
 	up.buf = nil
 	up.wg.Add(1)
-	up.queue <- c
+	up.hashed.Add(1)
+	up.hashq <- c
+}
+
+// hasher adds the queued chunks to the hash, in order, records the hash
+// state after each (what a resume at its end restores) and queues it for
+// the sender.
+func (up *upload) hasher() {
+	for {
+		select {
+		case <-up.stop:
+			return
+		case c := <-up.hashq:
+			up.h.Write(c.data)
+			c.hash = saveHash(up.h)
+			up.hashed.Done()
+			select {
+			case up.queue <- c:
+			case <-up.stop:
+				up.wg.Done()
+				return
+			}
+		}
+	}
+}
+
+// digest is the digest of every byte written: the hasher's, after it
+// hashed what is queued, with the buffer added (to a copy, so that more
+// bytes may follow a mismatch).
+func (up *upload) digest() digest.Digest {
+	up.hashed.Wait()
+	h := sha256.New()
+	restoreHash(h, saveHash(up.h))
+	h.Write(up.buf)
+	return digest.NewDigest(digest.SHA256, h)
 }
 
 // sender PATCHes the queued chunks in order. After a failure it drops the
@@ -384,6 +432,12 @@ func (up *upload) sender() {
 					up.mu.Lock()
 					up.err = err
 					up.mu.Unlock()
+				} else if cap(c.data) == up.chunk {
+					// Sent and answered: the transport is done with it.
+					select {
+					case up.spare <- c.data:
+					default:
+					}
 				}
 			}
 			up.wg.Done()
@@ -478,7 +532,7 @@ func (up *upload) Commit(ctx context.Context) (store.Descriptor, error) {
 		_ = up.drain(true)
 		return store.Descriptor{}, err
 	}
-	got := digest.NewDigest(digest.SHA256, up.h)
+	got := up.digest()
 	if got != up.expected {
 		return store.Descriptor{}, &store.DigestMismatchError{Expected: up.expected, Actual: got, Size: up.size}
 	}
