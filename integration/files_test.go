@@ -271,8 +271,10 @@ func snapshot(t *testing.T, root string) map[string]fileInfo {
 		if rel == "." {
 			return nil
 		}
+		// The first lookup below a tag merges the image, long enough for
+		// a signal to interrupt it: retried on EINTR, as os.Lstat does.
 		var st syscall.Stat_t
-		if err := syscall.Lstat(p, &st); err != nil {
+		if err := retryEINTR(func() error { return syscall.Lstat(p, &st) }); err != nil {
 			return err
 		}
 		fi := fileInfo{
