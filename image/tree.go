@@ -139,12 +139,8 @@ func (t *Tree) walk(p string) *Node {
 	}
 	n := t.root
 	for rest := p; rest != ""; {
-		c := rest
-		if i := strings.IndexByte(rest, '/'); i >= 0 {
-			c, rest = rest[:i], rest[i+1:]
-		} else {
-			rest = ""
-		}
+		var c string
+		c, rest, _ = strings.Cut(rest, "/")
 		k, ok := n.kidMap[c]
 		if !ok {
 			return nil
@@ -177,12 +173,8 @@ func (t *Tree) mkdirs(p string) *Node {
 	}
 	n := t.root
 	for rest := p; rest != ""; {
-		c := rest
-		if i := strings.IndexByte(rest, '/'); i >= 0 {
-			c, rest = rest[:i], rest[i+1:]
-		} else {
-			rest = ""
-		}
+		var c string
+		c, rest, _ = strings.Cut(rest, "/")
 		k, ok := n.kidMap[c]
 		if !ok || !k.IsDir() {
 			if ok {

@@ -22,18 +22,9 @@ func checkRemoteRows(t *testing.T, rep *Report) {
 			return
 		}
 	}
-	for _, want := range []struct{ id, against string }{
+	wantRows(t, rep, "", []rowWant{
 		{"R1", "curl GET of the same blob"},
 		{"R2", "curl POST + monolithic PUT of the same file"},
 		{"R3", "the same tags/list requests alone (curl)"},
-	} {
-		row, ok := rep.row(want.id, want.against)
-		if !ok {
-			t.Errorf("no %s row against %q", want.id, want.against)
-			continue
-		}
-		if row.Value <= 0 || row.Compare <= 0 || row.Ratio <= 0 {
-			t.Errorf("%s against %q: value %v, comparison %v, ratio %v: want all positive", want.id, want.against, row.Value, row.Compare, row.Ratio)
-		}
-	}
+	})
 }

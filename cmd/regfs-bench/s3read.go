@@ -299,38 +299,5 @@ func (b *bench) s3Memory(ctx context.Context, rep *Report) error {
 		}
 		return err
 	}
-	s := samples{}
-	for range b.cfg.Runs {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		err := b.withMount(b.startRegfsS3(e))(func(m *mount) error {
-			p := layerPath(m.dir, b.ds.repos[0], big.dgst)
-			var wg sync.WaitGroup
-			errs := make([]error, 2)
-			for i := range errs {
-				wg.Go(func() { _, errs[i] = readSize(p, big.size) })
-			}
-			wg.Wait()
-			if err := errors.Join(errs...); err != nil {
-				return err
-			}
-			rss, err := peakRSS(m.pid())
-			if err != nil {
-				return err
-			}
-			s.add("rss", float64(rss))
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	budget := float64(b.cfg.CacheSize)
-	v := s.median("rss")
-	rep.add(Row{ID: "S6", What: fmt.Sprintf("peak RSS of regfs (VmHWM) while reading a %s layer twice in parallel, --driver s3", formatBytes(big.size)),
-		Value: v, Unit: unitBytes, Against: "the cache budget (--cache-size)", Compare: budget,
-		Ratio:  v / budget,
-		Target: "<= budget + 64 MiB", Goal: func(r Row) bool { return r.Value <= budget+rssSlack }})
-	return nil
+	return b.rssRow(ctx, rep, "S6", ", --driver s3", func() (*mount, error) { return b.startRegfsS3(e) })
 }

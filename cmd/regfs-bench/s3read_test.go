@@ -4,7 +4,6 @@ import (
 	"io"
 	"os/exec"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/regfs/regfs/driver/s3/s3test"
@@ -19,25 +18,13 @@ func checkS3Rows(t *testing.T, rep *Report, table string) {
 		t.Log("versitygw not installed: the S rows were left out")
 		return
 	}
-	for _, want := range []struct{ id, against string }{
+	wantRows(t, rep, table, []rowWant{
 		{"S1", "ranged GETs of the object with aws-sdk-go-v2"},
 		{"S1", "regfs on the filesystem driver"},
 		{"S2", "regfs on the filesystem driver, second read"},
 		{"S5", "one ranged GET of 1 byte"},
 		{"S6", "the cache budget"},
-	} {
-		row, ok := rep.row(want.id, want.against)
-		if !ok {
-			t.Errorf("no %s row against %q", want.id, want.against)
-			continue
-		}
-		if row.Value <= 0 || row.Compare <= 0 || row.Ratio <= 0 {
-			t.Errorf("%s against %q: value %v, comparison %v, ratio %v: want all positive", want.id, want.against, row.Value, row.Compare, row.Ratio)
-		}
-		if !strings.Contains(table, "| "+want.id+" | ") {
-			t.Errorf("the table has no %s line", want.id)
-		}
-	}
+	})
 }
 
 func TestParseFlagsOnlyS(t *testing.T) {
