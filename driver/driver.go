@@ -121,6 +121,31 @@ type Janitor interface {
 	Clean(ctx context.Context) error
 }
 
+// Stager is implemented by drivers that have no rename (S3), where moving
+// an object is a second copy of its bytes. A staged writer sends its bytes
+// toward the object at dst, where they appear only when it is committed:
+// a caller that must check the bytes before they become the object (an
+// upload, verified before it becomes its blob) skips the copy.
+//
+// Close makes the bytes written so far durable, not at dst, but through
+// the object at state, a path of the caller's that the writer keeps its
+// progress in (the driver's own format: the caller only stats, lists or
+// deletes it). A later StageWriter with the same dst and state and append
+// true continues from there, after a restart of the process too; with
+// append false a new staged write starts (state is replaced when it is
+// closed). Commit makes dst the object of every byte written, at once,
+// and removes state. Cancel discards the staged bytes and state, never
+// dst.
+//
+// Drivers that do not stage return UnsupportedMethodError (base.Base
+// implements Stager for every driver it wraps). A driver that stages
+// keeps the bytes of an uncommitted write in its backend (S3: a pending
+// multipart upload at dst's key): Janitor reports those that nothing can
+// reach any more.
+type Stager interface {
+	StageWriter(ctx context.Context, dst, state string, append bool) (FileWriter, error)
+}
+
 // Usage is the space of a driver's backend, for df.
 type Usage struct {
 	// Total, Free and Avail are bytes: the backend's size, what is free,

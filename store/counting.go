@@ -132,6 +132,16 @@ func (c *callCounter) Reader(ctx context.Context, path string, offset int64) (io
 	return c.StorageDriver.Reader(ctx, path, offset)
 }
 
+// StageWriter forwards driver.Stager, counted as a Writer.
+func (c *callCounter) StageWriter(ctx context.Context, dst, state string, append bool) (driver.FileWriter, error) {
+	st, ok := c.StorageDriver.(driver.Stager)
+	if !ok {
+		return nil, driver.UnsupportedMethodError{Method: "StageWriter", Driver: c.Name()}
+	}
+	defer c.start(opWriter)()
+	return st.StageWriter(ctx, dst, state, append)
+}
+
 func (c *callCounter) Writer(ctx context.Context, path string, append bool) (driver.FileWriter, error) {
 	defer c.start(opWriter)()
 	return c.StorageDriver.Writer(ctx, path, append)

@@ -80,6 +80,23 @@ func (t translated) Writer(ctx context.Context, p string, append bool) (driver.F
 	return translatedWriter{w: w, path: p}, nil
 }
 
+// StageWriter forwards driver.Stager; a driver that does not stage gives
+// a *StorageError of kind ErrUnsupported.
+func (t translated) StageWriter(ctx context.Context, dst, state string, append bool) (driver.FileWriter, error) {
+	st, ok := t.StorageDriver.(driver.Stager)
+	if !ok {
+		return nil, storageErr("StageWriter", state, driver.UnsupportedMethodError{Method: "StageWriter", Driver: t.Name()})
+	}
+	if err := beginWrite(ctx); err != nil {
+		return nil, storageErr("StageWriter", state, err)
+	}
+	w, err := st.StageWriter(ctx, dst, state, append)
+	if err != nil {
+		return nil, storageErr("StageWriter", state, err)
+	}
+	return translatedWriter{w: w, path: state}, nil
+}
+
 func (t translated) Stat(ctx context.Context, p string) (driver.FileInfo, error) {
 	fi, err := t.StorageDriver.Stat(ctx, p)
 	return fi, storageErr("Stat", p, err)

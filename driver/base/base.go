@@ -98,6 +98,7 @@ type Base struct {
 var (
 	_ driver.StorageDriver = (*Base)(nil)
 	_ driver.Janitor       = (*Base)(nil)
+	_ driver.Stager        = (*Base)(nil)
 )
 
 // New wraps impl with the default deadlines. impl.Name is read once, here.
@@ -404,6 +405,36 @@ func (b *Base) Writer(ctx context.Context, path string, append bool) (driver.Fil
 		return nil, b.wrap("Writer", path, err)
 	}
 	return &writer{b: b, path: path, impl: w, it: it}, nil
+}
+
+// StageWriter implements driver.Stager: it checks both paths and ctx,
+// then wraps the implementation's staged writer as Writer wraps a writer.
+// An implementation that does not stage gets UnsupportedMethodError.
+func (b *Base) StageWriter(ctx context.Context, dst, state string, append bool) (driver.FileWriter, error) {
+	if err := b.check(ctx, "StageWriter", dst, false); err != nil {
+		return nil, err
+	}
+	if err := b.check(ctx, "StageWriter", state, false); err != nil {
+		return nil, err
+	}
+	st, ok := b.impl.(driver.Stager)
+	if !ok {
+		return nil, driver.UnsupportedMethodError{Method: "StageWriter", Driver: b.name}
+	}
+	it, wctx := newIdleTimer(ctx, max(b.idle, b.timeout))
+	if b.timeout >= 0 {
+		it.start(b.timeout)
+	}
+	w, err := st.StageWriter(wctx, dst, state, append)
+	late := it.stop()
+	if err != nil {
+		it.release()
+		if late {
+			return nil, b.timeoutErr("StageWriter", state, b.timeout)
+		}
+		return nil, b.wrap("StageWriter", state, err)
+	}
+	return &writer{b: b, path: state, impl: w, it: it}, nil
 }
 
 // Stat checks path and ctx, then calls the implementation.

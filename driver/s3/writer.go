@@ -139,6 +139,19 @@ type writer struct {
 	// slot holds a token per part of this writer being sent.
 	slot chan struct{}
 
+	// A staged writer's (see stage.go): path is dst, and Close records
+	// the progress in the state object at state instead of completing
+	// the upload. partSize has the size of every part sent, by number;
+	// recTail is the tail's length in the state object last read or
+	// written, stateETag that object's version as read, and tailAt the
+	// tail's offset in it while the tail is not read yet (else 0).
+	stage     bool
+	state     string
+	partSize  map[int32]int64
+	recTail   int64
+	stateETag *string
+	tailAt    int64
+
 	mu   sync.Mutex
 	idle sync.Cond // signalled when a send ends
 	// parts are the parts sent, in any order; failed the parts whose send
@@ -163,6 +176,9 @@ func (w *writer) Size() int64 { return w.size }
 // not as soon as it is full, so that n counts exactly the bytes accepted if
 // sending fails.
 func (w *writer) Write(p []byte) (int, error) {
+	if err := w.loadTail(w.ctx); err != nil {
+		return 0, err
+	}
 	if err := w.resend(w.ctx); err != nil {
 		return 0, err
 	}
@@ -310,6 +326,9 @@ func (w *writer) sendPart(ctx context.Context, pt part) error {
 		return w.fail("UploadPart", err)
 	}
 	w.parts = append(w.parts, types.CompletedPart{ETag: out.ETag, PartNumber: &pt.num})
+	if w.partSize != nil {
+		w.partSize[pt.num] = int64(len(pt.buf))
+	}
 	if len(w.spare) <= partsInFlight {
 		w.spare = append(w.spare, pt.buf[:0])
 	}
@@ -346,6 +365,14 @@ func (w *writer) start(ctx context.Context) error {
 		w.sent, w.pendingCopy = w.pendingCopy, 0
 	}
 	w.uploadID = id
+	if w.stage {
+		// A crash from here on leaves an upload that the state names.
+		if err := w.startStage(ctx); err != nil {
+			w.d.abort(w.path, w.key, id)
+			w.uploadID = nil
+			return err
+		}
+	}
 	return nil
 }
 
@@ -353,6 +380,9 @@ func (w *writer) start(ctx context.Context) error {
 func (w *writer) finish(ctx context.Context) error {
 	if w.done {
 		return nil
+	}
+	if w.stage {
+		return w.stageCommit(ctx)
 	}
 	switch {
 	case w.uploadID == nil && w.pendingCopy == 0:
@@ -431,6 +461,14 @@ func (w *writer) uncharge() {
 // Close makes the object, or aborts the upload if it cannot, so that no
 // invisible parts stay behind (and billed).
 func (w *writer) Close() error {
+	if w.stage {
+		// A failure keeps the upload: the state last written names it.
+		err := w.stageClose(w.ctx)
+		w.wait()
+		w.done, w.buf, w.parts, w.spare, w.failed = true, nil, nil, nil, nil
+		w.uncharge()
+		return err
+	}
 	err := w.finish(w.ctx)
 	if err != nil && w.uploadID != nil {
 		w.wait()
@@ -455,6 +493,9 @@ func (w *writer) Cancel(ctx context.Context) error {
 	w.wait() // a part that lands after the abort would stay behind
 	w.done, w.buf, w.spare, w.failed = true, nil, nil, nil
 	w.uncharge()
+	if w.stage {
+		return w.stageCancel(ctx)
+	}
 	if w.uploadID != nil {
 		cctx, cancel := w.d.callCtx(ctx, 0)
 		defer cancel()

@@ -1,0 +1,317 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/regfs/regfs/driver"
+)
+
+// Staged writes (driver.Stager).
+//
+// A staged writer is a writer whose multipart upload is at the key of dst
+// from the start, and is completed there only by Commit, so that the bytes
+// become the object without the server-side copy a Move would make. Its
+// parts are durable on the server as soon as they are sent, but S3 cannot
+// read back the parts of an upload in progress, and a part other than the
+// last must be at least 5 MiB: so Close, instead of completing the upload,
+// writes the state object, which holds the upload's ID, the parts sent
+// (number, ETag, size) and the bytes after them (the tail, less than a
+// part), and is all a later writer needs to go on:
+//
+//	regfs-staged 1\n
+//	{"upload":"<id>","size":<bytes>,"parts":[{"n":1,"etag":"...","size":<bytes>}],"tail":<bytes>}\n
+//	<tail bytes>
+//
+// Parts sent after the state object was last written (before a crash)
+// are in the upload but not in the state: the next writer sends parts of
+// the same numbers again, which replaces them, and CompleteMultipartUpload
+// names only the parts of the state, which discards any other. The state
+// is rewritten as soon as a writer starts the upload, so that no upload
+// exists that no state names but for the time of that one request.
+
+const stageMagic = "regfs-staged 1\n"
+
+// stageHeadRead is how much of a state object the first GET asks for: the
+// header of an upload of up to about a thousand parts, and a small tail,
+// without reading a tail of several MiB when only the size is wanted.
+const stageHeadRead = 64 << 10
+
+// stageRecord is the header of a state object.
+type stageRecord struct {
+	Upload string      `json:"upload,omitempty"`
+	Size   int64       `json:"size"`
+	Parts  []stagePart `json:"parts,omitempty"`
+	Tail   int64       `json:"tail"`
+}
+
+type stagePart struct {
+	N    int32  `json:"n"`
+	ETag string `json:"etag"`
+	Size int64  `json:"size"`
+}
+
+var errBadStage = errors.New("not a staged write's state")
+
+// StageWriter implements driver.Stager. An appending writer reads only the
+// state's header (its Size is then known); the tail is read when the
+// writer needs it, on the first Write, Close after writing, or Commit.
+func (d *impl) StageWriter(ctx context.Context, dst, state string, appending bool) (driver.FileWriter, error) {
+	if !driver.ValidPath(dst) {
+		return nil, driver.InvalidPathError{Path: dst, Driver: Name}
+	}
+	w := &writer{
+		d:        d,
+		path:     dst,
+		key:      d.key(dst),
+		append:   appending,
+		ctx:      context.WithoutCancel(ctx),
+		slot:     make(chan struct{}, partsInFlight),
+		stage:    true,
+		state:    state,
+		partSize: map[int32]int64{},
+	}
+	w.idle.L = &w.mu
+	if !appending {
+		return w, nil
+	}
+	r, err := d.getWith(ctx, state, 0, stageHeadRead, nil)
+	if err != nil {
+		if isInvalidRange(err) {
+			err = w.stageErr(errors.New("empty state object"))
+		}
+		return nil, err
+	}
+	head, err := readAll(r, make([]byte, 0, min(stageHeadRead, max(0, aws.ToInt64(r.out.ContentLength)))))
+	r.Close()
+	if err != nil {
+		return nil, d.opErr("GetObject", state, err)
+	}
+	w.stateETag = r.out.ETag
+	rec, off, err := parseStage(head)
+	if errors.Is(err, errNeedMore) && len(head) == stageHeadRead {
+		// A header longer than the first read: read it all.
+		if head, err = d.GetContent(ctx, state); err != nil {
+			return nil, err
+		}
+		rec, off, err = parseStage(head)
+	}
+	if err != nil {
+		return nil, w.stageErr(err)
+	}
+	if rec.Upload != "" {
+		w.uploadID = aws.String(rec.Upload)
+	}
+	for _, p := range rec.Parts {
+		w.parts = append(w.parts, types.CompletedPart{ETag: aws.String(p.ETag), PartNumber: aws.Int32(p.N)})
+		w.partSize[p.N] = p.Size
+		w.sent += p.Size
+	}
+	w.numbered = int32(len(rec.Parts))
+	w.size = rec.Size
+	w.recTail = rec.Tail
+	if int64(len(head))-off >= rec.Tail {
+		w.buf = append(make([]byte, 0, rec.Tail), head[off:off+rec.Tail]...)
+	} else {
+		w.tailAt = off
+	}
+	return w, nil
+}
+
+var errNeedMore = errors.New("state header continues beyond what was read")
+
+// parseStage parses a state object's header (from its first bytes), and
+// returns it with the offset of the tail.
+func parseStage(b []byte) (stageRecord, int64, error) {
+	rest, ok := bytes.CutPrefix(b, []byte(stageMagic))
+	if !ok {
+		if len(b) < len(stageMagic) {
+			return stageRecord{}, 0, errNeedMore
+		}
+		return stageRecord{}, 0, errBadStage
+	}
+	line, _, ok := bytes.Cut(rest, []byte{'\n'})
+	if !ok {
+		return stageRecord{}, 0, errNeedMore
+	}
+	var rec stageRecord
+	if err := json.Unmarshal(line, &rec); err != nil {
+		return stageRecord{}, 0, fmt.Errorf("%w: %v", errBadStage, err)
+	}
+	var sum int64
+	for i, p := range rec.Parts {
+		if p.N != int32(i+1) || p.Size <= 0 || p.ETag == "" {
+			return stageRecord{}, 0, fmt.Errorf("%w: part %d of %d", errBadStage, i+1, len(rec.Parts))
+		}
+		sum += p.Size
+	}
+	if rec.Tail < 0 || sum+rec.Tail != rec.Size || len(rec.Parts) > 0 && rec.Upload == "" {
+		return stageRecord{}, 0, fmt.Errorf("%w: sizes do not add up", errBadStage)
+	}
+	return rec, int64(len(stageMagic) + len(line) + 1), nil
+}
+
+func (w *writer) stageErr(err error) error {
+	return w.d.opErr("StageWriter", w.state, err)
+}
+
+// loadTail reads the tail of the state object, if the writer has not yet.
+func (w *writer) loadTail(ctx context.Context) error {
+	if w.tailAt == 0 {
+		return nil
+	}
+	r, err := w.d.getWith(ctx, w.state, w.tailAt, w.recTail, w.stateETag)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	buf, err := readAll(r, make([]byte, 0, w.recTail))
+	if err != nil {
+		return w.d.opErr("GetObject", w.state, err)
+	}
+	if int64(len(buf)) != w.recTail {
+		return w.stageErr(fmt.Errorf("read %d bytes of a tail of %d", len(buf), w.recTail))
+	}
+	w.buf, w.tailAt = buf, 0
+	return nil
+}
+
+// record writes the state object: the upload, its parts sent (every part
+// numbered, once none is in flight) and tail as the tail.
+func (w *writer) record(ctx context.Context, tail []byte) error {
+	rec := stageRecord{Upload: aws.ToString(w.uploadID), Tail: int64(len(tail))}
+	w.mu.Lock()
+	parts := slices.Clone(w.parts)
+	w.mu.Unlock()
+	slices.SortFunc(parts, func(a, b types.CompletedPart) int { return int(*a.PartNumber - *b.PartNumber) })
+	for _, p := range parts {
+		n := *p.PartNumber
+		rec.Parts = append(rec.Parts, stagePart{N: n, ETag: aws.ToString(p.ETag), Size: w.partSize[n]})
+		rec.Size += w.partSize[n]
+	}
+	rec.Size += rec.Tail
+	head, err := json.Marshal(rec)
+	if err != nil {
+		return w.stageErr(err)
+	}
+	b := make([]byte, 0, len(stageMagic)+len(head)+1+len(tail))
+	b = append(append(append(append(b, stageMagic...), head...), '\n'), tail...)
+	if err := w.d.put(ctx, w.state, b); err != nil {
+		return err
+	}
+	w.recTail = rec.Tail
+	return nil
+}
+
+// startStage records the upload start just started, with the tail of the
+// state it continues (the first bytes of the buffer, not yet in a part).
+func (w *writer) startStage(ctx context.Context) error {
+	return w.record(ctx, w.buf[:w.recTail])
+}
+
+// stageClose makes the bytes written durable in the state object: every
+// full part sent, the rest as the tail. It changes nothing when nothing
+// was written.
+func (w *writer) stageClose(ctx context.Context) error {
+	if w.done || !w.dirty {
+		return nil
+	}
+	w.wait()
+	w.mu.Lock()
+	w.err = nil // the failed parts are sent again now
+	w.mu.Unlock()
+	if err := w.resend(ctx); err != nil {
+		return err
+	}
+	if err := w.record(ctx, w.buf); err != nil {
+		return err
+	}
+	w.dirty = false
+	return nil
+}
+
+// stageCommit makes dst out of every byte written, then removes the state.
+func (w *writer) stageCommit(ctx context.Context) error {
+	if w.done {
+		return nil
+	}
+	if err := w.loadTail(ctx); err != nil {
+		return err
+	}
+	w.wait()
+	w.mu.Lock()
+	w.err = nil
+	w.mu.Unlock()
+	if err := w.resend(ctx); err != nil {
+		return err
+	}
+	if w.uploadID == nil {
+		if err := w.d.put(ctx, w.path, w.buf); err != nil {
+			return err
+		}
+	} else {
+		if len(w.buf) > 0 || w.numbered == 0 {
+			pt, err := w.nextPart(ctx)
+			if err != nil {
+				return err
+			}
+			if err := w.sendPart(ctx, pt); err != nil {
+				return err
+			}
+		}
+		w.mu.Lock()
+		parts := slices.Clone(w.parts)
+		w.mu.Unlock()
+		slices.SortFunc(parts, func(a, b types.CompletedPart) int { return int(*a.PartNumber - *b.PartNumber) })
+		if err := w.d.completeUpload(ctx, w.path, w.key, w.uploadID, parts); err != nil {
+			if isNoSuchUpload(err) {
+				return driver.PathNotFoundError{Path: w.state, Driver: Name}
+			}
+			return err
+		}
+	}
+	w.done, w.buf, w.parts, w.spare = true, nil, nil, nil
+	w.uncharge()
+	if err := w.d.deleteObject(ctx, w.state, w.d.key(w.state)); err != nil && !driver.IsNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// stageCancel aborts the upload and removes the state; dst is not touched.
+func (w *writer) stageCancel(ctx context.Context) error {
+	if w.uploadID != nil {
+		cctx, cancel := w.d.callCtx(ctx, 0)
+		defer cancel()
+		_, err := w.d.client.AbortMultipartUpload(cctx, &s3.AbortMultipartUploadInput{
+			Bucket: &w.d.bucket, Key: &w.key, UploadId: w.uploadID,
+		})
+		if err != nil && !isNoSuchUpload(err) {
+			return w.fail("AbortMultipartUpload", err)
+		}
+	}
+	if err := w.d.deleteObject(ctx, w.state, w.d.key(w.state)); err != nil && !driver.IsNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// isNoSuchUpload reports whether err says the multipart upload is gone
+// (completed or aborted).
+func isNoSuchUpload(err error) bool {
+	var nsu *types.NoSuchUpload
+	if errors.As(err, &nsu) {
+		return true
+	}
+	var ae smithy.APIError
+	return errors.As(err, &ae) && ae.ErrorCode() == "NoSuchUpload"
+}
