@@ -24,6 +24,7 @@ package store
 //	        startedat                                     RFC 3339 UTC, seconds, no newline
 //	        hashstates/sha256/<offset>                    crypto/sha256 MarshalBinary state
 //	        regfs-expected                                regfs only: the digest the upload must hash to
+//	        regfs-staged                                  regfs only: where a staged upload's bytes are (see uploads.go)
 //
 // A link file holds exactly a digest string ("sha256:" and 64 lowercase hex
 // digits, 71 bytes) with no newline. Reserved names start with '_', which a
@@ -55,6 +56,7 @@ const (
 	uploadsDirName   = "_uploads"
 	linkFileName     = "link"
 	expectedFileName = "regfs-expected"
+	stagedFileName   = "regfs-staged"
 )
 
 // pathSpec is implemented by the spec types below; the method is a marker so
@@ -139,6 +141,8 @@ type (
 	uploadStartedAtPathSpec struct{ name, id string }
 	// uploadExpectedPathSpec: .../_uploads/<uuid>/regfs-expected
 	uploadExpectedPathSpec struct{ name, id string }
+	// uploadStagedPathSpec: .../_uploads/<uuid>/regfs-staged
+	uploadStagedPathSpec struct{ name, id string }
 	// uploadHashStatesPathSpec: .../_uploads/<uuid>/hashstates/sha256/
 	uploadHashStatesPathSpec struct{ name, id string }
 	// uploadHashStatePathSpec: .../_uploads/<uuid>/hashstates/sha256/<offset>
@@ -171,6 +175,7 @@ func (uploadPathSpec) pathSpec()                    {}
 func (uploadDataPathSpec) pathSpec()                {}
 func (uploadStartedAtPathSpec) pathSpec()           {}
 func (uploadExpectedPathSpec) pathSpec()            {}
+func (uploadStagedPathSpec) pathSpec()              {}
 func (uploadHashStatesPathSpec) pathSpec()          {}
 func (uploadHashStatePathSpec) pathSpec()           {}
 
@@ -234,6 +239,8 @@ func locationOf(spec pathSpec) Location {
 		return Location{Kind: PathUploadStartedAt, Repository: s.name, Upload: s.id}
 	case uploadExpectedPathSpec:
 		return Location{Kind: PathUploadExpected, Repository: s.name, Upload: s.id}
+	case uploadStagedPathSpec:
+		return Location{Kind: PathUploadStaged, Repository: s.name, Upload: s.id}
 	case uploadHashStatesPathSpec:
 		return Location{Kind: PathUploadHashStates, Repository: s.name, Upload: s.id}
 	case uploadHashStatePathSpec:
@@ -385,6 +392,9 @@ const (
 	PathUploadHashStates
 	// PathUploadHashState is .../hashstates/sha256/<offset> (Location.Offset).
 	PathUploadHashState
+	// PathUploadStaged is _uploads/<uuid>/regfs-staged: the driver's
+	// record of a staged upload (driver.Stager).
+	PathUploadStaged
 
 	numPathKinds
 )
@@ -538,6 +548,8 @@ func (l Location) Path() (string, error) {
 		return uploadJoin(l.Repository, l.Upload, "/startedat")
 	case PathUploadExpected:
 		return uploadJoin(l.Repository, l.Upload, "/"+expectedFileName)
+	case PathUploadStaged:
+		return uploadJoin(l.Repository, l.Upload, "/"+stagedFileName)
 	case PathUploadHashStatesRoot:
 		return uploadJoin(l.Repository, l.Upload, "/hashstates")
 	case PathUploadHashStates:
@@ -747,6 +759,8 @@ func (l Location) parseUploads(parts []string) (Location, error) {
 			l.Kind = PathUploadStartedAt
 		case expectedFileName:
 			l.Kind = PathUploadExpected
+		case stagedFileName:
+			l.Kind = PathUploadStaged
 		case "hashstates":
 			l.Kind = PathUploadHashStatesRoot
 		default:

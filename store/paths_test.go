@@ -126,6 +126,7 @@ func everyLocation() []Location {
 		{Kind: PathUploadData, Repository: r, Upload: tdUploadID},
 		{Kind: PathUploadStartedAt, Repository: r, Upload: tdUploadID},
 		{Kind: PathUploadExpected, Repository: r, Upload: tdUploadID},
+		{Kind: PathUploadStaged, Repository: r, Upload: tdUploadID},
 		{Kind: PathUploadHashStatesRoot, Repository: r, Upload: tdUploadID},
 		{Kind: PathUploadHashStates, Repository: r, Upload: tdUploadID},
 		{Kind: PathUploadHashState, Repository: r, Upload: tdUploadID, Offset: 1048576},

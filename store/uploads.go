@@ -23,8 +23,11 @@ type uploadService struct {
 }
 
 // Create implements UploadService. It writes startedat (as the registry
-// does), regfs's expected-digest file and an empty data file, so that the
-// upload is visible, with size 0, to every other reader at once.
+// does) and regfs's expected-digest file, so that the upload is visible,
+// with size 0, to every other reader at once. On a driver that stages
+// (driver.Stager: S3, which has no rename) the bytes are staged toward the
+// blob's key from the start, so that the commit does not copy them (see
+// upload.staged); elsewhere they go to data, which the commit renames.
 func (u *uploadService) Create(ctx context.Context, expected digest.Digest) (Upload, error) {
 	if err := checkStoredDigest(expected); err != nil {
 		return nil, err
@@ -42,30 +45,54 @@ func (u *uploadService) Create(ctx context.Context, expected digest.Digest) (Upl
 		release()
 		return nil, err
 	}
-	fw, err := s.driver.Writer(ctx, mustPath(uploadDataPathSpec{name: name, id: id}), false)
-	if err != nil {
-		release()
-		return nil, err
-	}
-	s.log.Debug("upload created", "repository", name, "upload", id, "expected", expected)
-	return &upload{
+	up := &upload{
 		repo:     u.repo,
 		ctx:      ctx,
 		id:       id,
 		expected: expected,
 		started:  started,
-		fw:       fw,
-		wb:       newWriteBehindTo(fw),
 		savedAt:  -1,
 		release:  release,
-	}, nil
+		staged:   true,
+	}
+	fw, err := up.openWriter(ctx, false)
+	if errors.Is(err, ErrUnsupported) {
+		up.staged = false
+		fw, err = up.openWriter(ctx, false)
+	}
+	if err != nil {
+		release()
+		return nil, err
+	}
+	up.fw, up.wb = fw, newWriteBehindTo(fw)
+	s.log.Debug("upload created", "repository", name, "upload", id, "expected", expected, "staged", up.staged)
+	return up, nil
+}
+
+// openWriter opens the writer of the upload's bytes: the staged writer
+// toward the blob's key, or the writer of data.
+func (up *upload) openWriter(ctx context.Context, appending bool) (driver.FileWriter, error) {
+	s := up.repo.s
+	if !up.staged {
+		return s.driver.Writer(ctx, up.dataPath(), appending)
+	}
+	st, ok := s.driver.(driver.Stager)
+	if !ok {
+		return nil, fmt.Errorf("%w: staged writes", ErrUnsupported)
+	}
+	return st.StageWriter(ctx, mustPath(blobDataPathSpec{digest: up.expected}), up.stagedPath(), appending)
 }
 
 // Resume implements UploadService. The size is the data's size in storage;
 // the hash state comes from hashstates/sha256/<size> when one was saved at
 // that size, else the data is hashed once.
+//
+// A staged upload resumes from its staged writer, which holds the size;
+// its bytes cannot be read back (S3 does not read the parts of a multipart
+// upload in progress), so it needs the hash state saved at that size,
+// which Flush writes before the bytes are recorded.
 func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
-	info, err := u.Stat(ctx, id)
+	info, staged, err := u.stat(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -79,27 +106,50 @@ func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
 		size:     info.Size,
 		wb:       newWriteBehind(),
 		release:  s.writes.openUpload(u.repo.name, id, info.Expected),
+		staged:   staged,
 	}
-	state, err := s.driver.GetContent(ctx, mustPath(uploadHashStatePathSpec{name: u.repo.name, id: id, offset: info.Size}))
+	if staged {
+		fw, err := up.openWriter(ctx, true)
+		if err != nil {
+			up.release()
+			return nil, err
+		}
+		up.fw, up.size = fw, fw.Size()
+		up.wb.setWriter(fw)
+	}
+	state, err := s.driver.GetContent(ctx, mustPath(uploadHashStatePathSpec{name: u.repo.name, id: id, offset: up.size}))
 	switch {
 	case err == nil:
 		uerr := up.wb.hash().(encoding.BinaryUnmarshaler).UnmarshalBinary(state)
 		if uerr == nil {
-			up.savedAt = info.Size
+			up.savedAt = up.size
 			up.stateUnverified = true
 			return up, nil
 		}
 		// A state the registry or a crash left half-written: start over.
 		s.log.Warn("upload hash state unreadable, re-hashing", "repository", u.repo.name, "upload", id, "error", uerr)
 	case !isNotFound(err):
-		up.release()
+		up.abandon()
 		return nil, err
 	}
+	if staged && up.size > 0 {
+		up.abandon()
+		return nil, fmt.Errorf("%w: upload %s has %d bytes staged and no hash state of them: it cannot resume, only restart", ErrUploadUnknown, id, up.size)
+	}
 	if err := up.rehash(ctx); err != nil {
-		up.release()
+		up.abandon()
 		return nil, err
 	}
 	return up, nil
+}
+
+// abandon ends an upload that Resume could not open.
+func (up *upload) abandon() {
+	if up.fw != nil {
+		_ = up.fw.Close() // nothing written: changes nothing
+		up.fw = nil
+	}
+	up.release()
 }
 
 // List implements UploadService. Directories under _uploads/ whose names are
@@ -131,20 +181,52 @@ func (u *uploadService) List(ctx context.Context) ([]UploadInfo, error) {
 // have no expected digest; a missing startedat gives a zero StartedAt and
 // missing data a zero size, as the registry creates data lazily.
 func (u *uploadService) Stat(ctx context.Context, id string) (UploadInfo, error) {
+	info, _, err := u.stat(ctx, id)
+	return info, err
+}
+
+// stat is Stat, and tells whether the upload's bytes are staged: it has
+// no data, and a staged record whose writer knows the size.
+func (u *uploadService) stat(ctx context.Context, id string) (UploadInfo, bool, error) {
+	info, staged, err := u.statFiles(ctx, id)
+	if err != nil || !staged {
+		return info, false, err
+	}
+	if info.Expected == "" {
+		// Nobody can reach the blob it was staged toward: it is listed,
+		// never resumed (as one another writer left), and Cancel
+		// removes it.
+		return info, true, nil
+	}
+	up := &upload{repo: u.repo, id: id, expected: info.Expected, staged: true}
+	fw, err := up.openWriter(ctx, true)
+	if isNotFound(err) {
+		return info, false, nil // committed or cancelled since
+	}
+	if err != nil {
+		return UploadInfo{}, false, err
+	}
+	info.Size = fw.Size()
+	_ = fw.Close() // nothing written: changes nothing
+	return info, true, nil
+}
+
+// statFiles is stat from the upload's files alone.
+func (u *uploadService) statFiles(ctx context.Context, id string) (UploadInfo, bool, error) {
 	dir, err := pathFor(uploadPathSpec{name: u.repo.name, id: id})
 	if err != nil {
-		return UploadInfo{}, err
+		return UploadInfo{}, false, err
 	}
 	s := u.repo.s
 	fi, err := s.driver.Stat(ctx, dir)
 	if err != nil {
 		if isNotFound(err) {
-			return UploadInfo{}, fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, u.repo.name)
+			return UploadInfo{}, false, fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, u.repo.name)
 		}
-		return UploadInfo{}, err
+		return UploadInfo{}, false, err
 	}
 	if !fi.IsDir {
-		return UploadInfo{}, fmt.Errorf("%w: %s in %s is not a directory", ErrUploadUnknown, id, u.repo.name)
+		return UploadInfo{}, false, fmt.Errorf("%w: %s in %s is not a directory", ErrUploadUnknown, id, u.repo.name)
 	}
 	info := UploadInfo{ID: id}
 	if b, err := s.driver.GetContent(ctx, mustPath(uploadStartedAtPathSpec{name: u.repo.name, id: id})); err == nil {
@@ -152,20 +234,26 @@ func (u *uploadService) Stat(ctx context.Context, id string) (UploadInfo, error)
 			info.StartedAt = t.UTC()
 		}
 	} else if !isNotFound(err) {
-		return UploadInfo{}, err
+		return UploadInfo{}, false, err
 	}
 	if d, err := s.readLink(ctx, mustPath(uploadExpectedPathSpec{name: u.repo.name, id: id})); err == nil {
 		info.Expected = d
 	} else if !isNotFound(err) && !s.skipBadLink(err) {
 		// A corrupt expected digest leaves an upload nobody can verify,
 		// like one the registry left: listed, never committed.
-		return UploadInfo{}, err
+		return UploadInfo{}, false, err
 	}
+	staged := false
 	if dfi, err := s.driver.Stat(ctx, mustPath(uploadDataPathSpec{name: u.repo.name, id: id})); err == nil {
 		info.Size = dfi.Size
 		info.ModTime = dfi.ModTime
 	} else if !isNotFound(err) {
-		return UploadInfo{}, err
+		return UploadInfo{}, false, err
+	} else if sfi, err := s.driver.Stat(ctx, mustPath(uploadStagedPathSpec{name: u.repo.name, id: id})); err == nil {
+		staged = true
+		info.ModTime = sfi.ModTime
+	} else if !isNotFound(err) {
+		return UploadInfo{}, false, err
 	}
 	switch {
 	case !info.ModTime.IsZero():
@@ -174,13 +262,16 @@ func (u *uploadService) Stat(ctx context.Context, id string) (UploadInfo, error)
 	default:
 		info.ModTime = fi.ModTime
 	}
-	return info, nil
+	return info, staged, nil
 }
 
 // Cancel implements UploadService.
 func (u *uploadService) Cancel(ctx context.Context, id string) error {
 	dir, err := pathFor(uploadPathSpec{name: u.repo.name, id: id})
 	if err != nil {
+		return err
+	}
+	if err := u.abortStaged(ctx, id); err != nil {
 		return err
 	}
 	if err := u.repo.s.driver.Delete(ctx, dir); err != nil {
@@ -191,6 +282,34 @@ func (u *uploadService) Cancel(ctx context.Context, id string) error {
 	}
 	u.repo.s.log.Debug("upload cancelled", "repository", u.repo.name, "upload", id)
 	return nil
+}
+
+// abortStaged discards the staged bytes of upload id, if it has any, so
+// that removing the upload leaves nothing behind in the backend. One whose
+// expected digest is gone cannot be reached: it is logged, and left to the
+// driver's Janitor.
+func (u *uploadService) abortStaged(ctx context.Context, id string) error {
+	s := u.repo.s
+	if _, err := s.driver.Stat(ctx, mustPath(uploadStagedPathSpec{name: u.repo.name, id: id})); err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	expected, err := s.readLink(ctx, mustPath(uploadExpectedPathSpec{name: u.repo.name, id: id}))
+	if err != nil {
+		s.log.Warn("removing a staged upload whose expected digest is unreadable: its staged bytes stay for the driver's janitor", "repository", u.repo.name, "upload", id, "error", err)
+		return nil
+	}
+	up := &upload{repo: u.repo, id: id, expected: expected, staged: true}
+	fw, err := up.openWriter(ctx, true)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return fw.Cancel(ctx)
 }
 
 // upload is one upload in progress. It is not safe for concurrent use.
@@ -224,7 +343,15 @@ type upload struct {
 	// another upload of the same size); a digest mismatch then re-hashes
 	// the stored bytes once before it is believed.
 	stateUnverified bool
-	done            bool
+	// staged is set when the upload's bytes are staged toward the blob's
+	// key (driver.Stager, on S3) rather than written to data: fw is then
+	// a staged writer, whose progress is in the staged record, and the
+	// commit, once the digest is verified, completes the blob in place of
+	// a Move (a full copy on S3). Staged bytes cannot be read back, so a
+	// staged upload never re-hashes: its hash state is saved before each
+	// record of its bytes.
+	staged bool
+	done   bool
 	// release ends the upload's hold on the store's write fence.
 	release func()
 }
@@ -257,9 +384,9 @@ func (up *upload) WriteAt(p []byte, off int64) (int, error) {
 	if up.fw == nil {
 		// The writer's lifetime is the upload's, ended by Flush or Close,
 		// and bounded by the context the upload was opened with.
-		fw, err := up.repo.s.driver.Writer(up.ctx, up.dataPath(), true)
+		fw, err := up.openWriter(up.ctx, true)
 		if isNotFound(err) && up.size == 0 {
-			fw, err = up.repo.s.driver.Writer(up.ctx, up.dataPath(), false)
+			fw, err = up.openWriter(up.ctx, false)
 		}
 		if err != nil {
 			return 0, err
@@ -302,15 +429,27 @@ func (up *upload) dataPath() string {
 	return mustPath(uploadDataPathSpec{name: up.repo.name, id: up.id})
 }
 
+func (up *upload) stagedPath() string {
+	return mustPath(uploadStagedPathSpec{name: up.repo.name, id: up.id})
+}
+
 // Flush implements Upload: closing the driver writer makes the bytes
 // durable; the hash state saved at the new size lets a later Resume skip
-// re-reading them. Older states are removed, as the registry does.
+// re-reading them. The state is saved first and the older ones removed
+// last, as the registry does, so that a crash in between leaves a state at
+// whichever size the bytes stored have (a staged upload cannot re-hash).
 func (up *upload) Flush(ctx context.Context) error {
 	if up.done {
 		return errUploadClosed
 	}
 	if err := up.settle(); err != nil {
 		return err
+	}
+	save := up.savedAt != up.size
+	if save {
+		if err := up.putHashState(ctx); err != nil {
+			return err
+		}
 	}
 	if up.fw != nil {
 		err := up.fw.Close()
@@ -319,13 +458,21 @@ func (up *upload) Flush(ctx context.Context) error {
 			return err
 		}
 	}
-	if up.savedAt == up.size {
+	if !save {
 		return nil
 	}
-	return up.saveHashState(ctx)
+	return up.pruneHashStates(ctx)
 }
 
 func (up *upload) saveHashState(ctx context.Context) error {
+	if err := up.putHashState(ctx); err != nil {
+		return err
+	}
+	return up.pruneHashStates(ctx)
+}
+
+// putHashState saves the hash state at the upload's size.
+func (up *upload) putHashState(ctx context.Context) error {
 	s := up.repo.s
 	state, err := up.wb.hash().(encoding.BinaryMarshaler).MarshalBinary()
 	if err != nil {
@@ -335,12 +482,19 @@ func (up *upload) saveHashState(ctx context.Context) error {
 		return err
 	}
 	up.savedAt = up.size
+	return nil
+}
+
+// pruneHashStates removes the hash states at other sizes than the last
+// saved.
+func (up *upload) pruneHashStates(ctx context.Context) error {
+	s := up.repo.s
 	dir := mustPath(uploadHashStatesPathSpec{name: up.repo.name, id: up.id})
 	names, err := s.list(ctx, dir)
 	if err != nil {
 		return err
 	}
-	keep := strconv.FormatInt(up.size, 10)
+	keep := strconv.FormatInt(up.savedAt, 10)
 	for _, n := range names {
 		if n == keep {
 			continue
@@ -381,6 +535,9 @@ func (up *upload) rehash(ctx context.Context) error {
 // link -> remove the upload. On a mismatch nothing moves and the upload
 // stays resumable.
 func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
+	if up.staged {
+		return up.commitStaged(ctx)
+	}
 	if err := up.Flush(ctx); err != nil {
 		return Descriptor{}, err
 	}
@@ -457,7 +614,13 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 			s.replaced(actual)
 		}
 	}
-	if err := s.writeLink(ctx, mustPath(layerLinkPathSpec{name: up.repo.name, digest: actual}), actual); err != nil {
+	return up.finishCommit(ctx, desc, blobExisted)
+}
+
+// finishCommit links the blob committed and removes the upload.
+func (up *upload) finishCommit(ctx context.Context, desc Descriptor, deduplicated bool) (Descriptor, error) {
+	s := up.repo.s
+	if err := s.writeLink(ctx, mustPath(layerLinkPathSpec{name: up.repo.name, digest: desc.Digest}), desc.Digest); err != nil {
 		return Descriptor{}, err
 	}
 	if err := s.driver.Delete(ctx, mustPath(uploadPathSpec{name: up.repo.name, id: up.id})); err != nil && !isNotFound(err) {
@@ -465,8 +628,93 @@ func (up *upload) Commit(ctx context.Context) (Descriptor, error) {
 	}
 	up.done = true
 	up.release()
-	s.log.Debug("upload committed", "repository", up.repo.name, "upload", up.id, "digest", actual, "size", up.size, "deduplicated", blobExisted)
+	s.log.Debug("upload committed", "repository", up.repo.name, "upload", up.id, "digest", desc.Digest, "size", desc.Size, "deduplicated", deduplicated, "staged", up.staged)
 	return desc, nil
+}
+
+// commitStaged is Commit of a staged upload: verify the digest the bytes
+// hashed to as they were written -> commit the staged writer, which makes
+// the blob at its key (or discard the staged bytes when a sound blob is
+// there already) -> link -> remove the upload. On a mismatch nothing is
+// committed, and the bytes are recorded (Flush) for the rest to be
+// appended.
+func (up *upload) commitStaged(ctx context.Context) (Descriptor, error) {
+	if up.done {
+		return Descriptor{}, errUploadClosed
+	}
+	if err := up.settle(); err != nil {
+		return Descriptor{}, err
+	}
+	s := up.repo.s
+	actual := digest.NewDigest(digest.SHA256, up.wb.hash())
+	if actual != up.expected {
+		if up.lost != nil {
+			return Descriptor{}, up.lost
+		}
+		if err := up.Flush(ctx); err != nil {
+			return Descriptor{}, err
+		}
+		return Descriptor{}, &DigestMismatchError{Expected: up.expected, Actual: actual, Size: up.size}
+	}
+	desc := Descriptor{Digest: actual, Size: up.size}
+	blobPath := mustPath(blobDataPathSpec{digest: actual})
+	blobExisted, damaged, err := up.storedBlob(ctx, blobPath)
+	if err != nil {
+		return Descriptor{}, err
+	}
+	fw := up.fw
+	if fw == nil {
+		fw, err = up.openWriter(ctx, true)
+		if isNotFound(err) && up.size == 0 {
+			// Nothing was ever staged: the empty blob.
+			fw, err = up.openWriter(ctx, false)
+		}
+		if isNotFound(err) && !blobExisted {
+			// Another store holding this upload open committed it
+			// since: the blob it made has the digest verified here;
+			// its size tells it is that blob.
+			if n, berr := s.blobSize(ctx, actual); berr == nil && n == up.size {
+				return up.finishCommit(ctx, desc, true)
+			}
+			return Descriptor{}, fmt.Errorf("%w: staged bytes of upload %s vanished", ErrUploadUnknown, up.id)
+		}
+		if err != nil && !(isNotFound(err) && blobExisted) {
+			return Descriptor{}, err
+		}
+		up.fw = fw
+	}
+	if blobExisted {
+		if fw != nil {
+			if err := fw.Cancel(ctx); err != nil {
+				return Descriptor{}, err
+			}
+			up.fw = nil
+		}
+		return up.finishCommit(ctx, desc, true)
+	}
+	if err := fw.Commit(ctx); err != nil {
+		if isNotFound(err) {
+			// Committed or cancelled through another store since: what
+			// this writer holds is dropped (Close would record it).
+			_ = fw.Cancel(ctx)
+			up.fw = nil
+			if n, berr := s.blobSize(ctx, actual); berr == nil && n == up.size {
+				return up.finishCommit(ctx, desc, true)
+			}
+			return Descriptor{}, fmt.Errorf("%w: staged bytes of upload %s vanished", ErrUploadUnknown, up.id)
+		}
+		// The writer stays open: a later Commit retries.
+		return Descriptor{}, err
+	}
+	err = fw.Close()
+	up.fw = nil
+	if err != nil {
+		return Descriptor{}, err
+	}
+	if damaged {
+		s.replaced(actual)
+	}
+	return up.finishCommit(ctx, desc, false)
 }
 
 // healHashLimit is the largest stored blob that a commit of the same
@@ -541,6 +789,10 @@ func (up *upload) Close() error {
 // Cancel implements Upload.
 func (up *upload) Cancel(ctx context.Context) error {
 	_ = up.settle() // the writer must be idle before it is closed
+	if up.fw != nil && up.staged {
+		_ = up.fw.Cancel(ctx) // else the service's Cancel aborts it
+		up.fw = nil
+	}
 	if up.fw != nil {
 		_ = up.fw.Close()
 		up.fw = nil

@@ -435,6 +435,15 @@ func (m *moveHook) Move(ctx context.Context, src, dst string) error {
 	return m.StorageDriver.Move(ctx, src, dst)
 }
 
+// StageWriter forwards driver.Stager (the S3 driver's).
+func (m *moveHook) StageWriter(ctx context.Context, dst, state string, appending bool) (driver.FileWriter, error) {
+	st, ok := m.StorageDriver.(driver.Stager)
+	if !ok {
+		return nil, driver.UnsupportedMethodError{Method: "StageWriter", Driver: m.Name()}
+	}
+	return st.StageWriter(ctx, dst, state, appending)
+}
+
 func testCommittedByAnother(t *testing.T, d driver.StorageDriver, during bool) {
 	ctx := context.Background()
 	content := randomBytes(9, 50_000)

@@ -295,7 +295,7 @@ func mustParse(p string) Location {
 func (k PathKind) isDir() bool {
 	switch k {
 	case PathBlobData, PathLayerLink, PathRevisionLink, PathSignatureLink, PathTagCurrentLink, PathTagIndexEntryLink,
-		PathUploadData, PathUploadStartedAt, PathUploadExpected, PathUploadHashState:
+		PathUploadData, PathUploadStartedAt, PathUploadExpected, PathUploadHashState, PathUploadStaged:
 		return false
 	}
 	return true

@@ -205,10 +205,36 @@ func (w *writer) record(ctx context.Context, tail []byte) error {
 	}
 	b := make([]byte, 0, len(stageMagic)+len(head)+1+len(tail))
 	b = append(append(append(append(b, stageMagic...), head...), '\n'), tail...)
-	if err := w.d.put(ctx, w.state, b); err != nil {
+	cctx, cancel := w.d.callCtx(ctx, int64(len(b)))
+	defer cancel()
+	out, err := w.d.client.PutObject(cctx, &s3.PutObjectInput{
+		Bucket:        &w.d.bucket,
+		Key:           aws.String(w.d.key(w.state)),
+		Body:          bytes.NewReader(b),
+		ContentLength: aws.Int64(int64(len(b))),
+	})
+	if err != nil {
+		return w.d.opErr("PutObject", w.state, err)
+	}
+	w.recTail, w.stateETag = rec.Tail, out.ETag
+	return nil
+}
+
+// checkState fails when the state object is not the one the writer last
+// read or wrote: the staged write was cancelled (PathNotFoundError) or
+// taken over by another writer since, and what this one holds must not
+// become the object.
+func (w *writer) checkState(ctx context.Context) error {
+	if w.stateETag == nil {
+		return nil // nothing recorded: the writer holds all there is
+	}
+	out, err := w.d.head(ctx, w.state)
+	if err != nil {
 		return err
 	}
-	w.recTail = rec.Tail
+	if aws.ToString(out.ETag) != aws.ToString(w.stateETag) {
+		return w.stageErr(errors.New("the staged write changed since this writer read it (another writer?)"))
+	}
 	return nil
 }
 
@@ -252,6 +278,9 @@ func (w *writer) stageCommit(ctx context.Context) error {
 	w.err = nil
 	w.mu.Unlock()
 	if err := w.resend(ctx); err != nil {
+		return err
+	}
+	if err := w.checkState(ctx); err != nil {
 		return err
 	}
 	if w.uploadID == nil {

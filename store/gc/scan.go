@@ -162,7 +162,7 @@ func walkRepositories(ctx context.Context, d driver.StorageDriver, workers int, 
 			}
 		case store.PathTagIndexRoot:
 			return driver.ErrSkipDir // a tag's history keeps nothing
-		case store.PathUpload, store.PathUploadData, store.PathUploadStartedAt, store.PathUploadExpected,
+		case store.PathUpload, store.PathUploadData, store.PathUploadStartedAt, store.PathUploadExpected, store.PathUploadStaged,
 			store.PathUploadHashStatesRoot, store.PathUploadHashStates, store.PathUploadHashState:
 			r := get(l.Repository)
 			up := r.uploads[l.Upload]

@@ -432,7 +432,12 @@ func (r *run) sweepUploads(ctx context.Context) error {
 				continue
 			}
 			p := pathOf(store.Location{Kind: store.PathUploadData, Repository: rs.name, Upload: up.id})
-			keep, _, err := r.restat(ctx, p)
+			keep, gone, err := r.restat(ctx, p)
+			if err == nil && gone {
+				// A staged upload (S3) keeps its progress here instead.
+				p = pathOf(store.Location{Kind: store.PathUploadStaged, Repository: rs.name, Upload: up.id})
+				keep, _, err = r.restat(ctx, p)
+			}
 			if err != nil {
 				return err
 			}
