@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
 // scenario is one named user story run against the real binary on every driver.
@@ -532,6 +535,11 @@ func TestReadOnly(t *testing.T) {
 // the size at its last close. Either way, appending the rest commits a
 // layer with the right digest, the hash state of the last close or a
 // re-hash carrying over what the crash kept.
+//
+// On S3 the upload's bytes are staged in a multipart upload at the blob's
+// key (see store/uploads.go): after the crash that upload is pending there
+// and the blob is not, and once the rest is appended the commit completes
+// it, leaving no multipart upload behind.
 func TestCrashResume(t *testing.T) {
 	for _, d := range []string{"filesystem", "s3"} {
 		t.Run(d, func(t *testing.T) { testCrashResume(t, d) })
@@ -588,11 +596,40 @@ func testCrashResume(t *testing.T, driver string) {
 		t.Fatalf("upload size after the crash = %d, want more than the %d closed before", size, first)
 	}
 	t.Logf("%s: %d bytes taken before the kill, resuming at %d", driver, partial, size)
+	if driver == "s3" {
+		blobKey := path.Join(m.Prefix, "docker/registry/v2/blobs/sha256", d[7:9], d[7:], "data")
+		if _, err := m.S3.Client().HeadObject(t.Context(), &s3.HeadObjectInput{Bucket: &m.Bucket, Key: &blobKey}); err == nil {
+			t.Fatal("the blob is at its key before the upload was verified")
+		}
+		if keys := pendingUploads(t, m); len(keys) != 1 || keys[0] != blobKey {
+			t.Fatalf("pending multipart uploads after the crash: %q, want one at %s", keys, blobKey)
+		}
+	}
 	sh(t, fmt.Sprintf("tail -c +%d %q >> %q", size+1, src, up))
 	sum := strings.Fields(sh(t, "sha256sum "+m.path("big/_layers", d)))[0]
 	if "sha256:"+sum != d {
 		t.Fatalf("resumed layer hashes to %s, want %s", sum, d)
 	}
+	if driver == "s3" {
+		if keys := pendingUploads(t, m); len(keys) != 0 {
+			t.Errorf("pending multipart uploads after the commit: %q", keys)
+		}
+	}
+}
+
+// pendingUploads returns the keys of the multipart uploads in progress in
+// an s3 mount's bucket.
+func pendingUploads(t *testing.T, m *mount) []string {
+	t.Helper()
+	out, err := m.S3.Client().ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: &m.Bucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, u := range out.Uploads {
+		keys = append(keys, *u.Key)
+	}
+	return keys
 }
 
 // TestRegistryTestdataMounts mounts a tree written by hand in the registry's
