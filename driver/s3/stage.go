@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -343,4 +344,74 @@ func isNoSuchUpload(err error) bool {
 	}
 	var ae smithy.APIError
 	return errors.As(err, &ae) && ae.ErrorCode() == "NoSuchUpload"
+}
+
+// staleUploadAge is the age after which a multipart upload in progress is
+// a leftover (Janitor): a week, the age at which the registry purges an
+// upload (and regfs's gc one without writes). The uploads of the writers
+// of this driver live for as long as a writer is open, and those of staged
+// writes (whose state names them) for as long as the registry upload they
+// hold; one older than that is one whose state was removed with its upload
+// (a registry's purge of it does not know of the staged bytes), or whose
+// start a crash cut off before the state recorded it. A variable so that
+// tests can make every upload stale.
+var staleUploadAge = 7 * 24 * time.Hour
+
+// Leftovers implements driver.Janitor: the multipart uploads in progress
+// under the root that are older than staleUploadAge, which take space (and
+// are billed) but no listing shows.
+func (d *impl) Leftovers(ctx context.Context) ([]string, error) {
+	ups, err := d.staleUploads(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, u := range ups {
+		p, _ := d.rel(aws.ToString(u.Key))
+		out = append(out, fmt.Sprintf("multipart upload %s at %s, started %s", aws.ToString(u.UploadId), p, aws.ToTime(u.Initiated).UTC().Format(time.RFC3339)))
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// Clean implements driver.Janitor: it aborts the uploads Leftovers reports.
+func (d *impl) Clean(ctx context.Context) error {
+	ups, err := d.staleUploads(ctx)
+	if err != nil {
+		return err
+	}
+	for _, u := range ups {
+		cctx, cancel := d.callCtx(ctx, 0)
+		_, err := d.client.AbortMultipartUpload(cctx, &s3.AbortMultipartUploadInput{Bucket: &d.bucket, Key: u.Key, UploadId: u.UploadId})
+		cancel()
+		if err != nil && !isNoSuchUpload(err) {
+			return d.opErr("AbortMultipartUpload", "/", err)
+		}
+	}
+	return nil
+}
+
+// staleUploads lists the multipart uploads in progress under the root
+// older than staleUploadAge.
+func (d *impl) staleUploads(ctx context.Context) ([]types.MultipartUpload, error) {
+	cutoff := time.Now().Add(-staleUploadAge)
+	in := &s3.ListMultipartUploadsInput{Bucket: &d.bucket, Prefix: &d.prefix}
+	var out []types.MultipartUpload
+	for {
+		cctx, cancel := d.callCtx(ctx, 0)
+		page, err := d.client.ListMultipartUploads(cctx, in)
+		cancel()
+		if err != nil {
+			return nil, d.opErr("ListMultipartUploads", "/", err)
+		}
+		for _, u := range page.Uploads {
+			if aws.ToTime(u.Initiated).Before(cutoff) {
+				out = append(out, u)
+			}
+		}
+		if !aws.ToBool(page.IsTruncated) {
+			return out, nil
+		}
+		in.KeyMarker, in.UploadIdMarker = page.NextKeyMarker, page.NextUploadIdMarker
+	}
 }

@@ -3,7 +3,9 @@ package s3
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/base"
@@ -158,6 +160,41 @@ func TestStageWriterCancel(t *testing.T) {
 	}
 	if err := d.Delete(ctx, "/blobs"); err != nil {
 		t.Fatal(err)
+	}
+	// checkEmpty (cleanup) fails the test on a multipart upload left.
+}
+
+var _ driver.Janitor = (*impl)(nil)
+
+// TestStageLeftovers: a staged write's upload that outlived its state (its
+// registry upload purged) is a leftover once it is older than a week, and
+// Clean aborts it; a younger one is a write in progress.
+func TestStageLeftovers(t *testing.T) {
+	d, _, _ := stagedParts(t)
+	ctx := t.Context()
+	dst, state := "/blobs/l/data", "/uploads/l/staged"
+	w := stageWriter(t, d, dst, state, false)
+	write(t, w, randomBytes(6<<20, 13))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Delete(ctx, "/uploads"); err != nil { // as a purge would
+		t.Fatal(err)
+	}
+	if left, err := d.Leftovers(ctx); err != nil || len(left) != 0 {
+		t.Fatalf("Leftovers = %q, %v; want none younger than a week", left, err)
+	}
+	defer func(age time.Duration) { staleUploadAge = age }(staleUploadAge)
+	staleUploadAge = -time.Minute // every upload is stale
+	left, err := d.Leftovers(ctx)
+	if err != nil || len(left) != 1 || !strings.Contains(left[0], " at "+dst+",") {
+		t.Fatalf("Leftovers = %q, %v; want the upload at %s", left, err, dst)
+	}
+	if err := d.Clean(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := d.Leftovers(ctx); err != nil || len(left) != 0 {
+		t.Fatalf("Leftovers after Clean = %q, %v", left, err)
 	}
 	// checkEmpty (cleanup) fails the test on a multipart upload left.
 }
