@@ -32,6 +32,9 @@ func TestS3WritesTiny(t *testing.T) {
 		{"S3", "aws-sdk-go-v2's upload manager"},
 		{"S4", "ListObjectsV2"},
 	})
+	if row, ok := rep.row("S3", "driver Moves"); !ok || row.Met != "yes" {
+		t.Errorf("S3 copies row %+v (found %v): the commit copied the upload", row, ok)
+	}
 	row, ok := rep.row("S4", "driver Readers")
 	if !ok || row.Met != "yes" {
 		t.Errorf("S4 blob reads row %+v (found %v): the listing read blobs", row, ok)

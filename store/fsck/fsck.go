@@ -637,6 +637,11 @@ func (c *checker) repositoryEntry(ctx context.Context, e store.WalkEntry) error 
 		c.mu.Unlock()
 	case store.PathUploadData:
 		c.upload(l, func(up *Upload) { up.Size = e.Size; up.modified(e.ModTime) })
+	case store.PathUploadStaged:
+		// A staged upload's bytes are in the driver (S3: a multipart
+		// upload at the blob's key), which Size does not count; the
+		// record's time is when they were last written.
+		c.upload(l, func(up *Upload) { up.modified(e.ModTime) })
 	case store.PathUploadStartedAt:
 		c.upload(l, func(up *Upload) { up.modified(e.ModTime) })
 		b, err := c.read(ctx, e)
