@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"io"
 	"sync/atomic"
 	"time"
@@ -138,8 +139,15 @@ func (c *callCounter) StageWriter(ctx context.Context, dst, state string, append
 	if !ok {
 		return nil, driver.UnsupportedMethodError{Method: "StageWriter", Driver: c.Name()}
 	}
-	defer c.start(opWriter)()
-	return st.StageWriter(ctx, dst, state, append)
+	t := time.Now()
+	w, err := st.StageWriter(ctx, dst, state, append)
+	var unsupported driver.UnsupportedMethodError
+	if !errors.As(err, &unsupported) {
+		// A driver that does not stage made no call.
+		c.calls[opWriter].Add(1)
+		c.latency[opWriter].observe(time.Since(t))
+	}
+	return w, err
 }
 
 func (c *callCounter) Writer(ctx context.Context, path string, append bool) (driver.FileWriter, error) {

@@ -134,6 +134,44 @@ func TestStagedUploadS3(t *testing.T) {
 		}
 	})
 
+	t.Run("resume before any record", func(t *testing.T) {
+		// A crash before the first part filled: the upload has neither
+		// data nor a record, and starts its bytes anew, staged.
+		e := newStagedEnv(t, srv, "fresh")
+		s1 := newStore(t, e.d)
+		up, err := repo(t, s1, "r").Uploads().Create(ctx, dgst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := up.Write(content[:part/2]); err != nil {
+			t.Fatal(err)
+		}
+		if err := up.(*upload).settle(); err != nil {
+			t.Fatal(err)
+		}
+		// s1 and up are dropped here: nothing of the bytes was stored.
+		r := repo(t, newStore(t, e.d), "r")
+		up2, err := r.Uploads().Resume(ctx, up.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if up2.Size() != 0 || !up2.(*upload).staged {
+			t.Fatalf("resumed at %d (staged %v), want 0, staged", up2.Size(), up2.(*upload).staged)
+		}
+		if _, err := up2.Write(content); err != nil {
+			t.Fatal(err)
+		}
+		if desc, err := up2.Commit(ctx); err != nil || desc.Digest != dgst {
+			t.Fatalf("Commit = %+v, %v", desc, err)
+		}
+		if n := e.copies.copies.Load(); n != 0 {
+			t.Errorf("%d server-side copies, want none", n)
+		}
+		if p := e.pendingUploads(t); len(p) != 0 {
+			t.Errorf("multipart uploads left: %q", p)
+		}
+	})
+
 	t.Run("mismatch", func(t *testing.T) {
 		e := newStagedEnv(t, srv, "mismatch")
 		s := newStore(t, e.d)

@@ -91,10 +91,18 @@ func (up *upload) openWriter(ctx context.Context, appending bool) (driver.FileWr
 // its bytes cannot be read back (S3 does not read the parts of a multipart
 // upload in progress), so it needs the hash state saved at that size,
 // which Flush writes before the bytes are recorded.
+//
+// An upload with neither data nor a staged record (none written yet, or
+// a crash after the commit made the blob and before it removed the
+// upload) starts its bytes anew, staged where the driver stages.
 func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
-	info, staged, err := u.stat(ctx, id)
+	info, kind, err := u.stat(ctx, id)
 	if err != nil {
 		return nil, err
+	}
+	staged := kind == bytesStaged
+	if staged && info.Expected == "" {
+		return nil, fmt.Errorf("%w: upload %s has staged bytes and no readable expected digest: it cannot resume, only be removed", ErrUploadUnknown, id)
 	}
 	s := u.repo.s
 	up := &upload{
@@ -108,13 +116,27 @@ func (u *uploadService) Resume(ctx context.Context, id string) (Upload, error) {
 		release:  s.writes.openUpload(u.repo.name, id, info.Expected),
 		staged:   staged,
 	}
-	if staged {
+	switch {
+	case staged:
 		fw, err := up.openWriter(ctx, true)
 		if err != nil {
 			up.release()
 			return nil, err
 		}
 		up.fw, up.size = fw, fw.Size()
+		up.wb.setWriter(fw)
+	case kind == bytesNone && info.Expected != "":
+		up.staged = true
+		fw, err := up.openWriter(ctx, false)
+		if errors.Is(err, ErrUnsupported) {
+			up.staged = false
+			break
+		}
+		if err != nil {
+			up.release()
+			return nil, err
+		}
+		up.fw = fw
 		up.wb.setWriter(fw)
 	}
 	state, err := s.driver.GetContent(ctx, mustPath(uploadHashStatePathSpec{name: u.repo.name, id: id, offset: up.size}))
@@ -185,48 +207,56 @@ func (u *uploadService) Stat(ctx context.Context, id string) (UploadInfo, error)
 	return info, err
 }
 
-// stat is Stat, and tells whether the upload's bytes are staged: it has
-// no data, and a staged record whose writer knows the size.
-func (u *uploadService) stat(ctx context.Context, id string) (UploadInfo, bool, error) {
-	info, staged, err := u.statFiles(ctx, id)
-	if err != nil || !staged {
-		return info, false, err
+// bytesKind tells where an upload's bytes are.
+type bytesKind int
+
+const (
+	bytesNone   bytesKind = iota // neither data nor a staged record
+	bytesData                    // data
+	bytesStaged                  // staged (upload.staged): the record knows the size
+)
+
+// stat is Stat, and tells where the upload's bytes are.
+func (u *uploadService) stat(ctx context.Context, id string) (UploadInfo, bytesKind, error) {
+	info, kind, err := u.statFiles(ctx, id)
+	if err != nil || kind != bytesStaged {
+		return info, kind, err
 	}
 	if info.Expected == "" {
 		// Nobody can reach the blob it was staged toward: it is listed,
 		// never resumed (as one another writer left), and Cancel
 		// removes it.
-		return info, true, nil
+		return info, kind, nil
 	}
 	up := &upload{repo: u.repo, id: id, expected: info.Expected, staged: true}
 	fw, err := up.openWriter(ctx, true)
 	if isNotFound(err) {
-		return info, false, nil // committed or cancelled since
+		return info, bytesNone, nil // committed or cancelled since
 	}
 	if err != nil {
-		return UploadInfo{}, false, err
+		return UploadInfo{}, kind, err
 	}
 	info.Size = fw.Size()
 	_ = fw.Close() // nothing written: changes nothing
-	return info, true, nil
+	return info, kind, nil
 }
 
 // statFiles is stat from the upload's files alone.
-func (u *uploadService) statFiles(ctx context.Context, id string) (UploadInfo, bool, error) {
+func (u *uploadService) statFiles(ctx context.Context, id string) (UploadInfo, bytesKind, error) {
 	dir, err := pathFor(uploadPathSpec{name: u.repo.name, id: id})
 	if err != nil {
-		return UploadInfo{}, false, err
+		return UploadInfo{}, bytesNone, err
 	}
 	s := u.repo.s
 	fi, err := s.driver.Stat(ctx, dir)
 	if err != nil {
 		if isNotFound(err) {
-			return UploadInfo{}, false, fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, u.repo.name)
+			return UploadInfo{}, bytesNone, fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, u.repo.name)
 		}
-		return UploadInfo{}, false, err
+		return UploadInfo{}, bytesNone, err
 	}
 	if !fi.IsDir {
-		return UploadInfo{}, false, fmt.Errorf("%w: %s in %s is not a directory", ErrUploadUnknown, id, u.repo.name)
+		return UploadInfo{}, bytesNone, fmt.Errorf("%w: %s in %s is not a directory", ErrUploadUnknown, id, u.repo.name)
 	}
 	info := UploadInfo{ID: id}
 	if b, err := s.driver.GetContent(ctx, mustPath(uploadStartedAtPathSpec{name: u.repo.name, id: id})); err == nil {
@@ -234,26 +264,27 @@ func (u *uploadService) statFiles(ctx context.Context, id string) (UploadInfo, b
 			info.StartedAt = t.UTC()
 		}
 	} else if !isNotFound(err) {
-		return UploadInfo{}, false, err
+		return UploadInfo{}, bytesNone, err
 	}
 	if d, err := s.readLink(ctx, mustPath(uploadExpectedPathSpec{name: u.repo.name, id: id})); err == nil {
 		info.Expected = d
 	} else if !isNotFound(err) && !s.skipBadLink(err) {
 		// A corrupt expected digest leaves an upload nobody can verify,
 		// like one the registry left: listed, never committed.
-		return UploadInfo{}, false, err
+		return UploadInfo{}, bytesNone, err
 	}
-	staged := false
+	kind := bytesNone
 	if dfi, err := s.driver.Stat(ctx, mustPath(uploadDataPathSpec{name: u.repo.name, id: id})); err == nil {
+		kind = bytesData
 		info.Size = dfi.Size
 		info.ModTime = dfi.ModTime
 	} else if !isNotFound(err) {
-		return UploadInfo{}, false, err
+		return UploadInfo{}, bytesNone, err
 	} else if sfi, err := s.driver.Stat(ctx, mustPath(uploadStagedPathSpec{name: u.repo.name, id: id})); err == nil {
-		staged = true
+		kind = bytesStaged
 		info.ModTime = sfi.ModTime
 	} else if !isNotFound(err) {
-		return UploadInfo{}, false, err
+		return UploadInfo{}, bytesNone, err
 	}
 	switch {
 	case !info.ModTime.IsZero():
@@ -262,7 +293,7 @@ func (u *uploadService) statFiles(ctx context.Context, id string) (UploadInfo, b
 	default:
 		info.ModTime = fi.ModTime
 	}
-	return info, staged, nil
+	return info, kind, nil
 }
 
 // Cancel implements UploadService.
