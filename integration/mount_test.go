@@ -262,14 +262,25 @@ func testUploadWriteNotAtEnd(t *testing.T, m *mount) {
 }
 
 func testUploadRm(t *testing.T, m *mount) {
-	content := randomBytes(t, 100000)
+	// More than an S3 part, so that an S3 upload has sent one.
+	content := randomBytes(t, 12<<20)
 	d := sha(content)
 	up := m.path("r/_uploads", d)
 	sh(t, "mkdir -p "+m.path("r"))
-	_, _ = shErr(t, fmt.Sprintf("head -c 5000 %q > %q", writeFile(t, content), up))
+	_, _ = shErr(t, fmt.Sprintf("head -c %d %q > %q", 11<<20, writeFile(t, content), up))
+	if m.Driver == "s3" {
+		if keys := pendingUploads(t, m); len(keys) != 1 {
+			t.Errorf("pending multipart uploads before rm: %q, want the staged one", keys)
+		}
+	}
 	sh(t, "rm "+up)
 	if ls := strings.TrimSpace(sh(t, "ls "+m.path("r/_uploads"))); ls != "" {
 		t.Errorf("_uploads after rm: %q", ls)
+	}
+	if m.Driver == "s3" {
+		if keys := pendingUploads(t, m); len(keys) != 0 {
+			t.Errorf("pending multipart uploads after rm: %q", keys)
+		}
 	}
 	if m.Root != "" {
 		if out := sh(t, fmt.Sprintf("find %q -path '*/_uploads/*' -type f", m.Root)); strings.TrimSpace(out) != "" {
