@@ -146,6 +146,36 @@ type Stager interface {
 	StageWriter(ctx context.Context, dst, state string, append bool) (FileWriter, error)
 }
 
+// StagedWrite is a staged write in progress, as StageLister lists it.
+type StagedWrite struct {
+	// Dst is the path the write becomes when it is committed.
+	Dst string
+	// ID names the write in the backend (S3: the multipart upload's ID).
+	ID string
+	// Started is when the write started in the backend.
+	Started time.Time
+}
+
+// StageLister is implemented by drivers that stage, so that a check
+// (fsck) can find the staged writes that no state object names any more:
+// their state was removed with the directory it was in (a registry's purge
+// of an old upload), or a crash came between the start of the write in
+// the backend and its first state. Such a write is invisible to every
+// listing and only takes space. base.Base implements it for every driver,
+// with UnsupportedMethodError for those that do not stage.
+type StageLister interface {
+	// StagedWrites lists the staged writes in progress whose Dst is below
+	// the directory dir.
+	StagedWrites(ctx context.Context, dir string) ([]StagedWrite, error)
+	// StagedWriteID returns the ID of the staged write that the state
+	// object at state names; "" when it names none yet (a write smaller
+	// than a part lives in its state alone).
+	StagedWriteID(ctx context.Context, state string) (string, error)
+	// AbortStagedWrite discards the staged write w; one gone already is
+	// no error.
+	AbortStagedWrite(ctx context.Context, w StagedWrite) error
+}
+
 // Usage is the space of a driver's backend, for df.
 type Usage struct {
 	// Total, Free and Avail are bytes: the backend's size, what is free,

@@ -99,6 +99,7 @@ var (
 	_ driver.StorageDriver = (*Base)(nil)
 	_ driver.Janitor       = (*Base)(nil)
 	_ driver.Stager        = (*Base)(nil)
+	_ driver.StageLister   = (*Base)(nil)
 )
 
 // New wraps impl with the default deadlines. impl.Name is read once, here.
@@ -435,6 +436,61 @@ func (b *Base) StageWriter(ctx context.Context, dst, state string, append bool) 
 		return nil, b.wrap("StageWriter", state, err)
 	}
 	return &writer{b: b, path: state, impl: w, it: it}, nil
+}
+
+// stageLister returns the implementation as a driver.StageLister, or the
+// error every StageLister method returns for a driver that does not stage.
+func (b *Base) stageLister(op string) (driver.StageLister, error) {
+	sl, ok := b.impl.(driver.StageLister)
+	if !ok {
+		return nil, driver.UnsupportedMethodError{Method: op, Driver: b.name}
+	}
+	return sl, nil
+}
+
+// StagedWrites implements driver.StageLister, forwarding to the
+// implementation. Like Leftovers it has no deadline of its own.
+func (b *Base) StagedWrites(ctx context.Context, dir string) ([]driver.StagedWrite, error) {
+	if err := b.check(ctx, "StagedWrites", dir, true); err != nil {
+		return nil, err
+	}
+	sl, err := b.stageLister("StagedWrites")
+	if err != nil {
+		return nil, err
+	}
+	ws, err := sl.StagedWrites(ctx, dir)
+	return ws, b.wrap("StagedWrites", dir, err)
+}
+
+// StagedWriteID implements driver.StageLister, forwarding to the
+// implementation.
+func (b *Base) StagedWriteID(ctx context.Context, state string) (string, error) {
+	if err := b.check(ctx, "StagedWriteID", state, false); err != nil {
+		return "", err
+	}
+	sl, err := b.stageLister("StagedWriteID")
+	if err != nil {
+		return "", err
+	}
+	callCtx, cancel := b.deadline(ctx)
+	defer cancel()
+	id, err := sl.StagedWriteID(callCtx, state)
+	return id, b.finish(ctx, callCtx, "StagedWriteID", state, err)
+}
+
+// AbortStagedWrite implements driver.StageLister, forwarding to the
+// implementation.
+func (b *Base) AbortStagedWrite(ctx context.Context, w driver.StagedWrite) error {
+	if err := b.check(ctx, "AbortStagedWrite", w.Dst, false); err != nil {
+		return err
+	}
+	sl, err := b.stageLister("AbortStagedWrite")
+	if err != nil {
+		return err
+	}
+	callCtx, cancel := b.deadline(ctx)
+	defer cancel()
+	return b.finish(ctx, callCtx, "AbortStagedWrite", w.Dst, sl.AbortStagedWrite(callCtx, w))
 }
 
 // Stat checks path and ctx, then calls the implementation.

@@ -85,30 +85,11 @@ func (d *impl) StageWriter(ctx context.Context, dst, state string, appending boo
 	if !appending {
 		return w, nil
 	}
-	r, err := d.getWith(ctx, state, 0, stageHeadRead, nil)
+	rec, head, off, etag, err := d.readStage(ctx, state)
 	if err != nil {
-		if isInvalidRange(err) {
-			err = w.stageErr(errors.New("empty state object"))
-		}
 		return nil, err
 	}
-	head, err := readAll(r, make([]byte, 0, min(stageHeadRead, max(0, aws.ToInt64(r.out.ContentLength)))))
-	r.Close()
-	if err != nil {
-		return nil, d.opErr("GetObject", state, err)
-	}
-	w.stateETag = r.out.ETag
-	rec, off, err := parseStage(head)
-	if errors.Is(err, errNeedMore) && len(head) == stageHeadRead {
-		// A header longer than the first read: read it all.
-		if head, err = d.GetContent(ctx, state); err != nil {
-			return nil, err
-		}
-		rec, off, err = parseStage(head)
-	}
-	if err != nil {
-		return nil, w.stageErr(err)
-	}
+	w.stateETag = etag
 	if rec.Upload != "" {
 		w.uploadID = aws.String(rec.Upload)
 	}
@@ -126,6 +107,43 @@ func (d *impl) StageWriter(ctx context.Context, dst, state string, appending boo
 		w.tailAt = off
 	}
 	return w, nil
+}
+
+// readStage reads the header of the state object at state: it returns
+// the header, the bytes read (the header and what of the tail came with
+// it), the tail's offset, and the object's ETag.
+func (d *impl) readStage(ctx context.Context, state string) (stageRecord, []byte, int64, *string, error) {
+	r, err := d.getWith(ctx, state, 0, stageHeadRead, nil)
+	if err != nil {
+		if isInvalidRange(err) {
+			err = d.opErr("StageWriter", state, errors.New("empty state object"))
+		}
+		return stageRecord{}, nil, 0, nil, err
+	}
+	head, err := readAll(r, make([]byte, 0, min(stageHeadRead, max(0, aws.ToInt64(r.out.ContentLength)))))
+	r.Close()
+	if err != nil {
+		return stageRecord{}, nil, 0, nil, d.opErr("GetObject", state, err)
+	}
+	etag := r.out.ETag
+	rec, off, err := parseStage(head)
+	if errors.Is(err, errNeedMore) && len(head) == stageHeadRead {
+		// A header longer than the first read: read it all.
+		r, err := d.getWith(ctx, state, 0, 0, etag)
+		if err != nil {
+			return stageRecord{}, nil, 0, nil, err
+		}
+		head, err = readAll(r, nil)
+		r.Close()
+		if err != nil {
+			return stageRecord{}, nil, 0, nil, d.opErr("GetObject", state, err)
+		}
+		rec, off, err = parseStage(head)
+	}
+	if err != nil {
+		return stageRecord{}, nil, 0, nil, d.opErr("StageWriter", state, err)
+	}
+	return rec, head, off, etag, nil
 }
 
 var errNeedMore = errors.New("state header continues beyond what was read")
@@ -414,4 +432,46 @@ func (d *impl) staleUploads(ctx context.Context) ([]types.MultipartUpload, error
 		}
 		in.KeyMarker, in.UploadIdMarker = page.NextKeyMarker, page.NextUploadIdMarker
 	}
+}
+
+// StagedWrites implements driver.StageLister: the multipart uploads in
+// progress whose key is below dir.
+func (d *impl) StagedWrites(ctx context.Context, dir string) ([]driver.StagedWrite, error) {
+	prefix := d.dirPrefix(dir)
+	in := &s3.ListMultipartUploadsInput{Bucket: &d.bucket, Prefix: &prefix}
+	var out []driver.StagedWrite
+	for {
+		cctx, cancel := d.callCtx(ctx, 0)
+		page, err := d.client.ListMultipartUploads(cctx, in)
+		cancel()
+		if err != nil {
+			return nil, d.opErr("ListMultipartUploads", dir, err)
+		}
+		for _, u := range page.Uploads {
+			if p, ok := d.rel(aws.ToString(u.Key)); ok {
+				out = append(out, driver.StagedWrite{Dst: p, ID: aws.ToString(u.UploadId), Started: aws.ToTime(u.Initiated)})
+			}
+		}
+		if !aws.ToBool(page.IsTruncated) {
+			return out, nil
+		}
+		in.KeyMarker, in.UploadIdMarker = page.NextKeyMarker, page.NextUploadIdMarker
+	}
+}
+
+// StagedWriteID implements driver.StageLister.
+func (d *impl) StagedWriteID(ctx context.Context, state string) (string, error) {
+	rec, _, _, _, err := d.readStage(ctx, state)
+	return rec.Upload, err
+}
+
+// AbortStagedWrite implements driver.StageLister.
+func (d *impl) AbortStagedWrite(ctx context.Context, w driver.StagedWrite) error {
+	cctx, cancel := d.callCtx(ctx, 0)
+	defer cancel()
+	_, err := d.client.AbortMultipartUpload(cctx, &s3.AbortMultipartUploadInput{Bucket: &d.bucket, Key: aws.String(d.key(w.Dst)), UploadId: aws.String(w.ID)})
+	if err != nil && !isNoSuchUpload(err) {
+		return d.opErr("AbortMultipartUpload", w.Dst, err)
+	}
+	return nil
 }

@@ -198,3 +198,38 @@ func TestStageLeftovers(t *testing.T) {
 	}
 	// checkEmpty (cleanup) fails the test on a multipart upload left.
 }
+
+// TestStagedWrites: StageLister lists a staged write by its dst, its state
+// names it, and AbortStagedWrite discards it.
+func TestStagedWrites(t *testing.T) {
+	d, _, _ := stagedParts(t)
+	ctx := t.Context()
+	dst, state := "/blobs/w/data", "/uploads/w/staged"
+	w := stageWriter(t, d, dst, state, false)
+	write(t, w, randomBytes(6<<20, 14))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ws, err := d.StagedWrites(ctx, "/blobs")
+	if err != nil || len(ws) != 1 || ws[0].Dst != dst || ws[0].ID == "" || ws[0].Started.IsZero() {
+		t.Fatalf("StagedWrites = %+v, %v; want the write to %s", ws, err, dst)
+	}
+	if other, err := d.StagedWrites(ctx, "/uploads"); err != nil || len(other) != 0 {
+		t.Errorf("StagedWrites(/uploads) = %+v, %v; want none", other, err)
+	}
+	if id, err := d.StagedWriteID(ctx, state); err != nil || id != ws[0].ID {
+		t.Errorf("StagedWriteID = %q, %v; want %q", id, err, ws[0].ID)
+	}
+	if err := d.AbortStagedWrite(ctx, ws[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AbortStagedWrite(ctx, ws[0]); err != nil {
+		t.Errorf("AbortStagedWrite of a write gone = %v, want nil", err)
+	}
+	if ws, err := d.StagedWrites(ctx, "/blobs"); err != nil || len(ws) != 0 {
+		t.Errorf("StagedWrites after the abort = %+v, %v", ws, err)
+	}
+	if err := d.Delete(ctx, "/uploads"); err != nil {
+		t.Fatal(err)
+	}
+}
