@@ -115,7 +115,18 @@ const (
 	// emptied, staging files): hidden from every listing, it only takes
 	// space.
 	Leftover Kind = "leftover"
+	// OrphanStagedWrite is a staged write at a blob's key (S3: a pending
+	// multipart upload, see driver.Stager) that no upload's regfs-staged
+	// record names: its upload was removed (a registry's purge) or a crash
+	// came between its start and its first record. Hidden from every
+	// listing, it only takes space; a repair aborts it.
+	OrphanStagedWrite Kind = "orphan-staged-write"
 )
+
+// stagedGrace is how old a staged write must be before a check takes it
+// for an orphan: one younger may be starting now, its record not yet
+// written.
+const stagedGrace = time.Hour
 
 // Fix says what a repair does about a problem.
 type Fix string
@@ -158,6 +169,8 @@ type Problem struct {
 	Repaired bool `json:"repaired,omitempty"`
 	// rewrite is the content FixRewrite writes.
 	rewrite digest.Digest
+	// staged is the write an OrphanStagedWrite repair aborts.
+	staged driver.StagedWrite
 }
 
 func (p Problem) String() string {
@@ -329,6 +342,7 @@ type checker struct {
 	mu       sync.Mutex
 	repos    map[string]*repoState
 	uploads  map[string]*Upload // by upload directory path
+	staged   []string           // the uploads' regfs-staged records
 	progress Progress
 	tags     int
 }
@@ -370,6 +384,7 @@ func (c *checker) run(ctx context.Context) error {
 		return err
 	}
 	c.leftovers(ctx)
+	c.orphanStaged(ctx)
 	if c.opts.Repair {
 		return c.repair(ctx)
 	}
@@ -642,6 +657,9 @@ func (c *checker) repositoryEntry(ctx context.Context, e store.WalkEntry) error 
 		// upload at the blob's key), which Size does not count; the
 		// record's time is when they were last written.
 		c.upload(l, func(up *Upload) { up.modified(e.ModTime) })
+		c.mu.Lock()
+		c.staged = append(c.staged, e.Path)
+		c.mu.Unlock()
 	case store.PathUploadStartedAt:
 		c.upload(l, func(up *Upload) { up.modified(e.ModTime) })
 		b, err := c.read(ctx, e)
@@ -880,6 +898,53 @@ func (c *checker) leftovers(ctx context.Context) {
 	for _, p := range left {
 		c.problem(Problem{Kind: Leftover, Path: p, Fix: FixRemove,
 			Detail: "left by an interrupted delete or write; hidden from listings, it only takes space"})
+	}
+}
+
+// orphanStaged reports the staged writes at blobs' keys that no upload's
+// record names (driver.StageLister), once older than stagedGrace.
+func (c *checker) orphanStaged(ctx context.Context) {
+	sl, ok := c.d.(driver.StageLister)
+	if !ok {
+		return
+	}
+	blobs, err := store.Location{Kind: store.PathBlobsRoot}.Path()
+	if err != nil {
+		return
+	}
+	ws, err := sl.StagedWrites(ctx, blobs)
+	var unsupported driver.UnsupportedMethodError
+	if errors.As(err, &unsupported) {
+		return
+	}
+	if err != nil {
+		c.problem(Problem{Kind: Unreadable, Path: blobs, Detail: fmt.Sprintf("listing the staged writes: %v", err)})
+		return
+	}
+	if len(ws) == 0 {
+		return
+	}
+	named := map[string]bool{}
+	for _, p := range c.staged {
+		id, err := sl.StagedWriteID(ctx, p)
+		switch {
+		case err == nil:
+			named[id] = true
+		case driver.IsNotFound(err):
+			// Committed or cancelled since the walk.
+		default:
+			// A record that cannot be read may name any of them.
+			c.problem(Problem{Kind: Unreadable, Path: p, Detail: fmt.Sprintf("reading the staged record: %v", err)})
+			return
+		}
+	}
+	now := c.opts.Now()
+	for _, w := range ws {
+		if named[w.ID] || now.Sub(w.Started) < stagedGrace {
+			continue
+		}
+		c.problem(Problem{Kind: OrphanStagedWrite, Path: w.Dst, Fix: FixRemove, staged: w,
+			Detail: fmt.Sprintf("staged write %s, started %s, is named by no upload (its upload was removed, or a crash came before its first record); hidden from listings, it only takes space", w.ID, w.Started.UTC().Format(time.RFC3339))})
 	}
 }
 

@@ -23,6 +23,8 @@ func (c *checker) repair(ctx context.Context) error {
 		switch {
 		case p.Kind == Leftover:
 			leftovers = true
+		case p.Kind == OrphanStagedWrite:
+			err = c.abortStaged(ctx, p)
 		case p.Fix == FixRewrite:
 			err = c.rewrite(ctx, p)
 		case p.Fix == FixRemove:
@@ -44,6 +46,17 @@ func (c *checker) repair(ctx context.Context) error {
 		}
 	}
 	return c.removeEmptyDirs(ctx)
+}
+
+// abortStaged aborts an orphan staged write. The blob at its key, if any,
+// is another object and stays.
+func (c *checker) abortStaged(ctx context.Context, p *Problem) error {
+	if err := c.d.(driver.StageLister).AbortStagedWrite(ctx, p.staged); err != nil {
+		return fmt.Errorf("fsck: aborting staged write %s at %s: %w", p.staged.ID, p.Path, err)
+	}
+	p.Repaired = true
+	c.changed(&c.rep.Removed, p.Path, string(p.Kind)+" "+p.staged.ID)
+	return nil
 }
 
 // rewrite writes the content a link must have, unless it has it now.
