@@ -2,6 +2,7 @@ package s3
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -231,5 +232,33 @@ func TestStagedWrites(t *testing.T) {
 	}
 	if err := d.Delete(ctx, "/uploads"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestParseStage: a state object's header is believed only when its parts
+// are numbered from 1 and its sizes add up; a cut one asks for more.
+func TestParseStage(t *testing.T) {
+	good := stageMagic + `{"upload":"u","size":12,"parts":[{"n":1,"etag":"e","size":10}],"tail":2}` + "\nab"
+	rec, off, err := parseStage([]byte(good))
+	if err != nil || rec.Upload != "u" || rec.Size != 12 || len(rec.Parts) != 1 || rec.Tail != 2 || good[off:] != "ab" {
+		t.Fatalf("parseStage(good) = %+v, %d, %v", rec, off, err)
+	}
+	for _, tc := range []struct {
+		in   string
+		want error
+	}{
+		{"regfs-sta", errNeedMore},
+		{stageMagic + `{"size":0`, errNeedMore},
+		{"not a state\n{}\n", errBadStage},
+		{stageMagic + "{\n", errBadStage},
+		{stageMagic + `{"upload":"u","size":12,"parts":[{"n":2,"etag":"e","size":10}],"tail":2}` + "\n", errBadStage},
+		{stageMagic + `{"upload":"u","size":13,"parts":[{"n":1,"etag":"e","size":10}],"tail":2}` + "\n", errBadStage},
+		{stageMagic + `{"size":12,"parts":[{"n":1,"etag":"e","size":10}],"tail":2}` + "\n", errBadStage},
+		{stageMagic + `{"upload":"u","size":10,"parts":[{"n":1,"etag":"","size":10}],"tail":0}` + "\n", errBadStage},
+		{stageMagic + `{"size":-1,"tail":-1}` + "\n", errBadStage},
+	} {
+		if _, _, err := parseStage([]byte(tc.in)); !errors.Is(err, tc.want) {
+			t.Errorf("parseStage(%q) = %v, want %v", tc.in, err, tc.want)
+		}
 	}
 }
