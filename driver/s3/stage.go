@@ -44,8 +44,9 @@ const stageMagic = "regfs-staged 1\n"
 
 // stageHeadRead is how much of a state object the first GET asks for: the
 // header of an upload of up to about a thousand parts, and a small tail,
-// without reading a tail of several MiB when only the size is wanted.
-const stageHeadRead = 64 << 10
+// without reading a tail of several MiB when only the size is wanted. A
+// variable so that tests can make a header longer than it.
+var stageHeadRead int64 = 64 << 10
 
 // stageRecord is the header of a state object.
 type stageRecord struct {
@@ -127,16 +128,16 @@ func (d *impl) readStage(ctx context.Context, state string) (stageRecord, []byte
 	}
 	etag := r.out.ETag
 	rec, off, err := parseStage(head)
-	if errors.Is(err, errNeedMore) && len(head) == stageHeadRead {
+	if errors.Is(err, errNeedMore) && int64(len(head)) == stageHeadRead {
 		// A header longer than the first read: read it all.
-		r, err := d.getWith(ctx, state, 0, 0, etag)
-		if err != nil {
-			return stageRecord{}, nil, 0, nil, err
+		all, gerr := d.getWith(ctx, state, 0, 0, etag)
+		if gerr != nil {
+			return stageRecord{}, nil, 0, nil, gerr
 		}
-		head, err = readAll(r, nil)
-		r.Close()
-		if err != nil {
-			return stageRecord{}, nil, 0, nil, d.opErr("GetObject", state, err)
+		head, gerr = readAll(all, nil)
+		all.Close()
+		if gerr != nil {
+			return stageRecord{}, nil, 0, nil, d.opErr("GetObject", state, gerr)
 		}
 		rec, off, err = parseStage(head)
 	}

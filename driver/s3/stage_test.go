@@ -262,3 +262,31 @@ func TestParseStage(t *testing.T) {
 		}
 	}
 }
+
+// TestStageLongHeader: a state whose header is longer than the first read
+// is read whole.
+func TestStageLongHeader(t *testing.T) {
+	d, _, _ := stagedParts(t)
+	ctx := t.Context()
+	dst, state := "/blobs/h/data", "/uploads/h/staged"
+	data := randomBytes(12<<20, 15)
+	w := stageWriter(t, d, dst, state, false)
+	write(t, w, data)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	defer func(n int64) { stageHeadRead = n }(stageHeadRead)
+	stageHeadRead = int64(len(stageMagic)) + 20 // within the header
+	w = stageWriter(t, d, dst, state, true)
+	if w.Size() != int64(len(data)) {
+		t.Fatalf("Size = %d, want %d", w.Size(), len(data))
+	}
+	if err := w.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	wantContent(t, d, dst, data)
+	if err := d.Delete(ctx, "/blobs"); err != nil {
+		t.Fatal(err)
+	}
+}
