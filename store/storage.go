@@ -49,9 +49,17 @@ type storage struct {
 	// healed counts, by digest, the damaged blobs replaced by verified
 	// bytes (a *atomic.Int64 each); part of the blob's cache key.
 	healed sync.Map
-	cache  *cache.Cache
-	log    *slog.Logger
-	key    libtrust.PrivateKey
+	// forgets counts the blobs found deleted or replaced (forgetBlob,
+	// replaced): first bytes fetched before a change are not served after
+	// it (LayerInfo.first).
+	forgets atomic.Int64
+	// sizeReports says whether the driver tells an object's size with its
+	// first bytes (driver.WithSizeReport): 0 not known yet, 1 it does, -1
+	// it does not, and LookupFirst states the data instead.
+	sizeReports atomic.Int32
+	cache       *cache.Cache
+	log         *slog.Logger
+	key         libtrust.PrivateKey
 	// manifests caches Get results by repository and digest. Revisions are
 	// immutable, so entries never go stale; caching also keeps the
 	// signature of a re-signed schema1 manifest stable within the process.

@@ -54,6 +54,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -383,4 +384,30 @@ func (d *impl) hasChildren(ctx context.Context, path string) (bool, error) {
 		return false, d.opErr("ListObjectsV2", path, err)
 	}
 	return len(out.Contents) > 0, nil
+}
+
+// reportSize tells the caller of Reader the object's size, if it asked
+// (driver.WithSizeReport): the total of the answer's Content-Range, or for
+// an answer without a range (the whole object) its length.
+func reportSize(ctx context.Context, out *s3.GetObjectOutput) {
+	if out.ContentRange == nil {
+		if out.ContentLength != nil {
+			driver.ReportSize(ctx, *out.ContentLength)
+		}
+		return
+	}
+	if n, ok := rangeTotal(*out.ContentRange); ok {
+		driver.ReportSize(ctx, n)
+	}
+}
+
+// rangeTotal returns the object size a Content-Range header names
+// ("bytes 0-99/1234"), and false when it names none ("bytes 0-99/*").
+func rangeTotal(contentRange string) (int64, bool) {
+	_, total, ok := strings.Cut(contentRange, "/")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(total, 10, 64)
+	return n, err == nil && n >= 0
 }
