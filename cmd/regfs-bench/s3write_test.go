@@ -31,6 +31,8 @@ func TestS3WritesTiny(t *testing.T) {
 	wantRows(t, rep, "", []rowWant{
 		{"S3", "aws-sdk-go-v2's upload manager"},
 		{"S4", "ListObjectsV2"},
+		{"S4", "a bare bazil.org/fuse"},
+		{"S4", "the same ListObjectsV2"},
 	})
 	row, ok := rep.row("S4", "driver Readers")
 	if !ok || row.Met != "yes" {
