@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"maps"
@@ -39,19 +40,28 @@ func callsSince(before, after map[string]int64) map[string]int64 {
 // readFirstByte opens p, reads one byte, fstats and closes it, as
 // head -c1 does.
 func readFirstByte(p string) (byte, error) {
-	f, err := openFile(p, os.O_RDONLY)
+	b, err := readFirst(p, 1)
 	if err != nil {
 		return 0, err
 	}
+	return b[0], nil
+}
+
+// readFirst opens p, reads n bytes with one read(2), fstats and closes it.
+func readFirst(p string, n int) ([]byte, error) {
+	f, err := openFile(p, os.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
 	defer f.Close()
-	b := make([]byte, 1)
+	b := make([]byte, n)
 	if _, err := io.ReadFull(f, b); err != nil {
-		return 0, err
+		return nil, err
 	}
 	if _, err := f.Stat(); err != nil {
-		return 0, err
+		return nil, err
 	}
-	return b[0], nil
+	return b, nil
 }
 
 // sizeReporting is a driver whose Reader tells the object's size, as the
@@ -153,8 +163,8 @@ func (c *chainDriver) Walk(ctx context.Context, p string, fn driver.WalkFn) (err
 	return err
 }
 
-// TestFirstByteDriverCalls pins what head -c1 of a layer through a fresh
-// mount asks storage (issue 15, row S5), on a driver that tells an
+// TestFirstByteDriverCalls pins what head -c1 (or a first read(2) of 16
+// KiB) of a layer through a fresh mount asks storage (issue 15, row S5), on a driver that tells an
 // object's size with its first bytes as S3 does: one List per namespace
 // directory of the path, then for the layer at once one Stat of its link
 // and one Reader of its data's first bytes, which tells the data's size
@@ -171,16 +181,17 @@ func TestFirstByteDriverCalls(t *testing.T) {
 	for _, c := range []struct {
 		repo  string
 		lists int64
-	}{{"app", 1}, {"team/app", 2}} {
+		read  int // bytes of the first read(2)
+	}{{"app", 1, 1}, {"team/app", 2, 1}, {"other", 1, 16 << 10}} {
 		content := randomBytes(t, 300<<10)
 		d := m.pushBlob(c.repo, content)
 		p := m.path(c.repo, "_layers", d.String())
 		before := m.callsByMethod()
 		cd.record()
-		var b byte
-		m.must("head -c1 "+p, func() (err error) { b, err = readFirstByte(p); return err })
-		if b != content[0] {
-			t.Fatalf("%s: first byte %x, want %x", c.repo, b, content[0])
+		var b []byte
+		m.must("head -c1 "+p, func() (err error) { b, err = readFirst(p, c.read); return err })
+		if !bytes.Equal(b, content[:c.read]) {
+			t.Fatalf("%s: the first %d bytes differ", c.repo, c.read)
 		}
 		inARow := cd.inARow()
 		got := callsSince(before, m.callsByMethod())

@@ -48,8 +48,9 @@ func (d layersDir) Attr(ctx context.Context, a *fuse.Attr) error {
 	return nil
 }
 
-// Lookup implements fs.NodeRequestLookuper. Only the blob's link and size
-// are read, never its data. The entry is valid for the short entry
+// Lookup implements fs.NodeRequestLookuper. The blob's link is stated
+// and its data's size learnt, with its first bytes where storage tells
+// the size with them at no extra cost (lookupLayer). The entry is valid for the short entry
 // timeout: another writer (the registry) may unlink the blob, and its name
 // must then disappear soon; the attributes and the kernel's page cache
 // belong to the digest and stay valid.
@@ -84,9 +85,9 @@ func (d layersDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fu
 // where storage tells the size with them (store.FirstBytesLookuper): as
 // many as the kernel's first READ of a fresh open asks for after a read(2)
 // of up to 16 KiB (its initial read-ahead is four times the read, 16 KiB
-// after head -c1's), so that the first byte waits for no request after the
-// lookup's. On S3 a GET of 64 KiB costs about what the HEAD it replaces
-// does.
+// after head -c1's), so that such a first read waits for no request after
+// the lookup's. On S3 a GET of 64 KiB costs about what the HEAD it
+// replaces does.
 const lookupFirstBytes = 64 << 10
 
 // lookupLayer finds dgst in layers, with its first bytes where that costs
