@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -69,5 +70,22 @@ func TestRangeTotal(t *testing.T) {
 		if (want < 0 && ok) || (want >= 0 && (!ok || n != want)) {
 			t.Errorf("rangeTotal(%q) = %d, %v, want %d", in, n, ok, want)
 		}
+	}
+}
+
+// TestNewOpensConnections: New leaves as many connections open as a
+// layer's lookup uses at once, so that the first lookup after a mount
+// dials none.
+func TestNewOpensConnections(t *testing.T) {
+	requireServer(t)
+	rr := newRangeRecorder()
+	defer rr.t.CloseIdleConnections()
+	p := testParams
+	p.HTTPClient = &http.Client{Transport: rr}
+	if _, err := New(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	if n := rr.dials.Load(); n != 2 {
+		t.Errorf("New dialled %d connections, want 2 (a lookup makes two requests at once)", n)
 	}
 }
