@@ -323,6 +323,24 @@ func ReadLength(ctx context.Context) (int64, bool) {
 	return n, ok && n > 0
 }
 
+// childrenWalkKey is the context key of WithChildrenWalk.
+type childrenWalkKey struct{}
+
+// WithChildrenWalk returns a context telling Walk that its caller wants
+// the children of the walk's root only: its WalkFn skips every directory
+// (driver.ErrSkipDir). A driver whose Walk would otherwise start with a
+// request meant for small trees (S3's first page of keys) lists the
+// children alone. Walk must still honour a WalkFn that descends.
+func WithChildrenWalk(ctx context.Context) context.Context {
+	return context.WithValue(ctx, childrenWalkKey{}, true)
+}
+
+// ChildrenWalk reports whether WithChildrenWalk set ctx.
+func ChildrenWalk(ctx context.Context) bool {
+	v, _ := ctx.Value(childrenWalkKey{}).(bool)
+	return v
+}
+
 // sizeReportKey is the context key of WithSizeReport.
 type sizeReportKey struct{}
 

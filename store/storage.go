@@ -113,7 +113,7 @@ func (s *storage) Children(ctx context.Context, prefix string) ([]string, error)
 	// One Walk that never descends lists the children with their kinds in
 	// a single listing, where List would need a Stat per entry.
 	var out []string
-	err = s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
+	err = s.driver.Walk(driver.WithChildrenWalk(ctx), dir, func(fi driver.FileInfo) error {
 		base := path.Base(fi.Path)
 		if fi.IsDir && !strings.HasPrefix(base, "_") && checkRepositoryName(base) == nil {
 			out = append(out, base)
