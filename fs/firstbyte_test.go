@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"maps"
 	"os"
@@ -261,4 +262,38 @@ func TestOpenLongAfterLookupChecksAgain(t *testing.T) {
 		return err
 	})
 	wantErrno(t, "open of an unlinked layer, long after its lookup", err, syscall.ENOENT)
+}
+
+// TestFirstBytesLookupErrors: fetching the first bytes changes no answer
+// of a lookup. On a driver that tells sizes, as on one that does not, a
+// missing repository and a layer not linked are ENOENT, and a layer whose
+// blob's data is gone gets the same error from stat and open.
+func TestFirstBytesLookupErrors(t *testing.T) {
+	errsOf := func(drv driver.StorageDriver) []error {
+		m := newMount(t, mountConfig{drv: drv})
+		d := m.pushBlob("app", randomBytes(t, 4<<10))
+		gone := m.pushBlob("app", randomBytes(t, 4<<10))
+		if err := drv.Delete(context.Background(), "/docker/registry/v2/blobs/sha256/"+gone.Encoded()[:2]+"/"+gone.Encoded()); err != nil {
+			t.Fatal(err)
+		}
+		var out []error
+		for _, p := range []string{
+			m.path("nope", "_layers", d.String()),
+			m.path("app", "_layers", digest.FromString("not linked").String()),
+			m.path("app", "_layers", gone.String()),
+		} {
+			_, err := m.stat(p)
+			out = append(out, err)
+			_, err = readFirst(p, 1)
+			out = append(out, err)
+		}
+		return out
+	}
+	reporting, plain := errsOf(sizeReporting{inmemory.New()}), errsOf(inmemory.New())
+	for i := range reporting {
+		var e1, e2 syscall.Errno
+		if !errors.As(reporting[i], &e1) || !errors.As(plain[i], &e2) || e1 != e2 || (i < 4 && e1 != syscall.ENOENT) {
+			t.Errorf("case %d: %v with first bytes, %v without; want the same errno (ENOENT for the first four)", i, reporting[i], plain[i])
+		}
+	}
 }
