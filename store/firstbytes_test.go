@@ -155,3 +155,24 @@ func TestFirstBytesNotServedOnceGone(t *testing.T) {
 		t.Fatalf("read %d bytes %q of a deleted blob", n, buf[:n])
 	}
 }
+
+// failingReader is a driver whose Reader fails (not with not-found) and
+// does not tell sizes.
+type failingReader struct{ driver.StorageDriver }
+
+func (failingReader) Reader(context.Context, string, int64) (io.ReadCloser, error) {
+	return nil, errors.New("no readers here")
+}
+
+// TestLookupFirstReaderFails: on a driver not known to tell sizes, a
+// Reader that fails leaves the lookup to the data's Stat, as Lookup.
+func TestLookupFirstReaderFails(t *testing.T) {
+	s := newStore(t, failingReader{drivers[0].new(t, "")})
+	r := repo(t, s, "a")
+	content := []byte("layer")
+	dgst := pushBlob(t, r, content)
+	info, err := r.Layers().(FirstBytesLookuper).LookupFirst(context.Background(), dgst, 100)
+	if err != nil || info.Size != int64(len(content)) {
+		t.Fatalf("LookupFirst = %+v, %v", info.Descriptor, err)
+	}
+}

@@ -115,11 +115,16 @@ func (l *layerService) stat(ctx context.Context, dgst digest.Digest, first int) 
 // where a request costs little) makes the two requests one after the
 // other. ErrBlobUnknown when the data is missing.
 func (s *storage) blobFirst(ctx context.Context, dgst digest.Digest, n int) ([]byte, int64, error) {
-	if s.sizeReports.Load() >= 0 {
+	if known := s.sizeReports.Load(); known >= 0 {
 		b, size, err := s.readFirst(ctx, dgst, n)
-		if err != nil || size >= 0 {
-			return b, size, err
+		switch {
+		case err == nil && size >= 0:
+			return b, size, nil
+		case err != nil && (known > 0 || errors.Is(err, ErrBlobUnknown)):
+			return nil, 0, err
 		}
+		// A driver not known to tell sizes whose Reader failed (a local
+		// driver's on a directory, say): its Stat answers as ever.
 	}
 	size, err := s.blobSize(ctx, dgst)
 	return nil, size, err
