@@ -377,3 +377,43 @@ func ReadLength(ctx context.Context) (int64, bool) {
 	n, ok := ctx.Value(readLengthKey{}).(int64)
 	return n, ok && n > 0
 }
+
+// childrenWalkKey is the context key of WithChildrenWalk.
+type childrenWalkKey struct{}
+
+// WithChildrenWalk returns a context telling Walk that its caller wants
+// the children of the walk's root only: its WalkFn skips every directory
+// (driver.ErrSkipDir). A driver whose Walk would otherwise start with a
+// request meant for small trees (S3's first page of keys) lists the
+// children alone. Walk must still honour a WalkFn that descends.
+func WithChildrenWalk(ctx context.Context) context.Context {
+	return context.WithValue(ctx, childrenWalkKey{}, true)
+}
+
+// ChildrenWalk reports whether WithChildrenWalk set ctx.
+func ChildrenWalk(ctx context.Context) bool {
+	v, _ := ctx.Value(childrenWalkKey{}).(bool)
+	return v
+}
+
+// sizeReportKey is the context key of WithSizeReport.
+type sizeReportKey struct{}
+
+// WithSizeReport returns a context asking Reader to call report with the
+// size of the whole object, before it returns, when the answer that opens
+// the stream tells it at no cost: an S3 GET of a range names the object's
+// size in its Content-Range. A caller that wants an object's first bytes
+// and its size then makes one request where it would make two (a Stat and
+// a Reader). A driver that cannot tell does not call report; the caller
+// then states the object.
+func WithSizeReport(ctx context.Context, report func(size int64)) context.Context {
+	return context.WithValue(ctx, sizeReportKey{}, report)
+}
+
+// ReportSize calls the function WithSizeReport set on ctx, if any, with
+// the size of the object a Reader is opening.
+func ReportSize(ctx context.Context, size int64) {
+	if report, ok := ctx.Value(sizeReportKey{}).(func(int64)); ok {
+		report(size)
+	}
+}

@@ -194,6 +194,15 @@ func (e *dirExpiry) listed(dir fs.Node) {
 	e.queueLocked(expiring{dir: dir, at: time.Now().Add(e.ttl)})
 }
 
+// holds reports whether the kernel holds a listing of dir that regfs
+// served and that has not expired.
+func (e *dirExpiry) holds(dir fs.Node) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ok := e.latest[dir]
+	return ok
+}
+
 // listedNamespace records that the listing of the root or namespace
 // directory dir, at path p, was served now, with names, the sorted
 // sub-namespaces storage has: they are kept until the listing expires.

@@ -48,8 +48,9 @@ func (d layersDir) Attr(ctx context.Context, a *fuse.Attr) error {
 	return nil
 }
 
-// Lookup implements fs.NodeRequestLookuper. Only the blob's link and size
-// are read, never its data. The entry is valid for the short entry
+// Lookup implements fs.NodeRequestLookuper. The blob's link is stated
+// and its data's size learnt, with its first bytes where storage tells
+// the size with them at no extra cost (lookupLayer). The entry is valid for the short entry
 // timeout: another writer (the registry) may unlink the blob, and its name
 // must then disappear soon; the attributes and the kernel's page cache
 // belong to the digest and stay valid.
@@ -63,7 +64,7 @@ func (d layersDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fu
 	if err != nil {
 		return nil, d.f.errno("lookup", p, err)
 	}
-	info, err := repo.Layers().Lookup(ctx, dgst)
+	info, err := d.lookupLayer(ctx, repo.Layers(), dgst)
 	if err != nil {
 		d.f.noteBlobUnknown(dgst, err)
 		return nil, d.f.errno("lookup", p, err)
@@ -78,6 +79,26 @@ func (d layersDir) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fu
 	d.f.foundLayers.put(req.Pid, d.repo, info)
 	resp.EntryValid = d.f.opts.EntryTTL
 	return layerFile{f: d.f, repo: d.repo, dgst: dgst, size: info.Size, mtime: mtime}, nil
+}
+
+// lookupFirstBytes is how many of a layer's first bytes its lookup fetches
+// where storage tells the size with them (store.FirstBytesLookuper): as
+// many as the kernel's first READ of a fresh open asks for after a read(2)
+// of up to 16 KiB (its initial read-ahead is four times the read, 16 KiB
+// after head -c1's), so that such a first read waits for no request after
+// the lookup's. On S3 a GET of 64 KiB costs about what the HEAD it
+// replaces does.
+const lookupFirstBytes = 64 << 10
+
+// lookupLayer finds dgst in layers, with its first bytes where that costs
+// no request of its own, unless the kernel holds a listing of d that regfs
+// served: a lookup of a listed name is most likely ls -l or find stating
+// every entry, which would fetch bytes nobody reads.
+func (d layersDir) lookupLayer(ctx context.Context, layers store.LayerService, dgst digest.Digest) (store.LayerInfo, error) {
+	if fl, ok := layers.(store.FirstBytesLookuper); ok && !d.f.expiry.holds(d) {
+		return fl.LookupFirst(ctx, dgst, lookupFirstBytes)
+	}
+	return layers.Lookup(ctx, dgst)
 }
 
 // ReadDirAll implements fs.HandleReadDirAller.
@@ -230,7 +251,12 @@ type foundLayer struct {
 }
 
 // foundLayersMax bounds byPid: beyond it the stale entries are dropped.
-const foundLayersMax = 256
+// An entry holds up to lookupFirstBytes of the layer's first bytes, so
+// from foundLayersPrune entries on the stale ones are dropped at every put.
+const (
+	foundLayersMax   = 256
+	foundLayersPrune = 16
+)
 
 // put notes that thread pid looked up info in repo just now.
 func (fl *foundLayers) put(pid uint32, repo string, info store.LayerInfo) {
@@ -243,12 +269,15 @@ func (fl *foundLayers) put(pid uint32, repo string, info store.LayerInfo) {
 	if fl.byPid == nil {
 		fl.byPid = map[uint32]foundLayer{}
 	}
-	if len(fl.byPid) >= foundLayersMax {
+	if len(fl.byPid) >= foundLayersPrune {
 		for p, e := range fl.byPid {
 			if now.Sub(e.at) > foundFresh {
 				delete(fl.byPid, p)
 			}
 		}
+	}
+	if _, ok := fl.byPid[pid]; !ok && len(fl.byPid) >= foundLayersMax {
+		return // as many threads within foundFresh: this one's open states again
 	}
 	fl.byPid[pid] = foundLayer{repo: repo, info: info, at: now}
 }

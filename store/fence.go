@@ -148,6 +148,7 @@ func BlobDeleted(st Store, dgst digest.Digest) {
 // forgetBlob drops the cached blocks of blob dgst, whatever its size or
 // the times it was replaced (every key openBlob makes for it).
 func (s *storage) forgetBlob(dgst digest.Digest) {
+	s.forgets.Add(1)
 	if n := s.cache.Forget(dgst.String() + "@"); n > 0 {
 		s.log.Debug("cached blocks of a deleted blob dropped", "digest", dgst, "blocks", n)
 	}

@@ -49,9 +49,17 @@ type storage struct {
 	// healed counts, by digest, the damaged blobs replaced by verified
 	// bytes (a *atomic.Int64 each); part of the blob's cache key.
 	healed sync.Map
-	cache  *cache.Cache
-	log    *slog.Logger
-	key    libtrust.PrivateKey
+	// forgets counts the blobs found deleted or replaced (forgetBlob,
+	// replaced): first bytes fetched before a change are not served after
+	// it (LayerInfo.first).
+	forgets atomic.Int64
+	// sizeReports says whether the driver tells an object's size with its
+	// first bytes (driver.WithSizeReport): 0 not known yet, 1 it does, -1
+	// it does not, and LookupFirst states the data instead.
+	sizeReports atomic.Int32
+	cache       *cache.Cache
+	log         *slog.Logger
+	key         libtrust.PrivateKey
 	// manifests caches Get results by repository and digest. Revisions are
 	// immutable, so entries never go stale; caching also keeps the
 	// signature of a re-signed schema1 manifest stable within the process.
@@ -105,7 +113,7 @@ func (s *storage) Children(ctx context.Context, prefix string) ([]string, error)
 	// One Walk that never descends lists the children with their kinds in
 	// a single listing, where List would need a Stat per entry.
 	var out []string
-	err = s.driver.Walk(ctx, dir, func(fi driver.FileInfo) error {
+	err = s.driver.Walk(driver.WithChildrenWalk(ctx), dir, func(fi driver.FileInfo) error {
 		base := path.Base(fi.Path)
 		if fi.IsDir && !strings.HasPrefix(base, "_") && checkRepositoryName(base) == nil {
 			out = append(out, base)

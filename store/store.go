@@ -157,6 +157,19 @@ type LayerService interface {
 	OpenFound(info LayerInfo) BlobReader
 }
 
+// FirstBytesLookuper is implemented by the LayerServices whose lookup can
+// fetch a blob's first bytes instead of stating its data, on storage that
+// answers both in one request (driver.WithSizeReport: S3's ranged GET).
+type FirstBytesLookuper interface {
+	// LookupFirst is Lookup that also fetches the blob's first n bytes
+	// where the driver tells the data's size with them, and otherwise
+	// states the data as Lookup does: in either case one round trip.
+	// OpenFound of what it returns serves reads within those bytes from
+	// memory, so that the first read of a fresh open waits for no
+	// request of its own.
+	LookupFirst(ctx context.Context, dgst digest.Digest, n int) (LayerInfo, error)
+}
+
 // LayerInfo is what Lookup learns of a blob linked into a repository.
 type LayerInfo struct {
 	// Descriptor is the blob's digest and the size of its data.
@@ -167,6 +180,11 @@ type LayerInfo struct {
 	// target is the blob whose data is served: Digest, unless the link
 	// (not 71 bytes, so read) names another.
 	target digest.Digest
+	// first are the data's first bytes, when LookupFirst fetched them,
+	// and forgets the store's count of forgotten blobs then: they are
+	// served only while no blob was forgotten or replaced since.
+	first   []byte
+	forgets int64
 }
 
 // Linked is a digest linked into a repository and its link's modification

@@ -39,6 +39,9 @@ const bareValid = time.Hour
 // bareMain serves the bare passthrough of $REGFS_BENCH_BARE_DIR at
 // $REGFS_BENCH_BARE_MOUNT until SIGTERM or SIGINT, then unmounts.
 func bareMain() int {
+	if os.Getenv(bareEnvList) != "" {
+		return bareListMain()
+	}
 	mnt, dir := os.Getenv(bareEnvMount), os.Getenv(bareEnvDir)
 	if err := serveBare(mnt, dir); err != nil {
 		fmt.Fprintf(os.Stderr, "bare: %v\n", err)

@@ -242,9 +242,13 @@ func (b *bench) s3SequentialReads(ctx context.Context, rep *Report) error {
 	return nil
 }
 
-// s3FirstByte measures S5: head -c1 of the layer on a fresh --driver s3
-// mount (the lookups of its path, open and the first read), against one
-// ranged GET of 1 byte over a connection already open.
+// s3FirstByte measures S5: head -c1 of a layer on a fresh --driver s3
+// mount against one ranged GET of 1 byte on an open connection, and, to
+// show what that time is made of, against what regfs's design cannot go
+// below on the same server: the two requests it makes in a row (the
+// repository's List, then the layer's first 64 KiB) one after the other
+// on an open connection, and head -c1 of the layer's file on local disk
+// (the process's start). The kinds take turns in each run.
 func (b *bench) s3FirstByte(ctx context.Context, rep *Report) error {
 	layer := b.ds.layer
 	e, err := b.s3(ctx, layer)
@@ -259,6 +263,8 @@ func (b *bench) s3FirstByte(ctx context.Context, rep *Report) error {
 	if _, err := e.getRange(ctx, key, 0, one); err != nil { // opens the connection
 		return err
 	}
+	first := make([]byte, min(64<<10, layer.size))
+	repoPrefix := path.Join(registryV2, "repositories", b.ds.repos[0]) + "/"
 	s := samples{}
 	for range b.cfg.Runs {
 		if err := ctx.Err(); err != nil {
@@ -280,11 +286,31 @@ func (b *bench) s3FirstByte(ctx context.Context, rep *Report) error {
 			return err
 		}
 		s.add("get", time.Since(start).Seconds())
+		start = time.Now()
+		if _, err := e.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(s3Bucket), Prefix: aws.String(repoPrefix), Delimiter: aws.String("/")}); err != nil {
+			return err
+		}
+		if _, err := e.getRange(ctx, key, 0, first); err != nil {
+			return err
+		}
+		s.add("two", time.Since(start).Seconds())
+		d, err := runCmd(ctx, nil, "head", "-c1", layer.path)
+		if err != nil {
+			return err
+		}
+		s.add("local", d.Seconds())
 	}
-	v, cmp := s.median("regfs"), s.median("get")
-	rep.add(Row{ID: "S5", What: "time to first byte: head -c1 of a layer, fresh --driver s3 mount",
-		Value: v, Unit: unitSeconds, Against: "one ranged GET of 1 byte (connection open)", Compare: cmp,
-		Ratio: cmp / v, Target: "<= 2x (ratio >= 0.50)", Goal: ratioAtLeast(0.5)})
+	v := s.median("regfs")
+	const what = "time to first byte: head -c1 of a layer, fresh --driver s3 mount"
+	rep.add(Row{ID: "S5", What: what,
+		Value: v, Unit: unitSeconds, Against: "one ranged GET of 1 byte (connection open)", Compare: s.median("get"),
+		Ratio: s.median("get") / v, Target: "<= 2x (ratio >= 0.50)", Goal: ratioAtLeast(0.5)})
+	rep.add(Row{ID: "S5", What: what,
+		Value: v, Unit: unitSeconds, Against: "a List, then a ranged GET of 64 KiB, one after the other (connection open): the requests regfs makes in a row", Compare: s.median("two"),
+		Ratio: s.median("two") / v, Target: "-"})
+	rep.add(Row{ID: "S5", What: what,
+		Value: v, Unit: unitSeconds, Against: "head -c1 of the layer's file on local disk (process start-up)", Compare: s.median("local"),
+		Ratio: s.median("local") / v, Target: "-"})
 	return nil
 }
 

@@ -23,6 +23,8 @@ func checkS3Rows(t *testing.T, rep *Report, table string) {
 		{"S1", "regfs on the filesystem driver"},
 		{"S2", "regfs on the filesystem driver, second read"},
 		{"S5", "one ranged GET of 1 byte"},
+		{"S5", "a List, then a ranged GET of 64 KiB"},
+		{"S5", "head -c1 of the layer's file"},
 		{"S6", "the cache budget"},
 	})
 }

@@ -158,15 +158,33 @@ func (b *bench) s3Upload(ctx context.Context, rep *Report, s *s3Bench) error {
 }
 
 // s3List measures S4: the repositories are stored with the SDK directly
-// (5 link keys each, as putRepos in the integration benchmark), then each
-// run lists them with ls -l on a fresh mount and with ListObjectsV2 alone.
+// (putRepos), then each run lists them with ls -l on a fresh S3 mount, with
+// the blob reads it cost, against ListObjectsV2 of the same prefix alone
+// and against a bare bazil.org/fuse file system listing the same names
+// from memory (barelist.go), which shows what FUSE itself costs: its ls -l
+// against the ListObjectsV2 is the ceiling of the S4 ratio. The three take
+// turns in each run.
 func (b *bench) s3List(ctx context.Context, rep *Report, s *s3Bench) error {
 	n := min(b.cfg.Repos, s3ListRepos)
 	if err := s.putRepos(ctx, n); err != nil {
 		return err
 	}
+	names, _, err := s.listRepos(ctx)
+	if err != nil {
+		return err
+	}
+	if len(names) < n {
+		return fmt.Errorf("ListObjectsV2 listed %d prefixes, want at least %d", len(names), n)
+	}
 	smp := samples{}
-	prefix := path.Join(s3Prefix, registryV2, "repositories") + "/"
+	lsl := func(m *mount) (time.Duration, string, error) {
+		var out bytes.Buffer
+		d, err := runCmd(ctx, &out, "ls", "-l", m.dir)
+		if got := strings.Count(out.String(), " r0"); err == nil && got != n {
+			err = fmt.Errorf("ls -l of %s listed %d repositories, want %d", m.dir, got, n)
+		}
+		return d, out.String(), err
+	}
 	for range b.cfg.Runs {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -176,18 +194,13 @@ func (b *bench) s3List(ctx context.Context, rep *Report, s *s3Bench) error {
 			if err != nil {
 				return err
 			}
-			var out bytes.Buffer
-			d, err := runCmd(ctx, &out, "ls", "-l", m.dir)
+			d, _, err := lsl(m)
 			if err != nil {
 				return err
 			}
 			after, err := regfsStats(m.dir)
 			if err != nil {
 				return err
-			}
-			// The upload step's namespace "bench" is listed too.
-			if got := strings.Count(out.String(), " r0"); got != n {
-				return fmt.Errorf("ls -l listed %d repositories, want %d", got, n)
 			}
 			var reads int64
 			if after.Cache != nil && before.Cache != nil {
@@ -201,22 +214,21 @@ func (b *bench) s3List(ctx context.Context, rep *Report, s *s3Bench) error {
 		if err != nil {
 			return err
 		}
-		start := time.Now()
-		pages := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, Delimiter: aws.String("/")})
-		listed := 0
-		for pages.HasMorePages() {
-			page, err := pages.NextPage(ctx)
-			if err != nil {
-				return err
-			}
-			listed += len(page.CommonPrefixes)
+		err = b.withMount(b.startBareList(names))(func(m *mount) error {
+			d, _, err := lsl(m)
+			smp.add("bare", d.Seconds())
+			return err
+		})
+		if err != nil {
+			return err
 		}
-		smp.add("list", time.Since(start).Seconds())
-		if listed < n {
-			return fmt.Errorf("ListObjectsV2 listed %d prefixes, want at least %d", listed, n)
+		_, d, err := s.listRepos(ctx)
+		if err != nil {
+			return err
 		}
+		smp.add("list", d.Seconds())
 	}
-	regfs, list := smp.median("regfs"), smp.median("list")
+	regfs, bare, list := smp.median("regfs"), smp.median("bare"), smp.median("list")
 	what := fmt.Sprintf("ls -l of %d repositories on an S3 mount, cold (fresh mount)", n)
 	rep.add(Row{ID: "S4", What: what, Value: regfs, Unit: unitSeconds,
 		Against: "ListObjectsV2 of the same prefix with delimiter, every page, by the SDK alone", Compare: list,
@@ -225,7 +237,39 @@ func (b *bench) s3List(ctx context.Context, rep *Report, s *s3Bench) error {
 	rep.add(Row{ID: "S4", What: what + ": blob reads", Text: fmt.Sprintf("%.0f", reads),
 		Against: "driver Readers and block cache loads", CompareText: "-",
 		Target: "0 blob reads", Met: metText(reads == 0)})
+	rep.add(Row{ID: "S4", What: what, Value: regfs, Unit: unitSeconds,
+		Against: "a bare bazil.org/fuse file system's ls -l of the same names, from memory, same mount options", Compare: bare,
+		Ratio: bare / regfs, Target: "-"})
+	rep.add(Row{ID: "S4", What: fmt.Sprintf("ls -l of the %d names of a bare bazil.org/fuse file system, from memory (FUSE alone)", len(names)), Value: bare, Unit: unitSeconds,
+		Against: "the same ListObjectsV2 (the ceiling FUSE puts on the S4 ratio)", Compare: list,
+		Ratio: list / bare, Target: "-"})
 	return nil
+}
+
+// startBareList mounts the bare listing of names (barelist.go).
+func (b *bench) startBareList(names []string) (*mount, error) {
+	mnt := b.newMountpoint("bare-list")
+	return b.mounts.start("bare", mnt, []string{b.self},
+		[]string{bareEnvMount + "=" + mnt, bareEnvList + "=" + strings.Join(names, ",")}, bareReady)
+}
+
+// listRepos lists the repositories' prefix with delimiter "/", every page,
+// and returns the names of the directories in it and how long it took.
+func (s *s3Bench) listRepos(ctx context.Context) ([]string, time.Duration, error) {
+	prefix := path.Join(s3Prefix, registryV2, "repositories") + "/"
+	start := time.Now()
+	pages := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, Delimiter: aws.String("/")})
+	var names []string
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, cp := range page.CommonPrefixes {
+			names = append(names, strings.TrimSuffix(strings.TrimPrefix(aws.ToString(cp.Prefix), prefix), "/"))
+		}
+	}
+	return names, time.Since(start), nil
 }
 
 // putRepos stores n repositories r0000 to rNNNN in the registry's layout

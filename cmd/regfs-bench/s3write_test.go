@@ -31,6 +31,8 @@ func TestS3WritesTiny(t *testing.T) {
 	wantRows(t, rep, "", []rowWant{
 		{"S3", "aws-sdk-go-v2's upload manager"},
 		{"S4", "ListObjectsV2"},
+		{"S4", "a bare bazil.org/fuse"},
+		{"S4", "the same ListObjectsV2"},
 	})
 	if row, ok := rep.row("S3", "driver Moves"); !ok || row.Met != "yes" {
 		t.Errorf("S3 copies row %+v (found %v): the commit copied the upload", row, ok)

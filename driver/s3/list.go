@@ -96,30 +96,42 @@ const walkProbe = 100
 // a directory (returns nil for it) are the rest of the keys listed, from
 // the first page on. So a walk that skips every directory below it, as
 // listing the repositories of a namespace does, costs two requests however
-// many keys lie below, and a walk of a whole large tree two more than the
+// many keys lie below (one when it says so, below), and a walk of a whole large tree two more than the
 // flat listing alone. Keys are not in tree order ("a-b" sorts before
 // "a/x", but the directory "a" comes before "a-b"): the flat listing is
 // held in memory, about 100 bytes a key, and sorted before it is walked.
+//
+// A caller that wants the children only (driver.WithChildrenWalk), as the
+// listing of a namespace does, gets the delimited listing alone: on a
+// large tree the first 100 keys cost a server that walks its directories
+// (versitygw's posix backend) as much as the listing itself.
 func (d *impl) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
 	prefix := d.dirPrefix(path)
-	in := &s3.ListObjectsV2Input{Bucket: &d.bucket, Prefix: &prefix, MaxKeys: aws.Int32(walkProbe)}
-	cctx, cancel := d.callCtx(ctx, 0)
-	first, err := d.client.ListObjectsV2(cctx, in)
-	cancel()
-	if err != nil {
-		return d.opErr("ListObjectsV2", path, err)
-	}
 	t := newTree(d, path)
-	t.add(first)
-	if !aws.ToBool(first.IsTruncated) {
-		if len(t.entries) == 0 && path != "/" {
-			return driver.PathNotFoundError{Path: path, Driver: Name}
+	var next *string // where the flat listing goes on after the first page
+	if !driver.ChildrenWalk(ctx) {
+		in := &s3.ListObjectsV2Input{Bucket: &d.bucket, Prefix: &prefix, MaxKeys: aws.Int32(walkProbe)}
+		cctx, cancel := d.callCtx(ctx, 0)
+		first, err := d.client.ListObjectsV2(cctx, in)
+		cancel()
+		if err != nil {
+			return d.opErr("ListObjectsV2", path, err)
 		}
-		return driver.WalkEntries(t.sorted(), fn)
+		t.add(first)
+		if !aws.ToBool(first.IsTruncated) {
+			if len(t.entries) == 0 && path != "/" {
+				return driver.PathNotFoundError{Path: path, Driver: Name}
+			}
+			return driver.WalkEntries(t.sorted(), fn)
+		}
+		next = first.NextContinuationToken
 	}
 	children, err := d.listChildren(ctx, path)
 	if err != nil {
 		return err
+	}
+	if len(children) == 0 && path != "/" {
+		return driver.PathNotFoundError{Path: path, Driver: Name}
 	}
 	for _, c := range children {
 		err := fn(c)
@@ -131,7 +143,7 @@ func (d *impl) Walk(ctx context.Context, path string, fn driver.WalkFn) error {
 		}
 		// fn descends into c: the rest of the walk comes from the flat
 		// listing, from c's first child on.
-		rest := &s3.ListObjectsV2Input{Bucket: &d.bucket, Prefix: &prefix, ContinuationToken: first.NextContinuationToken}
+		rest := &s3.ListObjectsV2Input{Bucket: &d.bucket, Prefix: &prefix, ContinuationToken: next}
 		err = d.listFrom(ctx, path, rest, func(page *s3.ListObjectsV2Output) error {
 			t.add(page)
 			return nil

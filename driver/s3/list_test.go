@@ -83,9 +83,35 @@ func TestWalkRequests(t *testing.T) {
 		t.Errorf("Walk skipping every directory sent %q, want two listings", calls)
 	}
 
-	for _, descend := range []string{"/repos/r00", "/repos/r17", "/repos/r39"} {
+	// Told that the caller wants the children only: the delimited
+	// listing alone.
+	got = nil
+	err = d.Walk(driver.WithChildrenWalk(ctx), "/repos", func(fi driver.FileInfo) error {
+		if fi.IsDir {
+			got = append(got, fi.Path)
+			return driver.ErrSkipDir
+		}
+		return nil
+	})
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("Walk of the children = %q, %v; want %q", got, err, want)
+	}
+	if calls := rec.take(); !slices.Equal(calls, []string{"GET"}) {
+		t.Errorf("Walk of the children sent %q, want one listing", calls)
+	}
+	if err := d.Walk(driver.WithChildrenWalk(ctx), "/missing", func(driver.FileInfo) error { return nil }); !driver.IsNotFound(err) {
+		t.Errorf("Walk of the children of a missing directory: %v, want not found", err)
+	}
+	rec.take()
+
+	for i, descend := range []string{"/repos/r00", "/repos/r17", "/repos/r39", "/repos/r17"} {
+		children := i == 3 // told children only, and descending all the same
+		wctx := ctx
+		if children {
+			wctx = driver.WithChildrenWalk(ctx)
+		}
 		var visited []string
-		err := d.Walk(ctx, "/repos", func(fi driver.FileInfo) error {
+		err := d.Walk(wctx, "/repos", func(fi driver.FileInfo) error {
 			visited = append(visited, fi.Path)
 			if fi.IsDir && fi.Path < descend && len(fi.Path) == len(descend) {
 				return driver.ErrSkipDir
@@ -99,7 +125,7 @@ func TestWalkRequests(t *testing.T) {
 		if err != nil || !slices.Equal(visited, wantVisit) {
 			t.Errorf("Walk descending into %s = %q, %v;\nwant %q", descend, visited, err, wantVisit)
 		}
-		if calls := rec.take(); len(calls) != 3 {
+		if calls := rec.take(); !children && len(calls) != 3 {
 			t.Errorf("Walk descending into %s sent %q, want three listings", descend, calls)
 		}
 	}

@@ -16,6 +16,7 @@ func (d *impl) Reader(ctx context.Context, path string, offset int64) (io.ReadCl
 	n, _ := driver.ReadLength(ctx)
 	r, err := d.getWith(ctx, path, offset, n, nil)
 	if err == nil {
+		reportSize(ctx, r.out)
 		return r, nil
 	}
 	if (offset == 0 && n == 0) || !isInvalidRange(err) {
@@ -28,6 +29,7 @@ func (d *impl) Reader(ctx context.Context, path string, offset int64) (io.ReadCl
 		return nil, herr
 	}
 	if aws.ToInt64(out.ContentLength) == offset {
+		driver.ReportSize(ctx, offset)
 		return io.NopCloser(eofReader{}), nil
 	}
 	return nil, driver.InvalidOffsetError{Path: path, Offset: offset, Driver: Name}

@@ -54,7 +54,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptrace"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -87,6 +91,12 @@ const (
 // reader on S3) plus a writer's, so that a GET reuses a connection instead
 // of opening one.
 const maxIdleConns = 64
+
+// openConns is how many requests New checks the bucket with at once: as
+// many as a layer's lookup makes at once (the link's HEAD and the data's
+// first bytes), so that the first lookup after a mount finds as many
+// connections open and dials none.
+const openConns = 2
 
 // minThroughput is the slowest transfer rate a request that moves bytes is
 // allowed before its deadline: such a request gets Params.Timeout plus one
@@ -186,13 +196,53 @@ func newImpl(ctx context.Context, p Params) (*impl, error) {
 	if root != "" {
 		d.prefix = root + "/"
 	}
-	hctx, cancel := d.callCtx(ctx, 0)
-	defer cancel()
-	if _, err := client.HeadBucket(hctx, &s3.HeadBucketInput{Bucket: &d.bucket}); err != nil {
+	if err := d.checkBucket(ctx, openConns); err != nil {
 		return nil, fail(fmt.Errorf("bucket %q: %w", p.Bucket, err))
 	}
 	return d, nil
 }
+
+// checkBucket checks that the bucket is reachable with n HeadBuckets at
+// once, each holding its connection until all have one (or connWait has
+// passed), so that the client keeps n connections open afterwards: the
+// first requests made at once (a layer's lookup makes two) then dial none.
+func (d *impl) checkBucket(ctx context.Context, n int) error {
+	ctx, cancel := d.callCtx(ctx, 0)
+	defer cancel()
+	var got atomic.Int32
+	all := make(chan struct{})
+	var allOnce sync.Once
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
+		if got.Add(1) >= int32(n) {
+			allOnce.Do(func() { close(all) })
+		}
+		t := time.NewTimer(connWait)
+		defer t.Stop()
+		select {
+		case <-all:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}})
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := d.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &d.bucket})
+			errs <- err
+		}()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// connWait bounds how long checkBucket's requests wait for each other's
+// connections.
+const connWait = time.Second
 
 // newClient returns the SDK client that p describes.
 func newClient(ctx context.Context, p Params) (*s3.Client, error) {
@@ -383,4 +433,30 @@ func (d *impl) hasChildren(ctx context.Context, path string) (bool, error) {
 		return false, d.opErr("ListObjectsV2", path, err)
 	}
 	return len(out.Contents) > 0, nil
+}
+
+// reportSize tells the caller of Reader the object's size, if it asked
+// (driver.WithSizeReport): the total of the answer's Content-Range, or for
+// an answer without a range (the whole object) its length.
+func reportSize(ctx context.Context, out *s3.GetObjectOutput) {
+	if out.ContentRange == nil {
+		if out.ContentLength != nil {
+			driver.ReportSize(ctx, *out.ContentLength)
+		}
+		return
+	}
+	if n, ok := rangeTotal(*out.ContentRange); ok {
+		driver.ReportSize(ctx, n)
+	}
+}
+
+// rangeTotal returns the object size a Content-Range header names
+// ("bytes 0-99/1234"), and false when it names none ("bytes 0-99/*").
+func rangeTotal(contentRange string) (int64, bool) {
+	_, total, ok := strings.Cut(contentRange, "/")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(total, 10, 64)
+	return n, err == nil && n >= 0
 }
