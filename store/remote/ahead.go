@@ -42,20 +42,11 @@ type ahead struct {
 	inflight map[string]chan struct{}
 	// fetched is when each repository was last fetched ahead.
 	fetched map[string]time.Time
-	// work holds the repositories to fetch; workers counts the
-	// goroutines fetching them, at most aheadParallel.
-	work    chan string
-	workers int
+	sem     chan struct{}
 }
 
-// aheadLinger is how long a fetching goroutine waits for more work before
-// it ends. A goroutine per fetch spent a tenth of the daemon's CPU in an ls
-// -l of 1,000 repositories growing its new stack (runtime.morestack); the
-// same few, kept through a walk, grow theirs once.
-const aheadLinger = time.Second
-
 func newAhead() *ahead {
-	return &ahead{last: -1, inflight: map[string]chan struct{}{}, fetched: map[string]time.Time{}, work: make(chan string, 4*aheadRepos)}
+	return &ahead{last: -1, inflight: map[string]chan struct{}{}, fetched: map[string]time.Time{}, sem: make(chan struct{}, aheadParallel)}
 }
 
 // listed is called when repo's tags are listed: it waits for a fetch of
@@ -86,25 +77,9 @@ func (s *remoteStore) listed(ctx context.Context, repo string) {
 			}
 		}
 	}
-	spawn := 0
-	for i, n := range start {
-		if len(a.work) == cap(a.work) {
-			// Behind by more than the queue holds: fetch no more ahead.
-			for _, n := range start[i:] {
-				close(a.inflight[n])
-				delete(a.inflight, n)
-			}
-			break
-		}
-		a.work <- n // only here, under s.mu: there is room
-		if a.workers < aheadParallel {
-			a.workers++
-			spawn++
-		}
-	}
 	s.mu.Unlock()
-	for range spawn {
-		go s.aheadWorker()
+	for _, n := range start {
+		go s.fetchAhead(n)
 	}
 	if wait != nil {
 		select {
@@ -114,37 +89,12 @@ func (s *remoteStore) listed(ctx context.Context, repo string) {
 	}
 }
 
-// aheadWorker fetches the queued repositories until none comes for
-// aheadLinger.
-func (s *remoteStore) aheadWorker() {
-	a := s.ahead
-	t := time.NewTimer(aheadLinger)
-	defer t.Stop()
-	for {
-		select {
-		case repo := <-a.work:
-			s.fetchAhead(repo)
-			t.Reset(aheadLinger)
-			continue
-		case <-t.C:
-		}
-		s.mu.Lock()
-		if len(a.work) > 0 {
-			// Work came as the timer fired: stay.
-			s.mu.Unlock()
-			t.Reset(aheadLinger)
-			continue
-		}
-		a.workers--
-		s.mu.Unlock()
-		return
-	}
-}
-
 // fetchAhead lists repo's tags and resolves them (bounded), as a listing
 // of the repository would, with the answers kept in recent.
 func (s *remoteStore) fetchAhead(repo string) {
 	a := s.ahead
+	a.sem <- struct{}{}
+	defer func() { <-a.sem }()
 	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), aheadKey{}, true), s.c.timeout)
 	defer cancel()
 	defer func() {
