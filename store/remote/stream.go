@@ -10,15 +10,16 @@ import (
 
 // Block loads of one sequential reader share GETs. The cache loads each
 // block with a ranged GET of just that block (cache.Options.Ranged), and a
-// registry pays for every request: docker-registry's CPU for a 1 GiB blob
-// read in 16 MiB ranges is about 1.5 times that of one GET (it opens the
-// blob, stats its links and allocates a 4 MiB buffer per request). So once
-// a reader's loads walk forward (a load starts where an earlier GET of the
-// same open file ended), a GET asks for streamSpan loads' worth of bytes,
-// and the loads after the first take their bytes from it in turn: a load
-// whose bytes the stream is about to reach waits for the load before it;
-// one past a small gap (a block another reader loaded) skips it. A load
-// elsewhere (a random read) gets a GET of exactly its bytes, as before.
+// registry pays for every request: docker-registry spent 0.4 s of CPU
+// sending a 1 GiB blob in one GET and 0.6 s sending it in 16 MiB ranges
+// (docs/benchmarks.md, "Remote registry (issue 18)"). So once a reader's
+// loads walk forward (a load starts where an earlier GET of the same open
+// file ended), a GET asks for the rest of an aligned span of streamSpan
+// loads, and the loads of the span take their bytes from it in turn: a
+// load whose bytes the stream has not reached waits for the loads before
+// it; one past a gap that no load waits for (a block another reader
+// loaded) skips it. A load elsewhere (a random read) gets a GET of exactly
+// its bytes, as before.
 const (
 	// streamSpan is how many loads' bytes a sequential reader's GET asks
 	// for.
@@ -96,6 +97,10 @@ func (bs *blobStreams) closeAll() {
 // progress, or of a new GET.
 func (bs *blobStreams) open(ctx context.Context, off, n, size int64) (io.ReadCloser, error) {
 	waiting := false
+	// A load waits for the others at most streamIdle, then makes its own
+	// GET: whatever the order of the loads, each makes progress.
+	giveUp := time.NewTimer(streamIdle)
+	defer giveUp.Stop()
 	defer func() {
 		if waiting {
 			bs.mu.Lock()
@@ -129,6 +134,8 @@ func (bs *blobStreams) open(ctx context.Context, off, n, size int64) (io.ReadClo
 				continue
 			case <-ctx.Done():
 				return nil, ctx.Err()
+			case <-giveUp.C:
+				return bs.get(ctx, off, off+n)
 			}
 		}
 		if time.Since(s.idleSince) > streamIdle {

@@ -141,3 +141,44 @@ func TestStreamsConcurrentReaders(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestStreamsClosedMidway: a reader closed halfway through a sequential
+// read returns from Close (its streams end), and a new reader then reads
+// every byte right.
+func TestStreamsClosedMidway(t *testing.T) {
+	const block, blocks = 32 << 10, 24
+	data := make([]byte, block*blocks)
+	rand.New(rand.NewSource(5)).Read(data)
+	d := digest.FromBytes(data)
+	srv := &rangeServer{data: data}
+	c := cache.NewWithOptions(cache.Options{Budget: 8 * block, BlockSize: block, ReadAhead: 8, AheadLoads: 8, Ranged: true, Attempts: 1})
+	st := newTestStore(t, srv, Options{Cache: c})
+	r, _ := st.Repository("seq")
+	ctx := context.Background()
+	br, err := r.Layers().Open(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4<<10)
+	for off := int64(0); off < block*blocks/2; off += int64(len(buf)) {
+		if _, err := br.ReadAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- br.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close of a reader with streams in flight did not return")
+	}
+	br, err = r.Layers().Open(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+	got, err := io.ReadAll(io.NewSectionReader(br, 0, br.Size()))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read after a reader closed midway: %d bytes, %v, equal %v", len(got), err, bytes.Equal(got, data))
+	}
+}
