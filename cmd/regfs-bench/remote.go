@@ -20,7 +20,9 @@ import (
 // docker-registry on 127.0.0.1, compared with curl doing the same requests.
 //
 //	R1: cold cat of the layer through a fresh mount (the name looked up
-//	    first, its data not read), against curl GET of the blob;
+//	    first, its data not read), against curl GET of the blob, and
+//	    against the bare bazil file system of bareremote.go reading the
+//	    blob with curl's one GET (FUSE's cost alone);
 //	R2: cp of the upload file into _uploads/, against curl POST + PUT of it;
 //	R3: ls -l of the tags of min(-repos, 1000) repositories on a fresh
 //	    mount, against the same tags/list requests alone (one curl per
