@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/regfs/regfs/internal/testenv"
@@ -24,7 +27,44 @@ func checkRemoteRows(t *testing.T, rep *Report) {
 	}
 	wantRows(t, rep, "", []rowWant{
 		{"R1", "curl GET of the same blob"},
+		{"R1", "a bare bazil.org/fuse file system serving the blob"},
 		{"R2", "curl POST + monolithic PUT of the same file"},
 		{"R3", "the same tags/list requests alone (curl)"},
 	})
+}
+
+// TestRemoteRowsTiny runs R1 to R3 once on tiny data (a 4 MiB layer, 50
+// repositories) against a docker-registry of their own, so that they
+// cannot rot: every row has figures, among them the bare remote file
+// system's (bareremote.go, its own child process), and nothing is left
+// behind. No figure is checked against its target.
+func TestRemoteRowsTiny(t *testing.T) {
+	needFUSE(t)
+	cfg := tinyConfig(t)
+	cfg.Only = []string{"R"}
+	rep, err := run(context.Background(), cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	rep.write(&out)
+	t.Log("\n" + out.String())
+	checkRemoteRows(t, rep)
+	if _, err := exec.LookPath(gcRegistryBin); err == nil {
+		if row, ok := findRow(rep, "R1", "through the bare bazil.org/fuse file system", "curl GET"); !ok || row.Value <= 0 || row.Ratio <= 0 {
+			t.Errorf("the bare remote file system's R1 row against curl: %+v (found %v)", row, ok)
+		}
+	}
+	assertCleanedUp(t, cfg.TempDir)
+}
+
+// findRow finds the row id whose What contains what and whose Against
+// contains against.
+func findRow(rep *Report, id, what, against string) (Row, bool) {
+	for _, r := range rep.Rows {
+		if r.ID == id && strings.Contains(r.What, what) && strings.Contains(r.Against, against) {
+			return r, true
+		}
+	}
+	return Row{}, false
 }

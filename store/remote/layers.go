@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -48,26 +49,40 @@ func (l *layerService) Open(ctx context.Context, dgst digest.Digest) (store.Blob
 }
 
 // openDesc returns a reader over the blob desc names, whose size is known.
+// Each block load is a ranged GET of its bytes, or a part of one that a
+// sequential reader's loads share (blobStreams).
 func (l *layerService) openDesc(desc store.Descriptor) store.BlobReader {
 	s, repo, dgst := l.r.s, l.r.name, desc.Digest
-	open := func(ctx context.Context, offset int64) (io.ReadCloser, error) {
-		rng := "bytes=" + strconv.FormatInt(offset, 10) + "-"
-		if n, ok := driver.ReadLength(ctx); ok && n > 0 {
-			rng += strconv.FormatInt(offset+n-1, 10)
+	get := func(ctx context.Context, off, end int64) (io.ReadCloser, error) {
+		rng := "bytes=" + strconv.FormatInt(off, 10) + "-"
+		if end > 0 {
+			rng += strconv.FormatInt(end-1, 10)
 		}
 		resp, _, err := s.c.do(ctx, &request{method: http.MethodGet, path: "/v2/" + repo + "/blobs/" + dgst.String(),
 			header: http.Header{"Range": {rng}}, scopes: pullScopes(repo), want: []int{http.StatusPartialContent, http.StatusOK}, stream: true})
 		if err != nil {
 			return nil, notFound(err, store.ErrBlobUnknown, dgst.String())
 		}
-		if resp.StatusCode == http.StatusOK && offset > 0 {
+		if resp.StatusCode == http.StatusOK && off > 0 {
 			// The registry ignored the range: skip to the offset.
-			if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
+			if _, err := io.CopyN(io.Discard, resp.Body, off); err != nil {
 				resp.Body.Close()
 				return nil, &store.StorageError{Op: "GET", Path: "/v2/" + repo + "/blobs/" + dgst.String(), Err: err}
 			}
 		}
 		return resp.Body, nil
+	}
+	var streams *blobStreams
+	var once sync.Once
+	open := func(ctx context.Context, offset int64) (io.ReadCloser, error) {
+		n, ok := driver.ReadLength(ctx)
+		if !ok || n <= 0 || offset+n > desc.Size {
+			return get(ctx, offset, 0)
+		}
+		// The cache opens every stream under its Reader's context, which
+		// ends when the Reader closes.
+		once.Do(func() { streams = newBlobStreams(ctx, get) })
+		return streams.open(ctx, offset, n, desc.Size)
 	}
 	key := "remote:" + dgst.String() + "@" + strconv.FormatInt(desc.Size, 10)
 	cr := s.cache.NewReader(key, desc.Size, open)
