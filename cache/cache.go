@@ -178,11 +178,16 @@ type Cache struct {
 	forgets atomic.Int64
 
 	// free holds buffers of full-size blocks that nothing references any
-	// more (evicted and unpinned, or of a failed load), so that a cache
-	// turning over its budget does not allocate and zero a fresh block per
-	// load. The pool is emptied by the garbage collector, and its buffers
-	// are not held: they are not counted in the budget.
-	free sync.Pool
+	// more (evicted and unpinned, or of a failed load), for the next loads,
+	// so that a cache that turns its budget over neither allocates and
+	// zeroes a block per load nor leaves the garbage collector and the
+	// runtime's scavenger to free, return and fault in a block's worth of
+	// memory per load. The cache holds them, so they count with the blocks:
+	// bytes + freeBytes never exceed the budget (putBuf and takeBuf keep
+	// it so); guarded by mu.
+	free [][]byte
+	// freeBytes is the size of free; guarded by mu.
+	freeBytes int64
 	// warm are the buffers Options.Prefault made, taken by loads before
 	// any other; guarded by mu.
 	warm [][]byte
@@ -215,6 +220,9 @@ type load struct {
 	// pinned once for each waiter.
 	blk *block
 	err error
+	// buf is the buffer the block loads into, taken when its bytes were
+	// reserved.
+	buf []byte
 	// abandoned tells waiters that the load failed only because the Reader
 	// that started it was closed, so they should load the block themselves.
 	abandoned bool
@@ -347,12 +355,13 @@ func (c *Cache) acquire(bk blockKey, n int) (lookup, *block, *load, error) {
 			continue
 		}
 		c.stats.Misses++
-		if !c.reserve(int64(n)) {
+		buf, ok := c.reserve(n)
+		if !ok {
 			c.stats.Uncached++
 			c.mu.Unlock()
 			return uncached, nil, nil, nil
 		}
-		ld := c.startLoad(bk)
+		ld := c.startLoad(bk, buf)
 		c.mu.Unlock()
 		return mustLoad, nil, ld, nil
 	}
@@ -370,11 +379,15 @@ func (c *Cache) tryReadAhead(bk blockKey, n int) (ld *load, ok bool) {
 	if _, loading := c.loads[bk]; loading {
 		return nil, true
 	}
-	if c.loading+int64(n) > c.budget/2 || !c.reserve(int64(n)) {
+	if c.loading+int64(n) > c.budget/2 {
+		return nil, false
+	}
+	buf, ok := c.reserve(n)
+	if !ok {
 		return nil, false
 	}
 	c.stats.ReadAheads++
-	return c.startLoad(bk), true
+	return c.startLoad(bk, buf), true
 }
 
 // present reports whether block bk is cached or loading, without making it
@@ -396,9 +409,10 @@ func (c *Cache) touch(key string, first, last int64) {
 	}
 }
 
-// startLoad registers a load of bk whose bytes are reserved; c.mu is held.
-func (c *Cache) startLoad(bk blockKey) *load {
-	ld := &load{done: make(chan struct{})}
+// startLoad registers a load of bk into buf, whose bytes are reserved;
+// c.mu is held.
+func (c *Cache) startLoad(bk blockKey, buf []byte) *load {
+	ld := &load{done: make(chan struct{}), buf: buf}
 	c.loads[bk] = ld
 	c.stats.Loads++
 	return ld
@@ -423,6 +437,7 @@ func (c *Cache) Charge(n int64) bool {
 	c.bytes += n
 	c.charged += n
 	c.stats.MaxBytes = max(c.stats.MaxBytes, c.bytes)
+	c.trimFree()
 	return true
 }
 
@@ -434,18 +449,18 @@ func (c *Cache) Uncharge(n int64) {
 	c.charged -= n
 }
 
-// reserve makes room for n more bytes by evicting least recently used
-// blocks, and counts them as loading. It reports false, reserving nothing,
-// when loads in flight, charges and pinned blocks leave no room; c.mu is
-// held.
-func (c *Cache) reserve(n int64) bool {
-	if !c.makeRoom(n) {
-		return false
+// reserve makes room for a block of n bytes by evicting least recently
+// used blocks, counts it as loading and returns the buffer to load it into.
+// It reports false, reserving nothing, when loads in flight, charges and
+// pinned blocks leave no room; c.mu is held.
+func (c *Cache) reserve(n int) ([]byte, bool) {
+	if !c.makeRoom(int64(n)) {
+		return nil, false
 	}
-	c.bytes += n
-	c.loading += n
+	c.bytes += int64(n)
+	c.loading += int64(n)
 	c.stats.MaxBytes = max(c.stats.MaxBytes, c.bytes)
-	return true
+	return c.takeBuf(n), true
 }
 
 // makeRoom evicts least recently used blocks until n more bytes fit in the
@@ -481,6 +496,7 @@ func (c *Cache) finish(bk blockKey, ld *load, n int, data []byte, err error, aba
 	defer c.mu.Unlock()
 	delete(c.loads, bk)
 	c.loading -= int64(n)
+	ld.buf = nil
 	if err != nil {
 		c.bytes -= int64(n)
 		c.putBuf(data)
@@ -551,30 +567,41 @@ func (c *Cache) unpin(b *block) {
 	c.mu.Unlock()
 }
 
-// getBuf returns a buffer of n bytes for a load, reused when it is a full
-// block. Its content is garbage: a load overwrites all of it or fails.
-func (c *Cache) getBuf(n int) []byte {
-	if n != c.blockSize {
-		return make([]byte, n)
+// takeBuf returns a buffer of n bytes for a load whose bytes were just
+// reserved: a kept one when it is a full block. Its content is garbage: a
+// load overwrites all of it or fails. c.mu is held.
+func (c *Cache) takeBuf(n int) []byte {
+	var b []byte
+	switch k, f := len(c.warm), len(c.free); {
+	case n != c.blockSize:
+		b = make([]byte, n)
+	case k > 0:
+		b, c.warm[k-1], c.warm = c.warm[k-1], nil, c.warm[:k-1]
+	case f > 0:
+		b, c.free[f-1], c.free = c.free[f-1], nil, c.free[:f-1]
+		c.freeBytes -= int64(n)
+	default:
+		b = make([]byte, n)
 	}
-	c.mu.Lock()
-	if k := len(c.warm); k > 0 {
-		b := c.warm[k-1]
-		c.warm[k-1] = nil
-		c.warm = c.warm[:k-1]
-		c.mu.Unlock()
-		return b
-	}
-	c.mu.Unlock()
-	if p, ok := c.free.Get().(*[]byte); ok {
-		return *p
-	}
-	return make([]byte, n)
+	c.trimFree()
+	return b
 }
 
-// putBuf gives back the buffer of a block that nothing references any more.
+// putBuf keeps the buffer of a block that nothing references any more for
+// a later load, if the budget has room for it besides what the cache
+// holds; c.mu is held and b's bytes are no longer counted in c.bytes.
 func (c *Cache) putBuf(b []byte) {
-	if len(b) == c.blockSize {
-		c.free.Put(&b)
+	if len(b) == c.blockSize && c.bytes+c.freeBytes+int64(len(b)) <= c.budget {
+		c.free = append(c.free, b)
+		c.freeBytes += int64(len(b))
+	}
+}
+
+// trimFree lets go of kept buffers until the cache's bytes and them fit in
+// the budget again; c.mu is held.
+func (c *Cache) trimFree() {
+	for f := len(c.free); f > 0 && c.bytes+c.freeBytes > c.budget; f-- {
+		c.free[f-1], c.free = nil, c.free[:f-1]
+		c.freeBytes -= int64(c.blockSize)
 	}
 }

@@ -101,7 +101,13 @@
 // A block is read from the stream into its own buffer once, and copied from
 // there into the caller's buffer once; cached blocks are immutable, so the
 // copy happens outside the lock. The buffer of a full block that nothing
-// references any more (evicted and unpinned) goes to a sync.Pool and is
+// references any more (evicted and unpinned) is kept on a free list and
 // reused by the next load, so a cache that turns its budget over does not
-// allocate and zero a megabyte per load.
+// allocate and zero a block per load. The list is the cache's, not a
+// sync.Pool's: a pool is emptied by every garbage collection, and under
+// regfs's memory limit a cold read runs one every few megabytes, so each
+// load allocated a fresh block and the runtime freed, returned to the
+// system and faulted in again a block's worth of memory per load. The
+// kept buffers count with the blocks: together they never exceed the
+// budget.
 package cache
