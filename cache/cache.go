@@ -138,6 +138,9 @@ type Stats struct {
 	Opens int64
 	// Forgotten counts the cached blocks dropped by Forget.
 	Forgotten int64
+	// Lends counts the reads answered with a loan of a block's bytes
+	// (Reader.Lend); Loans is the number of those not yet ended.
+	Lends, Loans int64
 }
 
 // Cache is one global, byte-budgeted cache of fixed-size blocks of immutable
@@ -166,6 +169,8 @@ type Cache struct {
 	loading int64
 	// charged is the part of bytes charged by Charge; guarded by mu.
 	charged int64
+	// loans counts the loans not yet ended (Reader.Lend); guarded by mu.
+	loans int64
 	// stats are the counters kept under mu; Bytes and Budget are filled in
 	// by Stats.
 	stats Stats
@@ -208,6 +213,13 @@ type block struct {
 	// evicted is set when the block left the LRU while pinned: its bytes
 	// stay counted until the last unpin; guarded by Cache.mu.
 	evicted bool
+	// loans counts the loans of its bytes (Reader.Lend) not yet ended;
+	// guarded by Cache.mu.
+	loans int
+	// withheld is set when the block left the cache, uncounted, while
+	// lent: its buffer goes back to the free list when the last loan
+	// ends; guarded by Cache.mu.
+	withheld bool
 }
 
 // load is one block load in flight; the goroutines that want the block
@@ -311,6 +323,7 @@ func (c *Cache) Stats() Stats {
 	s := c.stats
 	s.Bytes = c.bytes
 	s.Charged = c.charged
+	s.Loans = c.loans
 	c.mu.Unlock()
 	s.Budget = c.budget
 	s.Opens = c.opens.Load()
@@ -478,8 +491,7 @@ func (c *Cache) makeRoom(n int64) bool {
 		}
 		c.stats.Evictions++
 		if b.pins == 0 {
-			c.bytes -= int64(len(b.data))
-			c.putBuf(b.data)
+			c.drop(b)
 		} else {
 			b.evicted = true
 		}
@@ -541,8 +553,7 @@ func (c *Cache) Forget(prefix string) int {
 		c.lru.Remove(bk)
 		n++
 		if b.pins == 0 {
-			c.bytes -= int64(len(b.data))
-			c.putBuf(b.data)
+			c.drop(b)
 		} else {
 			b.evicted = true
 		}
@@ -561,10 +572,41 @@ func (c *Cache) unpin(b *block) {
 	c.mu.Lock()
 	b.pins--
 	if b.pins == 0 && b.evicted {
-		c.bytes -= int64(len(b.data))
-		c.putBuf(b.data)
+		c.drop(b)
 	}
 	c.mu.Unlock()
+}
+
+// drop uncounts a block that left the cache and that no reader copies from
+// any more, and keeps its buffer for a later load, unless bytes of it are
+// lent (Reader.Lend): the buffer is then withheld until the last loan
+// ends; c.mu is held.
+func (c *Cache) drop(b *block) {
+	c.bytes -= int64(len(b.data))
+	if b.loans > 0 {
+		b.withheld = true
+		return
+	}
+	c.putBuf(b.data)
+}
+
+// lend counts a loan of b's bytes and returns the function that ends it.
+func (c *Cache) lend(b *block) func() {
+	c.mu.Lock()
+	b.loans++
+	c.loans++
+	c.stats.Lends++
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		b.loans--
+		c.loans--
+		if b.loans == 0 && b.withheld {
+			b.withheld = false
+			c.putBuf(b.data)
+		}
+	}
 }
 
 // takeBuf returns a buffer of n bytes for a load whose bytes were just

@@ -100,7 +100,10 @@
 //
 // A block is read from the stream into its own buffer once, and copied from
 // there into the caller's buffer once; cached blocks are immutable, so the
-// copy happens outside the lock. The buffer of a full block that nothing
+// copy happens outside the lock. Reader.Lend skips that copy for a read
+// within one block: it hands out the block's own bytes, and the cache
+// withholds the block's buffer from reuse until the loan ends, even if
+// the block leaves the cache (and the budget) meanwhile. The buffer of a full block that nothing
 // references any more (evicted and unpinned) is kept on a free list and
 // reused by the next load, so a cache that turns its budget over does not
 // allocate and zero a block per load. The list is the cache's, not a

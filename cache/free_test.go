@@ -2,7 +2,10 @@ package cache
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"runtime"
+	"slices"
 	"testing"
 )
 
@@ -56,4 +59,65 @@ func TestFreeBuffersKept(t *testing.T) {
 	}
 	held("after a charge")
 	c.Uncharge(2 * bs)
+}
+
+// Lend answers a read within one block with the block's own bytes, which
+// stay as they are until done, even when the block leaves the cache and
+// its buffer could go to another load; anything else is copied.
+func TestLend(t *testing.T) {
+	const bs = 1024
+	c := NewWithOptions(Options{Budget: 4 * bs, BlockSize: bs, ReadAhead: -1, RetryDelay: -1})
+	src := newSource(8*bs+100, 5)
+	r := c.NewReader("blob", int64(len(src.data)), src.open)
+	defer r.Close()
+
+	p := make([]byte, 300)
+	data, done, err := r.Lend(p, bs+10)
+	if err != nil || done == nil || !bytes.Equal(data, src.data[bs+10:bs+310]) {
+		t.Fatalf("lend within block 1: %v, done %v, %d bytes", err, done != nil, len(data))
+	}
+	if &data[0] == &p[0] {
+		t.Error("the lent bytes are a copy")
+	}
+	want := bytes.Clone(data)
+
+	// Across two blocks: a copy into p.
+	q := make([]byte, 300)
+	got, done2, err := r.Lend(q, 2*bs-100)
+	if err != nil || done2 != nil || &got[0] != &q[0] || !bytes.Equal(got, src.data[2*bs-100:2*bs+200]) {
+		t.Errorf("lend across blocks: %v, done %v, copied %v", err, done2 != nil, &got[0] == &q[0])
+	}
+
+	// The lent block leaves the cache, uncounted at once; new loads take
+	// every buffer there is, but not the lent one.
+	c.Forget("blob")
+	if s := c.Stats(); s.Bytes != 0 || s.Loans != 1 {
+		t.Errorf("after Forget: %d bytes counted, %d loans; want 0 and 1", s.Bytes, s.Loans)
+	}
+	for off := int64(2 * bs); off < int64(len(src.data)); off += bs / 2 {
+		buf := make([]byte, min(bs/2, int64(len(src.data))-off))
+		if _, err := r.ReadAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(data, want) {
+		t.Fatal("the lent bytes were overwritten before done")
+	}
+	c.Forget("blob")
+	done()
+	c.mu.Lock()
+	kept := slices.ContainsFunc(c.free, func(b []byte) bool { return &b[10] == &data[0] })
+	c.mu.Unlock()
+	if s := c.Stats(); s.Loans != 0 || !kept {
+		t.Errorf("after done: %d loans, buffer kept for reuse %v", s.Loans, kept)
+	}
+
+	// At the end: the bytes there are, and io.EOF.
+	data, done, err = r.Lend(make([]byte, 300), int64(len(src.data))-50)
+	if !errors.Is(err, io.EOF) || !bytes.Equal(data, src.data[len(src.data)-50:]) {
+		t.Errorf("lend at the end: %v, %d bytes", err, len(data))
+	}
+	if done != nil {
+		done()
+	}
 }
