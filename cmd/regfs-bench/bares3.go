@@ -211,6 +211,9 @@ type bareS3Part struct {
 	done chan struct{}
 	buf  []byte
 	err  error
+	// readers counts the reads copying from buf, which is not reused
+	// while any does; guarded by bareS3Handle.mu.
+	readers int
 }
 
 func (h *bareS3Handle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fuse.ReadResponse) error {
@@ -233,10 +236,16 @@ func (h *bareS3Handle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fu
 		} else {
 			<-p.done
 			if p.err != nil {
+				h.mu.Lock()
+				p.readers--
+				h.mu.Unlock()
 				fmt.Fprintf(os.Stderr, "bare: %v\n", p.err)
 				return fuse.Errno(syscall.EIO)
 			}
 			copy(dst[off-req.Offset:][:n], p.buf[off-idx*part:])
+			h.mu.Lock()
+			p.readers--
+			h.mu.Unlock()
 		}
 		off += int64(n)
 	}
@@ -244,27 +253,31 @@ func (h *bareS3Handle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fu
 	return nil
 }
 
-// want returns part idx, having started the parts from idx on up to
-// parallel in all, and dropped those more than one behind it; nil when idx
-// was dropped already.
+// want returns part idx, counted as read until the caller uncounts it,
+// having started the parts from idx on up to parallel in all, and dropped
+// those more than one behind it that nobody reads; nil when idx was
+// dropped already.
 func (h *bareS3Handle) want(idx int64) *bareS3Part {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for i, p := range h.parts {
-		if i < idx-1 && isDone(p) {
+		if i < idx-1 && p.readers == 0 && isDone(p) {
 			delete(h.parts, i)
 			h.free = append(h.free, p.buf)
 		}
 	}
-	if idx < h.next {
-		return h.parts[idx] // nil when dropped
+	if idx >= h.next {
+		h.next = idx
+		last := (h.f.size - 1) / int64(h.f.part)
+		for ; h.next < idx+int64(h.f.parallel) && h.next <= last; h.next++ {
+			h.start(h.next)
+		}
 	}
-	h.next = max(h.next, idx)
-	last := (h.f.size - 1) / int64(h.f.part)
-	for ; h.next < idx+int64(h.f.parallel) && h.next <= last; h.next++ {
-		h.start(h.next)
+	p := h.parts[idx] // nil when dropped
+	if p != nil {
+		p.readers++
 	}
-	return h.parts[idx]
+	return p
 }
 
 // start starts the GET of part i; h.mu is held.

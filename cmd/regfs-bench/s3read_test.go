@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 
 	"bazil.org/fuse"
@@ -104,6 +105,35 @@ func TestBareS3(t *testing.T) {
 				t.Errorf("read %d at %d: %d bytes, not the object's %d", r.size, r.off, len(resp.Data), len(want))
 			}
 		}
+	})
+
+	t.Run("concurrent", func(t *testing.T) {
+		// Reads far apart at once, as no kernel read-ahead sends them:
+		// parts are dropped and their buffers reused while others read.
+		f := &bareS3File{e: e, key: key, size: int64(len(data)), part: part, parallel: 2}
+		h, err := f.Open(ctx, &fuse.OpenRequest{Flags: fuse.OpenReadOnly}, &fuse.OpenResponse{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.(fs.HandleReleaser).Release(ctx, &fuse.ReleaseRequest{})
+		const step = 128 << 10
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Go(func() {
+				for i := range len(data)/step + 1 {
+					off := int64((i*7+g*5)%(len(data)/step+1)) * step
+					resp := &fuse.ReadResponse{Data: make([]byte, 0, step)}
+					if err := h.(fs.HandleReader).Read(ctx, &fuse.ReadRequest{Offset: off, Size: step}, resp); err != nil {
+						t.Error(err)
+						return
+					}
+					if want := data[off:min(off+step, int64(len(data)))]; !bytes.Equal(resp.Data, want) {
+						t.Errorf("read at %d: not the object's bytes", off)
+					}
+				}
+			})
+		}
+		wg.Wait()
 	})
 
 	t.Run("mount", func(t *testing.T) {
