@@ -21,10 +21,14 @@
 // plus blocks evicted while a reader still copies from them (pinned; their
 // bytes are released by the last unpin), plus bytes its user holds outside
 // it and charges to it (Charge: regfs's manifests being read, at most half
-// the budget), so that one budget bounds what the process holds. Eviction is by bytes, least
-// recently used first, on the hashicorp simplelru under one mutex, whose
-// entry limit is set out of reach. Stats.MaxBytes records the high-water
-// mark, which never exceeds the budget.
+// the budget), so that one budget bounds what the process holds. The
+// buffers it keeps for later loads fit in the budget beside all that. The
+// one exception is a block lent (Reader.Lend) that leaves the cache before
+// its loan ends: its bytes are uncounted at once, and its buffer is out of
+// the budget until the loan ends. Eviction is by bytes, least recently
+// used first, on the hashicorp simplelru under one mutex, whose entry limit
+// is set out of reach. Stats.MaxBytes records the high-water mark, which
+// never exceeds the budget.
 //
 // When a block cannot be reserved (the budget is taken by loads in flight,
 // or the budget is smaller than a block), a reader does not wait: it reads
