@@ -609,24 +609,31 @@ func (c *Cache) lend(b *block) func() {
 	}
 }
 
-// takeBuf returns a buffer of n bytes for a load whose bytes were just
-// reserved: a kept one when it is a full block. Its content is garbage: a
-// load overwrites all of it or fails. c.mu is held.
+// takeBuf returns a kept buffer for a load of n bytes whose bytes were
+// just reserved, or nil when there is none: the load then allocates one
+// (newBuf), not under c.mu. Its content is garbage: a load overwrites all
+// of it or fails. c.mu is held.
 func (c *Cache) takeBuf(n int) []byte {
 	var b []byte
 	switch k, f := len(c.warm), len(c.free); {
 	case n != c.blockSize:
-		b = make([]byte, n)
 	case k > 0:
 		b, c.warm[k-1], c.warm = c.warm[k-1], nil, c.warm[:k-1]
 	case f > 0:
 		b, c.free[f-1], c.free = c.free[f-1], nil, c.free[:f-1]
 		c.freeBytes -= int64(n)
-	default:
-		b = make([]byte, n)
 	}
 	c.trimFree()
 	return b
+}
+
+// newBuf returns ld's buffer, allocating one of n bytes if the cache had
+// none to give.
+func newBuf(ld *load, n int) []byte {
+	if ld.buf == nil {
+		ld.buf = make([]byte, n)
+	}
+	return ld.buf
 }
 
 // putBuf keeps the buffer of a block that nothing references any more for

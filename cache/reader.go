@@ -211,7 +211,7 @@ func (r *Reader) readBlock(dst []byte, idx, within int64, lend bool) (int, *bloc
 // load runs the load ld of block bk (n bytes) and finishes it, leaving the
 // block pinned pins times for the caller.
 func (r *Reader) load(bk blockKey, ld *load, n, pins int) (*block, error) {
-	data := ld.buf
+	data := newBuf(ld, n)
 	err := r.fill(data, bk.idx*int64(r.c.blockSize))
 	abandoned := errors.Is(err, ErrClosed)
 	b := r.c.finish(bk, ld, n, data, err, abandoned, pins)
@@ -233,7 +233,7 @@ func (r *Reader) loadFirst(dst []byte, bk blockKey, ld *load, n int, within int6
 		return 0, false, nil
 	}
 	off := bk.idx * int64(r.c.blockSize)
-	data := ld.buf
+	data := newBuf(ld, n)
 	r.c.opens.Add(1)
 	rc, err := r.open(driver.WithReadLength(r.ctx, int64(n)), off)
 	if err == nil {
