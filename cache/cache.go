@@ -138,6 +138,9 @@ type Stats struct {
 	Opens int64
 	// Forgotten counts the cached blocks dropped by Forget.
 	Forgotten int64
+	// Lends counts the reads answered with a loan of a block's bytes
+	// (Reader.Lend); Loans is the number of those not yet ended.
+	Lends, Loans int64
 }
 
 // Cache is one global, byte-budgeted cache of fixed-size blocks of immutable
@@ -166,6 +169,8 @@ type Cache struct {
 	loading int64
 	// charged is the part of bytes charged by Charge; guarded by mu.
 	charged int64
+	// loans counts the loans not yet ended (Reader.Lend); guarded by mu.
+	loans int64
 	// stats are the counters kept under mu; Bytes and Budget are filled in
 	// by Stats.
 	stats Stats
@@ -178,11 +183,16 @@ type Cache struct {
 	forgets atomic.Int64
 
 	// free holds buffers of full-size blocks that nothing references any
-	// more (evicted and unpinned, or of a failed load), so that a cache
-	// turning over its budget does not allocate and zero a fresh block per
-	// load. The pool is emptied by the garbage collector, and its buffers
-	// are not held: they are not counted in the budget.
-	free sync.Pool
+	// more (evicted and unpinned, or of a failed load), for the next loads,
+	// so that a cache that turns its budget over neither allocates and
+	// zeroes a block per load nor leaves the garbage collector and the
+	// runtime's scavenger to free, return and fault in a block's worth of
+	// memory per load. The cache holds them, so they count with the blocks:
+	// bytes + freeBytes never exceed the budget (putBuf and takeBuf keep
+	// it so); guarded by mu.
+	free [][]byte
+	// freeBytes is the size of free; guarded by mu.
+	freeBytes int64
 	// warm are the buffers Options.Prefault made, taken by loads before
 	// any other; guarded by mu.
 	warm [][]byte
@@ -203,6 +213,13 @@ type block struct {
 	// evicted is set when the block left the LRU while pinned: its bytes
 	// stay counted until the last unpin; guarded by Cache.mu.
 	evicted bool
+	// loans counts the loans of its bytes (Reader.Lend) not yet ended;
+	// guarded by Cache.mu.
+	loans int
+	// withheld is set when the block left the cache, uncounted, while
+	// lent: its buffer goes back to the free list when the last loan
+	// ends; guarded by Cache.mu.
+	withheld bool
 }
 
 // load is one block load in flight; the goroutines that want the block
@@ -215,6 +232,9 @@ type load struct {
 	// pinned once for each waiter.
 	blk *block
 	err error
+	// buf is the buffer the block loads into, taken when its bytes were
+	// reserved.
+	buf []byte
 	// abandoned tells waiters that the load failed only because the Reader
 	// that started it was closed, so they should load the block themselves.
 	abandoned bool
@@ -303,6 +323,7 @@ func (c *Cache) Stats() Stats {
 	s := c.stats
 	s.Bytes = c.bytes
 	s.Charged = c.charged
+	s.Loans = c.loans
 	c.mu.Unlock()
 	s.Budget = c.budget
 	s.Opens = c.opens.Load()
@@ -347,12 +368,13 @@ func (c *Cache) acquire(bk blockKey, n int) (lookup, *block, *load, error) {
 			continue
 		}
 		c.stats.Misses++
-		if !c.reserve(int64(n)) {
+		buf, ok := c.reserve(n)
+		if !ok {
 			c.stats.Uncached++
 			c.mu.Unlock()
 			return uncached, nil, nil, nil
 		}
-		ld := c.startLoad(bk)
+		ld := c.startLoad(bk, buf)
 		c.mu.Unlock()
 		return mustLoad, nil, ld, nil
 	}
@@ -370,11 +392,15 @@ func (c *Cache) tryReadAhead(bk blockKey, n int) (ld *load, ok bool) {
 	if _, loading := c.loads[bk]; loading {
 		return nil, true
 	}
-	if c.loading+int64(n) > c.budget/2 || !c.reserve(int64(n)) {
+	if c.loading+int64(n) > c.budget/2 {
+		return nil, false
+	}
+	buf, ok := c.reserve(n)
+	if !ok {
 		return nil, false
 	}
 	c.stats.ReadAheads++
-	return c.startLoad(bk), true
+	return c.startLoad(bk, buf), true
 }
 
 // present reports whether block bk is cached or loading, without making it
@@ -396,9 +422,10 @@ func (c *Cache) touch(key string, first, last int64) {
 	}
 }
 
-// startLoad registers a load of bk whose bytes are reserved; c.mu is held.
-func (c *Cache) startLoad(bk blockKey) *load {
-	ld := &load{done: make(chan struct{})}
+// startLoad registers a load of bk into buf, whose bytes are reserved;
+// c.mu is held.
+func (c *Cache) startLoad(bk blockKey, buf []byte) *load {
+	ld := &load{done: make(chan struct{}), buf: buf}
 	c.loads[bk] = ld
 	c.stats.Loads++
 	return ld
@@ -423,6 +450,7 @@ func (c *Cache) Charge(n int64) bool {
 	c.bytes += n
 	c.charged += n
 	c.stats.MaxBytes = max(c.stats.MaxBytes, c.bytes)
+	c.trimFree()
 	return true
 }
 
@@ -434,18 +462,18 @@ func (c *Cache) Uncharge(n int64) {
 	c.charged -= n
 }
 
-// reserve makes room for n more bytes by evicting least recently used
-// blocks, and counts them as loading. It reports false, reserving nothing,
-// when loads in flight, charges and pinned blocks leave no room; c.mu is
-// held.
-func (c *Cache) reserve(n int64) bool {
-	if !c.makeRoom(n) {
-		return false
+// reserve makes room for a block of n bytes by evicting least recently
+// used blocks, counts it as loading and returns the buffer to load it into.
+// It reports false, reserving nothing, when loads in flight, charges and
+// pinned blocks leave no room; c.mu is held.
+func (c *Cache) reserve(n int) ([]byte, bool) {
+	if !c.makeRoom(int64(n)) {
+		return nil, false
 	}
-	c.bytes += n
-	c.loading += n
+	c.bytes += int64(n)
+	c.loading += int64(n)
 	c.stats.MaxBytes = max(c.stats.MaxBytes, c.bytes)
-	return true
+	return c.takeBuf(n), true
 }
 
 // makeRoom evicts least recently used blocks until n more bytes fit in the
@@ -463,8 +491,7 @@ func (c *Cache) makeRoom(n int64) bool {
 		}
 		c.stats.Evictions++
 		if b.pins == 0 {
-			c.bytes -= int64(len(b.data))
-			c.putBuf(b.data)
+			c.drop(b)
 		} else {
 			b.evicted = true
 		}
@@ -481,6 +508,7 @@ func (c *Cache) finish(bk blockKey, ld *load, n int, data []byte, err error, aba
 	defer c.mu.Unlock()
 	delete(c.loads, bk)
 	c.loading -= int64(n)
+	ld.buf = nil
 	if err != nil {
 		c.bytes -= int64(n)
 		c.putBuf(data)
@@ -525,8 +553,7 @@ func (c *Cache) Forget(prefix string) int {
 		c.lru.Remove(bk)
 		n++
 		if b.pins == 0 {
-			c.bytes -= int64(len(b.data))
-			c.putBuf(b.data)
+			c.drop(b)
 		} else {
 			b.evicted = true
 		}
@@ -545,36 +572,85 @@ func (c *Cache) unpin(b *block) {
 	c.mu.Lock()
 	b.pins--
 	if b.pins == 0 && b.evicted {
-		c.bytes -= int64(len(b.data))
-		c.putBuf(b.data)
+		c.drop(b)
 	}
 	c.mu.Unlock()
 }
 
-// getBuf returns a buffer of n bytes for a load, reused when it is a full
-// block. Its content is garbage: a load overwrites all of it or fails.
-func (c *Cache) getBuf(n int) []byte {
-	if n != c.blockSize {
-		return make([]byte, n)
+// drop uncounts a block that left the cache and that no reader copies from
+// any more, and keeps its buffer for a later load, unless bytes of it are
+// lent (Reader.Lend): the buffer is then withheld until the last loan
+// ends; c.mu is held.
+func (c *Cache) drop(b *block) {
+	c.bytes -= int64(len(b.data))
+	if b.loans > 0 {
+		b.withheld = true
+		return
 	}
+	c.putBuf(b.data)
+}
+
+// lend counts a loan of b's bytes and returns the function that ends it.
+func (c *Cache) lend(b *block) func() {
 	c.mu.Lock()
-	if k := len(c.warm); k > 0 {
-		b := c.warm[k-1]
-		c.warm[k-1] = nil
-		c.warm = c.warm[:k-1]
-		c.mu.Unlock()
-		return b
-	}
+	b.loans++
+	c.loans++
+	c.stats.Lends++
 	c.mu.Unlock()
-	if p, ok := c.free.Get().(*[]byte); ok {
-		return *p
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		b.loans--
+		c.loans--
+		if b.loans == 0 && b.withheld {
+			b.withheld = false
+			c.putBuf(b.data)
+		}
 	}
-	return make([]byte, n)
 }
 
-// putBuf gives back the buffer of a block that nothing references any more.
+// takeBuf returns a kept buffer for a load of n bytes whose bytes were
+// just reserved, or nil when there is none: the load then allocates one
+// (newBuf), not under c.mu. Its content is garbage: a load overwrites all
+// of it or fails. c.mu is held.
+func (c *Cache) takeBuf(n int) []byte {
+	var b []byte
+	switch k, f := len(c.warm), len(c.free); {
+	case n != c.blockSize:
+	case k > 0:
+		b, c.warm[k-1], c.warm = c.warm[k-1], nil, c.warm[:k-1]
+	case f > 0:
+		b, c.free[f-1], c.free = c.free[f-1], nil, c.free[:f-1]
+		c.freeBytes -= int64(n)
+	}
+	c.trimFree()
+	return b
+}
+
+// newBuf returns ld's buffer, allocating one of n bytes if the cache had
+// none to give.
+func newBuf(ld *load, n int) []byte {
+	if ld.buf == nil {
+		ld.buf = make([]byte, n)
+	}
+	return ld.buf
+}
+
+// putBuf keeps the buffer of a block that nothing references any more for
+// a later load, if the budget has room for it besides what the cache
+// holds; c.mu is held and b's bytes are no longer counted in c.bytes.
 func (c *Cache) putBuf(b []byte) {
-	if len(b) == c.blockSize {
-		c.free.Put(&b)
+	if len(b) == c.blockSize && c.bytes+c.freeBytes+int64(len(b)) <= c.budget {
+		c.free = append(c.free, b)
+		c.freeBytes += int64(len(b))
+	}
+}
+
+// trimFree lets go of kept buffers until the cache's bytes and them fit in
+// the budget again; c.mu is held.
+func (c *Cache) trimFree() {
+	for f := len(c.free); f > 0 && c.bytes+c.freeBytes > c.budget; f-- {
+		c.free[f-1], c.free = nil, c.free[:f-1]
+		c.freeBytes -= int64(c.blockSize)
 	}
 }

@@ -21,10 +21,14 @@
 // plus blocks evicted while a reader still copies from them (pinned; their
 // bytes are released by the last unpin), plus bytes its user holds outside
 // it and charges to it (Charge: regfs's manifests being read, at most half
-// the budget), so that one budget bounds what the process holds. Eviction is by bytes, least
-// recently used first, on the hashicorp simplelru under one mutex, whose
-// entry limit is set out of reach. Stats.MaxBytes records the high-water
-// mark, which never exceeds the budget.
+// the budget), so that one budget bounds what the process holds. The
+// buffers it keeps for later loads fit in the budget beside all that. The
+// one exception is a block lent (Reader.Lend) that leaves the cache before
+// its loan ends: its bytes are uncounted at once, and its buffer is out of
+// the budget until the loan ends. Eviction is by bytes, least recently
+// used first, on the hashicorp simplelru under one mutex, whose entry limit
+// is set out of reach. Stats.MaxBytes records the high-water mark, which
+// never exceeds the budget.
 //
 // When a block cannot be reserved (the budget is taken by loads in flight,
 // or the budget is smaller than a block), a reader does not wait: it reads
@@ -100,8 +104,17 @@
 //
 // A block is read from the stream into its own buffer once, and copied from
 // there into the caller's buffer once; cached blocks are immutable, so the
-// copy happens outside the lock. The buffer of a full block that nothing
-// references any more (evicted and unpinned) goes to a sync.Pool and is
+// copy happens outside the lock. Reader.Lend skips that copy for a read
+// within one block: it hands out the block's own bytes, and the cache
+// withholds the block's buffer from reuse until the loan ends, even if
+// the block leaves the cache (and the budget) meanwhile. The buffer of a full block that nothing
+// references any more (evicted and unpinned) is kept on a free list and
 // reused by the next load, so a cache that turns its budget over does not
-// allocate and zero a megabyte per load.
+// allocate and zero a block per load. The list is the cache's, not a
+// sync.Pool's: a pool is emptied by every garbage collection, and under
+// regfs's memory limit a cold read runs one every few megabytes, so each
+// load allocated a fresh block and the runtime freed, returned to the
+// system and faulted in again a block's worth of memory per load. The
+// kept buffers count with the blocks: together they never exceed the
+// budget.
 package cache

@@ -78,14 +78,44 @@ func (r *Reader) Size() int64 { return r.size }
 // ReadAt reads len(p) bytes at off, following the io.ReaderAt contract: it
 // returns fewer only at the end of the blob, with io.EOF, or with an error.
 func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
+	n, _, err := r.readAt(p, off, false)
+	return n, err
+}
+
+// Lend reads len(p) bytes at off as ReadAt does, except that when they lie
+// in one block that is cached (or that another read is loading) it copies
+// nothing: it returns the block's own bytes, which the cache neither
+// reuses nor overwrites until done is called, even if the block leaves the
+// cache meanwhile (its memory is then no longer counted in the budget).
+// Otherwise it returns the bytes read into p, and done is nil. The bytes
+// returned must not be written to.
+//
+// regfs answers FUSE reads with it: the FUSE library copies the answer
+// into a message of its own after the handler returned, so a copy into p
+// would be a second one.
+func (r *Reader) Lend(p []byte, off int64) (data []byte, done func(), err error) {
+	n, b, err := r.readAt(p, off, true)
+	if b == nil {
+		return p[:n], nil, err
+	}
+	done = r.c.lend(b)
+	r.c.unpin(b)
+	within := off % int64(r.c.blockSize)
+	return b.data[within : within+int64(n)], done, err
+}
+
+// readAt is ReadAt, and Lend when lend is set: it then returns the block
+// whose bytes it read, pinned, instead of copying them, when they lie in
+// one block that it did not read early or straight from the source.
+func (r *Reader) readAt(p []byte, off int64, lend bool) (int, *block, error) {
 	if off < 0 {
-		return 0, ErrNegativeOffset
+		return 0, nil, ErrNegativeOffset
 	}
 	if off >= r.size {
 		if r.isClosed() {
-			return 0, ErrClosed
+			return 0, nil, ErrClosed
 		}
-		return 0, io.EOF
+		return 0, nil, io.EOF
 	}
 	var atEOF error
 	if rest := r.size - off; int64(len(p)) > rest {
@@ -93,7 +123,7 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		atEOF = io.EOF
 	}
 	if len(p) == 0 {
-		return 0, nil
+		return 0, nil, nil
 	}
 	if r.c.ranged {
 		// On a remote source the blocks of this read load first, then the
@@ -101,76 +131,87 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		// and the first byte of a fresh sequential read would wait for
 		// all of them.
 		if r.isClosed() {
-			return 0, ErrClosed
+			return 0, nil, ErrClosed
 		}
-		n, err := r.readBlocks(p, off)
+		n, b, err := r.readBlocks(p, off, lend)
 		if err != nil {
-			return n, err
+			return n, nil, err
 		}
 		_ = r.access(off, off+int64(len(p))) // ErrClosed: the bytes are read
-		return n, atEOF
+		return n, b, atEOF
 	}
 	if err := r.access(off, off+int64(len(p))); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	n, err := r.readBlocks(p, off)
+	n, b, err := r.readBlocks(p, off, lend)
 	if err != nil {
-		return n, err
+		return n, nil, err
 	}
-	return n, atEOF
+	return n, b, atEOF
 }
 
-// readBlocks copies len(p) bytes at off from the blocks that hold them.
-func (r *Reader) readBlocks(p []byte, off int64) (int, error) {
+// readBlocks copies len(p) bytes at off from the blocks that hold them;
+// with lend, when they lie in one block, it may return that block pinned
+// instead (see readBlock).
+func (r *Reader) readBlocks(p []byte, off int64, lend bool) (int, *block, error) {
 	bs := int64(r.c.blockSize)
+	if lend && off/bs == (off+int64(len(p))-1)/bs {
+		idx := off / bs
+		return r.readBlock(p, idx, off-idx*bs, true)
+	}
 	n := 0
 	for n < len(p) {
 		pos := off + int64(n)
 		idx := pos / bs
-		m, err := r.readBlock(p[n:], idx, pos-idx*bs)
+		m, _, err := r.readBlock(p[n:], idx, pos-idx*bs, false)
 		n += m
 		if err != nil {
-			return n, err
+			return n, nil, err
 		}
 	}
-	return n, nil
+	return n, nil, nil
 }
 
 // readBlock copies into dst what block idx holds from offset within on, and
-// returns how many bytes it copied.
-func (r *Reader) readBlock(dst []byte, idx, within int64) (int, error) {
+// returns how many bytes it copied. With lend it copies nothing from a
+// block it got whole: it returns the block, pinned, and how many of its
+// bytes are the read's.
+func (r *Reader) readBlock(dst []byte, idx, within int64, lend bool) (int, *block, error) {
 	bk := blockKey{r.key, idx}
 	n := r.blockLen(idx)
 	what, b, ld, err := r.c.acquire(bk, n)
 	switch {
 	case err != nil:
-		return 0, err
+		return 0, nil, err
 	case what == uncached:
 		m := min(len(dst), n-int(within))
 		if err := r.fill(dst[:m], idx*int64(r.c.blockSize)+within); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
-		return m, nil
+		return m, nil, nil
 	case what == mustLoad && r.c.ranged:
 		if m, ok, err := r.loadFirst(dst, bk, ld, n, within); ok || err != nil {
-			return m, err
+			return m, nil, err
 		}
 		fallthrough
 	case what == mustLoad:
 		b, err = r.load(bk, ld, n, 1)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
+	}
+	if lend {
+		return min(len(dst), len(b.data)-int(within)), b, nil
 	}
 	m := copy(dst, b.data[within:])
 	r.c.unpin(b)
-	return m, nil
+	return m, nil, nil
 }
 
 // load runs the load ld of block bk (n bytes) and finishes it, leaving the
 // block pinned pins times for the caller.
 func (r *Reader) load(bk blockKey, ld *load, n, pins int) (*block, error) {
-	data := r.c.getBuf(n)
+	data := newBuf(ld, n)
 	err := r.fill(data, bk.idx*int64(r.c.blockSize))
 	abandoned := errors.Is(err, ErrClosed)
 	b := r.c.finish(bk, ld, n, data, err, abandoned, pins)
@@ -192,7 +233,7 @@ func (r *Reader) loadFirst(dst []byte, bk blockKey, ld *load, n int, within int6
 		return 0, false, nil
 	}
 	off := bk.idx * int64(r.c.blockSize)
-	data := r.c.getBuf(n)
+	data := newBuf(ld, n)
 	r.c.opens.Add(1)
 	rc, err := r.open(driver.WithReadLength(r.ctx, int64(n)), off)
 	if err == nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"runtime"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
@@ -30,11 +31,46 @@ type blobHandle struct {
 	release func()
 }
 
+// lender is a BlobReader that can answer a read with the bytes of its
+// cache instead of a copy of them (cache.Reader.Lend); done ends the loan.
+type lender interface {
+	Lend(p []byte, off int64) (data []byte, done func(), err error)
+}
+
+// lendMin is the smallest read answered with a loan of the cache's bytes;
+// a smaller one, whose copy costs little, is copied. A loan ends only when
+// the garbage collector finds the answer unreachable, and a program
+// reading 4 KiB here and there allocates so little that the loans of many
+// blocks could wait long for it.
+const lendMin = 64 << 10
+
 // Read implements fs.HandleReader. bazil hands over resp.Data with room for
 // req.Size bytes; ReadAt fills it completely unless the blob ends first.
+//
+// A large read is answered with the cached block's own bytes instead
+// (lender): bazil copies resp.Data into the message it writes to the
+// kernel after Read returned, so copying them into resp.Data first would
+// copy every byte twice. The cache must then not reuse the block's buffer
+// until bazil is done with resp, and the one moment known for certain to
+// come after that is when resp is unreachable: its cleanup ends the loan.
+// (The request's context is cancelled once the answer is written, but
+// also when the kernel interrupts the request, which may happen just
+// before it is written.)
 func (h *blobHandle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fuse.ReadResponse) error {
-	n, err := h.r.ReadAt(resp.Data[:req.Size], req.Offset)
-	resp.Data = resp.Data[:n]
+	var n int
+	var err error
+	if l, ok := h.r.(lender); ok && req.Size >= lendMin {
+		var data []byte
+		var done func()
+		data, done, err = l.Lend(resp.Data[:req.Size], req.Offset)
+		if done != nil {
+			runtime.AddCleanup(resp, func(done func()) { done() }, done)
+		}
+		resp.Data, n = data, len(data)
+	} else {
+		n, err = h.r.ReadAt(resp.Data[:req.Size], req.Offset)
+		resp.Data = resp.Data[:n]
+	}
 	h.f.countRead(n)
 	if errors.Is(err, io.EOF) {
 		err = nil

@@ -292,6 +292,10 @@ func (b *blobReader) Size() int64           { return b.desc.Size }
 func (b *blobReader) Digest() digest.Digest { return b.desc.Digest }
 func (b *blobReader) Close() error          { return b.cr.Close() }
 
+// Lend reads as ReadAt does, sharing the cache's bytes where it can
+// (cache.Reader.Lend).
+func (b *blobReader) Lend(p []byte, off int64) ([]byte, func(), error) { return b.cr.Lend(p, off) }
+
 // List implements LayerService.
 func (l *layerService) List(ctx context.Context) ([]digest.Digest, error) {
 	return l.repo.s.listLinked(ctx, mustPath(layersPathSpec{name: l.repo.name}))

@@ -36,14 +36,23 @@ const bareReady = "bare: ready"
 // and attributes: what regfs gives its immutable blobs.
 const bareValid = time.Hour
 
-// bareMain serves the bare passthrough of $REGFS_BENCH_BARE_DIR at
+// bareMain serves the bare passthrough of $REGFS_BENCH_BARE_DIR, or the
+// object that $REGFS_BENCH_BARE_S3_KEY names (bares3.go), at
 // $REGFS_BENCH_BARE_MOUNT until SIGTERM or SIGINT, then unmounts.
 func bareMain() int {
 	if os.Getenv(bareEnvList) != "" {
 		return bareListMain()
 	}
 	mnt, dir := os.Getenv(bareEnvMount), os.Getenv(bareEnvDir)
-	if err := serveBare(mnt, dir); err != nil {
+	f, err := bareS3FromEnv()
+	switch {
+	case err != nil:
+	case f != nil:
+		err = serveBareS3(mnt, f)
+	default:
+		err = serveBare(mnt, dir)
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "bare: %v\n", err)
 		return 1
 	}
@@ -75,15 +84,8 @@ func serveBare(mnt, dir string) error {
 		return err
 	case <-ctx.Done():
 	}
-	for i := 0; ; i++ {
-		err := fuse.Unmount(mnt)
-		if err == nil {
-			break
-		}
-		if i == 50 {
-			return fmt.Errorf("unmount %s: %w", mnt, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := unmountRetrying(mnt); err != nil {
+		return err
 	}
 	return <-served
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -191,9 +192,10 @@ func (b *bench) s3Skipped(err error) bool {
 
 // s3SequentialReads measures S1 (cold read of the layer through a fresh
 // --driver s3 mount, against ranged GETs of the same object with the part
-// size and loads in flight regfs's cache uses on S3) and S2 (the second
-// read on the same mount, against the second read of a filesystem driver
-// mount). The kinds take turns in each run.
+// size and loads in flight regfs's cache uses on S3, and against the bare
+// bazil file system over those GETs) and S2 (the second read on the same
+// mount, against the second read of a filesystem driver mount). The kinds
+// take turns in each run.
 func (b *bench) s3SequentialReads(ctx context.Context, rep *Report) error {
 	layer := b.ds.layer
 	e, err := b.s3(ctx, layer)
@@ -220,6 +222,12 @@ func (b *bench) s3SequentialReads(ctx context.Context, rep *Report) error {
 			return err
 		}
 		s.add("get", rate(layer.size, d))
+		err = b.withMount(b.startBareS3(e, blobKey(layer.dgst), layer.size, part, parallel))(func(m *mount) error {
+			return s.read2(filepath.Join(m.dir, bareS3Name), layer.size, "bare cold", "bare warm")
+		})
+		if err != nil {
+			return err
+		}
 		err = b.withMount(b.startRegfs(b.cfg.CacheSize))(func(m *mount) error {
 			return s.read2(layerPath(m.dir, b.ds.repos[0], layer.dgst), layer.size, "fs cold", "fs warm")
 		})
@@ -232,6 +240,15 @@ func (b *bench) s3SequentialReads(ctx context.Context, rep *Report) error {
 	rep.add(Row{ID: "S1", What: what, Value: v, Unit: unitRate,
 		Against: fmt.Sprintf("ranged GETs of the object with aws-sdk-go-v2, %s parts, %d in flight (regfs's S3 block size and loads in flight)", formatBytes(int64(part)), parallel),
 		Compare: s.median("get"), Ratio: v / s.median("get"), Target: ">= 0.80", Goal: ratioAtLeast(0.8)})
+	// The ceiling: what bazil and the kernel let a file system over the
+	// same GETs do (bares3.go), and what that costs against the GETs alone.
+	bare := s.median("bare cold")
+	rep.add(Row{ID: "S1", What: what, Value: v, Unit: unitRate,
+		Against: "bare bazil file system over S3: the same ranged GETs behind each read, same mount options",
+		Compare: bare, Ratio: v / bare})
+	rep.add(Row{ID: "S1", What: fmt.Sprintf("cold sequential read of the %s layer through the bare bazil file system over S3, fresh mount", formatBytes(layer.size)),
+		Value: bare, Unit: unitRate, Against: "the plain ranged GETs above (what bazil and the kernel cost)",
+		Compare: s.median("get"), Ratio: bare / s.median("get")})
 	rep.add(Row{ID: "S1", What: what, Value: v, Unit: unitRate,
 		Against: "regfs on the filesystem driver, cold read (backing file in page cache)",
 		Compare: s.median("fs cold"), Ratio: v / s.median("fs cold")})
