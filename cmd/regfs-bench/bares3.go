@@ -177,7 +177,7 @@ func (f *bareS3File) Attr(ctx context.Context, a *fuse.Attr) error {
 	return nil
 }
 
-func (f *bareS3File) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fs.Handle, error) {
+func (f *bareS3File) Open(_ context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fs.Handle, error) {
 	if !req.Flags.IsReadOnly() {
 		return nil, fuse.Errno(syscall.EROFS)
 	}
