@@ -92,11 +92,11 @@ const (
 // of opening one.
 const maxIdleConns = 64
 
-// openConns is how many requests New checks the bucket with at once (see
-// checkBucket): at least as many as a layer's lookup makes at once (the
-// link's HEAD and the data's first bytes), so that the first lookup after a
-// mount finds as many connections open and dials none.
-const openConns = 4
+// openConns is how many requests New checks the bucket with at once: as
+// many as a layer's lookup makes at once (the link's HEAD and the data's
+// first bytes), so that the first lookup after a mount finds as many
+// connections open and dials none.
+const openConns = 2
 
 // minThroughput is the slowest transfer rate a request that moves bytes is
 // allowed before its deadline: such a request gets Params.Timeout plus one
@@ -196,30 +196,24 @@ func newImpl(ctx context.Context, p Params) (*impl, error) {
 	if root != "" {
 		d.prefix = root + "/"
 	}
-	if err := d.checkBucket(ctx); err != nil {
+	if err := d.checkBucket(ctx, openConns); err != nil {
 		return nil, fail(fmt.Errorf("bucket %q: %w", p.Bucket, err))
 	}
 	return d, nil
 }
 
-// checkBucket checks that the bucket is reachable (a HeadBucket) and, at
-// the same time, makes once each request a first read makes (a delimited
-// ListObjectsV2 for the repository, a HeadObject for the link, a ranged
-// GetObject for the data's first bytes), of keys that do not exist, so that
-// the first lookup after a mount does not pay a new process's first
-// requests of each kind (the SDK's per-operation set-up, code not yet run).
-// Each request holds its connection until all have one (or connWait has
-// passed), so that the client keeps openConns connections open afterwards:
-// the first lookup, two requests at once, dials none. Only the HeadBucket
-// decides the check; the others' answers (not found) are dropped.
-func (d *impl) checkBucket(ctx context.Context) error {
+// checkBucket checks that the bucket is reachable with n HeadBuckets at
+// once, each holding its connection until all have one (or connWait has
+// passed), so that the client keeps n connections open afterwards: the
+// first requests made at once (a layer's lookup makes two) then dial none.
+func (d *impl) checkBucket(ctx context.Context, n int) error {
 	ctx, cancel := d.callCtx(ctx, 0)
 	defer cancel()
 	var got atomic.Int32
 	all := make(chan struct{})
 	var allOnce sync.Once
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
-		if got.Add(1) >= openConns {
+		if got.Add(1) >= int32(n) {
 			allOnce.Do(func() { close(all) })
 		}
 		t := time.NewTimer(connWait)
@@ -230,34 +224,21 @@ func (d *impl) checkBucket(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}})
-	key := d.prefix + warmKey
-	warm := []func(){
-		func() {
-			_, _ = d.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: &d.bucket, Prefix: aws.String(key + "/"), Delimiter: aws.String("/"), MaxKeys: aws.Int32(1)})
-		},
-		func() { _, _ = d.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &d.bucket, Key: &key}) },
-		func() {
-			if out, err := d.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &d.bucket, Key: &key, Range: aws.String("bytes=0-0")}); err == nil {
-				out.Body.Close()
-			}
-		},
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := d.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &d.bucket})
+			errs <- err
+		}()
 	}
-	var wg sync.WaitGroup
-	for _, w := range warm {
-		wg.Go(w)
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
 	}
-	_, err := d.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &d.bucket})
-	if err != nil {
-		// Do not hold the others' connections for connWait.
-		allOnce.Do(func() { close(all) })
-	}
-	wg.Wait()
-	return err
+	return first
 }
-
-// warmKey is the key, under the root, that checkBucket's first requests of
-// each kind ask for: one the registry's layout never stores.
-const warmKey = "regfs-warm-up"
 
 // connWait bounds how long checkBucket's requests wait for each other's
 // connections.
