@@ -91,6 +91,11 @@ func serveBareS3(mnt string, f *bareS3File) error {
 		return err
 	}
 	defer conn.Close()
+	// Open the client's connection before the mount is ready, as regfs's
+	// S3 driver does when it starts: S5 times a first byte, not a dial.
+	if _, err := f.e.getRange(ctx, f.key, 0, make([]byte, 1)); err != nil {
+		return err
+	}
 	served := make(chan error, 1)
 	go func() { served <- fs.Serve(conn, bareS3FS{f}) }()
 	if err := regfsfs.SetReadAhead(mnt); err != nil {
