@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -410,8 +411,17 @@ func (d *impl) Clean(ctx context.Context) error {
 	return nil
 }
 
+// registryUpload reports whether key is a registry upload's data
+// (".../_uploads/<id>/data"): a co-tenant registry's own chunked upload
+// keeps its multipart upload open between PATCHes, and its lifetime is the
+// registry's to end (its upload purge), never a leftover of regfs's. regfs
+// stages its uploads at blob keys.
+func registryUpload(key string) bool {
+	return strings.Contains(key, "/_uploads/")
+}
+
 // staleUploads lists the multipart uploads in progress under the root
-// older than staleUploadAge.
+// older than staleUploadAge, but for a registry's own uploads.
 func (d *impl) staleUploads(ctx context.Context) ([]types.MultipartUpload, error) {
 	cutoff := time.Now().Add(-staleUploadAge)
 	in := &s3.ListMultipartUploadsInput{Bucket: &d.bucket, Prefix: &d.prefix}
@@ -424,6 +434,9 @@ func (d *impl) staleUploads(ctx context.Context) ([]types.MultipartUpload, error
 			return nil, d.opErr("ListMultipartUploads", "/", err)
 		}
 		for _, u := range page.Uploads {
+			if registryUpload(aws.ToString(u.Key)) {
+				continue
+			}
 			if aws.ToTime(u.Initiated).Before(cutoff) {
 				out = append(out, u)
 			}

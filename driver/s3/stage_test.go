@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/base"
 )
@@ -171,7 +173,7 @@ var _ driver.Janitor = (*impl)(nil)
 // registry upload purged) is a leftover once it is older than a week, and
 // Clean aborts it; a younger one is a write in progress.
 func TestStageLeftovers(t *testing.T) {
-	d, _, _ := stagedParts(t)
+	d, im, _ := stagedParts(t)
 	ctx := t.Context()
 	dst, state := "/blobs/l/data", "/uploads/l/staged"
 	w := stageWriter(t, d, dst, state, false)
@@ -182,6 +184,14 @@ func TestStageLeftovers(t *testing.T) {
 	if err := d.Delete(ctx, "/uploads"); err != nil { // as a purge would
 		t.Fatal(err)
 	}
+	// A registry's chunked upload in progress, its multipart upload open
+	// between PATCHes (distribution's S3 driver keeps it open until the
+	// upload's commit): the registry's to end, never a leftover.
+	regKey := im.key("/docker/registry/v2/repositories/r/_uploads/u/data")
+	reg, err := im.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &im.bucket, Key: &regKey})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if left, err := d.Leftovers(ctx); err != nil || len(left) != 0 {
 		t.Fatalf("Leftovers = %q, %v; want none younger than a week", left, err)
 	}
@@ -189,13 +199,19 @@ func TestStageLeftovers(t *testing.T) {
 	staleUploadAge = -time.Minute // every upload is stale
 	left, err := d.Leftovers(ctx)
 	if err != nil || len(left) != 1 || !strings.Contains(left[0], " at "+dst+",") {
-		t.Fatalf("Leftovers = %q, %v; want the upload at %s", left, err, dst)
+		t.Fatalf("Leftovers = %q, %v; want the upload at %s alone", left, err, dst)
 	}
 	if err := d.Clean(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if left, err := d.Leftovers(ctx); err != nil || len(left) != 0 {
 		t.Fatalf("Leftovers after Clean = %q, %v", left, err)
+	}
+	if _, err := im.client.ListParts(ctx, &s3.ListPartsInput{Bucket: &im.bucket, Key: &regKey, UploadId: reg.UploadId}); err != nil {
+		t.Fatalf("the registry's upload after Clean: %v", err)
+	}
+	if _, err := im.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &im.bucket, Key: &regKey, UploadId: reg.UploadId}); err != nil {
+		t.Fatal(err)
 	}
 	// checkEmpty (cleanup) fails the test on a multipart upload left.
 }
