@@ -99,6 +99,10 @@ func TestCrashKillPoints(t *testing.T) {
 		}
 	}
 	c.checkStorage("end of run")
+	c.finalClean()
+	if c.leftovers > 0 {
+		t.Logf("%d leftover staging entries seen by fsck after restarts, all removed by a later start", c.leftovers)
+	}
 	left, inUploads := 0, 0
 	for p := range c.temps {
 		if exists(p) {
@@ -176,7 +180,10 @@ type crashRun struct {
 	// temps holds the temporary files of the filesystem driver that
 	// kills orphaned (seen by any check).
 	temps map[string]bool
-	stats crashStats
+	// leftovers counts the leftover staging entries fsck saw after a
+	// restart (finalClean checks that none stays).
+	leftovers int
+	stats     crashStats
 }
 
 // crashStats counts the kill points by the state each left.
@@ -442,14 +449,17 @@ func exists(p string) bool {
 	return err == nil
 }
 
+// crashProblem is one problem regfs fsck --json reports.
+type crashProblem struct {
+	Kind, Path, Detail string
+}
+
 // crashFsckReport is the part of regfs fsck --json the test reads.
 type crashFsckReport struct {
-	Blobs    int `json:"blobs"`
-	Links    int `json:"links"`
-	Problems []struct {
-		Kind, Path, Detail string
-	} `json:"problems"`
-	Uploads []struct {
+	Blobs    int            `json:"blobs"`
+	Links    int            `json:"links"`
+	Problems []crashProblem `json:"problems"`
+	Uploads  []struct {
 		ID   string `json:"id"`
 		Size int64  `json:"size"`
 	} `json:"uploads"`
@@ -462,12 +472,21 @@ type crashFsckReport struct {
 func (c *crashRun) checkStorage(where string) {
 	t := c.t
 	t.Helper()
-	out, err := exec.Command(regfsBin, "fsck", "--root", c.root, "--json").Output()
-	var rep crashFsckReport
-	if jerr := json.Unmarshal(out, &rep); jerr != nil {
-		t.Fatalf("%s: regfs fsck: %v, output does not parse: %v\n%s", where, err, jerr, out)
+	rep, err := c.fsck(where)
+	// A kill may leave a staging entry of the driver's behind (a leftover:
+	// hidden, it only takes space). The next mount's start removes those,
+	// in the background; one it misses while the dead daemon's lock on it
+	// is still being released is removed by a later start, which the end
+	// of the run checks (finalClean).
+	var bad []crashProblem
+	for _, p := range rep.Problems {
+		if p.Kind == "leftover" {
+			c.leftovers++
+			continue
+		}
+		bad = append(bad, p)
 	}
-	if err != nil || len(rep.Problems) > 0 || !rep.Complete {
+	if len(bad) > 0 || !rep.Complete || (err != nil && len(rep.Problems) == 0) {
 		t.Fatalf("%s: regfs fsck: %v: %+v\ndaemon log:\n%s", where, err, rep.Problems, c.m.logText())
 	}
 	c.stats.fsckRuns++
@@ -496,6 +515,39 @@ func (c *crashRun) checkStorage(where string) {
 	if err != nil {
 		t.Fatalf("%s: walking %s: %v", where, v2, err)
 	}
+}
+
+// fsck runs regfs fsck --json on the storage root.
+func (c *crashRun) fsck(where string) (crashFsckReport, error) {
+	c.t.Helper()
+	out, err := exec.Command(regfsBin, "fsck", "--root", c.root, "--json").Output()
+	var rep crashFsckReport
+	if jerr := json.Unmarshal(out, &rep); jerr != nil {
+		c.t.Fatalf("%s: regfs fsck: %v, output does not parse: %v\n%s", where, err, jerr, out)
+	}
+	return rep, err
+}
+
+// finalClean restarts the daemon and checks that its start leaves the
+// storage without a single problem, leftovers included: what every kill
+// left behind is gone.
+func (c *crashRun) finalClean() {
+	t := c.t
+	t.Helper()
+	c.m.restart()
+	var rep crashFsckReport
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		rep, err = c.fsck("after the last restart")
+		if err == nil && len(rep.Problems) == 0 && rep.Complete {
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("after the last restart: regfs fsck: %v: %+v\ndaemon log:\n%s", err, rep.Problems, c.m.logText())
 }
 
 var crashLinkRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
