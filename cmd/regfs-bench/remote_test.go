@@ -30,6 +30,7 @@ func checkRemoteRows(t *testing.T, rep *Report) {
 		{"R1", "a bare bazil.org/fuse file system serving the blob"},
 		{"R2", "curl POST + monolithic PUT of the same file"},
 		{"R3", "the same tags/list requests alone (curl)"},
+		{"R3", remoteFloorAgainst},
 	})
 }
 
