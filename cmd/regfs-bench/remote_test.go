@@ -31,6 +31,7 @@ func checkRemoteRows(t *testing.T, rep *Report) {
 		{"R2", "curl POST + monolithic PUT of the same file"},
 		{"R3", "the same tags/list requests alone (curl)"},
 		{"R3", remoteFloorAgainst},
+		{"R3", remoteFloorParallelAgainst},
 	})
 }
 
