@@ -12,8 +12,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/regfs/regfs/store/remote"
 )
 
 // The remote registry rows (issue 18): regfs mount --registry against a
@@ -26,7 +29,10 @@ import (
 //	R2: cp of the upload file into _uploads/, against curl POST + PUT of it;
 //	R3: ls -l of the tags of min(-repos, 1000) repositories on a fresh
 //	    mount, against the same tags/list requests alone (one curl per
-//	    repository in one process: curl's --next).
+//	    repository in one process: curl's --next), and against its
+//	    floor, the requests ls -l needs through the API alone: tags/list
+//	    and a manifest HEAD per tag (tags/list gives no digest or size),
+//	    made by one curl and by two at once.
 
 // remoteRepos caps R3's repositories at the issue's 1,000.
 const remoteRepos = 1000
@@ -239,6 +245,21 @@ func (b *bench) remote(ctx context.Context, rep *Report) error {
 			return err
 		}
 		s.add("curl tags", d.Seconds())
+		// R3's floor: what ls -l needs through the API, alone. tags/list
+		// gives no digest or size, so each tag takes a manifest request
+		// as well (here a HEAD with regfs's Accept header; each
+		// repository of the layout has the one tag "latest").
+		if d, err = runCmd(ctx, io.Discard, "curl", remoteFloorArgs(regURL, 0, repos)...); err != nil {
+			return err
+		}
+		s.add("curl tags+head", d.Seconds())
+		// The same requests from two curls at once, each half of the
+		// repositories: what the registry serves when its client keeps
+		// more than one request in flight, as regfs's read-ahead does.
+		if d, err = curlFloorParallel(ctx, regURL, repos, remoteFloorCurls); err != nil {
+			return err
+		}
+		s.add("curl tags+head parallel", d.Seconds())
 		// What a fresh mount's first lookup waits for: the registry's
 		// walk of its storage for the catalog (not part of curl's time).
 		if d, err = runCmd(ctx, io.Discard, "curl", "-sSf", "-o", os.DevNull, regURL+"/v2/_catalog?n=1000"); err != nil {
@@ -290,7 +311,63 @@ func (b *bench) remote(ctx context.Context, rep *Report) error {
 	b.log.Info("R3", "catalog_alone", time.Duration(s.median("curl catalog")*float64(time.Second)).Round(time.Millisecond))
 	rep.add(Row{ID: "R3", What: fmt.Sprintf("ls -l of %d repositories' tags through --registry", repos), Value: v, Unit: unitSeconds,
 		Against: "the same tags/list requests alone (curl)", Compare: s.median("curl tags"), Ratio: s.median("curl tags") / v, Target: ">= 0.5x", Goal: ratioAtLeast(0.5)})
+	rep.add(Row{ID: "R3", What: fmt.Sprintf("ls -l of %d repositories' tags through --registry", repos), Value: v, Unit: unitSeconds,
+		Against: remoteFloorAgainst, Compare: s.median("curl tags+head"), Ratio: s.median("curl tags+head") / v})
+	rep.add(Row{ID: "R3", What: fmt.Sprintf("ls -l of %d repositories' tags through --registry", repos), Value: v, Unit: unitSeconds,
+		Against: remoteFloorParallelAgainst, Compare: s.median("curl tags+head parallel"), Ratio: s.median("curl tags+head parallel") / v})
+	floor := s.median("curl tags+head")
+	rep.add(Row{ID: "R3", What: remoteFloorWhat, Value: floor, Unit: unitSeconds,
+		Against: "the same tags/list requests alone (curl)", Compare: s.median("curl tags"), Ratio: s.median("curl tags") / floor})
 	return nil
+}
+
+// remoteFloorAgainst names R3's floor row's comparison.
+const remoteFloorAgainst = "tags/list and a manifest HEAD per tag alone (curl): the requests ls -l needs"
+
+// remoteFloorWhat names R3's floor measured against the tags/list
+// requests alone: where the API alone puts the row's ratio.
+const remoteFloorWhat = "the requests ls -l needs alone (curl: tags/list and a manifest HEAD per tag)"
+
+// remoteFloorCurls is how many curls make R3's parallel floor: one per
+// core of the machine the rows were set for.
+const remoteFloorCurls = 2
+
+// remoteFloorParallelAgainst names R3's parallel floor.
+const remoteFloorParallelAgainst = "the same requests from 2 curls at once, half the repositories each"
+
+// curlFloorParallel makes the floor's requests from n curls at once, each
+// for its share of the repositories, and returns when the last is done.
+func curlFloorParallel(ctx context.Context, regURL string, repos, n int) (time.Duration, error) {
+	start := time.Now()
+	errc := make(chan error, n)
+	for k := range n {
+		go func() {
+			_, err := runCmd(ctx, io.Discard, "curl", remoteFloorArgs(regURL, k*repos/n, (k+1)*repos/n)...)
+			errc <- err
+		}()
+	}
+	var errs []error
+	for range n {
+		errs = append(errs, <-errc)
+	}
+	return time.Since(start), errors.Join(errs...)
+}
+
+// remoteFloorArgs is one curl making, for the repositories [lo, hi), per
+// repository its tags/list and a HEAD of its tag's manifest with the
+// Accept header regfs sends.
+func remoteFloorArgs(regURL string, lo, hi int) []string {
+	accept := "Accept: " + strings.Join(remote.ManifestAccept(), ", ")
+	var args []string
+	for i := lo; i < hi; i++ {
+		if i > lo {
+			args = append(args, "--next")
+		}
+		repo := fmt.Sprintf("%s/v2/gc%05d/app", regURL, i)
+		args = append(args, "-sSf", "-o", os.DevNull, repo+"/tags/list",
+			"--next", "-sSf", "-o", os.DevNull, "-I", "-H", accept, repo+"/manifests/latest")
+	}
+	return args
 }
 
 // startRegfsRemote mounts the registry at url with --registry, a fresh

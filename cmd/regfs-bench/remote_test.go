@@ -30,14 +30,16 @@ func checkRemoteRows(t *testing.T, rep *Report) {
 		{"R1", "a bare bazil.org/fuse file system serving the blob"},
 		{"R2", "curl POST + monolithic PUT of the same file"},
 		{"R3", "the same tags/list requests alone (curl)"},
+		{"R3", remoteFloorAgainst},
+		{"R3", remoteFloorParallelAgainst},
 	})
 }
 
 // TestRemoteRowsTiny runs R1 to R3 once on tiny data (a 4 MiB layer, 50
 // repositories) against a docker-registry of their own, so that they
 // cannot rot: every row has figures, among them the bare remote file
-// system's (bareremote.go, its own child process), and nothing is left
-// behind. No figure is checked against its target.
+// system's (bareremote.go, its own child process) and R3's floor (the
+// requests ls -l needs, by curl), and nothing is left behind. No figure is checked against its target.
 func TestRemoteRowsTiny(t *testing.T) {
 	needFUSE(t)
 	cfg := tinyConfig(t)
@@ -53,6 +55,9 @@ func TestRemoteRowsTiny(t *testing.T) {
 	if _, err := exec.LookPath(gcRegistryBin); err == nil {
 		if row, ok := findRow(rep, "R1", "through the bare bazil.org/fuse file system", "curl GET"); !ok || row.Value <= 0 || row.Ratio <= 0 {
 			t.Errorf("the bare remote file system's R1 row against curl: %+v (found %v)", row, ok)
+		}
+		if row, ok := findRow(rep, "R3", remoteFloorWhat, "the same tags/list requests alone"); !ok || row.Value <= 0 || row.Compare <= 0 || row.Ratio <= 0 {
+			t.Errorf("R3's floor row against the tags/list requests: %+v (found %v)", row, ok)
 		}
 	}
 	assertCleanedUp(t, cfg.TempDir)

@@ -34,6 +34,10 @@ func acceptHeader() http.Header {
 	return http.Header{"Accept": manifestAccept}
 }
 
+// ManifestAccept returns the media types regfs asks for in every manifest
+// request's Accept header (regfs-bench's R3 floor sends the same).
+func ManifestAccept() []string { return slices.Clone(manifestAccept) }
+
 // manifestService implements store.ManifestService over manifests/<ref>.
 type manifestService struct{ r *repository }
 
