@@ -60,20 +60,28 @@ func bareMain() int {
 }
 
 func serveBare(mnt, dir string) error {
+	var extra []fuse.MountOption
+	if os.Getenv(bareEnvWriteback) != "" {
+		extra = append(extra, fuse.WritebackCache())
+	}
+	return serveBareFS(mnt, bareFS{dir: dir}, extra...)
+}
+
+// serveBareFS serves one of the bare file systems (this passthrough, the
+// listing, the ones over S3 and over a registry) at mnt until SIGTERM or
+// SIGINT, then unmounts. It mounts with the options and the read-ahead
+// regfs mounts with, so that a ratio against it is regfs's own cost, and
+// prints bareReady once it serves.
+func serveBareFS(mnt string, root fs.FS, extra ...fuse.MountOption) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// The options regfs mounts with, so that the ratio is regfs's own cost.
-	opts := regfsfs.MountOptions(regfsfs.MountConfig{})
-	if os.Getenv(bareEnvWriteback) != "" {
-		opts = append(opts, fuse.WritebackCache())
-	}
-	conn, err := fuse.Mount(mnt, opts...)
+	conn, err := fuse.Mount(mnt, append(regfsfs.MountOptions(regfsfs.MountConfig{}), extra...)...)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	served := make(chan error, 1)
-	go func() { served <- fs.Serve(conn, bareFS{dir: dir}) }()
+	go func() { served <- fs.Serve(conn, root) }()
 	// The read-ahead regfs sets on its mounts, where it can (as root).
 	if err := regfsfs.SetReadAhead(mnt); err != nil {
 		fmt.Fprintf(os.Stderr, "bare: %v\n", err)
@@ -88,6 +96,54 @@ func serveBare(mnt, dir string) error {
 		return err
 	}
 	return <-served
+}
+
+// unmountRetrying unmounts mnt, retrying for 5 s while it is busy.
+func unmountRetrying(mnt string) error {
+	for i := 0; ; i++ {
+		err := fuse.Unmount(mnt)
+		if err == nil {
+			return nil
+		}
+		if i == 50 {
+			return fmt.Errorf("unmount %s: %w", mnt, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// bareOneFile is the root of a bare file system serving one file, name.
+// bazil keeps nodes as map keys: file's type must be comparable.
+type bareOneFile struct {
+	bareNoXattr
+	name string
+	file fs.Node
+}
+
+var (
+	_ fs.FS                 = bareOneFile{}
+	_ fs.NodeStringLookuper = bareOneFile{}
+	_ fs.HandleReadDirAller = bareOneFile{}
+)
+
+func (d bareOneFile) Root() (fs.Node, error) { return d, nil }
+
+func (d bareOneFile) Attr(ctx context.Context, a *fuse.Attr) error {
+	a.Inode = 1
+	a.Mode = os.ModeDir | 0o755
+	a.Valid = bareValid
+	return nil
+}
+
+func (d bareOneFile) Lookup(ctx context.Context, name string) (fs.Node, error) {
+	if name != d.name {
+		return nil, fuse.Errno(syscall.ENOENT)
+	}
+	return d.file, nil
+}
+
+func (d bareOneFile) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
+	return []fuse.Dirent{{Inode: 2, Name: d.name, Type: fuse.DT_File}}, nil
 }
 
 // bareFS is the least a FUSE file system can do to serve the files of one

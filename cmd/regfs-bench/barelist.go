@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
-	"os/signal"
 	"slices"
 	"strings"
 	"syscall"
-	"time"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
@@ -27,41 +25,11 @@ const bareEnvList = "REGFS_BENCH_BARE_LIST"
 func bareListMain() int {
 	names := strings.Split(os.Getenv(bareEnvList), ",")
 	slices.Sort(names)
-	if err := serveBareList(os.Getenv(bareEnvMount), names); err != nil {
+	if err := serveBareFS(os.Getenv(bareEnvMount), bareList{names: names}); err != nil {
 		fmt.Fprintf(os.Stderr, "bare: %v\n", err)
 		return 1
 	}
 	return 0
-}
-
-func serveBareList(mnt string, names []string) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	// The options regfs mounts with, so that the ratio is regfs's own cost.
-	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(regfsfs.MountConfig{})...)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	served := make(chan error, 1)
-	go func() { served <- fs.Serve(conn, bareList{names: names}) }()
-	fmt.Fprintln(os.Stderr, bareReady)
-	select {
-	case err := <-served:
-		return err
-	case <-ctx.Done():
-	}
-	for i := 0; ; i++ {
-		err := fuse.Unmount(mnt)
-		if err == nil {
-			break
-		}
-		if i == 50 {
-			return fmt.Errorf("unmount %s: %w", mnt, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return <-served
 }
 
 // bareList is the least a FUSE file system can do to list directory names

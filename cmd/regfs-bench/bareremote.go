@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
 	"sync"
 	"syscall"
@@ -15,8 +14,6 @@ import (
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
-
-	regfsfs "github.com/regfs/regfs/fs"
 )
 
 // The bare remote file system (R1's baseline): the least a bazil.org/fuse
@@ -64,77 +61,17 @@ func bareRemoteMain() int {
 }
 
 func serveBareRemote(mnt, url string, size int64) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(regfsfs.MountConfig{})...)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
 	// One connection per stream, kept between requests, and no transparent
 	// gzip (blobs are compressed already), as curl.
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 16}}
-	served := make(chan error, 1)
-	go func() {
-		served <- fs.Serve(conn, bareRemoteFS{file: bareRemoteBlob{client: client, url: url, size: size}})
-	}()
-	if err := regfsfs.SetReadAhead(mnt); err != nil {
-		fmt.Fprintf(os.Stderr, "bare remote: %v\n", err)
-	}
-	fmt.Fprintln(os.Stderr, bareReady)
-	select {
-	case err := <-served:
-		return err
-	case <-ctx.Done():
-	}
-	for i := 0; ; i++ {
-		err := fuse.Unmount(mnt)
-		if err == nil {
-			break
-		}
-		if i == 50 {
-			return fmt.Errorf("unmount %s: %w", mnt, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return <-served
+	return serveBareFS(mnt, bareOneFile{name: bareRemoteFile, file: bareRemoteBlob{client: client, url: url, size: size}})
 }
-
-type bareRemoteFS struct{ file bareRemoteBlob }
 
 var (
-	_ fs.FS                 = bareRemoteFS{}
-	_ fs.NodeStringLookuper = bareRemoteDir{}
-	_ fs.HandleReadDirAller = bareRemoteDir{}
-	_ fs.NodeOpener         = bareRemoteBlob{}
-	_ fs.HandleReader       = (*bareRemoteHandle)(nil)
-	_ fs.HandleReleaser     = (*bareRemoteHandle)(nil)
+	_ fs.NodeOpener     = bareRemoteBlob{}
+	_ fs.HandleReader   = (*bareRemoteHandle)(nil)
+	_ fs.HandleReleaser = (*bareRemoteHandle)(nil)
 )
-
-func (b bareRemoteFS) Root() (fs.Node, error) { return bareRemoteDir{file: b.file}, nil }
-
-type bareRemoteDir struct {
-	bareNoXattr
-	file bareRemoteBlob
-}
-
-func (d bareRemoteDir) Attr(ctx context.Context, a *fuse.Attr) error {
-	a.Inode = 1
-	a.Mode = os.ModeDir | 0o755
-	a.Valid = bareValid
-	return nil
-}
-
-func (d bareRemoteDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
-	if name != bareRemoteFile {
-		return nil, fuse.Errno(syscall.ENOENT)
-	}
-	return d.file, nil
-}
-
-func (d bareRemoteDir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
-	return []fuse.Dirent{{Inode: 2, Name: bareRemoteFile, Type: fuse.DT_File}}, nil
-}
 
 type bareRemoteBlob struct {
 	bareNoXattr

@@ -10,17 +10,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"strconv"
 	"sync"
 	"syscall"
-	"time"
 
 	"bazil.org/fuse"
 	"bazil.org/fuse/fs"
 
 	"github.com/regfs/regfs/driver/s3/s3test"
-	regfsfs "github.com/regfs/regfs/fs"
 )
 
 // Set in the bare server's environment (with bareEnvMount), they make it
@@ -81,88 +78,21 @@ func bareS3FromEnv() (*bareS3File, error) {
 	return f, nil
 }
 
-// serveBareS3 serves f at mnt until SIGTERM or SIGINT, mounted as regfs
-// mounts (its options and read-ahead).
+// serveBareS3 serves f at mnt as the file bareS3Name (serveBareFS).
 func serveBareS3(mnt string, f *bareS3File) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	conn, err := fuse.Mount(mnt, regfsfs.MountOptions(regfsfs.MountConfig{})...)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
 	// Open the client's connection before the mount is ready, as regfs's
 	// S3 driver does when it starts: S5 times a first byte, not a dial.
-	if _, err := f.e.getRange(ctx, f.key, 0, make([]byte, 1)); err != nil {
+	if _, err := f.e.getRange(context.Background(), f.key, 0, make([]byte, 1)); err != nil {
 		return err
 	}
-	served := make(chan error, 1)
-	go func() { served <- fs.Serve(conn, bareS3FS{f}) }()
-	if err := regfsfs.SetReadAhead(mnt); err != nil {
-		fmt.Fprintf(os.Stderr, "bare: %v\n", err)
-	}
-	fmt.Fprintln(os.Stderr, bareReady)
-	select {
-	case err := <-served:
-		return err
-	case <-ctx.Done():
-	}
-	if err := unmountRetrying(mnt); err != nil {
-		return err
-	}
-	return <-served
-}
-
-// unmountRetrying unmounts mnt, retrying for 5 s while it is busy.
-func unmountRetrying(mnt string) error {
-	for i := 0; ; i++ {
-		err := fuse.Unmount(mnt)
-		if err == nil {
-			return nil
-		}
-		if i == 50 {
-			return fmt.Errorf("unmount %s: %w", mnt, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-type bareS3FS struct{ f *bareS3File }
-
-// bareS3Dir is the root: one file.
-type bareS3Dir struct {
-	bareNoXattr
-	f *bareS3File
+	return serveBareFS(mnt, bareOneFile{name: bareS3Name, file: f})
 }
 
 var (
-	_ fs.FS                 = bareS3FS{}
-	_ fs.NodeStringLookuper = bareS3Dir{}
-	_ fs.HandleReadDirAller = bareS3Dir{}
-	_ fs.NodeOpener         = (*bareS3File)(nil)
-	_ fs.HandleReader       = (*bareS3Handle)(nil)
-	_ fs.HandleReleaser     = (*bareS3Handle)(nil)
+	_ fs.NodeOpener     = (*bareS3File)(nil)
+	_ fs.HandleReader   = (*bareS3Handle)(nil)
+	_ fs.HandleReleaser = (*bareS3Handle)(nil)
 )
-
-func (b bareS3FS) Root() (fs.Node, error) { return bareS3Dir{f: b.f}, nil }
-
-func (d bareS3Dir) Attr(ctx context.Context, a *fuse.Attr) error {
-	a.Inode = 1
-	a.Mode = os.ModeDir | 0o755
-	a.Valid = bareValid
-	return nil
-}
-
-func (d bareS3Dir) Lookup(ctx context.Context, name string) (fs.Node, error) {
-	if name != bareS3Name {
-		return nil, fuse.Errno(syscall.ENOENT)
-	}
-	return d.f, nil
-}
-
-func (d bareS3Dir) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
-	return []fuse.Dirent{{Inode: 2, Name: bareS3Name, Type: fuse.DT_File}}, nil
-}
 
 // bareS3File is the object served as a file.
 type bareS3File struct {
