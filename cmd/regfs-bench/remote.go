@@ -169,18 +169,11 @@ func (b *bench) remote(ctx context.Context, rep *Report) error {
 		err = b.withMount(b.startRegfsRemote(regURL))(func(m *mount) error {
 			// The lookups (a catalog of the whole registry among them)
 			// are made first: the row is about the bytes, as curl's is.
-			p := filepath.Join(m.dir, "bench/app/_layers", layer.dgst.String())
-			if _, err := os.Stat(p); err != nil {
-				return err
-			}
-			n, d, err := readAll(p)
+			r, err := statThenCat(filepath.Join(m.dir, "bench/app/_layers", layer.dgst.String()), layer.size)
 			if err != nil {
 				return err
 			}
-			if n != layer.size {
-				return fmt.Errorf("cat through --registry read %d bytes, want %d", n, layer.size)
-			}
-			s.add("regfs cat", rate(layer.size, d))
+			s.add("regfs cat", r)
 			return nil
 		})
 		if err != nil {
@@ -189,18 +182,11 @@ func (b *bench) remote(ctx context.Context, rep *Report) error {
 		// The bare bazil file system serving the same blob from the
 		// same GET curl makes: what FUSE alone costs.
 		err = b.withMount(b.startBareRemote(regURL+"/v2/bench/app/blobs/"+layer.dgst.String(), layer.size))(func(m *mount) error {
-			p := filepath.Join(m.dir, bareRemoteFile)
-			if _, err := os.Stat(p); err != nil {
-				return err
-			}
-			n, d, err := readAll(p)
+			r, err := statThenCat(filepath.Join(m.dir, bareRemoteFile), layer.size)
 			if err != nil {
 				return err
 			}
-			if n != layer.size {
-				return fmt.Errorf("cat through the bare remote file system read %d bytes, want %d", n, layer.size)
-			}
-			s.add("bare cat", rate(layer.size, d))
+			s.add("bare cat", r)
 			return nil
 		})
 		if err != nil {
@@ -382,4 +368,21 @@ func (b *bench) startRegfsRemote(url string) (*mount, error) {
 		return nil, errors.Join(err, os.RemoveAll(state))
 	}
 	return m, nil
+}
+
+// statThenCat looks p up, then reads it whole and returns the read's rate:
+// the lookups come first, so that the rate is about the bytes, as curl's
+// is. A read of other than size bytes is an error.
+func statThenCat(p string, size int64) (float64, error) {
+	if _, err := os.Stat(p); err != nil {
+		return 0, err
+	}
+	n, d, err := readAll(p)
+	if err != nil {
+		return 0, err
+	}
+	if n != size {
+		return 0, fmt.Errorf("cat of %s read %d bytes, want %d", p, n, size)
+	}
+	return rate(size, d), nil
 }

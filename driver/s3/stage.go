@@ -309,20 +309,7 @@ func (w *writer) stageCommit(ctx context.Context) error {
 			return err
 		}
 	} else {
-		if len(w.buf) > 0 || w.numbered == 0 {
-			pt, err := w.nextPart(ctx)
-			if err != nil {
-				return err
-			}
-			if err := w.sendPart(ctx, pt); err != nil {
-				return err
-			}
-		}
-		w.mu.Lock()
-		parts := slices.Clone(w.parts)
-		w.mu.Unlock()
-		slices.SortFunc(parts, func(a, b types.CompletedPart) int { return int(*a.PartNumber - *b.PartNumber) })
-		if err := w.d.completeUpload(ctx, w.path, w.key, w.uploadID, parts); err != nil {
+		if err := w.complete(ctx, len(w.buf) > 0 || w.numbered == 0); err != nil {
 			if isNoSuchUpload(err) {
 				return driver.PathNotFoundError{Path: w.state, Driver: Name}
 			}

@@ -403,26 +403,32 @@ func (w *writer) finish(ctx context.Context) error {
 		if err := w.resend(ctx); err != nil {
 			return err
 		}
-		if w.uploadID == nil || len(w.buf) > 0 {
-			pt, err := w.nextPart(ctx)
-			if err != nil {
-				return err
-			}
-			if err := w.sendPart(ctx, pt); err != nil {
-				return err
-			}
-		}
-		w.mu.Lock()
-		parts := slices.Clone(w.parts)
-		w.mu.Unlock()
-		slices.SortFunc(parts, func(a, b types.CompletedPart) int { return int(*a.PartNumber - *b.PartNumber) })
-		if err := w.d.completeUpload(ctx, w.path, w.key, w.uploadID, parts); err != nil {
+		if err := w.complete(ctx, w.uploadID == nil || len(w.buf) > 0); err != nil {
 			return err
 		}
 	}
 	w.done, w.buf, w.parts, w.spare = true, nil, nil, nil
 	w.uncharge()
 	return nil
+}
+
+// complete sends the buffered bytes as the last part if last is set, then
+// completes the multipart upload with every part sent, in order.
+func (w *writer) complete(ctx context.Context, last bool) error {
+	if last {
+		pt, err := w.nextPart(ctx)
+		if err != nil {
+			return err
+		}
+		if err := w.sendPart(ctx, pt); err != nil {
+			return err
+		}
+	}
+	w.mu.Lock()
+	parts := slices.Clone(w.parts)
+	w.mu.Unlock()
+	slices.SortFunc(parts, func(a, b types.CompletedPart) int { return int(*a.PartNumber - *b.PartNumber) })
+	return w.d.completeUpload(ctx, w.path, w.key, w.uploadID, parts)
 }
 
 // memoryLimitMu serialises the changes chargeMemoryLimit makes.
