@@ -328,6 +328,14 @@ func TestConcurrency(t *testing.T) {
 	for _, p := range problems {
 		t.Error(p)
 	}
+	if len(problems) > 0 {
+		// What the daemon logged for each EIO, say, is the cause.
+		for _, l := range strings.Split(m.logText(), "\n") {
+			if strings.Contains(l, "level=ERROR") || strings.Contains(l, "level=WARN") {
+				t.Log("daemon: " + l)
+			}
+		}
+	}
 
 	// Every upload is in its repository, with its bytes; no upload is left.
 	nShared := 0
