@@ -36,12 +36,16 @@ const bareReady = "bare: ready"
 // and attributes: what regfs gives its immutable blobs.
 const bareValid = time.Hour
 
-// bareMain serves the bare passthrough of $REGFS_BENCH_BARE_DIR, or the
-// object that $REGFS_BENCH_BARE_S3_KEY names (bares3.go), at
+// bareMain serves the bare passthrough of $REGFS_BENCH_BARE_DIR, the
+// listing of barelist.go, the tree of baretree.go, or the object that
+// $REGFS_BENCH_BARE_S3_KEY names (bares3.go), at
 // $REGFS_BENCH_BARE_MOUNT until SIGTERM or SIGINT, then unmounts.
 func bareMain() int {
 	if os.Getenv(bareEnvList) != "" {
 		return bareListMain()
+	}
+	if os.Getenv(bareEnvTree) != "" {
+		return bareTreeMain()
 	}
 	mnt, dir := os.Getenv(bareEnvMount), os.Getenv(bareEnvDir)
 	f, err := bareS3FromEnv()
@@ -68,10 +72,10 @@ func serveBare(mnt, dir string) error {
 }
 
 // serveBareFS serves one of the bare file systems (this passthrough, the
-// listing, the ones over S3 and over a registry) at mnt until SIGTERM or
-// SIGINT, then unmounts. It mounts with the options and the read-ahead
-// regfs mounts with, so that a ratio against it is regfs's own cost, and
-// prints bareReady once it serves.
+// listing, the tree, the ones over S3 and over a registry) at mnt until
+// SIGTERM or SIGINT, then unmounts. It mounts with the options and the
+// read-ahead regfs mounts with, so that a ratio against it is regfs's own
+// cost, and prints bareReady once it serves.
 func serveBareFS(mnt string, root fs.FS, extra ...fuse.MountOption) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

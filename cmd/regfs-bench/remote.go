@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,7 +33,11 @@ import (
 //	    repository in one process: curl's --next), and against its
 //	    floor, the requests ls -l needs through the API alone: tags/list
 //	    and a manifest HEAD per tag (tags/list gives no digest or size),
-//	    made by one curl and by two at once.
+//	    made by one curl and by two at once; and against the FUSE cost
+//	    alone, ls -l of the same tree through the bare bazil file system
+//	    of baretree.go serving it from memory, and against that ls -l
+//	    run at the same time as the two curls (bazil's and the API's
+//	    costs together, with no regfs code).
 
 // remoteRepos caps R3's repositories at the 1,000.
 const remoteRepos = 1000
@@ -151,6 +156,19 @@ func (b *bench) remote(ctx context.Context, rep *Report) error {
 	}
 	defer reg.stop()
 	regURL := "http://" + reg.addr
+	// The tree R3's ls -l walks, for the bare tree (baretree.go).
+	gcRepos := make([]string, repos)
+	for i := range repos {
+		gcRepos[i] = fmt.Sprintf("gc%05d/app", i)
+	}
+	entries, err := registryManifests(root, gcRepos)
+	if err != nil {
+		return err
+	}
+	tree := filepath.Join(b.tmp, "bare-tree")
+	if err := writeBareTree(tree, entries); err != nil {
+		return err
+	}
 	layer, up := b.ds.layer, b.ds.upload
 	if _, err := curlUpload(ctx, reg.addr, "bench/app", layer); err != nil {
 		return fmt.Errorf("pushing the layer: %w", err)
@@ -252,21 +270,15 @@ func (b *bench) remote(ctx context.Context, rep *Report) error {
 			return err
 		}
 		s.add("curl catalog", d.Seconds())
+		var regfsListing []string
 		err = b.withMount(b.startRegfsRemote(regURL))(func(m *mount) error {
-			dirs := make([]string, repos)
-			for i := range repos {
-				dirs[i] = filepath.Join(m.dir, fmt.Sprintf("gc%05d/app/_manifests", i))
-			}
-			var lines lineCounter
-			d, err := runCmd(ctx, &lines, "ls", append([]string{"-l"}, dirs...)...)
+			cpu := markCPU(m.pid(), reg.cmd.Process.Pid)
+			d, listing, err := lsManifests(ctx, m.dir, repos)
 			if err != nil {
 				return err
 			}
-			// Per directory: its name, "total", the tag and the revision,
-			// and a blank line between directories.
-			if lines.n < 3*repos {
-				return fmt.Errorf("ls -l of %d repositories' _manifests printed %d lines", repos, lines.n)
-			}
+			spent := cpu.spent()
+			regfsListing = listing
 			s.add("regfs ls", d.Seconds())
 			if st, err := regfsStats(m.dir); err == nil {
 				var calls int64
@@ -274,8 +286,57 @@ func (b *bench) remote(ctx context.Context, rep *Report) error {
 					calls += n
 				}
 				b.log.Info("R3 ls -l through --registry", "took", d.Round(time.Millisecond), "requests", st.DriverCalls,
-					"requests_per_repository", float64(calls)/float64(repos), "fuse_requests_per_repository", float64(fuseRequests(statsSnapshot{}, st))/float64(repos))
+					"requests_per_repository", float64(calls)/float64(repos), "fuse_requests_per_repository", float64(fuseRequests(statsSnapshot{}, st))/float64(repos),
+					"regfs_cpu", spent[0], "registry_cpu", spent[1])
 			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// The same ls -l through the bare tree on a fresh mount: what
+		// bazil.org/fuse and the kernel cost alone. Its output must be
+		// regfs's but for the dates.
+		err = b.withMount(b.startBareTree(tree))(func(m *mount) error {
+			cpu := markCPU(m.pid())
+			d, listing, err := lsManifests(ctx, m.dir, repos)
+			if err != nil {
+				return err
+			}
+			if err := sameListing(regfsListing, listing); err != nil {
+				return fmt.Errorf("ls -l through the bare tree is not regfs's: %w", err)
+			}
+			s.add("bare ls", d.Seconds())
+			b.log.Info("R3 ls -l through the bare tree", "took", d.Round(time.Millisecond), "bare_cpu", cpu.spent()[0])
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// That ls -l on another fresh mount, at the same time as the
+		// parallel floor's two curls, until both are done: bazil's and
+		// the API's costs on the same cores, no regfs code.
+		err = b.withMount(b.startBareTree(tree))(func(m *mount) error {
+			cpu := markCPU(m.pid(), reg.cmd.Process.Pid)
+			start := time.Now()
+			var listing []string
+			lsDone := make(chan error, 1)
+			go func() {
+				var err error
+				_, listing, err = lsManifests(ctx, m.dir, repos)
+				lsDone <- err
+			}()
+			_, err := curlFloorParallel(ctx, regURL, repos, remoteFloorCurls)
+			if err = errors.Join(err, <-lsDone); err != nil {
+				return err
+			}
+			d := time.Since(start)
+			spent := cpu.spent()
+			if err := sameListing(regfsListing, listing); err != nil {
+				return fmt.Errorf("ls -l through the bare tree is not regfs's: %w", err)
+			}
+			s.add("bare ls + curls", d.Seconds())
+			b.log.Info("R3 ls -l through the bare tree with the 2 curls", "took", d.Round(time.Millisecond), "bare_cpu", spent[0], "registry_cpu", spent[1])
 			return nil
 		})
 		if err != nil {
@@ -301,10 +362,132 @@ func (b *bench) remote(ctx context.Context, rep *Report) error {
 		Against: remoteFloorAgainst, Compare: s.median("curl tags+head"), Ratio: s.median("curl tags+head") / v})
 	rep.add(Row{ID: "R3", What: fmt.Sprintf("ls -l of %d repositories' tags through --registry", repos), Value: v, Unit: unitSeconds,
 		Against: remoteFloorParallelAgainst, Compare: s.median("curl tags+head parallel"), Ratio: s.median("curl tags+head parallel") / v})
+	rep.add(Row{ID: "R3", What: fmt.Sprintf("ls -l of %d repositories' tags through --registry", repos), Value: v, Unit: unitSeconds,
+		Against: remoteBareTreeAgainst, Compare: s.median("bare ls"), Ratio: s.median("bare ls") / v})
+	rep.add(Row{ID: "R3", What: fmt.Sprintf("ls -l of %d repositories' tags through --registry", repos), Value: v, Unit: unitSeconds,
+		Against: remoteCombinedAgainst, Compare: s.median("bare ls + curls"), Ratio: s.median("bare ls + curls") / v})
 	floor := s.median("curl tags+head")
 	rep.add(Row{ID: "R3", What: remoteFloorWhat, Value: floor, Unit: unitSeconds,
 		Against: "the same tags/list requests alone (curl)", Compare: s.median("curl tags"), Ratio: s.median("curl tags") / floor})
+	bareLS := s.median("bare ls")
+	rep.add(Row{ID: "R3", What: remoteBareTreeWhat, Value: bareLS, Unit: unitSeconds,
+		Against: "the same tags/list requests alone (curl)", Compare: s.median("curl tags"), Ratio: s.median("curl tags") / bareLS})
+	combined := s.median("bare ls + curls")
+	rep.add(Row{ID: "R3", What: remoteCombinedWhat, Value: combined, Unit: unitSeconds,
+		Against: "the same tags/list requests alone (curl)", Compare: s.median("curl tags"), Ratio: s.median("curl tags") / combined})
 	return nil
+}
+
+// R3's FUSE floor (the bare tree of baretree.go) and its combined floor
+// (that with the parallel floor's curls at the same time), as compared
+// with and as measured.
+const (
+	remoteBareTreeAgainst = "ls -l of the same tree through a bare bazil.org/fuse file system from memory (its FUSE cost alone)"
+	remoteBareTreeWhat    = "ls -l of the same tree through a bare bazil.org/fuse file system from memory"
+	remoteCombinedAgainst = "the bare ls -l and the 2 curls of the parallel floor at once, until both are done (bazil's and the API's costs, no regfs code)"
+	remoteCombinedWhat    = "the bare ls -l and the 2 curls of the parallel floor at once, until both are done"
+)
+
+// lsManifests runs ls -l of the _manifests of the first repos
+// repositories of R3's layout below mnt and returns how long it took and
+// its output without the mount's path or the dates (sameListing).
+func lsManifests(ctx context.Context, mnt string, repos int) (time.Duration, []string, error) {
+	dirs := make([]string, repos)
+	for i := range repos {
+		dirs[i] = filepath.Join(mnt, fmt.Sprintf("gc%05d/app/_manifests", i))
+	}
+	var out bytes.Buffer
+	d, err := runCmd(ctx, &out, "ls", append([]string{"-l"}, dirs...)...)
+	if err != nil {
+		return 0, nil, err
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
+		l = strings.TrimPrefix(l, mnt)
+		// Mode, links, owner, group, size; then the date (3 fields).
+		if f := strings.Fields(l); len(f) >= 9 {
+			l = strings.Join(append(f[:5:5], f[8:]...), " ")
+		}
+		lines = append(lines, l)
+	}
+	// Per directory: its name, "total", the tag and the revision, and a
+	// blank line between directories.
+	if len(lines) < 3*repos {
+		return 0, nil, fmt.Errorf("ls -l of %d repositories' _manifests printed %d lines", repos, len(lines))
+	}
+	return d, lines, nil
+}
+
+// sameListing tells how two outputs of lsManifests differ, if they do.
+func sameListing(want, got []string) error {
+	for i := range max(len(want), len(got)) {
+		var w, g string
+		if i < len(want) {
+			w = want[i]
+		}
+		if i < len(got) {
+			g = got[i]
+		}
+		if w != g {
+			return fmt.Errorf("line %d is %q, want %q", i+1, g, w)
+		}
+	}
+	return nil
+}
+
+// userHZ is the unit of the CPU times in /proc/PID/stat: USER_HZ, 100 on
+// every Linux architecture Go runs on.
+const userHZ = 100
+
+// cpuMark is the CPU time some processes had used at one moment.
+type cpuMark struct {
+	pids []int
+	at   []time.Duration
+}
+
+// markCPU notes the CPU time each of pids has used so far.
+func markCPU(pids ...int) cpuMark {
+	m := cpuMark{pids: pids}
+	for _, p := range pids {
+		m.at = append(m.at, procCPU(p))
+	}
+	return m
+}
+
+// spent is the CPU time each process has used since the mark, in the
+// mark's order.
+func (m cpuMark) spent() []time.Duration {
+	out := make([]time.Duration, len(m.pids))
+	for i, p := range m.pids {
+		out[i] = procCPU(p) - m.at[i]
+	}
+	return out
+}
+
+// procCPU is the CPU time (user and system, all threads) process pid has
+// used, from /proc/PID/stat; 0 when it cannot be read (the figure is only
+// logged).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name, in parentheses, may hold spaces: count fields
+	// after its closing one. utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(u+s) * time.Second / userHZ
 }
 
 // remoteFloorAgainst names R3's floor row's comparison.

@@ -32,14 +32,19 @@ func checkRemoteRows(t *testing.T, rep *Report) {
 		{"R3", "the same tags/list requests alone (curl)"},
 		{"R3", remoteFloorAgainst},
 		{"R3", remoteFloorParallelAgainst},
+		{"R3", remoteBareTreeAgainst},
+		{"R3", remoteCombinedAgainst},
 	})
 }
 
 // TestRemoteRowsTiny runs R1 to R3 once on tiny data (a 4 MiB layer, 50
 // repositories) against a docker-registry of their own, so that they
 // cannot rot: every row has figures, among them the bare remote file
-// system's (bareremote.go, its own child process) and R3's floor (the
-// requests ls -l needs, by curl), and nothing is left behind. No figure is checked against its target.
+// system's (bareremote.go, its own child process), R3's floor (the
+// requests ls -l needs, by curl) and R3's FUSE floors (ls -l through the
+// bare tree of baretree.go, alone and beside the curls, whose output the
+// bench checks is regfs's but for the dates), and nothing is left behind.
+// No figure is checked against its target.
 func TestRemoteRowsTiny(t *testing.T) {
 	needFUSE(t)
 	cfg := tinyConfig(t)
@@ -58,6 +63,11 @@ func TestRemoteRowsTiny(t *testing.T) {
 		}
 		if row, ok := findRow(rep, "R3", remoteFloorWhat, "the same tags/list requests alone"); !ok || row.Value <= 0 || row.Compare <= 0 || row.Ratio <= 0 {
 			t.Errorf("R3's floor row against the tags/list requests: %+v (found %v)", row, ok)
+		}
+		for _, what := range []string{remoteBareTreeWhat, remoteCombinedWhat} {
+			if row, ok := findRow(rep, "R3", what, "the same tags/list requests alone"); !ok || row.Value <= 0 || row.Compare <= 0 || row.Ratio <= 0 {
+				t.Errorf("R3's row %q against the tags/list requests: %+v (found %v)", what, row, ok)
+			}
 		}
 	}
 	assertCleanedUp(t, cfg.TempDir)
