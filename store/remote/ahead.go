@@ -3,7 +3,6 @@ package remote
 import (
 	"context"
 	"slices"
-	"sort"
 	"time"
 )
 
@@ -112,12 +111,4 @@ func (s *remoteStore) fetchAhead(repo string) {
 		return
 	}
 	_, _, _ = s.reachable(ctx, repo)
-}
-
-// sortedCatalog returns names sorted (a copy), for the read-ahead's
-// lookups.
-func sortedCatalog(names []string) []string {
-	out := slices.Clone(names)
-	sort.Strings(out)
-	return out
 }
