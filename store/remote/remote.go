@@ -334,6 +334,7 @@ func (s *remoteStore) IsRepository(ctx context.Context, name string) (bool, erro
 	if err := store.ValidateRepositoryName(name); err != nil {
 		return false, nil
 	}
+	s.lookedUp(ctx, name)
 	s.mu.Lock()
 	seen := s.seen[name]
 	s.mu.Unlock()
