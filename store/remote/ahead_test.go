@@ -3,6 +3,7 @@ package remote
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -83,6 +84,80 @@ func TestListAhead(t *testing.T) {
 	for i := 7; i <= 6+aheadRepos; i++ {
 		if got := f.logged(fmt.Sprintf("GET /v2/r%02d/app/tags/list", i)); got != 1 {
 			t.Errorf("r%02d: %d tags/list requests, want 1", i, got)
+		}
+	}
+}
+
+// TestLookupAhead: looking repositories up one after another in catalog
+// order, as ls -l of many directories does before it lists any, fetches
+// the following ones' listings in the background, no further than
+// aheadLookupRepos past where the lookups began; the listings that follow
+// send no request for what was fetched.
+func TestLookupAhead(t *testing.T) {
+	f := newFakeRegistry()
+	n := aheadLookupRepos + 40
+	name := func(i int) string { return fmt.Sprintf("r%03d/app", i) }
+	for i := range n {
+		f.tag(name(i), "v1", []byte(fmt.Sprint("layer ", i)))
+	}
+	st := newTestStore(t, f, Options{CatalogTTL: time.Hour, AttrTTL: time.Hour})
+	ctx := context.Background()
+	if _, err := st.Children(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if ok, err := st.IsRepository(ctx, name(i)); err != nil || !ok {
+			t.Fatalf("IsRepository(%s) = %v, %v", name(i), ok, err)
+		}
+	}
+	// The first lookup starts no run; the second fetches from the third
+	// on, up to aheadLookupRepos past the first.
+	last := aheadLookupRepos
+	for deadline := time.Now().Add(20 * time.Second); f.logged("GET /v2/"+name(last)+"/manifests/v1") == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's tag was not fetched ahead", name(last))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s := st.(*remoteStore)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		busy := len(s.ahead.inflight)
+		s.mu.Unlock()
+		if busy == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d fetches ahead still in flight", busy)
+		}
+	}
+	for i := range n {
+		want := 0
+		if i >= 2 && i <= last {
+			want = 1
+		}
+		if got := f.logged("GET /v2/" + name(i) + "/tags/list"); got != want {
+			t.Errorf("%s: %d tags/list requests after the lookups, want %d", name(i), got, want)
+		}
+	}
+	// Listing what was fetched sends nothing.
+	f.mu.Lock()
+	before := len(f.log)
+	f.mu.Unlock()
+	for i := 2; i <= last; i++ {
+		r, _ := st.Repository(name(i))
+		if revs, err := r.Manifests().List(ctx); err != nil || len(revs) != 1 {
+			t.Fatalf("%s: revisions %v, %v", name(i), revs, err)
+		}
+	}
+	f.mu.Lock()
+	sent := slices.Clone(f.log[before:])
+	f.mu.Unlock()
+	for _, l := range sent {
+		for i := 2; i <= last; i++ {
+			if strings.Contains(l, "/"+name(i)+"/") {
+				t.Errorf("listing %s after its fetch ahead sent %q", name(i), l)
+			}
 		}
 	}
 }
