@@ -71,13 +71,22 @@ func newAhead() *ahead {
 }
 
 // listed is called when repo's tags are listed: it waits for a fetch of
-// repo in flight, and moves the read-ahead to repo (step).
+// repo in flight, and moves the read-ahead to repo (step). A fetch still
+// queued is dropped instead, and the listing asks itself rather than wait
+// for the fetches queued before it.
 func (s *remoteStore) listed(ctx context.Context, repo string) {
 	if ctx.Value(aheadKey{}) != nil || s.recent.ttl <= 0 {
 		return
 	}
 	s.mu.Lock()
-	wait := s.ahead.inflight[repo]
+	a := s.ahead
+	wait := a.inflight[repo]
+	if i := slices.Index(a.queue, repo); i >= 0 {
+		a.queue = slices.Delete(a.queue, i, i+1)
+		close(wait)
+		delete(a.inflight, repo)
+		wait = nil
+	}
 	s.step(repo, true)
 	s.mu.Unlock()
 	if wait != nil {

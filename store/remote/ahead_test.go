@@ -3,6 +3,7 @@ package remote
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -159,5 +160,63 @@ func TestLookupAhead(t *testing.T) {
 				t.Errorf("listing %s after its fetch ahead sent %q", name(i), l)
 			}
 		}
+	}
+}
+
+// TestListingSkipsQueue: a listing of a repository whose fetch ahead is
+// still queued behind others asks the registry itself instead of waiting
+// for the fetches before it (here stalled).
+func TestListingSkipsQueue(t *testing.T) {
+	f := newFakeRegistry()
+	const n = 30
+	name := func(i int) string { return fmt.Sprintf("r%02d/app", i) }
+	for i := range n {
+		f.tag(name(i), "v1", []byte(fmt.Sprint("layer ", i)))
+	}
+	// The first fetches ahead (r02 to r05, one per worker) stall.
+	release := make(chan struct{})
+	stalled := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := 2; i < 2+aheadParallel; i++ {
+			if r.URL.Path == "/v2/"+name(i)+"/tags/list" {
+				<-release
+			}
+		}
+		f.ServeHTTP(w, r)
+	})
+	st := newTestStore(t, stalled, Options{CatalogTTL: time.Hour, AttrTTL: time.Hour})
+	t.Cleanup(func() { close(release) })
+	ctx := context.Background()
+	if _, err := st.Children(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if ok, err := st.IsRepository(ctx, name(i)); err != nil || !ok {
+			t.Fatalf("IsRepository(%s) = %v, %v", name(i), ok, err)
+		}
+	}
+	// r10 is queued behind the stalled fetches.
+	s := st.(*remoteStore)
+	s.mu.Lock()
+	queued := slices.Contains(s.ahead.queue, name(10))
+	s.mu.Unlock()
+	if !queued {
+		t.Fatalf("%s is not queued for a fetch ahead", name(10))
+	}
+	done := make(chan error, 1)
+	go func() {
+		r, _ := st.Repository(name(10))
+		revs, err := r.Manifests().List(ctx)
+		if err == nil && len(revs) != 1 {
+			err = fmt.Errorf("revisions %v", revs)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("listing %s waited for the fetches queued before it", name(10))
 	}
 }
