@@ -3,6 +3,7 @@ package fs
 import (
 	"reflect"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,11 +33,21 @@ type opTimer struct {
 	// started holds the operation and start of each request in flight, by
 	// request id. Guarded by mu.
 	started map[fuse.RequestID]opStart
+	// byType holds the *opMetrics of each request type seen.
+	byType sync.Map
 }
 
 type opStart struct {
-	op string
+	m  *opMetrics
 	at time.Time
+}
+
+// opMetrics are one operation's name and metrics, looked up once per
+// request type (opTimer.byType) rather than by label on every request.
+type opMetrics struct {
+	op      string
+	latency prometheus.Observer
+	errors  prometheus.Counter
 }
 
 // latencyBuckets spans a cached getattr (tens of microseconds) to a
@@ -71,13 +82,12 @@ func (t *opTimer) observe(msg any) {
 		if !ok {
 			return
 		}
-		op := reflect.Indirect(reflect.ValueOf(in)).Type().Name()
-		op = op[:len(op)-len("Request")]
+		m := t.metricsOf(reflect.TypeOf(in))
 		t.mu.Lock()
-		t.started[in.Hdr().ID] = opStart{op: op, at: time.Now()}
+		t.started[in.Hdr().ID] = opStart{m: m, at: time.Now()}
 		t.mu.Unlock()
 	case "response":
-		hdr := v.FieldByName("Request")
+		hdr := fieldValue(v, "Request")
 		if !hdr.IsValid() {
 			return
 		}
@@ -92,20 +102,68 @@ func (t *opTimer) observe(msg any) {
 		if !ok {
 			return
 		}
-		t.latency.WithLabelValues(s.op).Observe(time.Since(s.at).Seconds())
+		s.m.latency.Observe(time.Since(s.at).Seconds())
 		if errno, _ := fieldOf(v, "Errno").(string); errno != "" {
-			t.errors.WithLabelValues(s.op).Inc()
+			s.m.errors.Inc()
 		}
 	}
 }
 
+// metricsOf returns the metrics of requests of type rt (a pointer to one
+// of bazil's *Request types).
+func (t *opTimer) metricsOf(rt reflect.Type) *opMetrics {
+	if m, ok := t.byType.Load(rt); ok {
+		return m.(*opMetrics)
+	}
+	op := rt
+	if op.Kind() == reflect.Pointer {
+		op = op.Elem()
+	}
+	name := strings.TrimSuffix(op.Name(), "Request")
+	m, _ := t.byType.LoadOrStore(rt, &opMetrics{op: name, latency: t.latency.WithLabelValues(name), errors: t.errors.WithLabelValues(name)})
+	return m.(*opMetrics)
+}
+
 // fieldOf returns the exported field name of struct v, or nil.
 func fieldOf(v reflect.Value, name string) any {
-	f := v.FieldByName(name)
+	f := fieldValue(v, name)
 	if !f.IsValid() || !f.CanInterface() {
 		return nil
 	}
 	return f.Interface()
+}
+
+// fieldValue is struct v's field name, or the zero Value.
+func fieldValue(v reflect.Value, name string) reflect.Value {
+	i := fieldIndex(v.Type(), name)
+	if i == nil {
+		return reflect.Value{}
+	}
+	return v.FieldByIndex(i)
+}
+
+// fieldIndexes caches fieldIndex's answers by fieldKey.
+var fieldIndexes sync.Map
+
+type fieldKey struct {
+	t    reflect.Type
+	name string
+}
+
+// fieldIndex is the index of struct type t's field name (nil if none),
+// found by name once per type: the debug hook reads the same few fields of
+// every request.
+func fieldIndex(t reflect.Type, name string) []int {
+	k := fieldKey{t, name}
+	if i, ok := fieldIndexes.Load(k); ok {
+		return i.([]int)
+	}
+	var idx []int
+	if f, ok := t.FieldByName(name); ok {
+		idx = f.Index
+	}
+	fieldIndexes.Store(k, idx)
+	return idx
 }
 
 // OpStats is one FUSE operation's part of Stats.

@@ -3,6 +3,8 @@ package store
 import (
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 
 	"github.com/distribution/reference"
 	"github.com/google/uuid"
@@ -48,6 +50,9 @@ func ValidateUploadID(id string) error {
 }
 
 func checkRepositoryName(name string) error {
+	if validNames.has(name) {
+		return nil
+	}
 	if name == "" {
 		return fmt.Errorf("%w: empty repository name", ErrInvalidName)
 	}
@@ -64,7 +69,35 @@ func checkRepositoryName(name string) error {
 	if reference.Domain(named) != nameProbeDomain || reference.Path(named) != name {
 		return fmt.Errorf("%w: repository name %q", ErrInvalidName, name)
 	}
+	validNames.add(name)
 	return nil
+}
+
+// validNames and validTags remember the names that passed their checks: a
+// walk of the tree checks the same names again on every request, and the
+// reference grammar's regular expressions cost microseconds each time.
+var validNames, validTags nameSet
+
+// nameSet is a set of strings safe for concurrent use, lock-free to read;
+// past maxValidNames entries it starts over. The zero value is empty.
+type nameSet struct {
+	m sync.Map
+	n atomic.Int64
+}
+
+const maxValidNames = 1 << 14
+
+func (s *nameSet) has(name string) bool {
+	_, ok := s.m.Load(name)
+	return ok
+}
+
+func (s *nameSet) add(name string) {
+	if s.n.Add(1) > maxValidNames {
+		s.m.Clear()
+		s.n.Store(0)
+	}
+	s.m.Store(name, struct{}{})
 }
 
 // tagProbe is a fixed valid name for reference.WithTag, which validates the
@@ -78,9 +111,13 @@ var tagProbe = func() reference.Named {
 }()
 
 func checkTag(tag string) error {
+	if validTags.has(tag) {
+		return nil
+	}
 	if _, err := reference.WithTag(tagProbe, tag); err != nil {
 		return fmt.Errorf("%w: tag %q: %v", ErrInvalidName, tag, err)
 	}
+	validTags.add(tag)
 	return nil
 }
 

@@ -3,6 +3,8 @@ package remote
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -84,5 +86,137 @@ func TestListAhead(t *testing.T) {
 		if got := f.logged(fmt.Sprintf("GET /v2/r%02d/app/tags/list", i)); got != 1 {
 			t.Errorf("r%02d: %d tags/list requests, want 1", i, got)
 		}
+	}
+}
+
+// TestLookupAhead: looking repositories up one after another in catalog
+// order, as ls -l of many directories does before it lists any, fetches
+// the following ones' listings in the background, no further than
+// aheadLookupRepos past where the lookups began; the listings that follow
+// send no request for what was fetched.
+func TestLookupAhead(t *testing.T) {
+	f := newFakeRegistry()
+	n := aheadLookupRepos + 40
+	name := func(i int) string { return fmt.Sprintf("r%03d/app", i) }
+	for i := range n {
+		f.tag(name(i), "v1", []byte(fmt.Sprint("layer ", i)))
+	}
+	st := newTestStore(t, f, Options{CatalogTTL: time.Hour, AttrTTL: time.Hour})
+	ctx := context.Background()
+	if _, err := st.Children(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if ok, err := st.IsRepository(ctx, name(i)); err != nil || !ok {
+			t.Fatalf("IsRepository(%s) = %v, %v", name(i), ok, err)
+		}
+	}
+	// The first lookup starts no run; the second fetches from the third
+	// on, up to aheadLookupRepos past the first.
+	last := aheadLookupRepos
+	for deadline := time.Now().Add(20 * time.Second); f.logged("GET /v2/"+name(last)+"/manifests/v1") == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's tag was not fetched ahead", name(last))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s := st.(*remoteStore)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		busy := len(s.ahead.inflight)
+		s.mu.Unlock()
+		if busy == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d fetches ahead still in flight", busy)
+		}
+	}
+	for i := range n {
+		want := 0
+		if i >= 2 && i <= last {
+			want = 1
+		}
+		if got := f.logged("GET /v2/" + name(i) + "/tags/list"); got != want {
+			t.Errorf("%s: %d tags/list requests after the lookups, want %d", name(i), got, want)
+		}
+	}
+	// Listing what was fetched sends nothing.
+	f.mu.Lock()
+	before := len(f.log)
+	f.mu.Unlock()
+	for i := 2; i <= last; i++ {
+		r, _ := st.Repository(name(i))
+		if revs, err := r.Manifests().List(ctx); err != nil || len(revs) != 1 {
+			t.Fatalf("%s: revisions %v, %v", name(i), revs, err)
+		}
+	}
+	f.mu.Lock()
+	sent := slices.Clone(f.log[before:])
+	f.mu.Unlock()
+	for _, l := range sent {
+		for i := 2; i <= last; i++ {
+			if strings.Contains(l, "/"+name(i)+"/") {
+				t.Errorf("listing %s after its fetch ahead sent %q", name(i), l)
+			}
+		}
+	}
+}
+
+// TestListingSkipsQueue: a listing of a repository whose fetch ahead is
+// still queued behind others asks the registry itself instead of waiting
+// for the fetches before it (here stalled).
+func TestListingSkipsQueue(t *testing.T) {
+	f := newFakeRegistry()
+	const n = 30
+	name := func(i int) string { return fmt.Sprintf("r%02d/app", i) }
+	for i := range n {
+		f.tag(name(i), "v1", []byte(fmt.Sprint("layer ", i)))
+	}
+	// The first fetches ahead (r02 to r05, one per worker) stall.
+	release := make(chan struct{})
+	stalled := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := 2; i < 2+aheadParallel; i++ {
+			if r.URL.Path == "/v2/"+name(i)+"/tags/list" {
+				<-release
+			}
+		}
+		f.ServeHTTP(w, r)
+	})
+	st := newTestStore(t, stalled, Options{CatalogTTL: time.Hour, AttrTTL: time.Hour})
+	t.Cleanup(func() { close(release) })
+	ctx := context.Background()
+	if _, err := st.Children(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if ok, err := st.IsRepository(ctx, name(i)); err != nil || !ok {
+			t.Fatalf("IsRepository(%s) = %v, %v", name(i), ok, err)
+		}
+	}
+	// r10 is queued behind the stalled fetches.
+	s := st.(*remoteStore)
+	s.mu.Lock()
+	queued := slices.Contains(s.ahead.queue, name(10))
+	s.mu.Unlock()
+	if !queued {
+		t.Fatalf("%s is not queued for a fetch ahead", name(10))
+	}
+	done := make(chan error, 1)
+	go func() {
+		r, _ := st.Repository(name(10))
+		revs, err := r.Manifests().List(ctx)
+		if err == nil && len(revs) != 1 {
+			err = fmt.Errorf("revisions %v", revs)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("listing %s waited for the fetches queued before it", name(10))
 	}
 }

@@ -43,31 +43,31 @@ type manifestService struct{ r *repository }
 
 // fetch GETs a manifest by reference (tag or digest), checking that a
 // digest's bytes hash to it.
-func (s *remoteStore) fetch(ctx context.Context, repo, ref string) ([]byte, string, digest.Digest, error) {
+func (s *remoteStore) fetch(ctx context.Context, repo, ref string) (cachedManifest, digest.Digest, error) {
 	if d, err := digest.Parse(ref); err == nil {
 		s.mu.Lock()
 		m, ok := s.manifests[d]
 		s.mu.Unlock()
 		if ok {
-			return m.content, m.mediaType, d, nil
+			return m, d, nil
 		}
 	}
 	resp, body, err := s.c.do(ctx, &request{method: http.MethodGet, path: "/v2/" + repo + "/manifests/" + ref, header: acceptHeader(),
 		scopes: pullScopes(repo), want: []int{http.StatusOK}})
 	if err != nil {
-		return nil, "", "", err
+		return cachedManifest{}, "", err
 	}
 	got := manifestDigest(body)
 	if want, err := digest.Parse(ref); err == nil && want != got {
-		return nil, "", "", &store.CorruptBlobError{Path: "/v2/" + repo + "/manifests/" + ref, Expected: want, Actual: got, Size: int64(len(body))}
+		return cachedManifest{}, "", &store.CorruptBlobError{Path: "/v2/" + repo + "/manifests/" + ref, Expected: want, Actual: got, Size: int64(len(body))}
 	}
-	mt := mediaType(resp.Header.Get("Content-Type"), body)
+	m := parseManifest(resp.Header.Get("Content-Type"), body)
 	s.mu.Lock()
-	s.cacheManifest(got, cachedManifest{content: body, mediaType: mt})
+	s.cacheManifest(got, m)
 	s.mu.Unlock()
 	s.recent.put(tagKey(repo, ref), got)
 	s.recent.put(tagKey(repo, got.String()), got)
-	return body, mt, got, nil
+	return m, got, nil
 }
 
 // cacheManifest keeps a manifest's bytes; past maxCachedManifestBytes the
@@ -98,70 +98,65 @@ func manifestDigest(body []byte) digest.Digest {
 	return digest.FromBytes(body)
 }
 
-// mediaType is a manifest's media type: its mediaType field, else the
-// Content-Type the registry sent, else schema1's when it has fsLayers.
-func mediaType(contentType string, body []byte) string {
-	var h struct {
-		MediaType     string            `json:"mediaType"`
-		SchemaVersion int               `json:"schemaVersion"`
-		Signatures    []json.RawMessage `json:"signatures"`
-	}
-	_ = json.Unmarshal(body, &h)
-	if h.MediaType != "" {
-		return h.MediaType
-	}
-	if ct, _, err := mime.ParseMediaType(contentType); err == nil && ct != "" && ct != "application/json" && ct != "text/plain" {
-		return ct
-	}
-	if h.SchemaVersion == 1 {
-		if len(h.Signatures) > 0 {
-			return store.MediaTypeSchema1Signed
-		}
-		return store.MediaTypeSchema1
-	}
-	return store.MediaTypeOCIManifest
-}
-
-// references are what a manifest points at: blobs (config, layers,
-// fsLayers) and child manifests (of an index).
-func references(body []byte) (blobs, children []digest.Digest) {
+// parseManifest reads what regfs needs out of a manifest, in one pass over
+// its JSON: its media type (its mediaType field, else the Content-Type the
+// registry sent, else schema1's when it has fsLayers) and what it points
+// at: blobs (config, layers, fsLayers) and child manifests (of an index).
+// A listing of a repository asks for the references of every revision, so
+// they are kept with the bytes rather than parsed again.
+func parseManifest(contentType string, body []byte) cachedManifest {
 	type desc struct {
 		Digest digest.Digest `json:"digest"`
 	}
 	var m struct {
-		Config    *desc  `json:"config"`
-		Layers    []desc `json:"layers"`
-		Manifests []desc `json:"manifests"`
-		FSLayers  []struct {
+		MediaType     string            `json:"mediaType"`
+		SchemaVersion int               `json:"schemaVersion"`
+		Signatures    []json.RawMessage `json:"signatures"`
+		Config        *desc             `json:"config"`
+		Layers        []desc            `json:"layers"`
+		Manifests     []desc            `json:"manifests"`
+		FSLayers      []struct {
 			BlobSum digest.Digest `json:"blobSum"`
 		} `json:"fsLayers"`
 	}
-	if json.Unmarshal(body, &m) != nil {
-		return nil, nil
+	out := cachedManifest{content: body}
+	if json.Unmarshal(body, &m) == nil {
+		if m.Config != nil && m.Config.Digest != "" {
+			out.blobs = append(out.blobs, m.Config.Digest)
+		}
+		for _, l := range m.Layers {
+			out.blobs = append(out.blobs, l.Digest)
+		}
+		for _, l := range m.FSLayers {
+			out.blobs = append(out.blobs, l.BlobSum)
+		}
+		for _, c := range m.Manifests {
+			out.children = append(out.children, c.Digest)
+		}
 	}
-	if m.Config != nil && m.Config.Digest != "" {
-		blobs = append(blobs, m.Config.Digest)
+	switch ct, _, err := mime.ParseMediaType(contentType); {
+	case m.MediaType != "":
+		out.mediaType = m.MediaType
+	case err == nil && ct != "" && ct != "application/json" && ct != "text/plain":
+		out.mediaType = ct
+	case m.SchemaVersion == 1 && len(m.Signatures) > 0:
+		out.mediaType = store.MediaTypeSchema1Signed
+	case m.SchemaVersion == 1:
+		out.mediaType = store.MediaTypeSchema1
+	default:
+		out.mediaType = store.MediaTypeOCIManifest
 	}
-	for _, l := range m.Layers {
-		blobs = append(blobs, l.Digest)
-	}
-	for _, l := range m.FSLayers {
-		blobs = append(blobs, l.BlobSum)
-	}
-	for _, c := range m.Manifests {
-		children = append(children, c.Digest)
-	}
-	return blobs, children
+	return out
 }
 
 // Get implements store.ManifestService.
 func (m *manifestService) Get(ctx context.Context, dgst digest.Digest) ([]byte, string, error) {
-	body, mt, _, err := m.r.s.fetch(ctx, m.r.name, dgst.String())
+	got, _, err := m.r.s.fetch(ctx, m.r.name, dgst.String())
 	if err != nil {
 		return nil, "", notFound(err, store.ErrManifestUnknown, dgst.String())
 	}
 	m.r.s.note(m.r.name, dgst, true)
-	return body, mt, nil
+	return got.content, got.mediaType, nil
 }
 
 // Exists implements store.ManifestService with a HEAD.
@@ -193,7 +188,7 @@ func (s *remoteStore) headManifest(ctx context.Context, repo, ref string) (diges
 		s.recent.put(tagKey(repo, ref), d)
 		return d, nil
 	}
-	_, _, d, err := s.fetch(ctx, repo, ref)
+	_, d, err := s.fetch(ctx, repo, ref)
 	return d, err
 }
 
@@ -208,7 +203,7 @@ func (s *remoteStore) resolveTag(ctx context.Context, repo, tag string) (digest.
 	if v, ok := s.recent.get(tagKey(repo, tag)); ok {
 		return v.(digest.Digest), nil
 	}
-	_, _, d, err := s.fetch(ctx, repo, tag)
+	_, d, err := s.fetch(ctx, repo, tag)
 	if err != nil {
 		return "", err
 	}
@@ -236,7 +231,8 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 	if want != "" && want != dgst {
 		return "", &store.DigestMismatchError{Expected: want, Actual: dgst, Size: int64(len(content))}
 	}
-	mt := mediaType("", content)
+	parsed := parseManifest("", content)
+	mt := parsed.mediaType
 	ref := tag
 	if ref == "" {
 		ref = dgst.String()
@@ -253,7 +249,7 @@ func (m *manifestService) Put(ctx context.Context, content []byte, tag string, w
 	}
 	m.r.s.mu.Lock()
 	if d := manifestDigest(content); d == dgst {
-		m.r.s.cacheManifest(d, cachedManifest{content: content, mediaType: mt})
+		m.r.s.cacheManifest(d, parsed)
 	}
 	m.r.s.mu.Unlock()
 	m.r.s.note(m.r.name, dgst, true)
@@ -318,7 +314,7 @@ func (s *remoteStore) reachable(ctx context.Context, repo string) (revs, blobs [
 		if set[d] {
 			continue
 		}
-		body, _, _, err := s.fetch(ctx, repo, d.String())
+		m, _, err := s.fetch(ctx, repo, d.String())
 		if err != nil {
 			if isNotFoundErr(err) {
 				s.forget(repo, d, true)
@@ -327,11 +323,10 @@ func (s *remoteStore) reachable(ctx context.Context, repo string) (revs, blobs [
 			return nil, nil, err
 		}
 		set[d] = true
-		bs, children := references(body)
-		for _, b := range bs {
+		for _, b := range m.blobs {
 			blobSet[b] = true
 		}
-		queue = append(queue, children...)
+		queue = append(queue, m.children...)
 	}
 	for d := range set {
 		revs = append(revs, d)
@@ -394,12 +389,12 @@ func (t *tagService) Tag(ctx context.Context, tag string, dgst digest.Digest) er
 	if err := store.ValidateTag(tag); err != nil {
 		return err
 	}
-	body, mt, _, err := t.r.s.fetch(ctx, t.r.name, dgst.String())
+	m, _, err := t.r.s.fetch(ctx, t.r.name, dgst.String())
 	if err != nil {
 		return notFound(err, store.ErrManifestUnknown, dgst.String())
 	}
-	_, _, err = t.r.s.c.do(ctx, &request{method: http.MethodPut, path: t.r.path("manifests/" + tag), body: body,
-		header: http.Header{"Content-Type": {mt}}, scopes: repoScopes(t.r.name), want: []int{http.StatusCreated, http.StatusOK, http.StatusAccepted}})
+	_, _, err = t.r.s.c.do(ctx, &request{method: http.MethodPut, path: t.r.path("manifests/" + tag), body: m.content,
+		header: http.Header{"Content-Type": {m.mediaType}}, scopes: repoScopes(t.r.name), want: []int{http.StatusCreated, http.StatusOK, http.StatusAccepted}})
 	if err != nil {
 		return rejectedManifest(err)
 	}

@@ -140,10 +140,8 @@ type remoteStore struct {
 	// by mu.
 	manifests     map[digest.Digest]cachedManifest
 	manifestBytes int // the bytes in manifests; guarded by mu
-	// catalogNames, catalogOK and catalogAt are the last catalog and when
-	// it was fetched; guarded by mu.
-	catalogNames []string
-	// catalogSorted is catalogNames sorted, for the read-ahead.
+	// catalogSorted, catalogOK and catalogAt are the last catalog (its
+	// names sorted) and when it was fetched; guarded by mu.
 	catalogSorted []string
 	catalogOK     bool
 	catalogAt     time.Time
@@ -155,6 +153,8 @@ type remoteStore struct {
 type cachedManifest struct {
 	content   []byte
 	mediaType string
+	// blobs and children are what the manifest references (parseManifest).
+	blobs, children []digest.Digest
 }
 
 // maxCachedManifestBytes bounds the bytes of the manifest cache (a
@@ -207,29 +207,29 @@ func New(o Options) (store.Store, error) {
 	return s, nil
 }
 
-// catalog returns the registry's repositories, fetched at most once per
-// catalogTTL.
-func (s *remoteStore) catalog(ctx context.Context) ([]string, bool, error) {
+// catalog refreshes the registry's repositories (catalogSorted) unless
+// they were fetched less than catalogTTL ago. A walk of the tree asks on
+// every lookup of a directory, so a fresh catalog costs no copy.
+func (s *remoteStore) catalog(ctx context.Context) error {
 	s.mu.Lock()
-	if !s.catalogAt.IsZero() && time.Since(s.catalogAt) < s.catalogTTL {
-		names, ok := slices.Clone(s.catalogNames), s.catalogOK
-		s.mu.Unlock()
-		return names, ok, nil
-	}
+	fresh := !s.catalogAt.IsZero() && time.Since(s.catalogAt) < s.catalogTTL
 	s.mu.Unlock()
+	if fresh {
+		return nil
+	}
 	names, ok, err := s.fetchCatalog(ctx)
 	if err != nil {
-		return nil, false, err
+		return err
 	}
 	s.mu.Lock()
-	s.catalogNames, s.catalogOK, s.catalogAt = names, ok, time.Now()
-	s.catalogSorted = sortedCatalog(names)
+	slices.Sort(names)
+	s.catalogSorted, s.catalogOK, s.catalogAt = names, ok, time.Now()
 	clear(s.unlisted)
 	for n := range s.seen {
 		s.markSeen(n)
 	}
 	s.mu.Unlock()
-	return slices.Clone(names), ok, nil
+	return nil
 }
 
 // fetchCatalog lists the registry's repositories, every page. A registry
@@ -272,7 +272,7 @@ func (s *remoteStore) markSeen(name string) {
 // every lookup of a directory, so the catalog's sorted copy is reused as
 // it is when nothing is to be added.
 func (s *remoteStore) known(ctx context.Context) ([]string, error) {
-	if _, _, err := s.catalog(ctx); err != nil {
+	if err := s.catalog(ctx); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
@@ -334,13 +334,14 @@ func (s *remoteStore) IsRepository(ctx context.Context, name string) (bool, erro
 	if err := store.ValidateRepositoryName(name); err != nil {
 		return false, nil
 	}
+	s.lookedUp(ctx, name)
 	s.mu.Lock()
 	seen := s.seen[name]
 	s.mu.Unlock()
 	if seen || (s.state != nil && slices.Contains(s.state.repos(), name)) {
 		return true, nil
 	}
-	if _, _, err := s.catalog(ctx); err != nil {
+	if err := s.catalog(ctx); err != nil {
 		return false, err
 	}
 	s.mu.Lock()
