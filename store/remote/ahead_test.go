@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -218,5 +219,24 @@ func TestListingSkipsQueue(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("listing %s waited for the fetches queued before it", name(10))
+	}
+}
+
+// TestReadmeAhead: the README's account of the read-ahead gives the
+// numbers the code uses (TestListAhead and TestLookupAhead show the
+// behaviour).
+func TestReadmeAhead(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := strings.Join(strings.Fields(string(b)), " ")
+	for _, want := range []string{
+		fmt.Sprintf("after two listings of repositories in a row, the next %d;", aheadRepos),
+		fmt.Sprintf("up to %d past the first of them or the last listing.", aheadLookupRepos),
+	} {
+		if !strings.Contains(readme, want) {
+			t.Errorf("README.md does not say %q", want)
+		}
 	}
 }
