@@ -24,10 +24,9 @@ import (
 // that a long run of lookups cannot fetch more than the listings that
 // follow use while the answers are fresh.
 //
-// The fetches queue for at most
-// aheadParallel workers, which exit when the queue is empty: a goroutine
-// per repository would start cold each time, and its stack would grow
-// anew to the depth of an HTTP request.
+// The fetches queue for at most aheadParallel workers, which exit when the
+// queue is empty: a goroutine per repository would start cold each time,
+// and its stack would grow anew to the depth of an HTTP request.
 const (
 	// aheadRepos is how many repositories after the one listed are
 	// fetched ahead.
