@@ -35,6 +35,11 @@ const (
 	aheadParallel = 4
 	// aheadLookupRepos bounds how far lookups alone fetch ahead.
 	aheadLookupRepos = 256
+	// aheadWaitMax bounds how long a listing waits for its repository's
+	// fetch in flight before it asks itself: a request the registry never
+	// answers holds the fetch for the whole timeout (Options.Timeout), and
+	// should not hold the listing as long.
+	aheadWaitMax = time.Second
 	// aheadMaxTags is the most tags of a repository whose digests a fetch
 	// ahead resolves (a GET each); one with more has only its tag list
 	// fetched.
@@ -70,9 +75,9 @@ func newAhead() *ahead {
 }
 
 // listed is called when repo's tags are listed: it waits for a fetch of
-// repo in flight, and moves the read-ahead to repo (step). A fetch still
-// queued is dropped instead, and the listing asks itself rather than wait
-// for the fetches queued before it.
+// repo in flight (at most aheadWaitMax), and moves the read-ahead to repo
+// (step). A fetch still queued is dropped instead, and the listing asks
+// itself rather than wait for the fetches queued before it.
 func (s *remoteStore) listed(ctx context.Context, repo string) {
 	if ctx.Value(aheadKey{}) != nil || s.recent.ttl <= 0 {
 		return
@@ -89,10 +94,13 @@ func (s *remoteStore) listed(ctx context.Context, repo string) {
 	s.step(repo, true)
 	s.mu.Unlock()
 	if wait != nil {
+		t := time.NewTimer(aheadWaitMax)
 		select {
 		case <-wait:
+		case <-t.C:
 		case <-ctx.Done():
 		}
+		t.Stop()
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -238,5 +239,85 @@ func TestReadmeAhead(t *testing.T) {
 		if !strings.Contains(readme, want) {
 			t.Errorf("README.md does not say %q", want)
 		}
+	}
+}
+
+// TestListingOutwaitsStalledFetch: a listing whose repository's fetch
+// ahead is in flight but gets no answer asks the registry itself after
+// aheadWaitMax instead of waiting for the fetch's timeout.
+func TestListingOutwaitsStalledFetch(t *testing.T) {
+	f := newFakeRegistry()
+	const n = 10
+	name := func(i int) string { return fmt.Sprintf("r%02d/app", i) }
+	for i := range n {
+		f.tag(name(i), "v1", []byte(fmt.Sprint("layer ", i)))
+	}
+	// The first tags/list of each repository (the fetch ahead's) stalls;
+	// later ones are answered.
+	release := make(chan struct{})
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	stalled := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/tags/list") {
+			mu.Lock()
+			first := !seen[r.URL.Path]
+			seen[r.URL.Path] = true
+			mu.Unlock()
+			if first {
+				<-release
+			}
+		}
+		f.ServeHTTP(w, r)
+	})
+	st := newTestStore(t, stalled, Options{CatalogTTL: time.Hour, AttrTTL: time.Hour})
+	t.Cleanup(func() { close(release) })
+	ctx := context.Background()
+	if _, err := st.Children(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if ok, err := st.IsRepository(ctx, name(i)); err != nil || !ok {
+			t.Fatalf("IsRepository(%s) = %v, %v", name(i), ok, err)
+		}
+	}
+	// r02's fetch ahead is in flight and stalled.
+	s := st.(*remoteStore)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		mu.Lock()
+		started := seen["/v2/"+name(2)+"/tags/list"]
+		mu.Unlock()
+		if started {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's fetch ahead did not start", name(2))
+		}
+	}
+	s.mu.Lock()
+	inflight := s.ahead.inflight[name(2)] != nil && !slices.Contains(s.ahead.queue, name(2))
+	s.mu.Unlock()
+	if !inflight {
+		t.Fatalf("%s's fetch ahead is not in flight", name(2))
+	}
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		r, _ := st.Repository(name(2))
+		revs, err := r.Manifests().List(ctx)
+		if err == nil && len(revs) != 1 {
+			err = fmt.Errorf("revisions %v", revs)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d < aheadWaitMax/2 {
+			t.Errorf("the listing took %v: it did not wait for the fetch in flight", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("listing %s waited for its stalled fetch ahead", name(2))
 	}
 }
