@@ -235,6 +235,7 @@ func TestReadmeAhead(t *testing.T) {
 	for _, want := range []string{
 		fmt.Sprintf("after two listings of repositories in a row, the next %d;", aheadRepos),
 		fmt.Sprintf("up to %d past the first of them or the last listing.", aheadLookupRepos),
+		fmt.Sprintf("waits at most %v for its own", aheadWaitMax),
 	} {
 		if !strings.Contains(readme, want) {
 			t.Errorf("README.md does not say %q", want)
