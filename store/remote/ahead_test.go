@@ -235,7 +235,7 @@ func TestReadmeAhead(t *testing.T) {
 	for _, want := range []string{
 		fmt.Sprintf("after two listings of repositories in a row, the next %d;", aheadRepos),
 		fmt.Sprintf("up to %d past the first of them or the last listing.", aheadLookupRepos),
-		fmt.Sprintf("waits at most %v for its own", aheadWaitMax),
+		fmt.Sprintf("waits at most %d s for its own", aheadWaitMax/time.Second),
 	} {
 		if !strings.Contains(readme, want) {
 			t.Errorf("README.md does not say %q", want)
