@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/regfs/regfs/store"
 )
 
 // logged counts the requests of the fake's log that start with prefix.
@@ -165,64 +167,6 @@ func TestLookupAhead(t *testing.T) {
 	}
 }
 
-// TestListingSkipsQueue: a listing of a repository whose fetch ahead is
-// still queued behind others asks the registry itself instead of waiting
-// for the fetches before it (here stalled).
-func TestListingSkipsQueue(t *testing.T) {
-	f := newFakeRegistry()
-	const n = 30
-	name := func(i int) string { return fmt.Sprintf("r%02d/app", i) }
-	for i := range n {
-		f.tag(name(i), "v1", []byte(fmt.Sprint("layer ", i)))
-	}
-	// The first fetches ahead (r02 to r05, one per worker) stall.
-	release := make(chan struct{})
-	stalled := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for i := 2; i < 2+aheadParallel; i++ {
-			if r.URL.Path == "/v2/"+name(i)+"/tags/list" {
-				<-release
-			}
-		}
-		f.ServeHTTP(w, r)
-	})
-	st := newTestStore(t, stalled, Options{CatalogTTL: time.Hour, AttrTTL: time.Hour})
-	t.Cleanup(func() { close(release) })
-	ctx := context.Background()
-	if _, err := st.Children(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 2 {
-		if ok, err := st.IsRepository(ctx, name(i)); err != nil || !ok {
-			t.Fatalf("IsRepository(%s) = %v, %v", name(i), ok, err)
-		}
-	}
-	// r10 is queued behind the stalled fetches.
-	s := st.(*remoteStore)
-	s.mu.Lock()
-	queued := slices.Contains(s.ahead.queue, name(10))
-	s.mu.Unlock()
-	if !queued {
-		t.Fatalf("%s is not queued for a fetch ahead", name(10))
-	}
-	done := make(chan error, 1)
-	go func() {
-		r, _ := st.Repository(name(10))
-		revs, err := r.Manifests().List(ctx)
-		if err == nil && len(revs) != 1 {
-			err = fmt.Errorf("revisions %v", revs)
-		}
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("listing %s waited for the fetches queued before it", name(10))
-	}
-}
-
 // TestReadmeAhead: the README's account of the read-ahead gives the
 // numbers the code uses (TestListAhead and TestLookupAhead show the
 // behaviour).
@@ -243,68 +187,49 @@ func TestReadmeAhead(t *testing.T) {
 	}
 }
 
-// TestListingOutwaitsStalledFetch: a listing whose repository's fetch
-// ahead is in flight but gets no answer asks the registry itself after
-// aheadWaitMax instead of waiting for the fetch's timeout.
-func TestListingOutwaitsStalledFetch(t *testing.T) {
+// walkRepo names the repositories of stalledWalk.
+func walkRepo(i int) string { return fmt.Sprintf("r%02d/app", i) }
+
+// stalledWalk makes a store over n repositories (walkRepo) behind a fake
+// registry that answers no tags/list request for whose path stall is true
+// until the test ends, and looks the first two repositories up in catalog
+// order, which starts the read-ahead.
+func stalledWalk(t *testing.T, n int, stall func(path string) bool) store.Store {
+	t.Helper()
 	f := newFakeRegistry()
-	const n = 10
-	name := func(i int) string { return fmt.Sprintf("r%02d/app", i) }
 	for i := range n {
-		f.tag(name(i), "v1", []byte(fmt.Sprint("layer ", i)))
+		f.tag(walkRepo(i), "v1", []byte(fmt.Sprint("layer ", i)))
 	}
-	// The first tags/list of each repository (the fetch ahead's) stalls;
-	// later ones are answered.
 	release := make(chan struct{})
-	var mu sync.Mutex
-	seen := map[string]bool{}
-	stalled := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, "/tags/list") {
-			mu.Lock()
-			first := !seen[r.URL.Path]
-			seen[r.URL.Path] = true
-			mu.Unlock()
-			if first {
-				<-release
-			}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/tags/list") && stall(r.URL.Path) {
+			<-release
 		}
 		f.ServeHTTP(w, r)
 	})
-	st := newTestStore(t, stalled, Options{CatalogTTL: time.Hour, AttrTTL: time.Hour})
+	st := newTestStore(t, h, Options{CatalogTTL: time.Hour, AttrTTL: time.Hour})
 	t.Cleanup(func() { close(release) })
 	ctx := context.Background()
 	if _, err := st.Children(ctx, ""); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 2 {
-		if ok, err := st.IsRepository(ctx, name(i)); err != nil || !ok {
-			t.Fatalf("IsRepository(%s) = %v, %v", name(i), ok, err)
+		if ok, err := st.IsRepository(ctx, walkRepo(i)); err != nil || !ok {
+			t.Fatalf("IsRepository(%s) = %v, %v", walkRepo(i), ok, err)
 		}
 	}
-	// r02's fetch ahead is in flight and stalled.
-	s := st.(*remoteStore)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		mu.Lock()
-		started := seen["/v2/"+name(2)+"/tags/list"]
-		mu.Unlock()
-		if started {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s's fetch ahead did not start", name(2))
-		}
-	}
-	s.mu.Lock()
-	inflight := s.ahead.inflight[name(2)] != nil && !slices.Contains(s.ahead.queue, name(2))
-	s.mu.Unlock()
-	if !inflight {
-		t.Fatalf("%s's fetch ahead is not in flight", name(2))
-	}
+	return st
+}
+
+// listWithin lists repo's revisions, failing the test if that takes 10 s
+// or fails; it returns how long it took.
+func listWithin(t *testing.T, st store.Store, repo string) time.Duration {
+	t.Helper()
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() {
-		r, _ := st.Repository(name(2))
-		revs, err := r.Manifests().List(ctx)
+		r, _ := st.Repository(repo)
+		revs, err := r.Manifests().List(context.Background())
 		if err == nil && len(revs) != 1 {
 			err = fmt.Errorf("revisions %v", revs)
 		}
@@ -315,10 +240,72 @@ func TestListingOutwaitsStalledFetch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d := time.Since(start); d < aheadWaitMax/2 {
-			t.Errorf("the listing took %v: it did not wait for the fetch in flight", d)
-		}
+		return time.Since(start)
 	case <-time.After(10 * time.Second):
-		t.Fatalf("listing %s waited for its stalled fetch ahead", name(2))
+		t.Fatalf("listing %s took over 10 s", repo)
+		return 0
+	}
+}
+
+// TestListingSkipsQueue: a listing of a repository whose fetch ahead is
+// still queued behind others asks the registry itself instead of waiting
+// for the fetches before it (here stalled).
+func TestListingSkipsQueue(t *testing.T) {
+	// The first fetches ahead (r02 to r05, one per worker) stall.
+	st := stalledWalk(t, 30, func(path string) bool {
+		for i := 2; i < 2+aheadParallel; i++ {
+			if path == "/v2/"+walkRepo(i)+"/tags/list" {
+				return true
+			}
+		}
+		return false
+	})
+	// r10 is queued behind the stalled fetches.
+	s := st.(*remoteStore)
+	s.mu.Lock()
+	queued := slices.Contains(s.ahead.queue, walkRepo(10))
+	s.mu.Unlock()
+	if !queued {
+		t.Fatalf("%s is not queued for a fetch ahead", walkRepo(10))
+	}
+	listWithin(t, st, walkRepo(10))
+}
+
+// TestListingOutwaitsStalledFetch: a listing whose repository's fetch
+// ahead is in flight but gets no answer asks the registry itself after
+// aheadWaitMax instead of waiting for the fetch's timeout.
+func TestListingOutwaitsStalledFetch(t *testing.T) {
+	// The first tags/list of each repository (the fetch ahead's) stalls;
+	// later ones are answered.
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	st := stalledWalk(t, 10, func(path string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		first := !seen[path]
+		seen[path] = true
+		return first
+	})
+	// r02's fetch ahead is in flight and stalled.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		mu.Lock()
+		started := seen["/v2/"+walkRepo(2)+"/tags/list"]
+		mu.Unlock()
+		if started {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's fetch ahead did not start", walkRepo(2))
+		}
+	}
+	s := st.(*remoteStore)
+	s.mu.Lock()
+	inflight := s.ahead.inflight[walkRepo(2)] != nil && !slices.Contains(s.ahead.queue, walkRepo(2))
+	s.mu.Unlock()
+	if !inflight {
+		t.Fatalf("%s's fetch ahead is not in flight", walkRepo(2))
+	}
+	if d := listWithin(t, st, walkRepo(2)); d < aheadWaitMax/2 {
+		t.Errorf("the listing took %v: it did not wait for the fetch in flight", d)
 	}
 }
