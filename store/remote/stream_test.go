@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regfs/regfs/cache"
+	"github.com/regfs/regfs/store"
 )
 
 // rangeServer serves one blob with Range support (http.ServeContent, as
@@ -43,19 +44,27 @@ func (s *rangeServer) gets() []string {
 	return append([]string(nil), s.ranges...)
 }
 
+// rangedBlob serves size random bytes (from seed) as a blob of the
+// repository "seq" through a Ranged cache of budget blocks of block bytes
+// each, read ahead 8 blocks with aheadLoads loads at once.
+func rangedBlob(t *testing.T, size int, seed int64, block, budget, aheadLoads int) ([]byte, digest.Digest, *rangeServer, store.Repository) {
+	t.Helper()
+	data := make([]byte, size)
+	rand.New(rand.NewSource(seed)).Read(data)
+	srv := &rangeServer{data: data}
+	c := cache.NewWithOptions(cache.Options{Budget: int64(budget * block), BlockSize: block, ReadAhead: 8, AheadLoads: aheadLoads, Ranged: true, Attempts: 1})
+	st := newTestStore(t, srv, Options{Cache: c})
+	r, _ := st.Repository("seq")
+	return data, digest.FromBytes(data), srv, r
+}
+
 // TestSequentialReadSharesGETs: a sequential read of a blob through a
 // Ranged cache makes fewer GETs than it loads blocks (loads after the
 // first share a GET spanning several), every byte right; random reads get
 // a GET of just their block each, right too.
 func TestSequentialReadSharesGETs(t *testing.T) {
 	const block, blocks = 64 << 10, 32
-	data := make([]byte, block*blocks-1000) // a short last block
-	rand.New(rand.NewSource(1)).Read(data)
-	d := digest.FromBytes(data)
-	srv := &rangeServer{data: data}
-	c := cache.NewWithOptions(cache.Options{Budget: 64 * block, BlockSize: block, ReadAhead: 8, AheadLoads: 8, Ranged: true, Attempts: 1})
-	st := newTestStore(t, srv, Options{Cache: c})
-	r, _ := st.Repository("seq")
+	data, d, srv, r := rangedBlob(t, block*blocks-1000, 1, block, 64, 8) // a short last block
 	ctx := context.Background()
 
 	br, err := r.Layers().Open(ctx, d)
@@ -104,13 +113,7 @@ func TestSequentialReadSharesGETs(t *testing.T) {
 // streams).
 func TestStreamsConcurrentReaders(t *testing.T) {
 	const block, blocks = 32 << 10, 40
-	data := make([]byte, block*blocks)
-	rand.New(rand.NewSource(3)).Read(data)
-	d := digest.FromBytes(data)
-	srv := &rangeServer{data: data}
-	c := cache.NewWithOptions(cache.Options{Budget: 16 * block, BlockSize: block, ReadAhead: 8, AheadLoads: 4, Ranged: true, Attempts: 1})
-	st := newTestStore(t, srv, Options{Cache: c})
-	r, _ := st.Repository("seq")
+	data, d, _, r := rangedBlob(t, block*blocks, 3, block, 16, 4)
 	var wg sync.WaitGroup
 	for i := range 2 {
 		wg.Go(func() {
@@ -147,13 +150,7 @@ func TestStreamsConcurrentReaders(t *testing.T) {
 // every byte right.
 func TestStreamsClosedMidway(t *testing.T) {
 	const block, blocks = 32 << 10, 24
-	data := make([]byte, block*blocks)
-	rand.New(rand.NewSource(5)).Read(data)
-	d := digest.FromBytes(data)
-	srv := &rangeServer{data: data}
-	c := cache.NewWithOptions(cache.Options{Budget: 8 * block, BlockSize: block, ReadAhead: 8, AheadLoads: 8, Ranged: true, Attempts: 1})
-	st := newTestStore(t, srv, Options{Cache: c})
-	r, _ := st.Repository("seq")
+	data, d, _, r := rangedBlob(t, block*blocks, 5, block, 8, 8)
 	ctx := context.Background()
 	br, err := r.Layers().Open(ctx, d)
 	if err != nil {
