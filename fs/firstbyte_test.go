@@ -19,6 +19,7 @@ import (
 
 	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/inmemory"
+	"github.com/regfs/regfs/driver/testsuite"
 )
 
 // callsByMethod returns the store's driver calls so far, by method.
@@ -63,25 +64,6 @@ func readFirst(p string, n int) ([]byte, error) {
 		return nil, err
 	}
 	return b, nil
-}
-
-// sizeReporting is a driver whose Reader tells the object's size, as the
-// S3 driver's ranged GET does (driver.WithSizeReport). Its own Stat is not
-// counted: it sits below the store's counter.
-type sizeReporting struct{ driver.StorageDriver }
-
-func (d sizeReporting) Reader(ctx context.Context, p string, offset int64) (io.ReadCloser, error) {
-	rc, err := d.StorageDriver.Reader(ctx, p, offset)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := d.StorageDriver.Stat(ctx, p)
-	if err != nil {
-		rc.Close()
-		return nil, err
-	}
-	driver.ReportSize(ctx, fi.Size)
-	return rc, nil
 }
 
 // chainDriver makes every call it records take at least hold, as a
@@ -177,7 +159,7 @@ func (c *chainDriver) Walk(ctx context.Context, p string, fn driver.WalkFn) (err
 // and the data again, so that a layer another writer deleted is not
 // opened.
 func TestFirstByteDriverCalls(t *testing.T) {
-	cd := &chainDriver{StorageDriver: sizeReporting{inmemory.New()}, hold: 50 * time.Millisecond}
+	cd := &chainDriver{StorageDriver: testsuite.SizeReporting{StorageDriver: inmemory.New()}, hold: 50 * time.Millisecond}
 	m := newMount(t, mountConfig{entryTTL: time.Hour, drv: cd})
 	for _, c := range []struct {
 		repo  string
@@ -218,7 +200,7 @@ func TestFirstByteDriverCalls(t *testing.T) {
 // listing the kernel holds (ls -l, find) states the data instead of
 // fetching its first bytes, which nobody would read.
 func TestLayerListedLookupReadsNothing(t *testing.T) {
-	m := newMount(t, mountConfig{drv: sizeReporting{inmemory.New()}})
+	m := newMount(t, mountConfig{drv: testsuite.SizeReporting{StorageDriver: inmemory.New()}})
 	var ds []digest.Digest
 	for range 3 {
 		ds = append(ds, m.pushBlob("app", randomBytes(t, 4<<10)))
@@ -289,7 +271,7 @@ func TestFirstBytesLookupErrors(t *testing.T) {
 		}
 		return out
 	}
-	reporting, plain := errsOf(sizeReporting{inmemory.New()}), errsOf(inmemory.New())
+	reporting, plain := errsOf(testsuite.SizeReporting{StorageDriver: inmemory.New()}), errsOf(inmemory.New())
 	for i := range reporting {
 		var e1, e2 syscall.Errno
 		if !errors.As(reporting[i], &e1) || !errors.As(plain[i], &e2) || e1 != e2 || (i < 4 && e1 != syscall.ENOENT) {

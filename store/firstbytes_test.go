@@ -11,26 +11,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regfs/regfs/driver"
+	"github.com/regfs/regfs/driver/testsuite"
 )
-
-// sizeReporting is a driver whose Reader tells the object's size, as the
-// S3 driver's ranged GET does (driver.WithSizeReport). Its own Stat is not
-// counted: it sits below the store's counter.
-type sizeReporting struct{ driver.StorageDriver }
-
-func (d sizeReporting) Reader(ctx context.Context, p string, offset int64) (io.ReadCloser, error) {
-	rc, err := d.StorageDriver.Reader(ctx, p, offset)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := d.StorageDriver.Stat(ctx, p)
-	if err != nil {
-		rc.Close()
-		return nil, err
-	}
-	driver.ReportSize(ctx, fi.Size)
-	return rc, nil
-}
 
 // TestLookupFirst: on a driver that tells an object's size with its
 // first bytes, LookupFirst is the link's Stat and one Reader, whose bytes
@@ -50,7 +32,7 @@ func TestLookupFirst(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				var d driver.StorageDriver = dc.new(t, "")
 				if reports {
-					d = sizeReporting{d}
+					d = testsuite.SizeReporting{StorageDriver: d}
 				}
 				s := newStore(t, d)
 				r := repo(t, s, "team/app")
@@ -130,7 +112,7 @@ func TestLookupFirst(t *testing.T) {
 // same rule as for the block cache, TestBlobDeletedElsewhereLeavesTheCache).
 func TestFirstBytesNotServedOnceGone(t *testing.T) {
 	ctx := context.Background()
-	d := sizeReporting{drivers[0].new(t, "")}
+	d := testsuite.SizeReporting{StorageDriver: drivers[0].new(t, "")}
 	s := newStore(t, d)
 	r := repo(t, s, "a")
 	content := []byte("first bytes, then deleted by another process")
