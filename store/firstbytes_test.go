@@ -127,15 +127,7 @@ func TestFirstBytesNotServedOnceGone(t *testing.T) {
 	if _, err := br.ReadAt(buf, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Delete(ctx, mustPath(blobDataPathSpec{digest: dgst})); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Layers().Stat(ctx, dgst); !errors.Is(err, ErrBlobUnknown) {
-		t.Fatalf("stat of a deleted blob: %v, want ErrBlobUnknown", err)
-	}
-	if n, err := br.ReadAt(buf, 0); err == nil {
-		t.Fatalf("read %d bytes %q of a deleted blob", n, buf[:n])
-	}
+	deletedElsewhere(t, d, r, dgst, br, buf)
 }
 
 // failingReader is a driver whose Reader fails (not with not-found) and

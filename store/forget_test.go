@@ -3,8 +3,12 @@ package store
 import (
 	"context"
 	"errors"
+	"io"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regfs/regfs/driver"
 	"github.com/regfs/regfs/driver/inmemory"
 )
 
@@ -28,18 +32,28 @@ func TestBlobDeletedElsewhereLeavesTheCache(t *testing.T) {
 	if _, err := br.ReadAt(buf, 0); err != nil {
 		t.Fatal(err)
 	}
-	// The other process deletes the blob's data, not the link.
+	if err := deletedElsewhere(t, d, r, dgst, br, buf); !isNotFound(err) {
+		t.Fatalf("read of a deleted blob: %v, want not found", err)
+	}
+}
+
+// deletedElsewhere deletes dgst's data as another process would (not the
+// link), checks that r then stats the blob as unknown and that a read of
+// buf through br, opened before, fails, and returns the read's error.
+func deletedElsewhere(t *testing.T, d driver.StorageDriver, r Repository, dgst digest.Digest, br io.ReaderAt, buf []byte) error {
+	t.Helper()
+	ctx := context.Background()
 	if err := d.Delete(ctx, mustPath(blobDataPathSpec{digest: dgst})); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.Layers().Stat(ctx, dgst); !errors.Is(err, ErrBlobUnknown) {
 		t.Fatalf("stat of a deleted blob: %v, want ErrBlobUnknown", err)
 	}
-	if n, err := br.ReadAt(buf, 0); err == nil {
-		t.Fatalf("read %d cached bytes %q of a deleted blob", n, buf[:n])
-	} else if !isNotFound(err) {
-		t.Fatalf("read of a deleted blob: %v, want not found", err)
+	n, err := br.ReadAt(buf, 0)
+	if err == nil {
+		t.Fatalf("read %d bytes %q of a deleted blob", n, buf[:n])
 	}
+	return err
 }
 
 // TestBlobFoundGoneByALoadLeavesTheCache: the store learns a blob is gone
