@@ -34,6 +34,20 @@ func needFUSE(t *testing.T) {
 	}
 }
 
+// runTiny runs the benchmark of cfg (tinyConfig's, with its Only) and
+// returns the report and its table, which it also logs.
+func runTiny(t *testing.T, cfg Config) (*Report, string) {
+	t.Helper()
+	rep, err := run(context.Background(), cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	rep.write(&out)
+	t.Log("\n" + out.String())
+	return rep, out.String()
+}
+
 // tinyConfig is the benchmark on data small enough for a test.
 func tinyConfig(t *testing.T) Config {
 	cfg := defaultConfig()
@@ -67,15 +81,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 func TestBenchTiny(t *testing.T) {
 	needFUSE(t)
 	cfg := tinyConfig(t)
-	rep, err := run(context.Background(), cfg, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	rep.write(&out)
-	t.Log("\n" + out.String())
+	rep, out := runTiny(t, cfg)
 
-	wantRows(t, rep, out.String(), []rowWant{
+	wantRows(t, rep, out, []rowWant{
 		{"P1", "bare bazil passthrough"},
 		{"P1", "reading the blob file directly"},
 		{"P2", "reading the blob file directly"},
@@ -113,7 +121,7 @@ func TestBenchTiny(t *testing.T) {
 	if n != 4 {
 		t.Errorf("%d P4 rows on driver calls and blob reads, want 4 (ls and find, cold and warm)", n)
 	}
-	checkS3Rows(t, rep, out.String())
+	checkS3Rows(t, rep, out)
 	checkRemoteRows(t, rep)
 	assertCleanedUp(t, cfg.TempDir)
 }

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"os/exec"
 	"strings"
 	"testing"
@@ -49,13 +47,7 @@ func TestRemoteRowsTiny(t *testing.T) {
 	needFUSE(t)
 	cfg := tinyConfig(t)
 	cfg.Only = []string{"R"}
-	rep, err := run(context.Background(), cfg, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	rep.write(&out)
-	t.Log("\n" + out.String())
+	rep, _ := runTiny(t, cfg)
 	checkRemoteRows(t, rep)
 	if _, err := exec.LookPath(gcRegistryBin); err == nil {
 		if row, ok := findRow(rep, "R1", "through the bare bazil.org/fuse file system", "curl GET"); !ok || row.Value <= 0 || row.Ratio <= 0 {

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"os/exec"
 	"strings"
 	"testing"
@@ -21,13 +19,7 @@ func TestS3WritesTiny(t *testing.T) {
 	}
 	cfg := tinyConfig(t)
 	cfg.Only = []string{"S3"}
-	rep, err := run(context.Background(), cfg, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	rep.write(&out)
-	t.Log("\n" + out.String())
+	rep, out := runTiny(t, cfg)
 	wantRows(t, rep, "", []rowWant{
 		{"S3", "aws-sdk-go-v2's upload manager"},
 		{"S4", "ListObjectsV2"},
@@ -41,7 +33,7 @@ func TestS3WritesTiny(t *testing.T) {
 	if !ok || row.Met != "yes" {
 		t.Errorf("S4 blob reads row %+v (found %v): the listing read blobs", row, ok)
 	}
-	if !strings.Contains(out.String(), "| S4 | ") {
+	if !strings.Contains(out, "| S4 | ") {
 		t.Error("the table has no S4 line")
 	}
 	assertCleanedUp(t, cfg.TempDir)
